@@ -1,0 +1,336 @@
+"""Range selection and quantisation, as EMAN2 does it (pure numpy, no I/O).
+
+All range arithmetic follows EMAN2's ``EMUtil::getRenderMinMax`` in IEEE float32
+(spec §2.2), with two deliberate differences documented in the README:
+
+* non-integer data that does not straddle zero, with no range option, uses the
+  data's own min/max (EMAN2 stores 0, 0 and reads back zeros);
+* every pixel is clamped before the statistics are taken (EMAN2 seeds min/max with
+  the first, unclamped pixel).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = np.float32
+HIST_BINS = 1024
+_HALF_DOWN = np.nextafter(F32(0.5), F32(0.0))  # 0.49999997: trunc(x + this) == roundf(x)
+
+
+def code_max(bits: int) -> int:
+    """Largest stored code for ``bits`` (2**bits - 1)."""
+    return (1 << bits) - 1
+
+
+def storage_dtype(bits: int) -> np.dtype:
+    """HDF dataset dtype EMAN2 uses for ``bits`` (0 = float32)."""
+    if bits == 0:
+        return np.dtype("<f4")
+    if 1 <= bits <= 8:
+        return np.dtype("u1")
+    if 9 <= bits <= 16:
+        return np.dtype("<u2")
+    raise ValueError(f"bits must be 0 or 1..16, not {bits}")
+
+
+@dataclass
+class Stats:
+    """Mergeable statistics of a set of pixels (optionally clamped to limits)."""
+
+    count: int = 0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    total: float = 0.0
+    sumsq: float = 0.0
+    nonzero: int = 0
+    all_int: bool = True
+    nonfinite: int = 0
+
+    def merge(self, other: Stats) -> Stats:
+        """Combine two partial results."""
+        return Stats(
+            count=self.count + other.count,
+            minimum=min(self.minimum, other.minimum),
+            maximum=max(self.maximum, other.maximum),
+            total=self.total + other.total,
+            sumsq=self.sumsq + other.sumsq,
+            nonzero=self.nonzero + other.nonzero,
+            all_int=self.all_int and other.all_int,
+            nonfinite=self.nonfinite + other.nonfinite,
+        )
+
+    @property
+    def mean(self) -> float:
+        """Mean over all pixels."""
+        return self.total / self.count if self.count else 0.0
+
+    @property
+    def sigma(self) -> float:
+        """Sample standard deviation (n - 1), as EMAN2's ``sigma`` header value."""
+        if self.count < 2:
+            return 0.0
+        var = (self.sumsq - self.total * self.total / self.count) / (self.count - 1)
+        return math.sqrt(var) if var > 0 else 0.0
+
+    @property
+    def mean_nonzero(self) -> float:
+        """Mean over the non-zero pixels."""
+        return self.total / self.nonzero if self.nonzero else 0.0
+
+    @property
+    def sigma_nonzero(self) -> float:
+        """Sample standard deviation over the non-zero pixels."""
+        n = self.nonzero
+        if n < 2:
+            return 0.0
+        var = (self.sumsq - self.total * self.total / n) / (n - 1)
+        return math.sqrt(var) if var > 0 else 0.0
+
+
+def merge_stats(parts: Iterable[Stats]) -> Stats:
+    """Merge partial statistics."""
+    out = Stats()
+    for p in parts:
+        out = out.merge(p)
+    return out
+
+
+def _is_integer_dtype(a: np.ndarray) -> bool:
+    return a.dtype.kind in "iub"
+
+
+def block_stats(a: npt.ArrayLike, limits: tuple[float, float] | None = None) -> Stats:
+    """Statistics of one block; with ``limits``, of the block clamped to them.
+
+    Non-finite pixels are counted in ``nonfinite`` and left out of everything else.
+    """
+    arr = np.asarray(a)
+    if arr.size == 0:
+        return Stats()
+    integer = _is_integer_dtype(arr)
+    if limits is None and integer:
+        lo, hi = arr.min(), arr.max()
+        f64 = arr.astype(np.float64, copy=False) if arr.dtype.itemsize < 8 else arr
+        return Stats(
+            count=arr.size,
+            minimum=float(lo),
+            maximum=float(hi),
+            total=float(np.sum(f64, dtype=np.float64)),
+            sumsq=float(np.dot(f64.ravel(), f64.ravel())),
+            nonzero=int(np.count_nonzero(arr)),
+            all_int=True,
+        )
+    v = arr.astype(F32, copy=False)
+    nonfinite = 0
+    lo, hi = v.min(), v.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        finite = np.isfinite(v)
+        nonfinite = int(v.size - np.count_nonzero(finite))
+        v = v[finite]
+        if v.size == 0:
+            return Stats(nonfinite=nonfinite)
+    if limits is not None:
+        v = np.clip(v, F32(limits[0]), F32(limits[1]))
+    flat = v.ravel()
+    lo, hi = flat.min(), flat.max()
+    all_int = (integer and limits is None) or bool(np.array_equal(flat, np.trunc(flat)))
+    f64 = flat.astype(np.float64)
+    return Stats(
+        count=flat.size,
+        minimum=float(lo),
+        maximum=float(hi),
+        total=float(f64.sum()),
+        sumsq=float(np.dot(f64, f64)),
+        nonzero=int(np.count_nonzero(flat)),
+        all_int=all_int,
+        nonfinite=nonfinite,
+    )
+
+
+def valid_limits(lo: float, hi: float) -> bool:
+    """EMAN2's "has limits" test on float32 limits."""
+    lo32, hi32 = F32(lo), F32(hi)
+    if np.isnan(lo32) or np.isnan(hi32) or hi32 <= lo32:
+        return False
+    return not (abs(lo32) > 1e28 or abs(hi32) > 1e28)
+
+
+def _round_half_away(x: float) -> float:
+    return math.copysign(math.floor(abs(x) + 0.5), x)
+
+
+@dataclass(frozen=True)
+class RenderRange:
+    """The stored mapping of one image: codes 0..2**bits-1 span [rmin, rmax]."""
+
+    bits: int
+    rmin: float
+    rmax: float
+    rule: str = field(default="", compare=False)
+
+    @property
+    def step(self) -> float:
+        """Data units per code."""
+        return (float(F32(self.rmax)) - float(F32(self.rmin))) / code_max(self.bits)
+
+
+def choose_range(
+    stats: Stats, bits: int, limits: tuple[float, float] | None = None
+) -> RenderRange:
+    """EMAN2's decision chain (spec §2.2) on statistics of the (clamped) data.
+
+    ``stats`` must have been computed with the same ``limits`` (see :func:`block_stats`).
+    """
+    if not 1 <= bits <= 16:
+        raise ValueError(f"quantisation needs bits in 1..16, not {bits}")
+    levels = 1 << bits
+    rmaxcode = F32(levels - 1)
+    lo, hi = F32(stats.minimum), F32(stats.maximum)
+    if stats.count == 0:
+        return RenderRange(bits, 0.0, 0.0, "empty")
+    if hi - lo == F32(1.0):
+        return RenderRange(bits, float(lo), float(hi), "unit_range")
+    if stats.all_int:
+        span = int(hi) - int(lo)
+        if span < levels:
+            return RenderRange(bits, float(lo), float(lo + rmaxcode), "integer_lossless")
+        needed = span.bit_length()
+        step = F32(2.0 ** (needed - bits))
+        if lo < 0 < hi:
+            rmin = F32(_round_half_away(float(lo / step))) * step
+        else:
+            rmin = lo
+        return RenderRange(bits, float(rmin), float(rmin + step * rmaxcode), "integer_step")
+    if lo < 0 < hi:
+        step1 = (hi - lo) / rmaxcode
+        if lo == F32(np.floor(lo / step1)) * step1:
+            return RenderRange(bits, float(lo), float(hi), "zero_straddle_on_grid")
+        step = (hi - lo) / F32(levels - 2)
+        rmin = F32(np.floor(lo / step)) * step
+        return RenderRange(bits, float(rmin), float(rmin + step * rmaxcode), "zero_straddle_grid")
+    if limits is not None and valid_limits(*limits):
+        return RenderRange(bits, float(F32(limits[0])), float(F32(limits[1])), "limits_passed_through")
+    # EMAN2 stores 0, 0 here (spec §2.2 defect); the data's own range is right.
+    return RenderRange(bits, float(lo), float(hi), "data_range")
+
+
+def sigrange_limits(stats: Stats, below: float, above: float) -> tuple[float, float]:
+    """``--sigrange a,b``: mean - a*sigma, mean + b*sigma with EMAN2's float32 header stats."""
+    mean = float(F32(stats.mean))
+    sigma = float(F32(stats.sigma))
+    return mean - sigma * below, mean + sigma * above
+
+
+def histogram(a: npt.ArrayLike, h0: float, h1: float, bins: int = HIST_BINS) -> np.ndarray:
+    """EMAN2 ``calc_hist``: bin = round((v - h0) * (bins-1)/(h1 - h0)), ends clamped."""
+    v = np.asarray(a).astype(F32, copy=False).ravel()
+    v = v[np.isfinite(v)]
+    scale = F32(bins - 1) / (F32(h1) - F32(h0))
+    x = (v - F32(h0)) * scale
+    idx = np.floor(np.abs(x) + _HALF_DOWN) * np.sign(x)
+    idx = np.clip(idx, 0, bins - 1).astype(np.intp)
+    return np.bincount(idx, minlength=bins).astype(np.int64)
+
+
+def nooutliers_limits(hist: np.ndarray, h0: float, h1: float, count: int) -> tuple[float, float]:
+    """``--nooutliers``: clip at most max(n // 20000, 8) pixels from each tail."""
+    bins = len(hist)
+    maxout = max(count // 20000, 8)
+    hs = (float(h1) - float(h0)) / (bins - 1)
+    low_cum = np.cumsum(hist[: bins // 2])
+    over = np.nonzero(low_cum > maxout)[0]
+    sl = int(over[0]) if over.size else bins // 2 - 1
+    high_cum = np.cumsum(hist[::-1][: bins // 2 - 1])
+    over = np.nonzero(high_cum > maxout)[0]
+    sh = bins - 1 - int(over[0]) if over.size else bins // 2 + 1
+    return float(h0) + sl * hs, float(h0) + sh * hs
+
+
+def quantize(
+    a: npt.ArrayLike, rng: RenderRange, out: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """Codes for ``a`` (EMAN2 ``Renderer``, float32) and the count of clamped pixels.
+
+    Non-finite pixels must have been rejected by the caller.
+    """
+    arr = np.asarray(a)
+    dtype = storage_dtype(rng.bits)
+    if out is None:
+        out = np.empty(arr.shape, dtype=dtype)
+    rmin, rmax = F32(rng.rmin), F32(rng.rmax)
+    truncated = 0
+    if arr.size:
+        lo, hi = arr.min(), arr.max()
+        if lo < rmin:
+            truncated += int(np.count_nonzero(arr < rmin))
+        if hi > rmax:
+            truncated += int(np.count_nonzero(arr > rmax))
+    if rmax == rmin:
+        out[...] = 0
+        return out, truncated
+    rmaxcode = F32(code_max(rng.bits))
+    if (
+        _is_integer_dtype(arr)
+        and float(rmin).is_integer()
+        and float(rmax - rmin) == float(rmaxcode)
+    ):
+        # Integer data stored losslessly: the code is the value minus rmin.
+        wide = np.clip(arr, rmin, rmax).astype(np.int64 if arr.dtype.itemsize >= 4 else np.int32)
+        np.subtract(wide, int(rmin), out=wide)
+        out[...] = wide
+        return out, truncated
+    x = np.subtract(arr, rmin, dtype=F32)
+    np.divide(x, rmax - rmin, out=x)
+    np.multiply(x, rmaxcode, out=x)
+    np.clip(x, F32(0.0), rmaxcode, out=x)
+    np.add(x, _HALF_DOWN, out=x)
+    out[...] = x  # truncation of non-negative values == floor
+    return out, truncated
+
+
+def zero_code(rng: RenderRange) -> int | None:
+    """The code meant to represent exact 0.0, if the mapping puts 0 on a level."""
+    rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
+    if not rmin <= 0.0 <= rmax or rmax == rmin:
+        return None
+    step = (rmax - rmin) / code_max(rng.bits)
+    k = round(-rmin / step)
+    return k if abs(rmin + k * step) <= 0.02 * step else None
+
+
+def is_integer_mapping(rng: RenderRange) -> bool:
+    """True when every code decodes to an integer (integer rules of §2.2)."""
+    rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
+    if not rmin.is_integer() or rmax == rmin:
+        return False
+    step = (rmax - rmin) / code_max(rng.bits)
+    return step.is_integer()
+
+
+def decode_table(rng: RenderRange) -> np.ndarray:
+    """Float32 value of every code: EMAN2's formula, with exact zero and integers."""
+    n = code_max(rng.bits) + 1
+    rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
+    codes = np.arange(n, dtype=np.float64)
+    if rmax == rmin:
+        return np.full(n, F32(rmin), dtype=F32)
+    table = rmin + codes * ((rmax - rmin) / code_max(rng.bits))
+    if is_integer_mapping(rng):
+        table = np.round(table)
+    z = zero_code(rng)
+    if z is not None:
+        table[z] = 0.0
+    return table.astype(F32)
+
+
+def dequantize(codes: npt.ArrayLike, rng: RenderRange) -> np.ndarray:
+    """Decode stored codes to float32 values."""
+    c = np.asarray(codes)
+    table = decode_table(rng)
+    return table[c]
