@@ -180,9 +180,7 @@ class RenderRange:
         return (float(F32(self.rmax)) - float(F32(self.rmin))) / code_max(self.bits)
 
 
-def choose_range(
-    stats: Stats, bits: int, limits: tuple[float, float] | None = None
-) -> RenderRange:
+def choose_range(stats: Stats, bits: int, limits: tuple[float, float] | None = None) -> RenderRange:
     """EMAN2's decision chain (spec §2.2) on statistics of the (clamped) data.
 
     ``stats`` must have been computed with the same ``limits`` (see :func:`block_stats`).
@@ -215,7 +213,9 @@ def choose_range(
         rmin = F32(np.floor(lo / step)) * step
         return RenderRange(bits, float(rmin), float(rmin + step * rmaxcode), "zero_straddle_grid")
     if limits is not None and valid_limits(*limits):
-        return RenderRange(bits, float(F32(limits[0])), float(F32(limits[1])), "limits_passed_through")
+        return RenderRange(
+            bits, float(F32(limits[0])), float(F32(limits[1])), "limits_passed_through"
+        )
     # EMAN2 stores 0, 0 here (spec §2.2 defect); the data's own range is right.
     return RenderRange(bits, float(lo), float(hi), "data_range")
 

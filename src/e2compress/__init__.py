@@ -1,0 +1,63 @@
+"""e2compress: bit-truncated, deflate-compressed EMAN2 HDF5 for cryo-EM images.
+
+Library API::
+
+    import e2compress
+    report = e2compress.compress_file("movie.mrc", bits=5)
+    images = e2compress.read_images("movie.hdf")
+    with e2compress.open("stack.hdf") as f:
+        first = f[0]
+        header = f.header(0)
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .eman_hdf import EmanHdfFile
+from .errors import E2CompressError, InputError, OutputError, VerificationError
+from .pipeline import CompressReport, ImageReport, Options, compress_file, output_path
+from .quantize import RenderRange
+from .sources import ImageSource, open_source
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompressReport",
+    "E2CompressError",
+    "EmanHdfFile",
+    "ImageReport",
+    "ImageSource",
+    "InputError",
+    "Options",
+    "OutputError",
+    "RenderRange",
+    "VerificationError",
+    "__version__",
+    "compress_file",
+    "open",
+    "open_source",
+    "output_path",
+    "read_images",
+]
+
+
+def open(path: str | os.PathLike[str], *, threads: int | None = None) -> EmanHdfFile:
+    """Open an EMAN2 HDF file lazily: ``len(f)``, ``f[i]`` (decoded float32), ``f.header(i)``."""
+    return EmanHdfFile(path, threads=threads)
+
+
+def read_images(path: str | os.PathLike[str]) -> list[np.ndarray]:
+    """Every image of ``path`` as float32 arrays, like EMAN2's ``EMData.read_images``.
+
+    EMAN2 HDF values are rescaled with the stored mapping (exact 0.0 and integers);
+    MRC and TIFF files are read as EMAN2 sees them (``.mrcs`` sections and TIFF pages
+    are separate images, TIFF rows flipped).
+    """
+    with open_source(path) as src:
+        if isinstance(src, ImageSource) and src.kind == "hdf":
+            with EmanHdfFile(path) as f:
+                return [f[i] for i in range(len(f))]
+        return [np.asarray(src.image(i), dtype=np.float32) for i in range(len(src))]

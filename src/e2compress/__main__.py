@@ -1,0 +1,5 @@
+"""``python -m e2compress``."""
+
+from .cli import entry
+
+entry()

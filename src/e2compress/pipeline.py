@@ -1,0 +1,683 @@
+"""The compression pipeline: range selection, parallel chunk encoding, atomic output.
+
+Chunks are quantised and deflated in worker threads (the deflate engines release the
+GIL) and handed to HDF5 in order from one thread with ``write_direct_chunk``; the
+file is exactly what HDF5's own deflate (+ shuffle) filter would decode.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import math
+import os
+import shutil
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import codecs
+from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter
+from .errors import E2CompressError, InputError, Interrupted, OutputError, VerificationError
+from .quantize import (
+    F32,
+    RenderRange,
+    Stats,
+    block_stats,
+    choose_range,
+    code_max,
+    decode_table,
+    histogram,
+    merge_stats,
+    nooutliers_limits,
+    quantize,
+    sigrange_limits,
+    storage_dtype,
+    valid_limits,
+)
+from .sources import ImageSource, open_source, strip_compression
+
+PathLike = str | os.PathLike[str]
+BLOCK_BYTES = 4 << 20  # float32 bytes of input per worker task
+SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one worker
+DEFAULT_CHUNK_ROWS = 8
+TMP_SUFFIX = ".e2compress.tmp"
+STOP = threading.Event()  # set by the CLI's signal handlers; workers stop at the next task
+
+
+def _checkpoint() -> None:
+    if STOP.is_set():
+        raise Interrupted(0)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to store: bits, deflate level and the range option (at most one)."""
+
+    bits: int = 10
+    level: int = 1
+    value_range: tuple[float, float] | None = None
+    sigrange: tuple[float, float] | None = None
+    nooutliers: bool = False
+    shuffle: bool | None = None
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    store_level: bool = False
+
+    def validate(self) -> None:
+        """Raise E2CompressError for impossible settings."""
+        if self.bits != 0 and not 2 <= self.bits <= 16:
+            raise E2CompressError(f"--bits must be 0 (lossless float) or 2..16, not {self.bits}")
+        if not 0 <= self.level <= 9:
+            raise E2CompressError(f"--compresslevel must be 0..9, not {self.level}")
+        chosen = [self.value_range is not None, self.sigrange is not None, self.nooutliers]
+        if sum(chosen) > 1:
+            raise E2CompressError("give only one of --nooutliers, --range and --sigrange")
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+                raise E2CompressError(f"--range needs finite min < max, not {lo},{hi}")
+        if self.sigrange is not None:
+            a, b = self.sigrange
+            if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
+                raise E2CompressError(f"--sigrange needs two positive numbers, not {a},{b}")
+        if self.chunk_rows < 1:
+            raise E2CompressError(f"chunk rows must be >= 1, not {self.chunk_rows}")
+
+    @property
+    def use_shuffle(self) -> bool:
+        """Shuffle pays for multi-byte storage (float32, uint16); never for uint8."""
+        if self.shuffle is not None:
+            return self.shuffle
+        return storage_dtype(self.bits).itemsize > 1
+
+
+@dataclass
+class ImageReport:
+    """How one image was stored."""
+
+    index: int
+    shape: tuple[int, ...]
+    bits: int
+    rmin: float | None
+    rmax: float | None
+    truncated: int
+    rule: str
+
+
+@dataclass
+class CompressReport:
+    """The outcome of compressing one file."""
+
+    source: str
+    output: str
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+    engine: str = ""
+    verified: bool = False
+    images: list[ImageReport] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """Input file size over output file size."""
+        return self.bytes_in / self.bytes_out if self.bytes_out else 0.0
+
+    @property
+    def truncated(self) -> int:
+        """Clamped pixels over all images."""
+        return sum(im.truncated for im in self.images)
+
+
+def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
+    """EMAN2's naming: ``.hdf`` stays, anything else gets ``.hdf``; in ``outpath`` if given."""
+    p = Path(src)
+    name = strip_compression(p.name)
+    if not name.endswith(".hdf"):
+        stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+        name = stem + ".hdf"
+    return (Path(outpath) if outpath is not None else p.parent) / name
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True)
+class _Block:
+    z: int
+    y0: int
+    y1: int
+
+
+def _dataset_shape(shape3: tuple[int, int, int]) -> tuple[int, ...]:
+    nz, ny, nx = shape3
+    if nz > 1:
+        return shape3
+    if ny > 1:
+        return (ny, nx)
+    return (nx,)
+
+
+def _chunk_shape(shape3: tuple[int, int, int], rows: int) -> tuple[int, ...]:
+    nz, ny, nx = shape3
+    rank = len(_dataset_shape(shape3))
+    rows = min(rows, ny)
+    return ((1, rows, nx) if rank == 3 else (rows, nx))[-rank:] if rank > 1 else (nx,)
+
+
+def _blocks(shape3: tuple[int, int, int], chunk_rows: int) -> list[_Block]:
+    nz, ny, nx = shape3
+    rows = min(chunk_rows, ny)
+    per_block = rows * max(1, BLOCK_BYTES // max(1, rows * nx * 4))
+    return [
+        _Block(z, y0, min(y0 + per_block, ny)) for z in range(nz) for y0 in range(0, ny, per_block)
+    ]
+
+
+@dataclass
+class _Encoded:
+    truncated: int
+    chunks: list[tuple[tuple[int, ...], bytes]]
+
+
+@dataclass
+class _ImageJob:
+    index: int
+    shape3: tuple[int, int, int]
+    rng: RenderRange | None
+    stats: Stats
+    encoded: list[_Encoded] = field(default_factory=list)
+
+
+class _Encoder:
+    """Per-file state shared by the worker tasks."""
+
+    def __init__(self, source: ImageSource, opts: Options) -> None:
+        self.source = source
+        self.opts = opts
+        self.engine = codecs.engine_for_level(opts.level)
+        self.shuffle = opts.use_shuffle
+
+    def stats(self, index: int, block: _Block, limits: tuple[float, float] | None) -> Stats:
+        _checkpoint()
+        return block_stats(self.source.read(index, block.z, block.y0, block.y1), limits)
+
+    def hist(self, index: int, block: _Block, h0: float, h1: float) -> np.ndarray:
+        return histogram(self.source.read(index, block.z, block.y0, block.y1), h0, h1)
+
+    def choose(
+        self,
+        index: int,
+        stats_of: Callable[[tuple[float, float] | None], Stats],
+        hist_of: Callable[[float, float], np.ndarray],
+    ) -> tuple[RenderRange | None, Stats]:
+        """The image's stored range, and its unclamped statistics for the header."""
+        opts = self.opts
+        st = stats_of(None)
+        if st.nonfinite and opts.bits:
+            raise InputError(
+                f"image {index}: {st.nonfinite} pixels are NaN or infinite; quantised "
+                "output cannot hold them (use --bits 0 to keep them exactly)",
+                self.source.path,
+            )
+        if opts.bits == 0:
+            return None, st
+        limits: tuple[float, float] | None = None
+        if opts.value_range is not None:
+            limits = opts.value_range
+        elif opts.sigrange is not None:
+            limits = sigrange_limits(st, *opts.sigrange)
+        elif opts.nooutliers and st.maximum > st.minimum:
+            hist = hist_of(st.minimum, st.maximum)
+            limits = nooutliers_limits(hist, st.minimum, st.maximum, st.count)
+        if limits is not None and not valid_limits(*limits):
+            limits = None
+        clamped = st
+        if limits is not None and not (
+            F32(limits[0]) <= F32(st.minimum) and F32(st.maximum) <= F32(limits[1])
+        ):
+            clamped = stats_of(limits)
+        return choose_range(clamped, opts.bits, limits), st
+
+    def encode(
+        self, index: int, shape3: tuple[int, int, int], block: _Block, rng: RenderRange | None
+    ) -> _Encoded:
+        _checkpoint()
+        data = self.source.read(index, block.z, block.y0, block.y1)
+        truncated = 0
+        if rng is None:
+            codes = np.ascontiguousarray(data, dtype="<f4")
+        else:
+            codes, truncated = quantize(data, rng)
+        nz, ny, nx = shape3
+        rank = len(_dataset_shape(shape3))
+        rows = min(self.opts.chunk_rows, ny)
+        chunks = []
+        for r in range(0, codes.shape[0], rows):
+            piece = codes[r : r + rows]
+            if piece.shape[0] < rows:
+                padded = np.zeros((rows, nx), dtype=codes.dtype)
+                padded[: piece.shape[0]] = piece
+                piece = padded
+            buf = codecs.shuffle(piece) if self.shuffle else np.ascontiguousarray(piece)
+            y = block.y0 + r
+            offset = (block.z, y, 0) if rank == 3 else (y, 0) if rank == 2 else (0,)
+            chunks.append((offset, self.engine.compress(memoryview(buf).cast("B"))))
+        return _Encoded(truncated, chunks)
+
+    def whole_image(self, index: int) -> _ImageJob:
+        """Range and encoding of a small image, all in the calling thread."""
+        shape3 = self.source.shape(index)
+        blocks = _blocks(shape3, self.opts.chunk_rows)
+
+        def stats_of(limits: tuple[float, float] | None) -> Stats:
+            return merge_stats(self.stats(index, b, limits) for b in blocks)
+
+        def hist_of(h0: float, h1: float) -> np.ndarray:
+            return np.sum([self.hist(index, b, h0, h1) for b in blocks], axis=0)
+
+        rng, st = self.choose(index, stats_of, hist_of)
+        job = _ImageJob(index, shape3, rng, st)
+        job.encoded = [self.encode(index, shape3, b, rng) for b in blocks]
+        return job
+
+
+class _InlineExecutor(Executor):
+    """Runs tasks in the calling thread (``threads=1``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # delivered through the future, as a pool would
+            fut.set_exception(exc)
+        return fut
+
+
+def make_pool(threads: int | None) -> Executor:
+    """A worker pool of ``threads`` (default: all cores); 1 runs inline."""
+    n = threads or os.cpu_count() or 1
+    return _InlineExecutor() if n <= 1 else ThreadPoolExecutor(max_workers=n)
+
+
+def _pool_width(pool: Executor) -> int:
+    return getattr(pool, "_max_workers", 1)
+
+
+def _bounded(
+    pool: Executor, fn: Callable[..., Any], items: Iterable[Any], window: int
+) -> Iterator[Any]:
+    """``pool.map`` in order, with at most ``window`` tasks in flight (bounded memory)."""
+    pending: deque[Future[Any]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+def _image_header(
+    source: ImageSource, job: _ImageJob, opts: Options, truncated: int
+) -> dict[str, Any]:
+    nz, ny, nx = job.shape3
+    st = job.stats
+    header: dict[str, Any] = {
+        "nx": nx,
+        "ny": ny,
+        "nz": nz,
+        "apix_x": F32(1.0),
+        "apix_y": F32(1.0),
+        "apix_z": F32(1.0),
+        "is_complex": 0,
+        "is_complex_ri": 1,
+        "is_complex_x": 0,
+        "HostEndian": "little",
+        "ImageEndian": "little",
+    }
+    for name, value in source.raw_attrs(job.index).items():
+        if name.startswith("EMAN."):
+            header[name[5:]] = value
+    header.update(source.header(job.index))
+    header.update(
+        {
+            "minimum": F32(st.minimum if st.count else 0.0),
+            "maximum": F32(st.maximum if st.count else 0.0),
+            "mean": F32(st.mean),
+            "sigma": F32(st.sigma),
+            "square_sum": F32(st.sumsq),
+            "mean_nonzero": F32(st.mean_nonzero),
+            "sigma_nonzero": F32(st.sigma_nonzero),
+            "all_int": int(st.all_int and not st.nonfinite),
+            "datatype": DATATYPE[storage_dtype(opts.bits).itemsize if opts.bits else 0],
+            "source_path": source.path.name,
+            "source_n": job.index,
+        }
+    )
+    if opts.store_level:
+        header["render_compress_level"] = opts.level
+    if job.rng is not None:
+        header["stored_rendermin"] = F32(job.rng.rmin)
+        header["stored_rendermax"] = F32(job.rng.rmax)
+        header["stored_renderbits"] = job.rng.bits
+        header["stored_truncated"] = truncated
+    return header
+
+
+def _write_job(
+    writer: EmanHdfWriter,
+    source: ImageSource,
+    opts: Options,
+    job: _ImageJob,
+    encoded: Iterable[_Encoded],
+) -> ImageReport:
+    shape = _dataset_shape(job.shape3)
+    ds = writer.create_image(
+        job.index,
+        shape,
+        opts.bits,
+        level=opts.level,
+        chunks=_chunk_shape(job.shape3, opts.chunk_rows),
+        shuffle=opts.use_shuffle,
+    )
+    truncated = 0
+    for enc in encoded:
+        _checkpoint()
+        truncated += enc.truncated
+        for offset, data in enc.chunks:
+            ds.id.write_direct_chunk(offset, data)
+    for name, value in source.raw_attrs(job.index).items():
+        if not name.startswith("EMAN."):
+            _copy_attr(ds.parent, name, value)
+    writer.write_header(job.index, _image_header(source, job, opts, truncated))
+    rng = job.rng
+    return ImageReport(
+        job.index,
+        shape,
+        opts.bits,
+        None if rng is None else float(F32(rng.rmin)),
+        None if rng is None else float(F32(rng.rmax)),
+        truncated,
+        "" if rng is None else rng.rule,
+    )
+
+
+def _copy_attr(group: h5py.Group, name: str, value: Any) -> None:
+    from .eman_hdf import write_attr
+
+    try:
+        write_attr(group, name, value)
+    except (TypeError, ValueError):
+        pass  # variable-length or exotic types EMAN2 cannot read either
+
+
+def write_eman_hdf(
+    source: ImageSource, path: PathLike, opts: Options, pool: Executor
+) -> list[ImageReport]:
+    """Compress every image of ``source`` into a new EMAN2 HDF file at ``path``."""
+    enc = _Encoder(source, opts)
+    width = _pool_width(pool)
+    reports: list[ImageReport] = []
+    with EmanHdfWriter(path) as writer:
+        window: deque[Future[_ImageJob]] = deque()
+
+        def drain(keep: int) -> None:
+            while len(window) > keep:
+                job = window.popleft().result()
+                reports.append(_write_job(writer, source, opts, job, job.encoded))
+
+        try:
+            for index in range(len(source)):
+                shape3 = source.shape(index)
+                if math.prod(shape3) * 4 <= SMALL_IMAGE_BYTES:
+                    window.append(pool.submit(enc.whole_image, index))
+                    drain(2 * width)
+                    continue
+                drain(0)
+                reports.append(_write_large(writer, enc, index, shape3, pool, width))
+            drain(0)
+        finally:
+            for fut in window:
+                fut.cancel()
+    return reports
+
+
+def _write_large(
+    writer: EmanHdfWriter,
+    enc: _Encoder,
+    index: int,
+    shape3: tuple[int, int, int],
+    pool: Executor,
+    width: int,
+) -> ImageReport:
+    blocks = _blocks(shape3, enc.opts.chunk_rows)
+
+    def stats_of(limits: tuple[float, float] | None) -> Stats:
+        return merge_stats(_bounded(pool, lambda b: enc.stats(index, b, limits), blocks, 2 * width))
+
+    def hist_of(h0: float, h1: float) -> np.ndarray:
+        parts = _bounded(pool, lambda b: enc.hist(index, b, h0, h1), blocks, 2 * width)
+        return np.sum(list(parts), axis=0)
+
+    rng, st = enc.choose(index, stats_of, hist_of)
+    job = _ImageJob(index, shape3, rng, st)
+    encoded = _bounded(pool, lambda b: enc.encode(index, shape3, b, rng), blocks, 2 * width)
+    return _write_job(writer, enc.source, enc.opts, job, encoded)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def verify_output(
+    source: ImageSource, path: PathLike, opts: Options, reports: list[ImageReport]
+) -> None:
+    """Decode every image of ``path`` and check it against ``source``.
+
+    Inside [rmin, rmax] the error must be at most half a quantisation step; clamped
+    pixels must hold the end codes; lossless (bits 0) output must be bit-identical.
+    """
+    with EmanHdfFile(path) as out:
+        if len(out) != len(source):
+            raise VerificationError(f"wrote {len(out)} images, source has {len(source)}", path)
+        for rep in reports:
+            i = rep.index
+            decoded = out[i].reshape(source.shape(i))
+            rng = out.render_range(i)
+            nz, ny, _ = source.shape(i)
+            for z in range(nz):
+                orig = source.read(i, z, 0, ny).astype(np.float32)
+                got = decoded[z]
+                if rng is None:
+                    same = (got == orig) | (np.isnan(got) & np.isnan(orig))
+                    if not same.all():
+                        raise VerificationError(f"image {i}: lossless data differ", path)
+                    continue
+                _check_quantised(orig, got, rng, path, i)
+
+
+def _check_quantised(
+    orig: np.ndarray, got: np.ndarray, rng: RenderRange, path: PathLike, index: int
+) -> None:
+    rmin, rmax = F32(rng.rmin), F32(rng.rmax)
+    table = decode_table(rng)
+    below, above = orig < rmin, orig > rmax
+    if (got[below] != table[0]).any() or (got[above] != table[-1]).any():
+        raise VerificationError(f"image {index}: clamped pixels do not hold the end codes", path)
+    inside = ~(below | above)
+    step = (float(rmax) - float(rmin)) / code_max(rng.bits)
+    scale = max(abs(float(rmin)), abs(float(rmax)), 1e-30)
+    bound = step / 2 * (1 + 1e-4) + 4 * float(np.spacing(F32(scale)))
+    err = np.abs(got[inside].astype(np.float64) - orig[inside].astype(np.float64))
+    if err.size and float(err.max()) > bound:
+        raise VerificationError(
+            f"image {index}: decoded error {float(err.max()):.3g} exceeds half a step "
+            f"({step / 2:.3g})",
+            path,
+        )
+
+
+# --------------------------------------------------------------------------- atomic output
+
+
+class AtomicOutput:
+    """A locked temporary file beside ``target`` that replaces it only on commit.
+
+    The temporary name is deterministic, so a file left by a killed run is found and
+    reused by the next run on the same output; ``flock`` tells a live writer from a
+    dead one.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.path = target.parent / f".{target.name}{TMP_SUFFIX}"
+        self.stale = False
+        self._fd: int | None = None
+
+    def __enter__(self) -> AtomicOutput:
+        for _ in range(10):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot create a file in {self.target.parent}: {exc.strerror or exc}",
+                    self.target,
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise OutputError(
+                    "another e2compress process is writing this output", self.target
+                ) from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.stale = os.fstat(fd).st_size > 0
+                self._fd = fd
+                return self
+            os.close(fd)  # lost a race with a writer that just renamed it; retry
+        raise OutputError("could not lock the temporary output file", self.target)
+
+    def commit(self) -> None:
+        """Flush the temporary file to disk and rename it onto the target."""
+        assert self._fd is not None
+        os.fsync(self._fd)
+        if self.target.exists():
+            try:
+                shutil.copymode(self.target, self.path)
+            except OSError:
+                pass
+        os.replace(self.path, self.target)
+        try:
+            dirfd = os.open(self.target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def _check_output_dir(target: Path) -> None:
+    parent = target.parent
+    if not parent.exists():
+        raise OutputError(f"output directory {parent} does not exist", target)
+    if not parent.is_dir():
+        raise OutputError(f"output directory {parent} is not a directory", target)
+    if target.is_dir():
+        raise OutputError("output path is a directory", target)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {parent} is not writable", target)
+
+
+def _os_error(exc: OSError, target: Path) -> E2CompressError:
+    if exc.errno == errno.ENOSPC or "No space" in str(exc) or "file size limit" in str(exc).lower():
+        return OutputError("no space left on device (or file size limit) while writing", target)
+    return OutputError(f"write failed: {str(exc).splitlines()[0] if str(exc) else exc!r}", target)
+
+
+def compress_file(
+    src: PathLike,
+    dst: PathLike | None = None,
+    *,
+    bits: int = 10,
+    level: int = 1,
+    value_range: tuple[float, float] | None = None,
+    sigrange: tuple[float, float] | None = None,
+    nooutliers: bool = False,
+    threads: int | None = None,
+    verify: bool | None = None,
+    shuffle: bool | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    store_level: bool = False,
+    pool: Executor | None = None,
+) -> CompressReport:
+    """Compress ``src`` (MRC, TIFF or EMAN2 HDF) into EMAN2 compressed HDF at ``dst``.
+
+    ``dst`` defaults to EMAN2's naming (see :func:`output_path`). The output appears
+    atomically; on any error the input and any previous output are untouched. ``verify``
+    (default: only when replacing the input in place) decodes the written file and
+    checks it against the source before the rename.
+    """
+    opts = Options(bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level)
+    opts.validate()
+    source_path = Path(src)
+    target = Path(dst) if dst is not None else output_path(source_path)
+    in_place = target.exists() and source_path.exists() and os.path.samefile(source_path, target)
+    do_verify = in_place if verify is None else verify
+    t0 = time.perf_counter()
+    own_pool = pool is None
+    workers = pool or make_pool(threads)
+    try:
+        with open_source(source_path) as source:
+            _check_output_dir(target)
+            bytes_in = source_path.stat().st_size
+            with AtomicOutput(target) as out:
+                try:
+                    images = write_eman_hdf(source, out.path, opts, workers)
+                    if do_verify:
+                        verify_output(source, out.path, opts, images)
+                    out.commit()
+                except OSError as exc:
+                    raise _os_error(exc, target) from None
+    finally:
+        if own_pool:
+            workers.shutdown(wait=True, cancel_futures=True)
+    mode = target.stat()
+    return CompressReport(
+        source=str(source_path),
+        output=str(target),
+        bytes_in=bytes_in,
+        bytes_out=mode.st_size if stat.S_ISREG(mode.st_mode) else 0,
+        seconds=time.perf_counter() - t0,
+        engine=codecs.engine_for_level(level).name,
+        verified=do_verify,
+        images=images,
+    )
