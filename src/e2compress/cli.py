@@ -222,15 +222,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("e2compress: error: --threads must be >= 1", file=sys.stderr)
         return 2
     level = 1 if args.compresslevel is None else args.compresslevel
-    common = dict(
-        bits=args.bits,
-        level=level,
-        value_range=args.range,
-        sigrange=args.sigrange,
-        nooutliers=args.nooutliers,
-        verify=args.verify,
-        store_level=args.compresslevel is not None,
-    )
+    common: dict[str, object] = {
+        "bits": args.bits,
+        "level": level,
+        "value_range": args.range,
+        "sigrange": args.sigrange,
+        "nooutliers": args.nooutliers,
+        "verify": args.verify,
+        "store_level": args.compresslevel is not None,
+    }
     try:
         from .pipeline import Options
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+_isal: Any
+_libdeflate: Any
 try:  # ISA-L: fastest level-1 deflate on x86-64 and aarch64
     from isal import isal_zlib as _isal
 except ImportError:  # pragma: no cover - exercised only without the wheel
@@ -22,7 +25,7 @@ try:  # libdeflate: fast at every level, strongest at 10..12
 except ImportError:  # pragma: no cover
     _libdeflate = None
 
-Compressor = Callable[[bytes | memoryview], bytes]
+Compressor = Callable[[bytes | memoryview], bytes | bytearray]
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def inflate(data: bytes | memoryview, size: int) -> bytes:
     if _libdeflate is not None:
         return bytes(_libdeflate.zlib_decompress(bytes(data), size))
     if _isal is not None:
-        return _isal.decompress(data)
+        return bytes(_isal.decompress(data))
     return zlib.decompress(data)
 
 

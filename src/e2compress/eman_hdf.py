@@ -21,7 +21,7 @@ from .quantize import RenderRange, dequantize, storage_dtype
 PathLike = str | os.PathLike[str]
 STORED_KEYS = ("stored_rendermin", "stored_rendermax", "stored_renderbits", "stored_truncated")
 NEVER_COPIED = frozenset(
-    STORED_KEYS + ("render_min", "render_max", "render_bits", "render_compress_level", "datatype")
+    (*STORED_KEYS, "render_min", "render_max", "render_bits", "render_compress_level", "datatype")
 )
 DATATYPE = {0: 7, 1: 2, 2: 4}  # EMAN2 EMDataType for float / uchar / ushort storage
 _DEFLATE, _SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
@@ -195,14 +195,14 @@ def _filters(ds: h5py.Dataset) -> list[int]:
 def _decode_chunk(
     raw: bytes, mask: int, filters: list[int], nbytes: int, dtype: np.dtype
 ) -> np.ndarray:
-    data: bytes | np.ndarray = raw
+    data: bytes = raw
     for k in reversed(range(len(filters))):
         if mask & (1 << k):
             continue
         if filters[k] == _DEFLATE:
             data = codecs.inflate(data, nbytes)
         else:
-            data = codecs.unshuffle(data, dtype).view(np.uint8)
+            data = codecs.unshuffle(data, dtype).tobytes()
     return np.frombuffer(data, dtype=dtype)
 
 
@@ -332,7 +332,7 @@ class EmanHdfFile:
             key = name[5:] if name.startswith("EMAN.") else name
             out[key] = _plain(value)
         shape = self.shape(index)
-        out["nx"], out["ny"], out["nz"] = (list(shape[::-1]) + [1, 1])[:3]
+        out["nx"], out["ny"], out["nz"] = [*shape[::-1], 1, 1][:3]
         return out
 
     def read_codes(self, index: int) -> np.ndarray:

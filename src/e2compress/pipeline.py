@@ -30,6 +30,7 @@ from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter
 from .errors import E2CompressError, InputError, Interrupted, OutputError, VerificationError
 from .quantize import (
     F32,
+    HIST_BINS,
     RenderRange,
     Stats,
     block_stats,
@@ -38,6 +39,7 @@ from .quantize import (
     decode_table,
     histogram,
     merge_stats,
+    moments,
     nooutliers_limits,
     quantize,
     sigrange_limits,
@@ -167,7 +169,7 @@ def _dataset_shape(shape3: tuple[int, int, int]) -> tuple[int, ...]:
 
 
 def _chunk_shape(shape3: tuple[int, int, int], rows: int) -> tuple[int, ...]:
-    nz, ny, nx = shape3
+    _, ny, nx = shape3
     rank = len(_dataset_shape(shape3))
     rows = min(rows, ny)
     return ((1, rows, nx) if rank == 3 else (rows, nx))[-rank:] if rank > 1 else (nx,)
@@ -185,7 +187,8 @@ def _blocks(shape3: tuple[int, int, int], chunk_rows: int) -> list[_Block]:
 @dataclass
 class _Encoded:
     truncated: int
-    chunks: list[tuple[tuple[int, ...], bytes]]
+    chunks: list[tuple[tuple[int, ...], bytes | bytearray]]
+    stats: Stats
 
 
 @dataclass
@@ -208,7 +211,8 @@ class _Encoder:
 
     def stats(self, index: int, block: _Block, limits: tuple[float, float] | None) -> Stats:
         _checkpoint()
-        return block_stats(self.source.read(index, block.z, block.y0, block.y1), limits)
+        data = self.source.read(index, block.z, block.y0, block.y1)
+        return block_stats(data, limits, with_moments=self.opts.sigrange is not None)
 
     def hist(self, index: int, block: _Block, h0: float, h1: float) -> np.ndarray:
         return histogram(self.source.read(index, block.z, block.y0, block.y1), h0, h1)
@@ -219,17 +223,17 @@ class _Encoder:
         stats_of: Callable[[tuple[float, float] | None], Stats],
         hist_of: Callable[[float, float], np.ndarray],
     ) -> tuple[RenderRange | None, Stats]:
-        """The image's stored range, and its unclamped statistics for the header."""
+        """The image's stored range, and its unclamped min/max/integer test."""
         opts = self.opts
+        if opts.bits == 0:
+            return None, Stats()
         st = stats_of(None)
-        if st.nonfinite and opts.bits:
+        if st.nonfinite:
             raise InputError(
                 f"image {index}: {st.nonfinite} pixels are NaN or infinite; quantised "
                 "output cannot hold them (use --bits 0 to keep them exactly)",
                 self.source.path,
             )
-        if opts.bits == 0:
-            return None, st
         limits: tuple[float, float] | None = None
         if opts.value_range is not None:
             limits = opts.value_range
@@ -255,12 +259,14 @@ class _Encoder:
         truncated = 0
         if rng is None:
             codes = np.ascontiguousarray(data, dtype="<f4")
+            stats = block_stats(codes)
         else:
             codes, truncated = quantize(data, rng)
-        nz, ny, nx = shape3
+            stats = moments(data)
+        _, ny, nx = shape3
         rank = len(_dataset_shape(shape3))
         rows = min(self.opts.chunk_rows, ny)
-        chunks = []
+        chunks: list[tuple[tuple[int, ...], bytes | bytearray]] = []
         for r in range(0, codes.shape[0], rows):
             piece = codes[r : r + rows]
             if piece.shape[0] < rows:
@@ -269,9 +275,11 @@ class _Encoder:
                 piece = padded
             buf = codecs.shuffle(piece) if self.shuffle else np.ascontiguousarray(piece)
             y = block.y0 + r
-            offset = (block.z, y, 0) if rank == 3 else (y, 0) if rank == 2 else (0,)
-            chunks.append((offset, self.engine.compress(memoryview(buf).cast("B"))))
-        return _Encoded(truncated, chunks)
+            offset: tuple[int, ...] = (
+                (block.z, y, 0) if rank == 3 else (y, 0) if rank == 2 else (0,)
+            )
+            chunks.append((offset, self.engine.compress(buf.data.cast("B"))))
+        return _Encoded(truncated, chunks, stats)
 
     def whole_image(self, index: int) -> _ImageJob:
         """Range and encoding of a small image, all in the calling thread."""
@@ -282,12 +290,19 @@ class _Encoder:
             return merge_stats(self.stats(index, b, limits) for b in blocks)
 
         def hist_of(h0: float, h1: float) -> np.ndarray:
-            return np.sum([self.hist(index, b, h0, h1) for b in blocks], axis=0)
+            return _sum_hist(self.hist(index, b, h0, h1) for b in blocks)
 
         rng, st = self.choose(index, stats_of, hist_of)
         job = _ImageJob(index, shape3, rng, st)
         job.encoded = [self.encode(index, shape3, b, rng) for b in blocks]
         return job
+
+
+def _sum_hist(parts: Iterable[np.ndarray]) -> np.ndarray:
+    total = np.zeros(HIST_BINS, dtype=np.int64)
+    for part in parts:
+        total += part
+    return total
 
 
 class _InlineExecutor(Executor):
@@ -393,11 +408,17 @@ def _write_job(
         shuffle=opts.use_shuffle,
     )
     truncated = 0
+    written = Stats()
     for enc in encoded:
         _checkpoint()
         truncated += enc.truncated
+        written = written.merge(enc.stats)
         for offset, data in enc.chunks:
             ds.id.write_direct_chunk(offset, data)
+    if job.rng is not None:  # min/max/integer test come from the range pass
+        written.minimum, written.maximum = job.stats.minimum, job.stats.maximum
+        written.all_int = job.stats.all_int
+    job.stats = written
     for name, value in source.raw_attrs(job.index).items():
         if not name.startswith("EMAN."):
             _copy_attr(ds.parent, name, value)
@@ -468,8 +489,7 @@ def _write_large(
         return merge_stats(_bounded(pool, lambda b: enc.stats(index, b, limits), blocks, 2 * width))
 
     def hist_of(h0: float, h1: float) -> np.ndarray:
-        parts = _bounded(pool, lambda b: enc.hist(index, b, h0, h1), blocks, 2 * width)
-        return np.sum(list(parts), axis=0)
+        return _sum_hist(_bounded(pool, lambda b: enc.hist(index, b, h0, h1), blocks, 2 * width))
 
     rng, st = enc.choose(index, stats_of, hist_of)
     job = _ImageJob(index, shape3, rng, st)

@@ -105,52 +105,76 @@ def _is_integer_dtype(a: np.ndarray) -> bool:
     return a.dtype.kind in "iub"
 
 
-def block_stats(a: npt.ArrayLike, limits: tuple[float, float] | None = None) -> Stats:
+_SUB = 1 << 16  # elements per sub-block of the integer test (256 KB of float32)
+
+
+def _all_integer(flat: np.ndarray) -> bool:
+    """Every value equals its truncation; stops at the first sub-block that fails."""
+    buf = np.empty(min(_SUB, flat.size), dtype=flat.dtype)
+    for start in range(0, flat.size, _SUB):
+        part = flat[start : start + _SUB]
+        out = buf[: part.size]
+        np.trunc(part, out=out)
+        if not np.array_equal(out, part):
+            return False
+    return True
+
+
+def moments(a: npt.ArrayLike) -> Stats:
+    """Count, sums and non-zero count of finite pixels (no min/max/integer test)."""
+    arr = np.asarray(a)
+    flat = arr.reshape(-1)
+    nonfinite = 0
+    if arr.dtype.kind == "f" and flat.size and not np.isfinite(np.sum(flat, dtype=np.float64)):
+        finite = np.isfinite(flat)
+        nonfinite = int(flat.size - np.count_nonzero(finite))
+        flat = flat[finite]
+    return Stats(
+        count=flat.size,
+        total=float(np.sum(flat, dtype=np.float64)),
+        sumsq=float(np.einsum("i,i->", flat, flat, dtype=np.float64)) if flat.size else 0.0,
+        nonzero=int(np.count_nonzero(flat)),
+        nonfinite=nonfinite,
+    )
+
+
+def block_stats(
+    a: npt.ArrayLike, limits: tuple[float, float] | None = None, *, with_moments: bool = True
+) -> Stats:
     """Statistics of one block; with ``limits``, of the block clamped to them.
 
     Non-finite pixels are counted in ``nonfinite`` and left out of everything else.
+    ``with_moments=False`` skips the sums (min, max and the integer test only).
     """
     arr = np.asarray(a)
     if arr.size == 0:
         return Stats()
-    integer = _is_integer_dtype(arr)
-    if limits is None and integer:
-        lo, hi = arr.min(), arr.max()
-        f64 = arr.astype(np.float64, copy=False) if arr.dtype.itemsize < 8 else arr
-        return Stats(
-            count=arr.size,
-            minimum=float(lo),
-            maximum=float(hi),
-            total=float(np.sum(f64, dtype=np.float64)),
-            sumsq=float(np.dot(f64.ravel(), f64.ravel())),
-            nonzero=int(np.count_nonzero(arr)),
-            all_int=True,
-        )
-    v = arr.astype(F32, copy=False)
+    flat = arr.reshape(-1)
+    if _is_integer_dtype(arr):
+        if limits is None:
+            base = moments(flat) if with_moments else Stats(count=flat.size)
+            base.minimum, base.maximum = float(flat.min()), float(flat.max())
+            return base
+        flat = flat.astype(F32)
+    elif flat.dtype != F32:
+        flat = flat.astype(F32)
     nonfinite = 0
-    lo, hi = v.min(), v.max()
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        finite = np.isfinite(v)
-        nonfinite = int(v.size - np.count_nonzero(finite))
-        v = v[finite]
-        if v.size == 0:
-            return Stats(nonfinite=nonfinite)
-    if limits is not None:
-        v = np.clip(v, F32(limits[0]), F32(limits[1]))
-    flat = v.ravel()
     lo, hi = flat.min(), flat.max()
-    all_int = (integer and limits is None) or bool(np.array_equal(flat, np.trunc(flat)))
-    f64 = flat.astype(np.float64)
-    return Stats(
-        count=flat.size,
-        minimum=float(lo),
-        maximum=float(hi),
-        total=float(f64.sum()),
-        sumsq=float(np.dot(f64, f64)),
-        nonzero=int(np.count_nonzero(flat)),
-        all_int=all_int,
-        nonfinite=nonfinite,
-    )
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        finite = np.isfinite(flat)
+        nonfinite = int(flat.size - np.count_nonzero(finite))
+        flat = flat[finite]
+        if flat.size == 0:
+            return Stats(nonfinite=nonfinite)
+        lo, hi = flat.min(), flat.max()
+    if limits is not None:
+        flat = np.clip(flat, F32(limits[0]), F32(limits[1]))
+        lo, hi = flat.min(), flat.max()
+    out = moments(flat) if with_moments else Stats(count=flat.size)
+    out.minimum, out.maximum = float(lo), float(hi)
+    out.all_int = _all_integer(flat)
+    out.nonfinite = nonfinite
+    return out
 
 
 def valid_limits(lo: float, hi: float) -> bool:
@@ -200,10 +224,7 @@ def choose_range(stats: Stats, bits: int, limits: tuple[float, float] | None = N
             return RenderRange(bits, float(lo), float(lo + rmaxcode), "integer_lossless")
         needed = span.bit_length()
         step = F32(2.0 ** (needed - bits))
-        if lo < 0 < hi:
-            rmin = F32(_round_half_away(float(lo / step))) * step
-        else:
-            rmin = lo
+        rmin = F32(_round_half_away(float(lo / step))) * step if lo < 0 < hi else lo
         return RenderRange(bits, float(rmin), float(rmin + step * rmaxcode), "integer_step")
     if lo < 0 < hi:
         step1 = (hi - lo) / rmaxcode
@@ -332,5 +353,5 @@ def decode_table(rng: RenderRange) -> np.ndarray:
 def dequantize(codes: npt.ArrayLike, rng: RenderRange) -> np.ndarray:
     """Decode stored codes to float32 values."""
     c = np.asarray(codes)
-    table = decode_table(rng)
-    return table[c]
+    out: np.ndarray = decode_table(rng)[c]
+    return out

@@ -64,7 +64,7 @@ class ImageSource(abc.ABC):
         """Element type :meth:`read` returns."""
         return np.dtype(np.float32)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release the file."""
 
     def image(self, index: int) -> np.ndarray:
@@ -187,7 +187,8 @@ class MrcSource(ImageSource):
         return int(nz), int(ny), int(nx)
 
     def dtype(self, index: int) -> np.dtype:
-        return self._dtype.newbyteorder("=")
+        native: np.dtype = self._dtype.newbyteorder("=")
+        return native
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
         section = index if self._stack else z
@@ -322,7 +323,8 @@ class TiffSource(ImageSource):
         return 1, int(ny), int(nx)
 
     def dtype(self, index: int) -> np.dtype:
-        return np.dtype(self._pages[index].dtype).newbyteorder("=")
+        native: np.dtype = np.dtype(self._pages[index].dtype).newbyteorder("=")
+        return native
 
     def _page(self, index: int) -> np.ndarray:
         with self._lock:
@@ -340,7 +342,7 @@ class TiffSource(ImageSource):
         return np.ascontiguousarray(self._page(index)[y0:y1]).astype(self.dtype(index), copy=False)
 
     def header(self, index: int) -> dict[str, Any]:
-        page = self._pages[index]
+        page: Any = self._pages[index].keyframe or self._pages[0]
         out: dict[str, Any] = {"TIFF.bitspersample": int(page.bitspersample)}
         for tag, key in ((282, "TIFF.resolution_x"), (283, "TIFF.resolution_y")):
             t = page.tags.get(tag)

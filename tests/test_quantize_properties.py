@@ -1,0 +1,415 @@
+"""Property tests of e2compress.quantize against the rules of spec §2.2-2.5.
+
+Every expectation is computed here independently (numpy float32 arithmetic for the
+Renderer formula, exact float64 ``floor(x + 0.5)`` for C ``roundf``, numpy counts for the
+truncation), never by calling the code under test a second way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from e2compress.quantize import (
+    RenderRange,
+    block_stats,
+    choose_range,
+    dequantize,
+    quantize,
+    valid_limits,
+)
+
+F32 = np.float32
+SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+bits_st = st.integers(2, 16)
+
+KINDS = (
+    "tiny",
+    "huge",
+    "negative",
+    "positive",
+    "straddle",
+    "constant",
+    "integer",
+    "float16",
+    "general",
+)
+
+
+@st.composite
+def images(draw: st.DrawFn, kinds: tuple[str, ...] = KINDS) -> np.ndarray:
+    """float32 images of many shapes and value regimes, optionally with exact zeros."""
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9))
+    kind = draw(st.sampled_from(kinds))
+    unit = draw(hnp.arrays(np.float64, shape, elements=st.floats(-1.0, 1.0)))
+    t = (unit + 1.0) / 2.0  # in [0, 1]
+    if kind == "tiny":
+        centre = draw(st.sampled_from([0.0, 1e-6, -2e-6, 1.0, -3.5, 1e3]))
+        width = draw(st.floats(1e-8, 1e-5))
+        a = centre + width * unit
+    elif kind == "huge":
+        lo, hi = sorted(draw(st.lists(st.floats(-1e30, 1e30), min_size=2, max_size=2)))
+        a = lo + (hi - lo) * t
+    elif kind == "negative":
+        top = -draw(st.floats(1e-6, 1e6))
+        a = top - draw(st.floats(0.0, 1e6)) * t
+    elif kind == "positive":
+        bottom = draw(st.floats(1e-6, 1e6))
+        a = bottom + draw(st.floats(0.0, 1e6)) * t
+    elif kind == "straddle":
+        lo, hi = -draw(st.floats(1e-6, 1e6)), draw(st.floats(1e-6, 1e6))
+        a = lo + (hi - lo) * t
+    elif kind == "constant":
+        value = draw(
+            st.one_of(
+                st.integers(-100_000, 100_000).map(float),
+                st.floats(-1e6, 1e6, width=32),
+            )
+        )
+        a = np.full(shape, value)
+    elif kind == "integer":
+        lo = draw(st.integers(-(2**20), 2**20))
+        span = draw(st.one_of(st.integers(0, 70_000), st.integers(0, 2**22)))
+        a = np.round(lo + span * t)
+    elif kind == "float16":
+        scale = draw(st.floats(1e-3, 6e4))
+        centre = draw(st.sampled_from([0.0, 0.5, -1.0, 100.0]))
+        a = (centre + scale * unit).astype(np.float16).astype(np.float64)
+    else:
+        a = draw(hnp.arrays(np.float64, shape, elements=st.floats(-1e6, 1e6, width=32)))
+    a = a.astype(F32)
+    if draw(st.booleans()):
+        mask = draw(hnp.arrays(np.bool_, shape))
+        a[mask] = 0.0
+    return a
+
+
+def f32(x: float) -> np.float32:
+    return F32(x)
+
+
+def step_of(rng: RenderRange) -> float:
+    return (float(f32(rng.rmax)) - float(f32(rng.rmin))) / (2**rng.bits - 1)
+
+
+def ulps(rng: RenderRange, n: int = 4) -> float:
+    scale = max(abs(float(f32(rng.rmin))), abs(float(f32(rng.rmax))))
+    return n * float(np.spacing(f32(scale)))
+
+
+def reference_codes(a: np.ndarray, rng: RenderRange) -> np.ndarray:
+    """EMAN2 Renderer (spec §2.3) in numpy float32, with roundf done exactly in float64."""
+    a32 = np.asarray(a, dtype=F32)
+    rmin, rmax = f32(rng.rmin), f32(rng.rmax)
+    big = float(2**rng.bits - 1)
+    if rmax == rmin:
+        x = np.zeros(a32.shape, dtype=np.float64)
+    else:
+        x32 = ((a32 - rmin) / (rmax - rmin)) * F32(big)
+        assert x32.dtype == F32
+        x = np.floor(np.abs(x32.astype(np.float64)) + 0.5) * np.sign(x32)
+    x = np.where(a32 < rmin, 0.0, x)
+    x = np.where(a32 > rmax, big, x)
+    return x
+
+
+def auto_range(a: np.ndarray, bits: int) -> RenderRange:
+    return choose_range(block_stats(a), bits)
+
+
+# ----------------------------------------------------------------------- (a) error bound
+
+
+@SETTINGS
+@given(a=images(), bits=bits_st)
+def test_decode_error_within_half_step(a: np.ndarray, bits: int) -> None:
+    rng = auto_range(a, bits)
+    codes, _ = quantize(a, rng)
+    got = dequantize(codes, rng).astype(np.float64)
+    rmin, rmax = f32(rng.rmin), f32(rng.rmax)
+    inside = (a >= rmin) & (a <= rmax)
+    bound = step_of(rng) / 2 + ulps(rng)
+    err = np.abs(got[inside] - a[inside].astype(np.float64))
+    assert err.size == 0 or err.max() <= bound, (rng, float(err.max()), bound)
+
+
+@SETTINGS
+@given(a=images(), bits=bits_st)
+def test_codes_equal_reference_renderer(a: np.ndarray, bits: int) -> None:
+    """Every code equals roundf((v - rmin)/(rmax - rmin)*R) in float32, clamped ends."""
+    rng = auto_range(a, bits)
+    codes, _ = quantize(a, rng)
+    assert codes.dtype == (np.uint8 if bits <= 8 else np.uint16)
+    np.testing.assert_array_equal(codes.astype(np.float64), reference_codes(a, rng))
+
+
+# ----------------------------------------------------------------------- (b) exact zero
+
+
+@SETTINGS
+@given(a=images(kinds=("straddle", "general", "float16", "tiny", "huge")), bits=bits_st)
+def test_zero_decodes_to_exact_zero_when_straddling(a: np.ndarray, bits: int) -> None:
+    a = a.copy()
+    a.flat[0] = 0.0
+    lo, hi = float(a.min()), float(a.max())
+    assume(lo < 0.0 < hi)
+    # Spec §2.2 rule 1 (max - min == 1 exactly) comes before the zero-preserving rule and
+    # maps [min, max] linearly; it is covered by test_unit_range_rule_takes_precedence.
+    assume(F32(hi) - F32(lo) != F32(1.0))
+    rng = auto_range(a, bits)
+    codes, _ = quantize(a, rng)
+    got = dequantize(codes, rng)
+    assert np.all(got[a == 0.0] == 0.0), (rng, got[a == 0.0])
+
+
+@SETTINGS
+@given(a=images(kinds=("positive", "general", "float16", "tiny", "huge", "integer")), bits=bits_st)
+def test_zero_decodes_to_exact_zero_when_min_is_zero(a: np.ndarray, bits: int) -> None:
+    a = np.abs(a)
+    a.flat[0] = 0.0
+    rng = auto_range(a, bits)
+    codes, _ = quantize(a, rng)
+    got = dequantize(codes, rng)
+    assert np.all(got[a == 0.0] == 0.0), (rng, got[a == 0.0])
+
+
+def test_unit_range_rule_takes_precedence() -> None:
+    """Spec §2.2 rule 1: max - min == 1 gives rmin = min, rmax = max even across zero."""
+    a = np.array([-0.25, 0.0, 0.5, 0.75], dtype=F32)
+    rng = auto_range(a, 8)
+    assert (rng.rmin, rng.rmax) == (-0.25, 0.75)
+    codes, trunc = quantize(a, rng)
+    assert trunc == 0
+    assert codes.tolist() == [0, 64, 191, 255]  # roundf(v + 0.25) * 255
+
+
+# ----------------------------------------------------------------------- (c) integers
+
+
+@st.composite
+def integer_images(draw: st.DrawFn) -> tuple[np.ndarray, int]:
+    bits = draw(bits_st)
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9))
+    lo = draw(st.integers(-(2**23), 2**23))
+    fits = draw(st.booleans())
+    if fits:
+        span = draw(st.integers(0, 2**bits - 1))
+    else:
+        span = draw(st.integers(2**bits, 2**24 - 1))
+    hi = lo + span
+    assume(-(2**24) < hi < 2**24)
+    vals = draw(hnp.arrays(np.int64, shape, elements=st.integers(lo, hi)))
+    vals.flat[0] = lo
+    vals.flat[-1] = hi
+    dtypes = [F32, np.int32]
+    if lo >= 0 and hi < 2**16:
+        dtypes.append(np.uint16)
+    if -(2**15) <= lo and hi < 2**15:
+        dtypes.append(np.int16)
+    return vals.astype(draw(st.sampled_from(dtypes))), bits
+
+
+@SETTINGS
+@given(data=integer_images())
+def test_integer_images_decode_to_integers(data: tuple[np.ndarray, int]) -> None:
+    a, bits = data
+    lo, hi = int(a.min()), int(a.max())
+    rng = auto_range(a, bits)
+    codes, trunc = quantize(a, rng)
+    got = dequantize(codes, rng).astype(np.float64)
+    assert np.all(got == np.round(got)), rng
+    step = step_of(rng)
+    if hi - lo < 2**bits:
+        # lossless: every pixel reads back as itself (or, for span == 1, rule 1 also maps
+        # the two values onto the end codes exactly)
+        assert trunc == 0
+        np.testing.assert_array_equal(got, a.astype(np.float64))
+    else:
+        assert step == 2.0 ** ((hi - lo).bit_length() - bits), (rng, step)
+        inside = (a >= rng.rmin) & (a <= rng.rmax)
+        err = np.abs(got[inside] - a[inside].astype(np.float64))
+        assert err.size == 0 or err.max() <= step / 2
+
+
+def test_integer_worked_examples_spec_2_2() -> None:
+    a = np.arange(0, 101, dtype=F32)
+    rng = auto_range(a, 4)
+    assert (rng.rmin, rng.rmax) == (0.0, 120.0)
+    codes, trunc = quantize(a, rng)
+    assert trunc == 0
+    got = dequantize(codes, rng)
+    # step 8: every value reads back as the nearest multiple of 8 (ties away from zero)
+    np.testing.assert_array_equal(got, np.floor(np.arange(101) / 8 + 0.5) * 8)
+
+    b = np.arange(-50, 51, dtype=F32)
+    rng = auto_range(b, 4)
+    assert (rng.rmin, rng.rmax) == (-48.0, 72.0)
+    codes, trunc = quantize(b, rng)
+    assert trunc == 2  # -50 and -49 are below rmin = -48
+    got = dequantize(codes, rng)
+    assert got[0] == got[1] == -48.0
+    assert got[50] == 0.0  # 0 is on the grid
+
+
+# ----------------------------------------------------------------------- (d) constants
+
+
+@SETTINGS
+@given(
+    shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9),
+    value=st.one_of(
+        st.integers(-(2**24), 2**24).map(float),
+        st.floats(-1e30, 1e30).map(lambda v: float(F32(v))),
+        st.floats(-1e-6, 1e-6).map(lambda v: float(F32(v))),
+    ),
+    bits=bits_st,
+)
+def test_constant_images_decode_exactly(shape: tuple[int, ...], value: float, bits: int) -> None:
+    a = np.full(shape, value, dtype=F32)
+    rng = auto_range(a, bits)
+    codes, trunc = quantize(a, rng)
+    assert trunc == 0
+    got = dequantize(codes, rng)
+    np.testing.assert_array_equal(got, a)
+
+
+def test_constant_examples() -> None:
+    for value in (7.0, -3.0, 0.0, 0.1, -2.5, 1234.5678, 65536.0):
+        a = np.full((9, 8), value, dtype=F32)
+        for bits in (2, 5, 10, 16):
+            rng = auto_range(a, bits)
+            codes, trunc = quantize(a, rng)
+            assert trunc == 0
+            assert np.all(dequantize(codes, rng) == F32(value)), (value, bits, rng)
+
+
+# ----------------------------------------------------------------------- (e) coverage
+
+
+def _round_half_away(x: float) -> float:
+    return math.copysign(math.floor(abs(x) + 0.5), x)
+
+
+@SETTINGS
+@given(a=images(), bits=bits_st)
+def test_auto_range_covers_data(a: np.ndarray, bits: int) -> None:
+    rng = auto_range(a, bits)
+    lo, hi = F32(a.min()), F32(a.max())
+    codes, trunc = quantize(a, rng)
+    all_int = bool(np.all(a == np.trunc(a)))
+    if all_int and lo < 0 < hi and float(hi) - float(lo) >= 2**bits and hi - lo != F32(1):
+        # Spec §2.2 rule 2b: rmin = roundhalfaway(min/step)*step, which may sit above
+        # min (ints -50..50, bits 4 -> rmin -48); the count must then be exact.
+        step = 2.0 ** ((int(hi) - int(lo)).bit_length() - bits)
+        assert rng.rmin == _round_half_away(float(lo) / step) * step
+        outside = int(np.count_nonzero((a < F32(rng.rmin)) | (a > F32(rng.rmax))))
+        assert trunc == outside
+        return
+    assert F32(rng.rmin) <= lo, rng
+    assert F32(rng.rmax) >= hi, rng
+    assert trunc == 0
+
+
+# ----------------------------------------------------------------------- (f) limits
+
+
+@SETTINGS
+@given(
+    a=images(kinds=KINDS[:-3] + ("float16", "general")),
+    t=st.lists(st.floats(-0.5, 1.5), min_size=2, max_size=2),
+    bits=bits_st,
+)
+def test_truncated_count_with_limits(a: np.ndarray, t: list[float], bits: int) -> None:
+    dmin, dmax = float(a.min()), float(a.max())
+    span = dmax - dmin if dmax > dmin else max(abs(dmin), 1.0)
+    lo, hi = sorted(dmin + span * x for x in t)
+    lo, hi = float(F32(lo)), float(F32(hi))
+    assume(valid_limits(lo, hi))
+    stats = block_stats(a, (lo, hi))
+    rng = choose_range(stats, bits, (lo, hi))
+    codes, trunc = quantize(a, rng)
+    rmin, rmax = F32(rng.rmin), F32(rng.rmax)
+    below, above = a < rmin, a > rmax
+    assert trunc == int(np.count_nonzero(below | above))
+    assert np.all(codes[below] == 0)
+    assert np.all(codes[above] == 2**bits - 1)
+    np.testing.assert_array_equal(codes.astype(np.float64), reference_codes(a, rng))
+
+
+# ----------------------------------------------------------------------- roundf, Renderer
+
+
+def test_roundf_exact_at_half_and_just_below() -> None:
+    # bits 8: R = 255 and (x - 0)/255*255 == x in float32 for these x (checked below)
+    rng = RenderRange(8, 0.0, 255.0)
+    below_half = np.nextafter(F32(0.5), F32(0.0))
+    assert below_half == F32(0.49999997)
+    x = np.array([0.5, 1.5, 2.5, below_half, 0.0, 254.5, 253.49998], dtype=F32)
+    scaled = (x - F32(0.0)) / F32(255.0) * F32(255.0)
+    np.testing.assert_array_equal(scaled, x)  # scale is exactly 1 for these values
+    codes, trunc = quantize(x, rng)
+    assert trunc == 0
+    assert codes.tolist() == [1, 2, 3, 0, 0, 255, 253]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8, 12])
+def test_roundf_just_below_half_gives_zero(bits: int) -> None:
+    big = F32(2**bits - 1)
+    v = np.nextafter(F32(0.5), F32(0.0))
+    x = (np.array([v], dtype=F32) - F32(0.0)) / big * big
+    assert x[0] == v  # the float32 formula lands exactly on 0.49999997
+    codes, _ = quantize(np.array([v, 0.5, 1.5, 2.5], dtype=F32), RenderRange(bits, 0.0, float(big)))
+    assert codes.tolist() == [0, 1, 2, 3]
+
+
+@SETTINGS
+@given(
+    bits=bits_st,
+    k=st.integers(0, 2**16 - 2),
+    delta=st.integers(-3, 3),
+    rmin=st.sampled_from([0.0, -1.0, 3.0, -1000.5, 0.125]),
+    width=st.sampled_from([1.0, 3.0, 255.0, 1023.0, 0.001, 7e5]),
+)
+def test_roundf_near_ties_matches_exact_rounding(
+    bits: int, k: int, delta: int, rmin: float, width: float
+) -> None:
+    """Values a few ulps around (k + 0.5) steps quantise as exact float64 rounding says."""
+    big = 2**bits - 1
+    k %= big
+    rmax = float(F32(rmin + width))
+    rng = RenderRange(bits, float(F32(rmin)), rmax)
+    centre = F32(float(F32(rmin)) + (k + 0.5) * (rmax - float(F32(rmin))) / big)
+    v = centre
+    step = np.inf if delta > 0 else -np.inf
+    for _ in range(abs(delta)):
+        v = np.nextafter(v, F32(step))
+    a = np.array([v], dtype=F32)
+    codes, _ = quantize(a, rng)
+    np.testing.assert_array_equal(codes.astype(np.float64), reference_codes(a, rng))
+
+
+def test_renderer_examples_from_eman2_test_renderer() -> None:
+    """rt/imageio/test_renderer.cpp (spec §7), unsigned cases, via quantize directly."""
+    data = np.array([-1e5, 1, 2, 1e5], dtype=F32)
+    codes, trunc = quantize(data, RenderRange(2, 0.0, 3.0))
+    assert (codes.tolist(), trunc) == ([0, 1, 2, 3], 2)
+    codes, trunc = quantize(data, RenderRange(3, 0.0, 7.0))
+    assert (codes.tolist(), trunc) == ([0, 1, 2, 7], 2)
+    codes, trunc = quantize(data, RenderRange(3, 3.0, 10.0))
+    assert (codes.tolist(), trunc) == ([0, 0, 0, 7], 4)
+    data6 = np.array([-1e5, 1, 2, 10, 11, 1e5], dtype=F32)
+    codes, trunc = quantize(data6, RenderRange(4, 0.0, 15.0))
+    assert (codes.tolist(), trunc) == ([0, 1, 2, 10, 11, 15], 2)
+    codes, trunc = quantize(data6, RenderRange(7, 0.0, 127.0))
+    assert (codes.tolist(), trunc) == ([0, 1, 2, 10, 11, 127], 2)
+    codes, trunc = quantize(data6 + F32(42), RenderRange(7, 42.0, 169.0))
+    assert (codes.tolist(), trunc) == ([0, 1, 2, 10, 11, 127], 2)
