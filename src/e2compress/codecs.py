@@ -1,13 +1,27 @@
 """Deflate engines for chunks: zlib-format streams that HDF5's deflate filter decodes.
 
-``--compresslevel`` keeps zlib's 0..9 meaning; :func:`engine_for_level` maps it onto
-the fastest installed engine that reaches at least zlib's ratio at that level.
+Quantised shot noise has almost no repeated strings, so LZ77 matching wastes bits
+there and a literal-only (Huffman-only) deflate stream comes within a few percent of
+the order-0 entropy; smooth or masked data (maps, particles with zero borders) does
+want LZ77. Each block of chunks is therefore probed: a small slice is compressed with
+zlib-ng's Huffman-only and RLE strategies and with the fast LZ engine, and the block
+uses the smallest. ``--compresslevel`` keeps zlib's 0..9 meaning for the LZ engine:
+
+========  ===========================================================
+level     LZ engine (Huffman-only / RLE are level-independent)
+========  ===========================================================
+0         stored (no compression; zlib level 0)
+1         ISA-L level 1 (fastest)
+2..9      libdeflate level 2, 3, 4, 5, 6, 8, 10, 12 (12 = optimal parsing)
+========  ===========================================================
+
+Any engine missing from the environment falls back to the standard library's zlib.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,17 +29,24 @@ import numpy as np
 
 _isal: Any
 _libdeflate: Any
-try:  # ISA-L: fastest level-1 deflate on x86-64 and aarch64
+_zlib_ng: Any
+try:  # ISA-L: the fastest level-1 LZ deflate
     from isal import isal_zlib as _isal
 except ImportError:  # pragma: no cover - exercised only without the wheel
     _isal = None
-
-try:  # libdeflate: fast at every level, strongest at 10..12
+try:  # libdeflate: strongest LZ at 10..12, fastest inflate
     import deflate as _libdeflate
 except ImportError:  # pragma: no cover
     _libdeflate = None
+try:  # zlib-ng: fast Huffman-only and RLE strategies
+    from zlib_ng import zlib_ng as _zlib_ng
+except ImportError:  # pragma: no cover
+    _zlib_ng = None
 
-Compressor = Callable[[bytes | memoryview], bytes | bytearray]
+Buffer = bytes | bytearray | memoryview
+Compressor = Callable[[Buffer], bytes | bytearray]
+LIBDEFLATE_LEVEL = {2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 8, 8: 10, 9: 12}
+PROBE_BYTES = 32 << 10
 
 
 @dataclass(frozen=True)
@@ -36,48 +57,57 @@ class Engine:
     compress: Compressor
 
 
-def _zlib(level: int, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> Compressor:
-    def run(buf: bytes | memoryview) -> bytes:
-        c = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
-        return c.compress(buf) + c.flush()
+def _strategy(strategy: int, name: str) -> Engine:
+    mod = _zlib_ng if _zlib_ng is not None else zlib
 
-    if strategy == zlib.Z_DEFAULT_STRATEGY:
-        return lambda buf: zlib.compress(buf, level)
-    return run
+    def run(buf: Buffer) -> bytes:
+        c = mod.compressobj(1, mod.DEFLATED, 15, 9, strategy)
+        return bytes(c.compress(buf) + c.flush())
 
-
-def available_engines() -> list[str]:
-    """Names of the optional fast engines installed."""
-    names = ["zlib"]
-    if _isal is not None:
-        names.append("isal")
-    if _libdeflate is not None:
-        names.append("libdeflate")
-    return names
+    prefix = "zlib-ng" if _zlib_ng is not None else "zlib"
+    return Engine(f"{prefix}-{name}", run)
 
 
-def engine_for_level(level: int) -> Engine:
-    """The engine used for zlib-style ``level`` 0..9."""
+HUFFMAN = _strategy(zlib.Z_HUFFMAN_ONLY, "huffman")
+RLE = _strategy(zlib.Z_RLE, "rle")
+
+
+def lz_engine(level: int) -> Engine:
+    """The LZ77 engine for zlib-style ``level`` 0..9 (see the module table)."""
     if not 0 <= level <= 9:
         raise ValueError(f"compression level must be 0..9, not {level}")
     if level == 0:
-        return Engine("zlib-0 (stored)", _zlib(0))
-    if level == 1:
-        if _isal is not None:
-            isal = _isal
-            return Engine("isal-1", lambda buf: isal.compress(buf, 1))
-        if _libdeflate is not None:
-            lib = _libdeflate
-            return Engine("libdeflate-1", lambda buf: lib.zlib_compress(bytes(buf), 1))
-        return Engine("zlib-1", _zlib(1))
+        return Engine("zlib-0", lambda buf: zlib.compress(buf, 0))
+    if level == 1 and _isal is not None:
+        isal = _isal
+        return Engine("isal-1", lambda buf: isal.compress(buf, 1))
     if _libdeflate is not None:
-        lib = _libdeflate
-        lvl = {2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 8, 8: 10, 9: 12}[level]
+        lib, lvl = _libdeflate, LIBDEFLATE_LEVEL.get(level, 1)
         return Engine(f"libdeflate-{lvl}", lambda buf: lib.zlib_compress(bytes(buf), lvl))
-    return Engine(f"zlib-{level}", _zlib(level))
+    return Engine(f"zlib-{level}", lambda buf: zlib.compress(buf, level))
 
 
-def inflate(data: bytes | memoryview, size: int) -> bytes:
+def candidates(level: int) -> tuple[Engine, ...]:
+    """Engines probed for each block at ``level`` (level 0 stores only)."""
+    lz = lz_engine(level)
+    return (lz,) if level == 0 else (HUFFMAN, RLE, lz)
+
+
+def choose(engines: Sequence[Engine], sample: Buffer) -> Engine:
+    """The engine giving the smallest stream for ``sample`` (first on ties)."""
+    if len(engines) == 1:
+        return engines[0]
+    probe = memoryview(sample).cast("B")[:PROBE_BYTES]
+    sizes = [len(e.compress(probe)) for e in engines]
+    return engines[sizes.index(min(sizes))]
+
+
+def engine_names(level: int) -> str:
+    """Human-readable list of the engines used at ``level``."""
+    return "/".join(e.name for e in candidates(level))
+
+
+def inflate(data: Buffer, size: int) -> bytes:
     """Decode one zlib stream of known decoded ``size``."""
     if _libdeflate is not None:
         return bytes(_libdeflate.zlib_decompress(bytes(data), size))
@@ -91,10 +121,11 @@ def shuffle(codes: np.ndarray) -> np.ndarray:
     flat = np.ascontiguousarray(codes).reshape(-1)
     if flat.dtype.itemsize == 1:
         return flat.view(np.uint8)
-    return np.ascontiguousarray(flat.view(np.uint8).reshape(-1, flat.dtype.itemsize).T).reshape(-1)
+    planes = flat.view(np.uint8).reshape(-1, flat.dtype.itemsize).T
+    return np.ascontiguousarray(planes).reshape(-1)
 
 
-def unshuffle(buf: bytes | np.ndarray, dtype: np.dtype) -> np.ndarray:
+def unshuffle(buf: Buffer | np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Inverse of :func:`shuffle`, returning a flat array of ``dtype``."""
     raw = np.frombuffer(buf, dtype=np.uint8)
     size = dtype.itemsize
