@@ -8,11 +8,12 @@ truncation), never by calling the code under test a second way.
 from __future__ import annotations
 
 import math
+import warnings
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from e2compress.quantize import (
@@ -114,7 +115,8 @@ def reference_codes(a: np.ndarray, rng: RenderRange) -> np.ndarray:
     if rmax == rmin:
         x = np.zeros(a32.shape, dtype=np.float64)
     else:
-        x32 = ((a32 - rmin) / (rmax - rmin)) * F32(big)
+        with np.errstate(over="ignore", invalid="ignore"):  # far-out pixels are clamped below
+            x32 = ((a32 - rmin) / (rmax - rmin)) * F32(big)
         assert x32.dtype == F32
         x = np.floor(np.abs(x32.astype(np.float64)) + 0.5) * np.sign(x32)
     x = np.where(a32 < rmin, 0.0, x)
@@ -156,18 +158,34 @@ def test_codes_equal_reference_renderer(a: np.ndarray, bits: int) -> None:
 
 
 @SETTINGS
-@given(a=images(kinds=("straddle", "general", "float16", "tiny", "huge")), bits=bits_st)
+@given(a=images(kinds=("straddle", "general", "float16", "tiny", "huge", "integer")), bits=bits_st)
 def test_zero_decodes_to_exact_zero_when_straddling(a: np.ndarray, bits: int) -> None:
+    assume(a.size >= 3)
     a = a.copy()
     a.flat[0] = 0.0
-    lo, hi = float(a.min()), float(a.max())
-    assume(lo < 0.0 < hi)
+    flat = a.reshape(-1)
+    if flat.max() <= 0:
+        keep = {0, int(np.argmin(flat))}
+        flat[min(set(range(3)) - keep)] = max(-float(flat.min()) / 3, 1e-6)
+    if flat.min() >= 0:
+        keep = {0, int(np.argmax(flat))}
+        flat[min(set(range(3)) - keep)] = -max(float(flat.max()) / 3, 1e-6)
+    if np.all(a == np.trunc(a)):
+        a = np.round(a)  # keep integer images integer after the changes above
+    lo, hi = F32(a.min()), F32(a.max())
+    assert lo < 0 < hi
     # Spec §2.2 rule 1 (max - min == 1 exactly) comes before the zero-preserving rule and
     # maps [min, max] linearly; it is covered by test_unit_range_rule_takes_precedence.
-    assume(F32(hi) - F32(lo) != F32(1.0))
+    assume(hi - lo != F32(1.0))
     rng = auto_range(a, bits)
     codes, _ = quantize(a, rng)
     got = dequantize(codes, rng)
+    if not F32(rng.rmin) <= 0 <= F32(rng.rmax):
+        # only rule 2b (integer data, step 2**k) can leave 0 outside: ints -32000..1 at
+        # bits 2 give step 8192, rmin -32768, rmax -8192; 0 is then clamped to rmax
+        assert rng.rule == "integer_step", rng
+        assert np.all(got[a == 0.0] == F32(rng.rmax))
+        return
     assert np.all(got[a == 0.0] == 0.0), (rng, got[a == 0.0])
 
 
@@ -213,13 +231,16 @@ def integer_images(draw: st.DrawFn) -> tuple[np.ndarray, int]:
     dtypes = [F32, np.int32]
     if lo >= 0 and hi < 2**16:
         dtypes.append(np.uint16)
-    if -(2**15) <= lo and hi < 2**15:
+    if lo >= -(2**15) and hi < 2**15:
         dtypes.append(np.int16)
     return vals.astype(draw(st.sampled_from(dtypes))), bits
 
 
 @SETTINGS
 @given(data=integer_images())
+@example(data=(np.array([257, 300, 256257, 16777215], dtype=np.int32), 16))
+@example(data=(np.array([-50, 0, 50], dtype=F32), 4))
+@example(data=(np.array([3, 70_000], dtype=F32), 10))
 def test_integer_images_decode_to_integers(data: tuple[np.ndarray, int]) -> None:
     a, bits = data
     lo, hi = int(a.min()), int(a.max())
@@ -304,13 +325,29 @@ def _round_half_away(x: float) -> float:
 def test_auto_range_covers_data(a: np.ndarray, bits: int) -> None:
     rng = auto_range(a, bits)
     lo, hi = F32(a.min()), F32(a.max())
-    codes, trunc = quantize(a, rng)
+    _, trunc = quantize(a, rng)
     all_int = bool(np.all(a == np.trunc(a)))
-    if all_int and lo < 0 < hi and float(hi) - float(lo) >= 2**bits and hi - lo != F32(1):
-        # Spec §2.2 rule 2b: rmin = roundhalfaway(min/step)*step, which may sit above
-        # min (ints -50..50, bits 4 -> rmin -48); the count must then be exact.
-        step = 2.0 ** ((int(hi) - int(lo)).bit_length() - bits)
-        assert rng.rmin == _round_half_away(float(lo) / step) * step
+    span = int(hi) - int(lo) if all_int else 0
+    if all_int and span >= 2**bits and hi - lo != F32(1):
+        # Spec §2.2 rule 2b does not always cover the data: step = 2**(neededbits - bits),
+        # rmin = min (or roundhalfaway(min/step)*step across zero, ints -50..50 bits 4 ->
+        # rmin -48) and rmax = rmin + step*(2**bits - 1) (ints 0..1000 bits 2 -> rmax 768).
+        step = 2.0 ** (span.bit_length() - bits)
+        assert span.bit_length() == math.ceil(math.log2(span + 1))
+        rmin = _round_half_away(float(lo) / step) * step if lo < 0 < hi else float(lo)
+        assert rng.rmin == rmin, rng
+        assert rng.rmax == float(F32(F32(rmin) + F32(step) * F32(2**bits - 1))), rng
+        assert float(F32(rng.rmin)) - float(lo) <= step / 2
+        assert float(hi) - float(F32(rng.rmax)) < step
+        outside = int(np.count_nonzero((a < F32(rng.rmin)) | (a > F32(rng.rmax))))
+        assert trunc == outside
+        return
+    if rng.rule == "zero_straddle_grid":
+        # rmin = floor(min/step)*step and rmax = rmin + step*R are float32 expressions
+        # (EMAN2's); their rounding may miss the extremes by an ulp or two, never more,
+        # and any pixel so clamped must be counted.
+        assert float(F32(rng.rmin)) <= float(lo) + 2 * float(np.spacing(abs(lo))), rng
+        assert float(F32(rng.rmax)) >= float(hi) - 2 * float(np.spacing(abs(hi))), rng
         outside = int(np.count_nonzero((a < F32(rng.rmin)) | (a > F32(rng.rmax))))
         assert trunc == outside
         return
@@ -324,7 +361,7 @@ def test_auto_range_covers_data(a: np.ndarray, bits: int) -> None:
 
 @SETTINGS
 @given(
-    a=images(kinds=KINDS[:-3] + ("float16", "general")),
+    a=images(kinds=(*KINDS[:-3], "float16", "general")),
     t=st.lists(st.floats(-0.5, 1.5), min_size=2, max_size=2),
     bits=bits_st,
 )
@@ -334,12 +371,20 @@ def test_truncated_count_with_limits(a: np.ndarray, t: list[float], bits: int) -
     lo, hi = sorted(dmin + span * x for x in t)
     lo, hi = float(F32(lo)), float(F32(hi))
     assume(valid_limits(lo, hi))
+    # far-out pixels over a subnormal-wide range overflow float32 in the formula; that
+    # case is test_no_overflow_warning_for_far_out_pixels
+    assume(hi - lo >= 1e-30 and max(abs(dmin), abs(dmax)) / (hi - lo) < 1e30)
     stats = block_stats(a, (lo, hi))
     rng = choose_range(stats, bits, (lo, hi))
     codes, trunc = quantize(a, rng)
     rmin, rmax = F32(rng.rmin), F32(rng.rmax)
     below, above = a < rmin, a > rmax
     assert trunc == int(np.count_nonzero(below | above))
+    if rmin == rmax:
+        # degenerate mapping (clamped data constant and float32 rmin + R rounded onto
+        # rmin): EMAN2 divides 0 by 0 on write and reads rmin for every code (spec §2.5)
+        np.testing.assert_array_equal(dequantize(codes, rng), np.full(a.shape, rmin))
+        return
     assert np.all(codes[below] == 0)
     assert np.all(codes[above] == 2**bits - 1)
     np.testing.assert_array_equal(codes.astype(np.float64), reference_codes(a, rng))
@@ -395,6 +440,16 @@ def test_roundf_near_ties_matches_exact_rounding(
     a = np.array([v], dtype=F32)
     codes, _ = quantize(a, rng)
     np.testing.assert_array_equal(codes.astype(np.float64), reference_codes(a, rng))
+
+
+def test_no_overflow_warning_for_far_out_pixels() -> None:
+    """Pixels far outside a narrow range are clamped silently (no RuntimeWarning)."""
+    a = np.array([0.0, 5e-7, 1e30, -1e30], dtype=F32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        codes, trunc = quantize(a, RenderRange(16, 0.0, 1e-6))
+    assert codes.tolist() == [0, 32768, 65535, 0]
+    assert trunc == 2
 
 
 def test_renderer_examples_from_eman2_test_renderer() -> None:
