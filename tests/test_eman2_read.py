@@ -63,7 +63,7 @@ def _eman2_read(hdf: str, stem: str) -> np.ndarray:
 
 
 def _stored_limits(hdf: str, i: int) -> tuple[float, float, int] | None:
-    with h5py.File(EMAN2_WRITTEN / f"{hdf}.hdf", "r", locking=False) as f:
+    with h5py.File(EMAN2_WRITTEN / f"{hdf}.hdf", "r") as f:
         a = f[f"MDF/images/{i}"].attrs
         if "EMAN.stored_renderbits" not in a:
             return None
@@ -115,7 +115,7 @@ def test_open_matches_eman2(hdf: str, stem: str, bits: int, n: int) -> None:
 def test_header_matches_eman2(hdf: str, stem: str, bits: int, n: int) -> None:
     eman2 = json.loads((EMAN2_WRITTEN / f"{hdf}_eman2_read.json").read_text())
     assert len(eman2) == n
-    with h5py.File(EMAN2_WRITTEN / f"{hdf}.hdf", "r", locking=False) as raw:
+    with h5py.File(EMAN2_WRITTEN / f"{hdf}.hdf", "r") as raw:
         stored = [
             {k[5:] for k in raw[f"MDF/images/{i}"].attrs if k.startswith("EMAN.")} for i in range(n)
         ]
@@ -150,7 +150,7 @@ def test_encoding_reproduces_eman2_codes(hdf: str, stem: str, bits: int, n: int)
         for i in range(n):
             eman2_codes = f.read_codes(i)
             assert eman2_codes.dtype == (np.uint8 if bits <= 8 else np.uint16)
-            with h5py.File(EMAN2_WRITTEN / f"{hdf}.hdf", "r", locking=False) as raw:
+            with h5py.File(EMAN2_WRITTEN / f"{hdf}.hdf", "r") as raw:
                 group = raw[f"MDF/images/{i}"]
                 assert np.array_equal(eman2_codes, group["image"][...])
                 eman2_truncated = int(group.attrs["EMAN.stored_truncated"][0])
@@ -211,7 +211,7 @@ def test_zero_input_round_trips_to_exact_zero(tmp_path: Any) -> None:
     limits = _stored_limits("stack5x256_bits4", 0)
     assert limits is not None
     rmin, rmax, bits = limits
-    with h5py.File(dst, "r", locking=False) as raw:
+    with h5py.File(dst, "r") as raw:
         a = raw["MDF/images/0"].attrs
         assert float(a["EMAN.stored_rendermin"][0]) == rmin  # same range as EMAN2 chose
         assert float(a["EMAN.stored_rendermax"][0]) == rmax

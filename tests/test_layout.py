@@ -81,7 +81,7 @@ def _check_attr_types(group: h5py.Group) -> None:
 @pytest.mark.parametrize(("name", "n", "shape", "bits"), CASES, ids=CASE_IDS)
 def test_layout(name: str, n: int, shape: tuple[int, ...], bits: int, tmp_path: Path) -> None:
     out = _compress(name, tmp_path, bits=bits)
-    with h5py.File(out, "r", locking=False) as f:
+    with h5py.File(out, "r") as f:
         assert len(f.attrs) == 0  # never num_dataset: EMAN2 would use its legacy reader
         assert list(f.keys()) == ["MDF"]
         assert isinstance(f["MDF"], h5py.Group)
@@ -162,7 +162,7 @@ def test_string_attributes_of_tiff_and_fei(tmp_path: Path) -> None:
     """TIFF and FEI-extended-header inputs bring other keys; they must be typed the same way."""
     for name in ("KLH.tif", "HAADFscan.mrc"):
         out = _compress(name, tmp_path, bits=8)
-        with h5py.File(out, "r", locking=False) as f:
+        with h5py.File(out, "r") as f:
             group = f["MDF/images/0"]
             _check_attr_types(group)
             assert group.attrs["EMAN.source_path"] == name.encode()
@@ -174,7 +174,7 @@ def test_string_attributes_of_tiff_and_fei(tmp_path: Path) -> None:
 def test_compress_level_is_stored(level: int, tmp_path: Path) -> None:
     """--compresslevel sets the deflate level and adds EMAN.render_compress_level."""
     out = _compress("smallStack.mrcs", tmp_path, bits=5, level=level, store_level=True)
-    with h5py.File(out, "r", locking=False) as f:
+    with h5py.File(out, "r") as f:
         for i in range(4):
             group = f[f"MDF/images/{i}"]
             value = group.attrs["EMAN.render_compress_level"]
@@ -190,7 +190,7 @@ def test_compress_level_is_stored(level: int, tmp_path: Path) -> None:
 
 def test_level_without_store_level_is_not_stored(tmp_path: Path) -> None:
     out = _compress("smallStack.mrcs", tmp_path, bits=5, level=6)
-    with h5py.File(out, "r", locking=False) as f:
+    with h5py.File(out, "r") as f:
         group = f["MDF/images/0"]
         assert "EMAN.render_compress_level" not in group.attrs
         assert _filters(group["image"])[-1] == (h5py.h5z.FILTER_DEFLATE, (6,))
@@ -200,7 +200,7 @@ def test_level_without_store_level_is_not_stored(tmp_path: Path) -> None:
 def test_shuffle_can_be_turned_off(bits: int, tmp_path: Path) -> None:
     """shuffle=False gives EMAN2's own pipeline (deflate only) for multi-byte data too."""
     out = _compress("EMD-3197.map", tmp_path, bits=bits, shuffle=False)
-    with h5py.File(out, "r", locking=False) as f:
+    with h5py.File(out, "r") as f:
         ds = f["MDF/images/0/image"]
         assert [code for code, _ in _filters(ds)] == [h5py.h5z.FILTER_DEFLATE]
         assert ds.dtype.itemsize > 1

@@ -117,7 +117,7 @@ def test_round_trip(path: Path, bits: int, tmp_path: Path) -> None:
     all_images = e2compress.read_images(out)
     with (
         e2compress.open(out) as f,
-        h5py.File(out, "r", locking=False) as raw,
+        h5py.File(out, "r") as raw,
         e2compress.open_source(path) as src,
     ):
         assert len(f) == len(truth) == len(all_images) == len(src)
@@ -179,7 +179,7 @@ def test_round_trip_with_range_clamps(name: str, tmp_path: Path) -> None:
     e2compress.compress_file(REAL / name, out, bits=8, value_range=(lo, hi), threads=2)
     truth = _true_images(REAL / name)
     total = 0
-    with e2compress.open(out) as f, h5py.File(out, "r", locking=False) as raw:
+    with e2compress.open(out) as f, h5py.File(out, "r") as raw:
         for i, orig in enumerate(truth):
             group = raw[f"MDF/images/{i}"]
             codes = group["image"][...]
@@ -218,11 +218,11 @@ def test_permuted_axis_map(bits: int, tmp_path: Path) -> None:
     if bits == 0:
         assert np.array_equal(decoded, expected)
     else:
-        with h5py.File(out, "r", locking=False) as raw:
+        with h5py.File(out, "r") as raw:
             rmin, rmax, _, _ = _attrs(raw["MDF/images/0"])
         step = (rmax - rmin) / 65535
         assert float(np.abs(decoded - expected).max()) <= step / 2 + 1e-6
-    with h5py.File(out, "r", locking=False) as raw:
+    with h5py.File(out, "r") as raw:
         a = raw["MDF/images/0"].attrs
         assert (int(a["EMAN.nx"][0]), int(a["EMAN.ny"][0]), int(a["EMAN.nz"][0])) == (6, 8, 10)
 
@@ -240,7 +240,7 @@ def test_pixel_size(name: str, apix: float, tmp_path: Path) -> None:
     assert voxel == pytest.approx(11.4, abs=1e-4) if apix != 1.0 else voxel == 0.0
     out = tmp_path / "out.hdf"
     e2compress.compress_file(path, out, bits=8)
-    with h5py.File(out, "r", locking=False) as raw:
+    with h5py.File(out, "r") as raw:
         a = raw["MDF/images/0"].attrs
         for axis in "xyz":
             value = a[f"EMAN.apix_{axis}"]

@@ -20,7 +20,7 @@ from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError, OutputError, VerificationError
 from .pipeline import CompressReport, ImageReport, Options, compress_file, output_path
 from .quantize import RenderRange
-from .sources import ImageSource, open_source
+from .sources import ImageSource, is_hdf5, open_source
 
 __version__ = "0.1.0"
 
@@ -56,8 +56,8 @@ def read_images(path: str | os.PathLike[str]) -> list[np.ndarray]:
     MRC and TIFF files are read as EMAN2 sees them (``.mrcs`` sections and TIFF pages
     are separate images, TIFF rows flipped).
     """
+    if is_hdf5(path):
+        with EmanHdfFile(path) as f:
+            return [f[i] for i in range(len(f))]
     with open_source(path) as src:
-        if isinstance(src, ImageSource) and src.kind == "hdf":
-            with EmanHdfFile(path) as f:
-                return [f[i] for i in range(len(f))]
         return [np.asarray(src.image(i), dtype=np.float32) for i in range(len(src))]

@@ -162,9 +162,9 @@ def _install_signals() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _watch_parent(ppid: int) -> None:
+def _watch_parent(ppid: int, done: threading.Event) -> None:
     def watch() -> None:
-        while not STOP.is_set():
+        while not done.is_set():
             try:
                 os.kill(ppid, 0)
             except ProcessLookupError:
@@ -201,14 +201,16 @@ def _already_done(src: Path, target: Path, bits: int) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     _install_signals()
+    STOP.clear()
     parser = build_parser()
+    watch_done = threading.Event()
     args = parser.parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
     if not args.files:
         parser.print_usage(sys.stderr)
         print("e2compress: error: no input files", file=sys.stderr)
         return 2
     if args.ppid is not None and args.ppid > 0:
-        _watch_parent(args.ppid)
+        _watch_parent(args.ppid, watch_done)
     if args.outpath is not None:
         out_dir = Path(args.outpath)
         if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
@@ -249,7 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         targets[key] = f
-    return _run(args, common)
+    try:
+        return _run(args, common)
+    finally:
+        watch_done.set()
 
 
 def _run(args: argparse.Namespace, common: dict[str, object]) -> int:
@@ -294,11 +299,10 @@ def _run(args: argparse.Namespace, common: dict[str, object]) -> int:
         )
         return 128 + exc.signum
     finally:
-        STOP.set()
         pool.shutdown(wait=True, cancel_futures=True)
     if failed or verbose or len(args.files) > 1:
         for msg in failed:
-            print(f"failed: {msg}", file=sys.stderr)
+            print(f"failed: {msg}")
         print(f"{done} compressed, {len(failed)} failed, {skipped} skipped")
     return 1 if failed else 0
 

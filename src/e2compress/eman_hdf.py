@@ -16,7 +16,7 @@ import numpy as np
 
 from . import codecs
 from .errors import InputError
-from .quantize import RenderRange, dequantize, storage_dtype
+from .quantize import RenderRange, decode_table, dequantize, storage_dtype
 
 PathLike = str | os.PathLike[str]
 STORED_KEYS = ("stored_rendermin", "stored_rendermax", "stored_renderbits", "stored_truncated")
@@ -206,54 +206,82 @@ def _decode_chunk(
     return np.frombuffer(data, dtype=dtype)
 
 
-def read_dataset(ds: h5py.Dataset, pool: Executor | None = None) -> np.ndarray:
-    """The whole dataset's stored values, chunks inflated in parallel where possible."""
+def read_dataset(
+    ds: h5py.Dataset, pool: Executor | None = None, table: np.ndarray | None = None
+) -> np.ndarray:
+    """The dataset's values, or ``table[values]`` when a decode table is given.
+
+    Chunks are read raw (``read_direct_chunk``) in this thread and inflated and
+    decoded in ``pool``; anything other than deflate/shuffle falls back to h5py.
+    """
     filters = _filters(ds) if ds.chunks is not None else []
     chunks = ds.chunks
+    grid = [-(-s // c) for s, c in zip(ds.shape, chunks or ds.shape, strict=True)]
     if (
         chunks is None
         or ds.size == 0
         or not all(f in (_DEFLATE, _SHUFFLE) for f in filters)
         or ds.dtype.byteorder == ">"
+        or (table is not None and ds.dtype.kind != "u")
+        or ds.id.get_num_chunks() != int(np.prod(grid))  # unwritten chunks: fill value
     ):
-        return np.asarray(ds[...])
+        data = np.asarray(ds[...])
+        return data if table is None else np.asarray(table[data])
     dtype = ds.dtype
     nbytes = int(np.prod(chunks)) * dtype.itemsize
-    expected = int(np.prod([-(-s // c) for s, c in zip(ds.shape, chunks, strict=True)]))
-    if ds.id.get_num_chunks() != expected:
-        return np.asarray(ds[...])  # unwritten chunks read as the fill value
-    out = np.empty(ds.shape, dtype=dtype)
-    items = []
-    for k in range(expected):
-        offset = ds.id.get_chunk_info(k).chunk_offset
-        mask, raw = ds.id.read_direct_chunk(offset)
-        items.append((offset, mask, raw))
+    out = np.empty(ds.shape, dtype=dtype if table is None else table.dtype)
 
-    def work(item: tuple[tuple[int, ...], int, bytes]) -> None:
-        offset, mask, raw = item
+    def work(offset: tuple[int, ...], mask: int, raw: bytes) -> None:
         block = _decode_chunk(raw, mask, filters, nbytes, dtype).reshape(chunks)
         region = tuple(
             slice(o, min(o + c, s)) for o, c, s in zip(offset, chunks, ds.shape, strict=True)
         )
-        out[region] = block[tuple(slice(0, r.stop - r.start) for r in region)]
+        part = block[tuple(slice(0, r.stop - r.start) for r in region)]
+        target = out[region]
+        if table is None:
+            target[...] = part
+        elif target.flags.c_contiguous:
+            np.take(table, part, out=target)
+        else:
+            target[...] = np.take(table, part)
 
-    if pool is None or len(items) < 4:
-        for item in items:
-            work(item)
-    else:
-        list(pool.map(work, items))
+    futures = []
+    for index in np.ndindex(*grid):
+        offset = tuple(i * c for i, c in zip(index, chunks, strict=True))
+        mask, raw = ds.id.read_direct_chunk(offset)
+        if pool is None:
+            work(offset, mask, raw)
+        else:
+            futures.append(pool.submit(work, offset, mask, raw))
+    for fut in futures:
+        fut.result()
     return out
+
+
+def _open_h5(path: str, locking: bool | None) -> h5py.File:
+    """Open read-only; retry without HDF5 file locking where locks are refused."""
+    if locking is not None:
+        return h5py.File(path, "r", locking=locking)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        return h5py.File(path, "r", locking=False)
 
 
 class EmanHdfFile:
     """A lazily read EMAN2 HDF file: ``len()``, ``f[i]`` (decoded), ``f.header(i)``."""
 
-    def __init__(self, path: PathLike, *, threads: int | None = None) -> None:
+    def __init__(
+        self, path: PathLike, *, threads: int | None = None, locking: bool | None = None
+    ) -> None:
         self.path = os.fspath(path)
         try:
-            self._file = h5py.File(self.path, "r", locking=False)
+            self._file = _open_h5(self.path, locking)
         except OSError as exc:
-            raise InputError(f"not a readable HDF5 file ({exc})", self.path) from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"not a readable HDF5 file ({reason})", self.path) from None
         if "num_dataset" in self._file.attrs:
             self._file.close()
             raise InputError("legacy pre-2006 EMAN HDF layout is not supported", self.path)
@@ -337,15 +365,21 @@ class EmanHdfFile:
 
     def read_codes(self, index: int) -> np.ndarray:
         """The stored values of image ``index`` without rescaling."""
+        return read_dataset(self.dataset(index), self._executor())
+
+    def _executor(self) -> Executor | None:
         if self._pool is None and self._threads > 1:
             self._pool = ThreadPoolExecutor(max_workers=self._threads)
-        return read_dataset(self.dataset(index), self._pool)
+        return self._pool
 
     def __getitem__(self, index: int) -> np.ndarray:
         if index < 0:
             index += self._count
         rng = self.render_range(index)
-        return decode(self.read_codes(index), rng)
+        ds = self.dataset(index)
+        if rng is not None and ds.dtype.kind == "u" and ds.dtype.itemsize <= 2:
+            return read_dataset(ds, self._executor(), decode_table(rng))
+        return decode(read_dataset(ds, self._executor()), rng)
 
     def read_region(self, index: int, region: tuple[slice, ...]) -> np.ndarray:
         """Decoded values of a slice of image ``index`` (reads only the chunks needed)."""

@@ -519,7 +519,7 @@ def verify_output(
     Inside [rmin, rmax] the error must be at most half a quantisation step; clamped
     pixels must hold the end codes; lossless (bits 0) output must be bit-identical.
     """
-    with EmanHdfFile(path) as out:
+    with EmanHdfFile(path, locking=False) as out:
         if len(out) != len(source):
             raise VerificationError(f"wrote {len(out)} images, source has {len(source)}", path)
         for rep in reports:

@@ -12,6 +12,7 @@ import gzip
 import os
 import threading
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,14 @@ def strip_compression(name: str) -> str:
     return name
 
 
+def is_hdf5(path: PathLike) -> bool:
+    """True when ``path`` is a readable file starting with the HDF5 signature."""
+    try:
+        return _magic(Path(path)) == _HDF5_MAGIC
+    except OSError:
+        return False
+
+
 def _magic(path: Path) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(8)
@@ -109,7 +118,7 @@ class MrcSource(ImageSource):
             warnings.simplefilter("always")
             try:
                 mrc = mrcfile.open(path, permissive=True, header_only=not compressed)
-            except (OSError, EOFError, ValueError, MemoryError) as exc:
+            except (OSError, EOFError, ValueError, MemoryError, zlib.error) as exc:
                 raise InputError(f"cannot read MRC file: {_reason(exc)}", path) from None
         self.warnings = [str(w.message) for w in caught]
         try:
@@ -443,5 +452,5 @@ def _check_stream(path: Path, opener: Any) -> None:
         with opener(path, "rb") as fh:
             if not fh.read(1024):
                 raise InputError("compressed file holds no data", path)
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise InputError(f"corrupt compressed file: {_reason(exc)}", path) from None
