@@ -346,8 +346,9 @@ def quantize(
     else:
         np.copyto(x, arr, casting="unsafe")  # EMAN2 converts every pixel to float32 first
         np.subtract(x, rmin, out=x)
-    np.divide(x, rmax - rmin, out=x)
-    np.multiply(x, rmaxcode, out=x)
+    with np.errstate(over="ignore"):  # far-out pixels overflow to inf, then clamp
+        np.divide(x, rmax - rmin, out=x)
+        np.multiply(x, rmaxcode, out=x)
     np.clip(x, F32(0.0), rmaxcode, out=x)
     np.add(x, _HALF_DOWN, out=x)
     out[...] = x  # truncation of non-negative values == floor
@@ -364,13 +365,22 @@ def zero_code(rng: RenderRange) -> int | None:
     return k if abs(rmin + k * step) <= 0.02 * step else None
 
 
-def is_integer_mapping(rng: RenderRange) -> bool:
-    """True when every code decodes to an integer (integer rules of §2.2)."""
+def integer_step(rng: RenderRange) -> int | None:
+    """The integer step of an integer mapping (spec §2.2 rule 2), else None.
+
+    rmin + step * (2**bits - 1) is rounded to float32 when stored, so beyond 2**24 the
+    stored rmax is a few units off; the intended power-of-two step is recovered.
+    """
     rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
-    if not rmin.is_integer() or rmax == rmin:
-        return False
-    step = (rmax - rmin) / code_max(rng.bits)
-    return step.is_integer()
+    if not rmin.is_integer() or rmax <= rmin:
+        return None
+    whole = round((rmax - rmin) / code_max(rng.bits))
+    if whole < 1 or whole & (whole - 1):  # the integer rules only make powers of two
+        return None
+    intended = rmin + whole * code_max(rng.bits)
+    if abs(rmax - intended) <= 2 * float(np.spacing(F32(intended))):
+        return whole
+    return None
 
 
 def decode_table(rng: RenderRange) -> np.ndarray:
@@ -380,9 +390,10 @@ def decode_table(rng: RenderRange) -> np.ndarray:
     codes = np.arange(n, dtype=np.float64)
     if rmax == rmin:
         return np.full(n, F32(rmin), dtype=F32)
+    step = integer_step(rng)
+    if step is not None:
+        return (rmin + codes * step).astype(F32)
     table = rmin + codes * ((rmax - rmin) / code_max(rng.bits))
-    if is_integer_mapping(rng):
-        table = np.round(table)
     z = zero_code(rng)
     if z is not None:
         table[z] = 0.0
