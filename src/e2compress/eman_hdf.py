@@ -71,15 +71,23 @@ def write_attr(group: h5py.Group, name: str, value: Any) -> None:
     """Write one attribute with the HDF5 type EMAN2 uses for it (spec §1.5)."""
     if name in group.attrs:
         del group.attrs[name]
+    _create_attr(group.id, name, value)
+
+
+def _create_attr(gid: Any, name: str, value: Any) -> None:
+    """Create attribute ``name`` (which must not exist) with the low-level API (fast)."""
     arr = _attr_array(value)
     if arr is None:
         if isinstance(value, np.ndarray):
             value = value.reshape(-1)[0]
         if not isinstance(value, (str, bytes)):
             raise TypeError(f"cannot store header value {name}={value!r}")
-        _string_attr(group.id, name, value)
+        _string_attr(gid, name, value)
         return
-    group.attrs.create(name, data=arr, dtype=arr.dtype)
+    arr = np.ascontiguousarray(arr)
+    space = h5py.h5s.create_simple(arr.shape)
+    attr = h5py.h5a.create(gid, name.encode(), h5py.h5t.py_create(arr.dtype), space)
+    attr.write(arr)
 
 
 class EmanHdfWriter:
@@ -119,14 +127,19 @@ class EmanHdfWriter:
             shuffle=shuffle,
         )
         self._max_id = max(self._max_id, index)
-        write_attr(self._images, "imageid_max", np.array([self._max_id], dtype=np.int32))
         return ds
 
     def write_header(self, index: int, header: Mapping[str, Any]) -> None:
         """Write ``EMAN.<key>`` attributes on image ``index``'s group."""
-        group = self._images[str(index)]
+        gid = self._images[str(index)].id
+        existing = {
+            n.decode() if isinstance(n, bytes) else n for n in self._images[str(index)].attrs
+        }
         for key, value in header.items():
-            write_attr(group, f"EMAN.{key}", value)
+            name = f"EMAN.{key}"
+            if name in existing:
+                h5py.h5a.delete(gid, name.encode())
+            _create_attr(gid, name, value)
 
     def set_group_attr(self, name: str, value: Any) -> None:
         """Write an attribute on ``/MDF/images`` (EMAN2 reads it as ``Group.<name>``)."""
@@ -137,8 +150,9 @@ class EmanHdfWriter:
         self._file.flush()
 
     def close(self) -> None:
-        """Close the file."""
+        """Record ``imageid_max`` and close the file."""
         if self._file.id.valid:
+            write_attr(self._images, "imageid_max", np.array([self._max_id], dtype=np.int32))
             self._file.close()
 
 

@@ -113,6 +113,7 @@ class MrcSource(ImageSource):
         self.path = path
         self._fd: int | None = None
         self._data: np.ndarray | None = None
+        self._header_keys: dict[str, Any] | None = None
         compressed = magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -207,6 +208,11 @@ class MrcSource(ImageSource):
         return self._read_file_rows(section * ny + y0, section * ny + y1)
 
     def header(self, index: int) -> dict[str, Any]:
+        if self._header_keys is None:
+            self._header_keys = self._mrc_keys()
+        return dict(self._header_keys)
+
+    def _mrc_keys(self) -> dict[str, Any]:
         h = self._header
         f32 = np.float32
         cella = [float(h.cella[k]) for k in ("x", "y", "z")]
