@@ -1,0 +1,627 @@
+"""The e2compress command line: EMAN2's options, naming rules, exit codes and messages.
+
+Outputs are checked by reading the HDF5 files with h5py and decoding them with EMAN2's
+own read formula (spec §2.4), not with the package's reader.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import mrcfile
+import numpy as np
+import pytest
+import tifffile
+
+import e2compress
+from e2compress import pipeline
+from e2compress.cli import main
+
+F32 = np.float32
+SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_state() -> Iterator[None]:
+    """main() installs signal handlers and sets pipeline.STOP when it ends; undo both."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    pipeline.STOP.clear()
+    yield
+    pipeline.STOP.clear()
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+def run(
+    capsys: pytest.CaptureFixture[str], *argv: object, reset: bool = True
+) -> tuple[int, str, str]:
+    """main(argv) in-process; returns (exit status, stdout, stderr).
+
+    main() sets pipeline.STOP when it finishes; ``reset`` clears it first so that one
+    test's re-entrancy (test_main_runs_twice_in_one_process checks main() itself) does
+    not depend on another's.
+    """
+    if reset:
+        pipeline.STOP.clear()
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse errors, --help, --version
+        rc = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert "Traceback" not in out
+    return rc, out, err
+
+
+def write_mrc(path: Path, data: np.ndarray) -> Path:
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(data)
+    return path
+
+
+def rand_image(seed: int, shape: tuple[int, ...] = (40, 48), lo: float = -3.0, hi: float = 7.0):
+    rng = np.random.default_rng(seed)
+    return (lo + (hi - lo) * rng.random(shape)).astype(F32)
+
+
+def read_eman(path: Path, index: int = 0) -> tuple[np.ndarray, dict[str, float]]:
+    """Image ``index`` decoded with EMAN2's float32 formula, and its stored mapping."""
+    with h5py.File(path, "r") as f:
+        group = f[f"MDF/images/{index}"]
+        codes = group["image"][...]
+        attrs = {k: np.ravel(group.attrs[k])[0] for k in group.attrs if k.startswith("EMAN.")}
+    bits = int(attrs.get("EMAN.stored_renderbits", 0))
+    if bits <= 0:
+        return codes.astype(F32), {"bits": 0}
+    rmin, rmax = F32(attrs["EMAN.stored_rendermin"]), F32(attrs["EMAN.stored_rendermax"])
+    big = F32(2**bits - 1)
+    values = (codes.astype(F32) / big) * (rmax - rmin) + rmin
+    mapping = {
+        "bits": bits,
+        "rmin": float(rmin),
+        "rmax": float(rmax),
+        "truncated": int(attrs["EMAN.stored_truncated"]),
+        "dtype_size": codes.dtype.itemsize,
+    }
+    return values, mapping
+
+
+def assert_within_half_step(orig: np.ndarray, path: Path) -> dict[str, float]:
+    """Decoded ``path`` is within half a step of ``orig`` inside the stored range."""
+    got, m = read_eman(path)
+    got = got.reshape(orig.shape)
+    rmin, rmax = F32(m["rmin"]), F32(m["rmax"])
+    inside = (orig >= rmin) & (orig <= rmax)
+    step = (m["rmax"] - m["rmin"]) / (2 ** m["bits"] - 1)
+    bound = step / 2 + 8 * float(np.spacing(F32(max(abs(m["rmin"]), abs(m["rmax"])))))
+    err = np.abs(got[inside].astype(np.float64) - orig[inside].astype(np.float64))
+    assert err.max() <= bound
+    assert m["truncated"] == int(np.count_nonzero(~inside))
+    return m
+
+
+def listing(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir()}
+
+
+def no_temporaries(path: Path) -> None:
+    left = [p.name for p in path.rglob("*") if p.name.endswith(pipeline.TMP_SUFFIX)]
+    assert left == []
+
+
+# --------------------------------------------------------------------------- EMAN2 usage
+
+
+def test_typical_eman2_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--nooutliers --outpath OUT --threads 2 -v 2 --bits 5 a.mrc b.mrc` (EMAN2's usage)."""
+    out_dir = tmp_path / "micrographs_5bit"
+    out_dir.mkdir()
+    data = {}
+    for k, name in enumerate(("a", "b")):
+        img = rand_image(k, (64, 64), 0.0, 1000.0)
+        img.flat[:5] = -2000.0  # 5 outliers at each end (maxout = max(4096 // 20000, 8))
+        img.flat[-5:] = 3000.0
+        data[name] = img
+        write_mrc(tmp_path / f"{name}.mrc", img)
+    before = {n: (tmp_path / f"{n}.mrc").read_bytes() for n in data}
+    rc, out, err = run(
+        capsys,
+        "--nooutliers",
+        "--outpath",
+        out_dir,
+        "--threads",
+        "2",
+        "-v",
+        "2",
+        "--bits",
+        "5",
+        tmp_path / "a.mrc",
+        tmp_path / "b.mrc",
+    )
+    assert rc == 0, err
+    assert listing(out_dir) == {"a.hdf", "b.hdf"}
+    assert SUMMARY.search(out).groups() == ("2", "0", "0")
+    assert len(re.findall(r"^\d+\.\d s ", out, re.M)) == 2  # -v 2: one timing line per file
+    for name, img in data.items():
+        assert (tmp_path / f"{name}.mrc").read_bytes() == before[name]
+        m = assert_within_half_step(img, out_dir / f"{name}.hdf")
+        assert m["bits"] == 5
+        assert m["dtype_size"] == 1
+        # the outliers are clamped, the bulk of the data is not
+        outliers = (img < 0) | (img > 1000)
+        assert np.all((img[outliers] < m["rmin"]) | (img[outliers] > m["rmax"]))
+        assert 10 <= m["truncated"] <= 10 + 16
+        assert m["rmin"] > -100
+        assert m["rmax"] < 1100
+    assert listing(tmp_path) == {"a.mrc", "b.mrc", "micrographs_5bit"}
+
+
+def script(name: str) -> Path:
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return candidate
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"console script {name} is not installed")
+    return Path(found)
+
+
+@pytest.mark.parametrize("name", ["e2compress", "e2compress.py"])
+def test_console_scripts_run(name: str, tmp_path: Path) -> None:
+    """Both scripts work; `e2compress.py` in bin/ must not shadow the package on import."""
+    exe = script(name)
+    version = subprocess.run(
+        [str(exe), "--version"], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert version.returncode == 0, version.stderr
+    assert e2compress.__version__ in version.stdout
+    img = rand_image(3)
+    write_mrc(tmp_path / "a.mrc", img)
+    proc = subprocess.run(
+        [str(exe), "--nooutliers", "--threads", "2", "-v", "2", "--bits", "5", "a.mrc"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert_within_half_step(img, tmp_path / "a.hdf")
+
+
+def test_console_script_user_error_has_no_traceback(tmp_path: Path) -> None:
+    exe = script("e2compress.py")
+    write_mrc(tmp_path / "a.mrc", rand_image(4))
+    proc = subprocess.run(
+        [str(exe), "--bits", "17", "a.mrc", "missing.mrc"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "--bits" in proc.stderr
+    proc = subprocess.run(
+        [str(exe), "--bits", "5", "a.mrc", "missing.mrc"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "missing.mrc" in proc.stderr
+    assert (tmp_path / "a.hdf").is_file()
+
+
+def test_python_dash_m(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "e2compress", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert e2compress.__version__ in proc.stdout
+
+
+def test_main_runs_twice_in_one_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """main() is a library entry point too: a second call must work like the first."""
+    write_mrc(tmp_path / "a.mrc", rand_image(5))
+    write_mrc(tmp_path / "b.mrc", rand_image(6))
+    rc1, _, err1 = run(capsys, "--bits", "5", tmp_path / "a.mrc", reset=False)
+    rc2, _, err2 = run(capsys, "--bits", "5", tmp_path / "b.mrc", reset=False)
+    assert (rc1, rc2) == (0, 0), (err1, err2)
+    assert (tmp_path / "b.hdf").is_file()
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def test_mrc_output_beside_input_not_in_cwd(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cwd").mkdir()
+    img = rand_image(7)
+    write_mrc(tmp_path / "data" / "a.mrc", img)
+    monkeypatch.chdir(tmp_path / "cwd")
+    rc, _, err = run(capsys, "--bits", "6", "../data/a.mrc")
+    assert rc == 0, err
+    assert listing(tmp_path / "data") == {"a.mrc", "a.hdf"}
+    assert listing(tmp_path / "cwd") == set()
+    m = assert_within_half_step(img, tmp_path / "data" / "a.hdf")
+    assert m["bits"] == 6
+
+
+def test_hdf_input_replaced_in_place_with_new_bits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = rand_image(8, (33, 40), 0.5, 9.5)
+    write_mrc(tmp_path / "x.mrc", img)
+    assert run(capsys, "--bits", "10", tmp_path / "x.mrc")[0] == 0
+    (tmp_path / "x.mrc").unlink()
+    v10, m10 = read_eman(tmp_path / "x.hdf")
+    assert m10["bits"] == 10
+    assert m10["dtype_size"] == 2
+    before = (tmp_path / "x.hdf").read_bytes()
+    rc, _, err = run(capsys, "--bits", "5", tmp_path / "x.hdf")
+    assert rc == 0, err
+    assert listing(tmp_path) == {"x.hdf"}
+    assert (tmp_path / "x.hdf").read_bytes() != before
+    m5 = assert_within_half_step(v10.reshape(img.shape), tmp_path / "x.hdf")
+    assert m5["bits"] == 5
+    assert m5["dtype_size"] == 1
+    # and, transitively, within one 10-bit plus one 5-bit half step of the original
+    v5, _ = read_eman(tmp_path / "x.hdf")
+    step5 = (m5["rmax"] - m5["rmin"]) / 31
+    step10 = (m10["rmax"] - m10["rmin"]) / 1023
+    assert np.abs(v5.reshape(img.shape) - img).max() <= (step5 + step10) / 2 + 1e-5
+
+
+def test_hdf_input_with_outpath_leaves_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = rand_image(9)
+    write_mrc(tmp_path / "name.mrc", img)
+    assert run(capsys, "--bits", "12", tmp_path / "name.mrc")[0] == 0
+    before = (tmp_path / "name.hdf").read_bytes()
+    v12, _ = read_eman(tmp_path / "name.hdf")
+    (tmp_path / "out").mkdir()
+    rc, _, err = run(capsys, "--bits", "4", "--outpath", tmp_path / "out", tmp_path / "name.hdf")
+    assert rc == 0, err
+    assert (tmp_path / "name.hdf").read_bytes() == before
+    assert listing(tmp_path / "out") == {"name.hdf"}
+    m = assert_within_half_step(v12.reshape(img.shape), tmp_path / "out" / "name.hdf")
+    assert m["bits"] == 4
+
+
+@pytest.mark.parametrize(("suffix", "packer"), [(".bz2", bz2.compress), (".gz", gzip.compress)])
+def test_compressed_mrc_named_without_both_suffixes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str, packer
+) -> None:
+    img = rand_image(10, (24, 30))
+    write_mrc(tmp_path / "plain.mrc", img)
+    packed = tmp_path / f"x.mrc{suffix}"
+    packed.write_bytes(packer((tmp_path / "plain.mrc").read_bytes()))
+    (tmp_path / "plain.mrc").unlink()
+    rc, _, err = run(capsys, "--bits", "8", packed)
+    assert rc == 0, err
+    assert listing(tmp_path) == {f"x.mrc{suffix}", "x.hdf"}
+    assert_within_half_step(img, tmp_path / "x.hdf")
+
+
+def test_two_inputs_same_output_refused_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for d in ("d1", "d2", "O"):
+        (tmp_path / d).mkdir()
+    write_mrc(tmp_path / "d1" / "a.mrc", rand_image(11))
+    write_mrc(tmp_path / "d2" / "a.mrc", rand_image(12))
+    write_mrc(tmp_path / "d1" / "c.mrc", rand_image(13))  # listed first, must not be written
+    rc, _out, err = run(
+        capsys,
+        "--outpath",
+        tmp_path / "O",
+        tmp_path / "d1" / "c.mrc",
+        tmp_path / "d1" / "a.mrc",
+        tmp_path / "d2" / "a.mrc",
+    )
+    assert rc == 2
+    assert listing(tmp_path / "O") == set()
+    assert listing(tmp_path / "d1") == {"a.mrc", "c.mrc"}
+    assert "a.hdf" in err
+    assert "d1" in err
+    assert "d2" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_mrc_and_tif_with_same_stem_collide(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_mrc(tmp_path / "a.mrc", rand_image(14))
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint8))
+    rc, _, _err = run(capsys, tmp_path / "a.mrc", tmp_path / "a.tif")
+    assert rc == 2
+    assert listing(tmp_path) == {"a.mrc", "a.tif"}
+
+
+# --------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("form", [["--range", "-5,5"], ["--range=-5,5"]])
+def test_range_option_forms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], form: list[str]
+) -> None:
+    img = rand_image(15, (40, 40), -10.0, 10.0)
+    write_mrc(tmp_path / "a.mrc", img)
+    rc, _, err = run(capsys, "--bits", "8", *form, tmp_path / "a.mrc")
+    assert rc == 0, err
+    m = assert_within_half_step(img, tmp_path / "a.hdf")
+    step = (m["rmax"] - m["rmin"]) / 255
+    # clamped data span [-5, 5]; 0 is put on a code, so the range may grow by < 1 step
+    assert -5 - step <= m["rmin"] <= -5 + 1e-6
+    assert 5 - 1e-6 <= m["rmax"] <= 5 + step
+    outside = int(np.count_nonzero((img < -5) | (img > 5)))
+    assert outside > 100
+    assert outside - 20 <= m["truncated"] <= outside
+    got, _ = read_eman(tmp_path / "a.hdf")
+    assert np.all(np.abs(got) <= 5 + step)
+
+
+def test_range_forms_give_identical_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = rand_image(16, (40, 40), -10.0, 10.0)
+    write_mrc(tmp_path / "a.mrc", img)
+    results = []
+    for k, form in enumerate((["--range", "-5,5"], ["--range=-5,5"])):
+        d = tmp_path / f"o{k}"
+        d.mkdir()
+        assert run(capsys, "--bits", "8", "--outpath", d, *form, tmp_path / "a.mrc")[0] == 0
+        results.append(read_eman(d / "a.hdf"))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+
+
+def test_sigrange_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(17)
+    img = (100.0 + 5.0 * rng.standard_normal((64, 64))).astype(F32)
+    write_mrc(tmp_path / "a.mrc", img)
+    rc, _, err = run(capsys, "--bits", "8", "--sigrange", "3,3", tmp_path / "a.mrc")
+    assert rc == 0, err
+    mean = float(np.mean(img, dtype=np.float64))
+    sigma = float(np.std(img, dtype=np.float64, ddof=1))
+    m = assert_within_half_step(img, tmp_path / "a.hdf")
+    # positive non-integer data: the limits are kept as given (spec §2.2 rule 4)
+    assert m["rmin"] == pytest.approx(mean - 3 * sigma, rel=1e-5)
+    assert m["rmax"] == pytest.approx(mean + 3 * sigma, rel=1e-5)
+    assert m["truncated"] == int(np.count_nonzero(np.abs(img - mean) > 3 * sigma))
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["--nooutliers", "--range", "0,1"],
+        ["--range", "0,1", "--sigrange", "2,2"],
+        ["--nooutliers", "--sigrange", "2,2"],
+        ["--nooutliers", "--range=0,1", "--sigrange=2,2"],
+    ],
+)
+def test_more_than_one_range_option_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], opts: list[str]
+) -> None:
+    write_mrc(tmp_path / "a.mrc", rand_image(18))
+    rc, _, err = run(capsys, *opts, tmp_path / "a.mrc")
+    assert rc == 2
+    assert "only one of" in err
+    for name in ("--nooutliers", "--range", "--sigrange"):
+        assert name in err
+    assert listing(tmp_path) == {"a.mrc"}
+
+
+@pytest.mark.parametrize(
+    ("opts", "needle"),
+    [
+        (["--bits", "1"], "--bits"),
+        (["--bits", "17"], "--bits"),
+        (["--bits", "-1"], "--bits"),
+        (["--bits", "five"], "--bits"),
+        (["--compresslevel", "10"], "--compresslevel"),
+        (["--compresslevel", "-1"], "--compresslevel"),
+        (["--range", "5,1"], "--range"),
+        (["--range", "3,3"], "--range"),
+        (["--range", "1,2,3"], "--range"),
+        (["--range", "nan,1"], "--range"),
+        (["--sigrange", "0,3"], "--sigrange"),
+        (["--sigrange", "3,-1"], "--sigrange"),
+        (["--threads", "0"], "--threads"),
+    ],
+)
+def test_bad_option_values_exit_2_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], opts: list[str], needle: str
+) -> None:
+    write_mrc(tmp_path / "a.mrc", rand_image(19))
+    rc, _out, err = run(capsys, *opts, tmp_path / "a.mrc")
+    assert rc == 2
+    assert needle in err
+    assert listing(tmp_path) == {"a.mrc"}
+
+
+def test_outpath_must_be_existing_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_mrc(tmp_path / "a.mrc", rand_image(20))
+    (tmp_path / "afile").write_text("x")
+    for outpath in (tmp_path / "missing", tmp_path / "afile"):
+        rc, _, err = run(capsys, "--outpath", outpath, tmp_path / "a.mrc")
+        assert rc == 2
+        assert "--outpath" in err
+        assert outpath.name in err
+    assert listing(tmp_path) == {"a.mrc", "afile"}
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_no_input_files_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "--bits", "5")
+    assert rc == 2
+    assert "usage" in err.lower()
+
+
+@pytest.mark.parametrize(
+    ("opts", "level"),
+    [
+        (["-v"], 1),
+        (["-vv"], 2),
+        (["-v", "2"], 2),
+        (["--verbose", "2"], 2),
+        (["--verbose=2"], 2),
+        (["-v2"], 2),
+    ],
+)
+def test_verbosity_forms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], opts: list[str], level: int
+) -> None:
+    write_mrc(tmp_path / "a.mrc", rand_image(21))
+    rc, out, err = run(capsys, *opts, "--bits", "5", tmp_path / "a.mrc")
+    assert rc == 0, err
+    assert "Processing" in out
+    assert "a.mrc" in out
+    timing = re.findall(r"^\d+\.\d s .*MB", out, re.M)
+    assert len(timing) == (1 if level >= 2 else 0)
+    assert SUMMARY.search(out).groups() == ("1", "0", "0")
+    assert (tmp_path / "a.hdf").is_file()
+
+
+def test_v_before_a_file_name_is_level_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_mrc(tmp_path / "a.mrc", rand_image(22))
+    rc, out, err = run(capsys, "--bits", "5", "-v", tmp_path / "a.mrc")
+    assert rc == 0, err
+    assert (tmp_path / "a.hdf").is_file()
+    assert "Processing" in out
+    assert not re.search(r"^\d+\.\d s ", out, re.M)
+
+
+def test_quiet_single_file_prints_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_mrc(tmp_path / "a.mrc", rand_image(23))
+    rc, out, err = run(capsys, "--bits", "5", tmp_path / "a.mrc")
+    assert (rc, out, err) == (0, "", "")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    rc, out, _ = run(capsys, "--version")
+    assert rc == 0
+    assert out.strip() == f"e2compress {e2compress.__version__}"
+    assert e2compress.__version__ == version("e2compress")
+
+
+def test_help_shows_typical_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "--help")
+    assert rc == 0
+    assert re.search(r"--nooutliers --outpath \S+ --threads \d+ -v 2 --bits 5 \*\.mrc", out), out
+    for opt in (
+        "--bits",
+        "--compresslevel",
+        "--nooutliers",
+        "--range",
+        "--sigrange",
+        "--outpath",
+        "--threads",
+        "--verbose",
+        "--skip-existing",
+    ):
+        assert opt in out
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_missing_input_among_good_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    imgs = {n: rand_image(30 + k) for k, n in enumerate(("a", "c"))}
+    for n, img in imgs.items():
+        write_mrc(tmp_path / f"{n}.mrc", img)
+    rc, out, err = run(
+        capsys, "--bits", "5", tmp_path / "a.mrc", tmp_path / "b.mrc", tmp_path / "c.mrc"
+    )
+    assert rc == 1
+    for n, img in imgs.items():
+        assert_within_half_step(img, tmp_path / f"{n}.hdf")
+    assert listing(tmp_path) == {"a.mrc", "a.hdf", "c.mrc", "c.hdf"}
+    assert SUMMARY.search(out).groups() == ("2", "1", "0")
+    lines = [ln for ln in err.splitlines() if "b.mrc" in ln]
+    assert len(lines) == 1, err  # one line per failure, naming the file
+    assert "a.mrc" not in err
+    assert "c.mrc" not in err
+
+
+def test_summary_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for k, n in enumerate("abc"):
+        write_mrc(tmp_path / f"{n}.mrc", rand_image(40 + k))
+    (tmp_path / "bad.mrc").write_bytes(b"\0" * 100)
+    rc, out, _ = run(capsys, "--bits", "5", *(tmp_path / f"{n}.mrc" for n in "abc"))
+    assert rc == 0
+    assert SUMMARY.search(out).groups() == ("3", "0", "0")
+    rc, out, _ = run(
+        capsys, "--bits", "5", "--skip-existing", tmp_path / "a.mrc", tmp_path / "bad.mrc"
+    )
+    assert rc == 1
+    assert SUMMARY.search(out).groups() == ("0", "1", "1")
+
+
+def test_skip_existing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    imgs = {n: rand_image(50 + k) for k, n in enumerate("abc")}
+    for n, img in imgs.items():
+        write_mrc(tmp_path / f"{n}.mrc", img)
+    files = [tmp_path / f"{n}.mrc" for n in "abc"]
+    assert run(capsys, "--bits", "5", *files[:2])[0] == 0
+    stat_before = {n: os.stat(tmp_path / f"{n}.hdf") for n in "ab"}
+    bytes_before = {n: (tmp_path / f"{n}.hdf").read_bytes() for n in "ab"}
+    # b.hdf is damaged (not a valid EMAN2 file): it must be redone, not skipped
+    (tmp_path / "b.hdf").write_bytes(b"not hdf")
+    rc, out, err = run(capsys, "--bits", "5", "--skip-existing", *files)
+    assert rc == 0, err
+    assert SUMMARY.search(out).groups() == ("2", "0", "1")
+    after = os.stat(tmp_path / "a.hdf")
+    assert (after.st_ino, after.st_mtime_ns) == (
+        stat_before["a"].st_ino,
+        stat_before["a"].st_mtime_ns,
+    )
+    assert (tmp_path / "a.hdf").read_bytes() == bytes_before["a"]
+    for n in "bc":
+        assert_within_half_step(imgs[n], tmp_path / f"{n}.hdf")
+    # a second identical run skips everything
+    rc, out, _ = run(capsys, "--bits", "5", "--skip-existing", *files)
+    assert rc == 0
+    assert SUMMARY.search(out).groups() == ("0", "0", "3")
+
+
+def test_bits_zero_is_lossless(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = rand_image(60)
+    write_mrc(tmp_path / "a.mrc", img)
+    rc, _, err = run(capsys, "--bits", "0", tmp_path / "a.mrc")
+    assert rc == 0, err
+    got, m = read_eman(tmp_path / "a.hdf")
+    assert m["bits"] == 0
+    np.testing.assert_array_equal(got, img)
+    no_temporaries(tmp_path)
