@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
@@ -257,53 +258,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         watch_done.set()
 
 
+def _compress_one(
+    f: str, args: argparse.Namespace, common: dict[str, object], pool: Executor
+) -> tuple[str, str]:
+    """Compress one input; returns (status, message) with status done/skipped/failed."""
+    verbose = args.verbose
+    target = output_path(f, args.outpath)
+    if args.skip_existing and _already_done(Path(f), target, args.bits):
+        return "skipped", f"Skipping {f}: {target} is complete"
+    if verbose:
+        print(f"Processing {f} -> {target}")
+    try:
+        report = compress_file(f, target, pool=pool, **common)  # type: ignore[arg-type]
+    except E2CompressError as exc:
+        return "failed", str(exc)
+    except Exception as exc:  # a bug, reported without a traceback
+        return "failed", f"{f}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
+    trunc = report.truncated
+    return "done", (
+        f"{report.seconds:0.1f} s  {f}: {report.bytes_in / 1e6:.1f} MB -> "
+        f"{report.bytes_out / 1e6:.1f} MB  ({report.ratio:.2f}x)"
+        + (f"  {trunc} pixels clamped" if trunc else "")
+    )
+
+
 def _run(args: argparse.Namespace, common: dict[str, object]) -> int:
+    """Compress every file (two at a time when there are threads to spare)."""
     verbose = args.verbose
     failed: list[str] = []
-    done = skipped = 0
+    counts = {"done": 0, "skipped": 0, "failed": 0}
     pool = make_pool(args.threads)
+    width = args.threads or os.cpu_count() or 1
+    files = ThreadPoolExecutor(max_workers=2 if width > 1 and len(args.files) > 1 else 1)
     try:
-        for f in args.files:
-            target = output_path(f, args.outpath)
-            if args.skip_existing and _already_done(Path(f), target, args.bits):
-                skipped += 1
-                if verbose:
-                    print(f"Skipping {f}: {target} is complete")
-                continue
-            if verbose:
-                print(f"Processing {f} -> {target}")
-            try:
-                report = compress_file(f, target, pool=pool, **common)  # type: ignore[arg-type]
-            except E2CompressError as exc:
-                print(f"ERROR: {exc}", file=sys.stderr)
-                failed.append(str(exc))
-                continue
-            except Exception as exc:  # a bug, reported without a traceback
-                msg = f"{f}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
-                print(f"ERROR: {msg}", file=sys.stderr)
-                failed.append(msg)
-                continue
-            done += 1
-            if verbose > 1:
-                trunc = report.truncated
-                print(
-                    f"{report.seconds:0.1f} s  {report.bytes_in / 1e6:.1f} MB -> "
-                    f"{report.bytes_out / 1e6:.1f} MB  ({report.ratio:.2f}x)"
-                    + (f"  {trunc} pixels clamped" if trunc else "")
-                )
+        futures = [files.submit(_compress_one, f, args, common, pool) for f in args.files]
+        for fut in futures:
+            status, message = fut.result()
+            counts[status] += 1
+            if status == "failed":
+                print(f"ERROR: {message}", file=sys.stderr)
+                failed.append(message)
+            elif verbose > (1 if status == "done" else 0):
+                print(message)
     except Interrupted as exc:
-        pool.shutdown(wait=True, cancel_futures=True)
+        STOP.set()
+        files.shutdown(wait=True, cancel_futures=True)
+        signum = exc.signum or signal.SIGTERM
         print(
-            f"e2compress: interrupted by signal {exc.signum}; the file in progress was not written",
+            f"e2compress: interrupted by signal {signum}; the files in progress were not written",
             file=sys.stderr,
         )
-        return 128 + exc.signum
+        return 128 + signum
     finally:
+        files.shutdown(wait=True, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)
     if failed or verbose or len(args.files) > 1:
         for msg in failed:
             print(f"failed: {msg}")
-        print(f"{done} compressed, {len(failed)} failed, {skipped} skipped")
+        print(
+            f"{counts['done']} compressed, {counts['failed']} failed, {counts['skipped']} skipped"
+        )
     return 1 if failed else 0
 
 
