@@ -649,9 +649,15 @@ def _check_output_dir(target: Path) -> None:
 
 
 def _os_error(exc: OSError, target: Path) -> E2CompressError:
-    if exc.errno == errno.ENOSPC or "No space" in str(exc) or "file size limit" in str(exc).lower():
-        return OutputError("no space left on device (or file size limit) while writing", target)
-    return OutputError(f"write failed: {str(exc).splitlines()[0] if str(exc) else exc!r}", target)
+    text = str(exc)
+    if exc.errno == errno.ENOSPC or "No space" in text or "errno = 28" in text:
+        return OutputError("no space left on device while writing", target)
+    if exc.errno == errno.EFBIG or "File too large" in text or "errno = 27" in text:
+        return OutputError("file size limit exceeded while writing (File too large)", target)
+    if exc.errno == errno.EDQUOT or "quota" in text.lower():
+        return OutputError("disk quota exceeded while writing", target)
+    first = text.splitlines()[0] if text else repr(exc)
+    return OutputError(f"write failed: {first}", target)
 
 
 def compress_file(
