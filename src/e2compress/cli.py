@@ -29,7 +29,8 @@ Values are stored as N-bit integers with the mapping in the file; EMAN2, and
 e2compress.read_images / e2compress.open in Python, rescale them on read. Integer
 data that fits in 2^bits levels reads back exactly; for data spanning zero, 0.0
 reads back as exactly 0.0. --bits 0 stores float32 losslessly. Guidance: 5 bits
-for raw movie frames, 8-12 for averages and maps. --nooutliers is strongly recommended for micrographs and movies."""
+for raw movie frames, 8-12 for averages and maps. --nooutliers is strongly
+recommended for micrographs and movies."""
 
 EPILOG = """\
 typical usage:
