@@ -395,7 +395,7 @@ class EmanHdfFile:
             return read_dataset(ds, self._executor(), decode_table(rng))
         return decode(read_dataset(ds, self._executor()), rng)
 
-    def read_region(self, index: int, region: tuple[slice, ...]) -> np.ndarray:
+    def read_region(self, index: int, region: tuple[int | slice, ...]) -> np.ndarray:
         """Decoded values of a slice of image ``index`` (reads only the chunks needed)."""
         ds = self.dataset(index)
         return decode(np.asarray(ds[region]), self.render_range(index))

@@ -512,35 +512,58 @@ def _write_large(
 
 
 def verify_output(
-    source: ImageSource, path: PathLike, opts: Options, reports: list[ImageReport]
+    source: ImageSource,
+    path: PathLike,
+    opts: Options,
+    reports: list[ImageReport],
+    pool: Executor | None = None,
 ) -> None:
-    """Decode every image of ``path`` and check it against ``source``.
+    """Decode every image of ``path`` and check it against ``source``, block by block.
 
     Inside [rmin, rmax] the error must be at most half a quantisation step; clamped
-    pixels must hold the end codes; lossless (bits 0) output must be bit-identical.
+    pixels must hold the end codes and be counted; lossless (bits 0) output must be
+    bit-identical (NaN included).
     """
-    with EmanHdfFile(path, locking=False) as out:
+    workers = pool or _InlineExecutor()
+    width = _pool_width(workers)
+    with EmanHdfFile(path, locking=False, threads=1) as out:
         if len(out) != len(source):
             raise VerificationError(f"wrote {len(out)} images, source has {len(source)}", path)
         for rep in reports:
             i = rep.index
-            decoded = out[i].reshape(source.shape(i))
+            shape3 = source.shape(i)
             rng = out.render_range(i)
-            nz, ny, _ = source.shape(i)
-            for z in range(nz):
-                orig = source.read(i, z, 0, ny).astype(np.float32)
-                got = decoded[z]
+            rank = len(out.shape(i))
+
+            def check(
+                block: _Block, i: int = i, rng: RenderRange | None = rng, rank: int = rank
+            ) -> int:
+                _checkpoint()
+                rows = slice(block.y0, block.y1)
+                region = (block.z, rows) if rank == 3 else (rows,) if rank == 2 else (slice(None),)
+                orig = source.read(i, block.z, block.y0, block.y1).astype(np.float32)
+                got = out.read_region(i, region).reshape(orig.shape)
                 if rng is None:
                     same = (got == orig) | (np.isnan(got) & np.isnan(orig))
                     if not same.all():
                         raise VerificationError(f"image {i}: lossless data differ", path)
-                    continue
-                _check_quantised(orig, got, rng, path, i)
+                    return 0
+                return _check_quantised(orig, got, rng, path, i)
+
+            blocks = _blocks(shape3, opts.chunk_rows)
+            clamped = sum(_bounded(workers, check, blocks, width + 1))
+            if rng is not None and clamped != rep.truncated:
+                raise VerificationError(
+                    f"image {i}: {clamped} pixels lie outside the stored range, "
+                    f"stored_truncated says {rep.truncated}",
+                    path,
+                )
 
 
 def _check_quantised(
     orig: np.ndarray, got: np.ndarray, rng: RenderRange, path: PathLike, index: int
-) -> None:
+) -> int:
+    """Check one block; returns the number of clamped pixels in it."""
     rmin, rmax = F32(rng.rmin), F32(rng.rmax)
     table = decode_table(rng)
     below, above = orig < rmin, orig > rmax
@@ -557,6 +580,7 @@ def _check_quantised(
             f"({step / 2:.3g})",
             path,
         )
+    return int(np.count_nonzero(below) + np.count_nonzero(above))
 
 
 # --------------------------------------------------------------------------- atomic output
@@ -700,7 +724,7 @@ def compress_file(
                 try:
                     images = write_eman_hdf(source, out.path, opts, workers)
                     if do_verify:
-                        verify_output(source, out.path, opts, images)
+                        verify_output(source, out.path, opts, images, workers)
                     out.commit()
                 except OSError as exc:
                     raise _os_error(exc, target) from None
