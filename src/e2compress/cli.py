@@ -259,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         watch_done.set()
 
 
+_IN_PROGRESS: dict[str, None] = {}  # inputs being written now, in start order
+
+
 def _compress_one(
     f: str, args: argparse.Namespace, common: dict[str, object], pool: Executor
 ) -> tuple[str, str]:
@@ -269,12 +272,15 @@ def _compress_one(
         return "skipped", f"Skipping {f}: {target} is complete"
     if verbose:
         print(f"Processing {f} -> {target}")
+    _IN_PROGRESS[f] = None
     try:
         report = compress_file(f, target, pool=pool, **common)  # type: ignore[arg-type]
     except E2CompressError as exc:
         return "failed", str(exc)
     except Exception as exc:  # a bug, reported without a traceback
         return "failed", f"{f}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        _IN_PROGRESS.pop(f, None)
     trunc = report.truncated
     return "done", (
         f"{report.seconds:0.1f} s  {f}: {report.bytes_in / 1e6:.1f} MB -> "
@@ -303,12 +309,17 @@ def _run(args: argparse.Namespace, common: dict[str, object]) -> int:
                 print(message)
     except Interrupted as exc:
         STOP.set()
+        stopped = list(_IN_PROGRESS)
         files.shutdown(wait=True, cancel_futures=True)
         signum = exc.signum or signal.SIGTERM
-        print(
-            f"e2compress: interrupted by signal {signum}; the files in progress were not written",
-            file=sys.stderr,
-        )
+        name = signal.Signals(signum).name
+        for f in stopped:
+            print(
+                f"ERROR: {f}: interrupted by {name}; output not written, input unchanged",
+                file=sys.stderr,
+            )
+        if not stopped:
+            print(f"e2compress: interrupted by {name}", file=sys.stderr)
         return 128 + signum
     finally:
         files.shutdown(wait=True, cancel_futures=True)

@@ -272,6 +272,11 @@ def read_dataset(
     return out
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _open_h5(path: str, locking: bool | None) -> h5py.File:
     """Open read-only; retry without HDF5 file locking where locks are refused."""
     if locking is not None:
@@ -335,8 +340,11 @@ class EmanHdfFile:
     def _group(self, index: int) -> h5py.Group:
         if not 0 <= index < self._count:
             raise IndexError(f"image {index} out of range (file has {self._count})")
-        group = self._images.get(str(index))
-        ds = group.get("image") if isinstance(group, h5py.Group) else None
+        try:
+            group = self._images.get(str(index))
+            ds = group.get("image") if isinstance(group, h5py.Group) else None
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise InputError(f"image {index} is damaged ({_first_line(exc)})", self.path) from None
         if not isinstance(ds, h5py.Dataset):
             raise InputError(f"image {index} does not exist", self.path)
         return group
@@ -357,10 +365,16 @@ class EmanHdfFile:
         """Attributes of image ``index`` as stored (names with their ``EMAN.`` prefix)."""
         group = self._group(index)
         out: dict[str, Any] = {}
-        for name in group.attrs:
+        try:
+            names = list(group.attrs)
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise InputError(
+                f"image {index} has damaged attributes ({_first_line(exc)})", self.path
+            ) from None
+        for name in names:
             try:
                 out[name] = group.attrs[name]
-            except (OSError, TypeError, ValueError):
+            except (OSError, RuntimeError, TypeError, ValueError):
                 continue
         return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import bz2
 import gzip
+import logging
 import os
 import threading
 import warnings
@@ -28,6 +29,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 HDF_SUFFIXES = (".hdf", ".h5", ".hdf5", ".hd5")
 COMPRESSED_SUFFIXES = (".gz", ".bz2")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# tifffile logs problems with damaged tags; we report them ourselves, on one line.
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
 
 
 class ImageSource(abc.ABC):
@@ -107,6 +110,12 @@ class MrcSource(ImageSource):
     kind = "mrc"
 
     def __init__(self, path: Path, magic: bytes) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self._open(path, magic)
+        self.warnings = [str(w.message) for w in caught]
+
+    def _open(self, path: Path, magic: bytes) -> None:
         import mrcfile
         import mrcfile.utils
 
@@ -115,13 +124,10 @@ class MrcSource(ImageSource):
         self._data: np.ndarray | None = None
         self._header_keys: dict[str, Any] | None = None
         compressed = magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh"
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                mrc = mrcfile.open(path, permissive=True, header_only=not compressed)
-            except (OSError, EOFError, ValueError, MemoryError, zlib.error) as exc:
-                raise InputError(f"cannot read MRC file: {_reason(exc)}", path) from None
-        self.warnings = [str(w.message) for w in caught]
+        try:
+            mrc = mrcfile.open(path, permissive=True, header_only=not compressed)
+        except (OSError, EOFError, ValueError, MemoryError, zlib.error) as exc:
+            raise InputError(f"cannot read MRC file: {_reason(exc)}", path) from None
         try:
             header = mrc.header
             self._header = header
@@ -315,20 +321,33 @@ class TiffSource(ImageSource):
         self.path = path
         try:
             self._tif = tifffile.TiffFile(path)
-            pages = list(self._tif.pages)
         except Exception as exc:  # tifffile raises many types on corrupt files
             raise InputError(f"cannot read TIFF file: {_reason(exc)}", path) from None
-        self._pages = pages
-        if not pages:
-            raise InputError("TIFF file has no images", path)
-        for k, page in enumerate(pages):
-            shape = getattr(page, "shape", ())
-            if len(shape) != 2:
-                raise InputError(f"TIFF page {k} is not a single-channel 2-D image {shape}", path)
-            if np.dtype(page.dtype).kind not in "uif":
-                raise InputError(f"TIFF page {k} has unsupported pixel type {page.dtype}", path)
+        try:
+            self._pages = self._check_pages()
+        except BaseException:
+            self._tif.close()
+            raise
         self._lock = threading.Lock()
         self._cache: tuple[int, np.ndarray] | None = None
+
+    def _check_pages(self) -> list[Any]:
+        try:
+            pages = list(self._tif.pages)
+            shapes = [tuple(getattr(page, "shape", ())) for page in pages]
+            dtypes = [np.dtype(page.dtype) if page.dtype is not None else None for page in pages]
+        except Exception as exc:
+            raise InputError(f"cannot read TIFF file: {_reason(exc)}", self.path) from None
+        if not pages:
+            raise InputError("TIFF file has no images", self.path)
+        for k, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
+            if len(shape) != 2 or not all(isinstance(d, int) and d >= 1 for d in shape):
+                raise InputError(
+                    f"TIFF page {k} is not a single-channel 2-D image (shape {shape})", self.path
+                )
+            if dtype is None or dtype.kind not in "uif":
+                raise InputError(f"TIFF page {k} has unsupported pixel type {dtype}", self.path)
+        return pages
 
     def __len__(self) -> int:
         return len(self._pages)
@@ -358,12 +377,16 @@ class TiffSource(ImageSource):
 
     def header(self, index: int) -> dict[str, Any]:
         page: Any = self._pages[index].keyframe or self._pages[0]
-        out: dict[str, Any] = {"TIFF.bitspersample": int(page.bitspersample)}
+        bps = page.bitspersample
+        out: dict[str, Any] = {"TIFF.bitspersample": int(bps[0] if isinstance(bps, tuple) else bps)}
         for tag, key in ((282, "TIFF.resolution_x"), (283, "TIFF.resolution_y")):
             t = page.tags.get(tag)
-            if t is not None:
-                num, den = t.value
-                out[key] = np.float32(num / den if den else 0.0)
+            try:
+                num, den = t.value if t is not None else (0, 0)
+                if den:
+                    out[key] = np.float32(num / den)
+            except (TypeError, ValueError):
+                pass
         return out
 
     def close(self) -> None:
@@ -378,10 +401,14 @@ class HdfSource(ImageSource):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file = EmanHdfFile(path, threads=1)
-        for i in range(len(self._file)):
-            shape = self._file.shape(i)
-            if not 1 <= len(shape) <= 3 or 0 in shape:
-                raise InputError(f"image {i} has unsupported shape {shape}", path)
+        try:
+            for i in range(len(self._file)):
+                shape = self._file.shape(i)
+                if not 1 <= len(shape) <= 3 or 0 in shape:
+                    raise InputError(f"image {i} has unsupported shape {shape}", path)
+        except BaseException:
+            self._file.close()
+            raise
 
     def __len__(self) -> int:
         return len(self._file)
@@ -405,7 +432,7 @@ class HdfSource(ImageSource):
             region = (slice(None),)
         try:
             data = np.asarray(ds[region])
-        except OSError as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             raise InputError(f"cannot read image {index}: {_reason(exc)}", self.path) from None
         return decode(data.reshape(y1 - y0, -1), self._file.render_range(index))
 
