@@ -672,13 +672,14 @@ def _check_output_dir(target: Path) -> None:
         raise OutputError(f"output directory {parent} is not writable", target)
 
 
-def _os_error(exc: OSError, target: Path) -> E2CompressError:
+def _os_error(exc: OSError | RuntimeError, target: Path) -> E2CompressError:
     text = str(exc)
-    if exc.errno == errno.ENOSPC or "No space" in text or "errno = 28" in text:
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or "No space" in text or "errno = 28" in text:
         return OutputError("no space left on device while writing", target)
-    if exc.errno == errno.EFBIG or "File too large" in text or "errno = 27" in text:
+    if code == errno.EFBIG or "File too large" in text or "errno = 27" in text:
         return OutputError("file size limit exceeded while writing (File too large)", target)
-    if exc.errno == errno.EDQUOT or "quota" in text.lower():
+    if code == errno.EDQUOT or "quota" in text.lower():
         return OutputError("disk quota exceeded while writing", target)
     first = text.splitlines()[0] if text else repr(exc)
     return OutputError(f"write failed: {first}", target)
@@ -726,7 +727,7 @@ def compress_file(
                     if do_verify:
                         verify_output(source, out.path, opts, images, workers)
                     out.commit()
-                except OSError as exc:
+                except (OSError, RuntimeError) as exc:  # h5py reports failed writes as either
                     raise _os_error(exc, target) from None
     finally:
         if own_pool:
