@@ -8,7 +8,8 @@ zlib-ng's Huffman-only and RLE strategies and with the fast LZ engine, and the b
 uses the smallest. ``--compresslevel`` keeps zlib's 0..9 meaning for the LZ engine:
 
 ========  ===========================================================
-level     LZ engine (Huffman-only / RLE are level-independent)
+level     LZ engine (Huffman-only / RLE are level-independent; from level 2 the LZ
+          engine must beat them by 2% on the probe to be used)
 ========  ===========================================================
 0         stored (no compression; zlib level 0)
 1         ISA-L level 1 (fastest)
@@ -46,7 +47,7 @@ except ImportError:  # pragma: no cover
 Buffer = bytes | bytearray | memoryview
 Compressor = Callable[[Buffer], bytes | bytearray]
 LIBDEFLATE_LEVEL = {2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 8, 8: 10, 9: 12}
-PROBE_BYTES = 32 << 10
+PROBE_BYTES = 128 << 10  # bytes of codes compressed by every candidate, per block
 
 
 @dataclass(frozen=True)
@@ -88,18 +89,25 @@ def lz_engine(level: int) -> Engine:
 
 
 def candidates(level: int) -> tuple[Engine, ...]:
-    """Engines probed for each block at ``level`` (level 0 stores only)."""
+    """Engines probed for each block at ``level``: Huffman-only, RLE, then LZ (level 0: stored)."""
     lz = lz_engine(level)
     return (lz,) if level == 0 else (HUFFMAN, RLE, lz)
 
 
-def choose(engines: Sequence[Engine], sample: Buffer) -> Engine:
-    """The engine giving the smallest stream for ``sample`` (first on ties)."""
+def choose(engines: Sequence[Engine], sample: Buffer, lz_margin: float = 0.0) -> Engine:
+    """The engine giving the smallest stream for ``sample``.
+
+    The LZ engine (last) must beat the best literal-only stream by ``lz_margin``
+    (a fraction) to be chosen: at high levels it is 10-100x slower for gains that
+    a small sample may not show.
+    """
     if len(engines) == 1:
         return engines[0]
-    probe = memoryview(sample).cast("B")[:PROBE_BYTES]
-    sizes = [len(e.compress(probe)) for e in engines]
-    return engines[sizes.index(min(sizes))]
+    sizes = [len(e.compress(sample)) for e in engines]
+    best = min(range(len(engines) - 1), key=sizes.__getitem__)
+    if sizes[-1] < sizes[best] * (1.0 - lz_margin):
+        return engines[-1]
+    return engines[best]
 
 
 def engine_names(level: int) -> str:
@@ -108,11 +116,11 @@ def engine_names(level: int) -> str:
 
 
 def inflate(data: Buffer, size: int) -> bytes:
-    """Decode one zlib stream of known decoded ``size``."""
-    if _libdeflate is not None:
-        return bytes(_libdeflate.zlib_decompress(bytes(data), size))
+    """Decode one zlib stream of known decoded ``size`` (ISA-L: fastest on literal-only)."""
     if _isal is not None:
         return bytes(_isal.decompress(data))
+    if _libdeflate is not None:
+        return bytes(_libdeflate.zlib_decompress(bytes(data), size))
     return zlib.decompress(data)
 
 
