@@ -301,20 +301,36 @@ class EmanHdfFile:
         except OSError as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"not a readable HDF5 file ({reason})", self.path) from None
-        if "num_dataset" in self._file.attrs:
+        try:
+            self._images, self._count = self._layout()
+        except InputError:
             self._file.close()
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+            self._file.close()
+            raise InputError(
+                f"damaged EMAN2 HDF structure ({_first_line(exc)})", self.path
+            ) from None
+        self._threads = threads or os.cpu_count() or 1
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _layout(self) -> tuple[h5py.Group, int]:
+        if "num_dataset" in self._file.attrs:
             raise InputError("legacy pre-2006 EMAN HDF layout is not supported", self.path)
         images = self._file.get("MDF/images")
         if not isinstance(images, h5py.Group):
-            self._file.close()
             raise InputError("HDF5 file has no EMAN2 image data (no /MDF/images group)", self.path)
-        self._images = images
-        try:
-            self._count = int(np.asarray(images.attrs["imageid_max"]).reshape(-1)[0]) + 1
-        except (KeyError, IndexError, ValueError):
-            self._count = len([k for k in images if k.isdigit()])
-        self._threads = threads or os.cpu_count() or 1
-        self._pool: ThreadPoolExecutor | None = None
+        if "imageid_max" in images.attrs:
+            count = int(np.asarray(images.attrs["imageid_max"]).reshape(-1)[0]) + 1
+        else:
+            count = len([k for k in images if k.isdigit()])
+        if count < 0:
+            raise InputError(f"invalid imageid_max {count - 1}", self.path)
+        if count > len(images):
+            raise InputError(
+                f"imageid_max says {count} images, the file has {len(images)} groups", self.path
+            )
+        return images, count
 
     def __enter__(self) -> EmanHdfFile:
         return self
@@ -372,6 +388,8 @@ class EmanHdfFile:
                 f"image {index} has damaged attributes ({_first_line(exc)})", self.path
             ) from None
         for name in names:
+            if not isinstance(name, str):
+                continue  # a damaged, non-UTF-8 name: not an EMAN2 key
             try:
                 out[name] = group.attrs[name]
             except (OSError, RuntimeError, TypeError, ValueError):
@@ -382,7 +400,7 @@ class EmanHdfFile:
         """Header of image ``index`` as EMAN2 reports it (prefix stripped, ``Group.*``)."""
         out: dict[str, Any] = {}
         for name in self._images.attrs:
-            if name != "imageid_max":
+            if isinstance(name, str) and name != "imageid_max":
                 out[f"Group.{name}"] = _plain(self._images.attrs[name])
         for name, value in self.raw_attrs(index).items():
             key = name[5:] if name.startswith("EMAN.") else name

@@ -16,8 +16,9 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,7 +342,7 @@ def _pool_width(pool: Executor) -> int:
 
 def _bounded(
     pool: Executor, fn: Callable[..., Any], items: Iterable[Any], window: int
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """``pool.map`` in order, with at most ``window`` tasks in flight (bounded memory)."""
     pending: deque[Future[Any]] = deque()
     try:
@@ -352,8 +353,15 @@ def _bounded(
         while pending:
             yield pending.popleft().result()
     finally:
-        for fut in pending:
-            fut.cancel()
+        _settle(pending)
+
+
+def _settle(futures: Iterable[Future[Any]]) -> None:
+    """Cancel what has not started and wait for what has (nothing may outlive its file)."""
+    pending = list(futures)
+    for fut in pending:
+        fut.cancel()
+    wait(pending)
 
 
 def _image_header(
@@ -378,8 +386,8 @@ def _image_header(
         if name.startswith("EMAN."):
             header[name[5:]] = value
     header.update(source.header(job.index))
-    header.update(
-        {
+    with np.errstate(over="ignore"):  # sums beyond float32 are stored as inf, as EMAN2 does
+        computed = {
             "minimum": F32(st.minimum if st.count else 0.0),
             "maximum": F32(st.maximum if st.count else 0.0),
             "mean": F32(st.mean),
@@ -392,7 +400,7 @@ def _image_header(
             "source_path": source.path.name,
             "source_n": job.index,
         }
-    )
+    header.update(computed)
     if opts.store_level:
         header["render_compress_level"] = opts.level
     if job.rng is not None:
@@ -482,8 +490,7 @@ def write_eman_hdf(
                 reports.append(_write_large(writer, enc, index, shape3, pool, width))
             drain(0)
         finally:
-            for fut in window:
-                fut.cancel()
+            _settle(window)
     return reports
 
 
@@ -498,15 +505,20 @@ def _write_large(
     blocks = _blocks(shape3, enc.opts.chunk_rows)
 
     def stats_of(limits: tuple[float, float] | None) -> Stats:
-        return merge_stats(_bounded(pool, lambda b: enc.stats(index, b, limits), blocks, width + 1))
+        with closing(
+            _bounded(pool, lambda b: enc.stats(index, b, limits), blocks, width + 1)
+        ) as it:
+            return merge_stats(it)
 
     def hist_of(h0: float, h1: float) -> np.ndarray:
-        return _sum_hist(_bounded(pool, lambda b: enc.hist(index, b, h0, h1), blocks, width + 1))
+        with closing(_bounded(pool, lambda b: enc.hist(index, b, h0, h1), blocks, width + 1)) as it:
+            return _sum_hist(it)
 
     rng, st = enc.choose(index, stats_of, hist_of)
     job = _ImageJob(index, shape3, rng, st)
     encoded = _bounded(pool, lambda b: enc.encode(index, shape3, b, rng), blocks, width + 1)
-    return _write_job(writer, enc.source, enc.opts, job, encoded)
+    with closing(encoded):
+        return _write_job(writer, enc.source, enc.opts, job, encoded)
 
 
 # --------------------------------------------------------------------------- verification
@@ -552,7 +564,8 @@ def verify_output(
                 return _check_quantised(orig, got, rng, path, i)
 
             blocks = _blocks(shape3, opts.chunk_rows)
-            clamped = sum(_bounded(workers, check, blocks, width + 1))
+            with closing(_bounded(workers, check, blocks, width + 1)) as results:
+                clamped = sum(results)
             if rng is not None and clamped != rep.truncated:
                 raise VerificationError(
                     f"image {i}: {clamped} pixels lie outside the stored range, "

@@ -151,10 +151,13 @@ def header_moments(a: npt.ArrayLike, work: np.ndarray | None = None) -> Stats:
         return Stats()
     ref = float(np.mean(flat[:256], dtype=np.float64))
     d = np.empty(n, dtype=F32) if work is None else work.reshape(-1)[:n]
-    np.subtract(flat, F32(ref), out=d, casting="unsafe")
-    s1 = float(np.sum(d, dtype=F32))
-    np.multiply(d, d, out=d)
-    s2 = float(np.sum(d, dtype=F32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.subtract(flat, F32(ref), out=d, casting="unsafe")
+        s1 = float(np.sum(d, dtype=F32))
+        np.multiply(d, d, out=d)
+        s2 = float(np.sum(d, dtype=F32))
+    if not (math.isfinite(s1) and math.isfinite(s2)):  # beyond float32: exact path
+        return moments(flat)
     return Stats(
         count=n,
         total=s1 + n * ref,
