@@ -393,8 +393,6 @@ def _image_header(
             "mean": F32(st.mean),
             "sigma": F32(st.sigma),
             "square_sum": F32(st.sumsq),
-            "mean_nonzero": F32(st.mean_nonzero),
-            "sigma_nonzero": F32(st.sigma_nonzero),
             "all_int": int(st.all_int and not st.nonfinite),
             "datatype": DATATYPE[storage_dtype(opts.bits).itemsize if opts.bits else 0],
             "source_path": source.path.name,

@@ -48,7 +48,6 @@ class Stats:
     maximum: float = -math.inf
     total: float = 0.0
     sumsq: float = 0.0
-    nonzero: int = 0
     all_int: bool = True
     nonfinite: int = 0
 
@@ -60,7 +59,6 @@ class Stats:
             maximum=max(self.maximum, other.maximum),
             total=self.total + other.total,
             sumsq=self.sumsq + other.sumsq,
-            nonzero=self.nonzero + other.nonzero,
             all_int=self.all_int and other.all_int,
             nonfinite=self.nonfinite + other.nonfinite,
         )
@@ -76,20 +74,6 @@ class Stats:
         if self.count < 2:
             return 0.0
         var = (self.sumsq - self.total * self.total / self.count) / (self.count - 1)
-        return math.sqrt(var) if var > 0 else 0.0
-
-    @property
-    def mean_nonzero(self) -> float:
-        """Mean over the non-zero pixels."""
-        return self.total / self.nonzero if self.nonzero else 0.0
-
-    @property
-    def sigma_nonzero(self) -> float:
-        """Sample standard deviation over the non-zero pixels."""
-        n = self.nonzero
-        if n < 2:
-            return 0.0
-        var = (self.sumsq - self.total * self.total / n) / (n - 1)
         return math.sqrt(var) if var > 0 else 0.0
 
 
@@ -133,14 +117,13 @@ def moments(a: npt.ArrayLike) -> Stats:
         count=flat.size,
         total=float(np.sum(flat, dtype=np.float64)),
         sumsq=float(np.einsum("i,i->", flat, flat, dtype=np.float64)) if flat.size else 0.0,
-        nonzero=int(np.count_nonzero(flat)),
         nonfinite=nonfinite,
     )
 
 
 def header_moments(a: npt.ArrayLike, work: np.ndarray | None = None) -> Stats:
-    """Sums for the header statistics, fast: float32 pairwise sums about a local
-    reference value (error ~1e-6 relative), combined in float64.
+    """Count and sums for the header statistics, fast: float32 sums about a local
+    reference value (relative error ~1e-7), combined in float64. No non-zero count.
 
     Non-finite pixels must have been rejected by the caller. :func:`moments` is the
     exact float64 version used where the result selects the range (``--sigrange``).
@@ -154,16 +137,10 @@ def header_moments(a: npt.ArrayLike, work: np.ndarray | None = None) -> Stats:
     with np.errstate(over="ignore", invalid="ignore"):
         np.subtract(flat, F32(ref), out=d, casting="unsafe")
         s1 = float(np.sum(d, dtype=F32))
-        np.multiply(d, d, out=d)
-        s2 = float(np.sum(d, dtype=F32))
+        s2 = float(np.dot(d, d))
     if not (math.isfinite(s1) and math.isfinite(s2)):  # beyond float32: exact path
         return moments(flat)
-    return Stats(
-        count=n,
-        total=s1 + n * ref,
-        sumsq=s2 + 2.0 * ref * s1 + n * ref * ref,
-        nonzero=int(np.count_nonzero(flat)),
-    )
+    return Stats(count=n, total=s1 + n * ref, sumsq=s2 + 2.0 * ref * s1 + n * ref * ref)
 
 
 def block_stats(
