@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
+import numpy as np
 import pytest
+
+from e2compress import pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -29,3 +35,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def ranges_json() -> dict[str, Any]:
     with open(EMAN2_WRITTEN / "ranges.json") as fh:
         return json.load(fh)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_state() -> Iterator[None]:
+    """cli.main() installs signal handlers and may leave pipeline.STOP set; undo both."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    pipeline.STOP.clear()
+    yield
+    pipeline.STOP.clear()
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+Mapping = tuple[int, float, float, int]  # bits, rmin, rmax, stored_truncated
+
+
+def eman_decode(path: Path) -> list[tuple[np.ndarray, Mapping | None]]:
+    """Every image of ``path`` read with plain h5py and decoded with EMAN2's float32
+    formula (spec §2.4), independently of e2compress's reader, with its stored mapping
+    (None for float storage)."""
+    f32 = np.float32
+    out: list[tuple[np.ndarray, Mapping | None]] = []
+    with h5py.File(path, "r") as f:
+        images = f["MDF/images"]
+        count = int(np.ravel(images.attrs["imageid_max"])[0]) + 1
+        for i in range(count):
+            group = images[str(i)]
+            codes = group["image"][...]
+            bits = int(np.ravel(group.attrs.get("EMAN.stored_renderbits", [0]))[0])
+            if bits <= 0:
+                out.append((codes.astype(f32), None))
+                continue
+            rmin = f32(np.ravel(group.attrs["EMAN.stored_rendermin"])[0])
+            rmax = f32(np.ravel(group.attrs["EMAN.stored_rendermax"])[0])
+            values = (codes.astype(f32) / f32(2**bits - 1)) * (rmax - rmin) + rmin
+            truncated = int(np.ravel(group.attrs["EMAN.stored_truncated"])[0])
+            out.append((values, (bits, float(rmin), float(rmax), truncated)))
+    return out

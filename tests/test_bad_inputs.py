@@ -7,9 +7,8 @@ import bz2
 import gzip
 import os
 import shutil
-import signal
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -24,17 +23,6 @@ from e2compress.cli import main
 
 F32 = np.float32
 TMP_SUFFIX = ".e2compress.tmp"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cli_state() -> Iterator[None]:
-    """main() installs signal handlers and sets pipeline.STOP; undo both."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    pipeline.STOP.clear()
-    yield
-    pipeline.STOP.clear()
-    for s, h in handlers.items():
-        signal.signal(s, h)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

@@ -11,10 +11,8 @@ import gzip
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -32,17 +30,6 @@ SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cli_state() -> Iterator[None]:
-    """main() installs signal handlers and sets pipeline.STOP when it ends; undo both."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    pipeline.STOP.clear()
-    yield
-    pipeline.STOP.clear()
-    for s, h in handlers.items():
-        signal.signal(s, h)
 
 
 def run(

@@ -33,6 +33,7 @@ import mrcfile
 import numpy as np
 import pytest
 
+from conftest import eman_decode
 from e2compress import OutputError, VerificationError, compress_file, pipeline
 from e2compress.cli import main
 
@@ -49,17 +50,6 @@ INPLACE_FRAMES = 12
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cli_state() -> Iterator[None]:
-    """main() installs signal handlers and leaves pipeline.STOP set; undo both."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    pipeline.STOP.clear()
-    yield
-    pipeline.STOP.clear()
-    for s, h in handlers.items():
-        signal.signal(s, h)
-
-
 def write_mrc(path: Path, data: np.ndarray) -> Path:
     with mrcfile.new(path, overwrite=True) as m:
         m.set_data(data)
@@ -68,27 +58,6 @@ def write_mrc(path: Path, data: np.ndarray) -> Path:
 
 def small_image(seed: int, shape: tuple[int, ...] = (48, 64)) -> np.ndarray:
     return (np.random.default_rng(seed).random(shape) * 10 - 3).astype(F32)
-
-
-def eman_decode(path: Path) -> list[tuple[np.ndarray, tuple[int, float, float] | None]]:
-    """Every image of ``path`` decoded with h5py and EMAN2's float32 formula (spec §2.4),
-    with its stored mapping (bits, rmin, rmax), or None for float storage."""
-    out: list[tuple[np.ndarray, tuple[int, float, float] | None]] = []
-    with h5py.File(path, "r") as f:
-        images = f["MDF/images"]
-        count = int(np.ravel(images.attrs["imageid_max"])[0]) + 1
-        for i in range(count):
-            group = images[str(i)]
-            codes = group["image"][...]
-            bits = int(np.ravel(group.attrs.get("EMAN.stored_renderbits", [0]))[0])
-            if bits <= 0:
-                out.append((codes.astype(F32), None))
-                continue
-            rmin = F32(np.ravel(group.attrs["EMAN.stored_rendermin"])[0])
-            rmax = F32(np.ravel(group.attrs["EMAN.stored_rendermax"])[0])
-            values = (codes.astype(F32) / F32(2**bits - 1)) * (rmax - rmin) + rmin
-            out.append((values, (bits, float(rmin), float(rmax))))
-    return out
 
 
 def eman_images(path: Path) -> list[np.ndarray]:
@@ -119,7 +88,7 @@ def assert_matches_source(path: Path, images: list[np.ndarray], bits: int) -> No
     for (got, mapping), orig in zip(decoded, images, strict=True):
         assert mapping is not None
         assert mapping[0] == bits
-        _, rmin, rmax = mapping
+        _, rmin, rmax, _ = mapping
         got = got.reshape(orig.shape)
         inside = (orig >= F32(rmin)) & (orig <= F32(rmax))
         assert inside.mean() > 0.99  # no range option given: hardly anything is clamped

@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REAL
+from conftest import REAL, Mapping, eman_decode
 from e2compress import E2CompressError, compress_file, open_source, pipeline
 
 pytestmark = pytest.mark.shared
@@ -116,31 +116,6 @@ def hard_timeout(seconds: int) -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-
-
-Mapping = tuple[int, float, float, int]  # bits, rmin, rmax, stored_truncated
-
-
-def eman_decode(path: Path) -> list[tuple[np.ndarray, Mapping | None]]:
-    """Every image of ``path`` decoded with h5py and EMAN2's formula (spec §2.4), with its
-    stored mapping or None."""
-    out: list[tuple[np.ndarray, Mapping | None]] = []
-    with h5py.File(path, "r") as f:
-        images = f["MDF/images"]
-        count = int(np.ravel(images.attrs["imageid_max"])[0]) + 1
-        for i in range(count):
-            group = images[str(i)]
-            codes = group["image"][...]
-            bits = int(np.ravel(group.attrs.get("EMAN.stored_renderbits", [0]))[0])
-            if bits <= 0:
-                out.append((codes.astype(F32), None))
-                continue
-            rmin = F32(np.ravel(group.attrs["EMAN.stored_rendermin"])[0])
-            rmax = F32(np.ravel(group.attrs["EMAN.stored_rendermax"])[0])
-            values = (codes.astype(F32) / F32(2**bits - 1)) * (rmax - rmin) + rmin
-            truncated = int(np.ravel(group.attrs["EMAN.stored_truncated"])[0])
-            out.append((values, (bits, float(rmin), float(rmax), truncated)))
-    return out
 
 
 def assert_holds(decoded: np.ndarray, mapping: Mapping, orig: np.ndarray) -> None:
