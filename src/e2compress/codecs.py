@@ -94,20 +94,22 @@ def candidates(level: int) -> tuple[Engine, ...]:
     return (lz,) if level == 0 else (HUFFMAN, RLE, lz)
 
 
-def choose(engines: Sequence[Engine], sample: Buffer, lz_margin: float = 0.0) -> Engine:
-    """The engine giving the smallest stream for ``sample``.
+def choose(
+    engines: Sequence[Engine], sample: Buffer, lz_margin: float = 0.0
+) -> tuple[Engine, bytes | bytearray]:
+    """The engine giving the smallest stream for ``sample``, and that stream.
 
     The LZ engine (last) must beat the best literal-only stream by ``lz_margin``
     (a fraction) to be chosen: at high levels it is 10-100x slower for gains that
     a small sample may not show.
     """
+    streams = [e.compress(sample) for e in engines]
     if len(engines) == 1:
-        return engines[0]
-    sizes = [len(e.compress(sample)) for e in engines]
-    best = min(range(len(engines) - 1), key=sizes.__getitem__)
-    if sizes[-1] < sizes[best] * (1.0 - lz_margin):
-        return engines[-1]
-    return engines[best]
+        return engines[0], streams[0]
+    best = min(range(len(engines) - 1), key=lambda k: len(streams[k]))
+    if len(streams[-1]) < len(streams[best]) * (1.0 - lz_margin):
+        best = len(engines) - 1
+    return engines[best], streams[best]
 
 
 def engine_names(level: int) -> str:

@@ -74,6 +74,10 @@ def write_attr(group: h5py.Group, name: str, value: Any) -> None:
     _create_attr(group.id, name, value)
 
 
+_SPACES: dict[tuple[int, ...], Any] = {}
+_TYPES: dict[np.dtype, Any] = {}
+
+
 def _create_attr(gid: Any, name: str, value: Any) -> None:
     """Create attribute ``name`` (which must not exist) with the low-level API (fast)."""
     arr = _attr_array(value)
@@ -85,9 +89,13 @@ def _create_attr(gid: Any, name: str, value: Any) -> None:
         _string_attr(gid, name, value)
         return
     arr = np.ascontiguousarray(arr)
-    space = h5py.h5s.create_simple(arr.shape)
-    attr = h5py.h5a.create(gid, name.encode(), h5py.h5t.py_create(arr.dtype), space)
-    attr.write(arr)
+    space = _SPACES.get(arr.shape)
+    if space is None:
+        space = _SPACES.setdefault(arr.shape, h5py.h5s.create_simple(arr.shape))
+    tid = _TYPES.get(arr.dtype)
+    if tid is None:
+        tid = _TYPES.setdefault(arr.dtype, h5py.h5t.py_create(arr.dtype))
+    h5py.h5a.create(gid, name.encode(), tid, space).write(arr)
 
 
 class EmanHdfWriter:
@@ -131,15 +139,9 @@ class EmanHdfWriter:
 
     def write_header(self, index: int, header: Mapping[str, Any]) -> None:
         """Write ``EMAN.<key>`` attributes on image ``index``'s group."""
-        gid = self._images[str(index)].id
-        existing = {
-            n.decode() if isinstance(n, bytes) else n for n in self._images[str(index)].attrs
-        }
+        gid = self._images[str(index)].id  # created empty by create_image
         for key, value in header.items():
-            name = f"EMAN.{key}"
-            if name in existing:
-                h5py.h5a.delete(gid, name.encode())
-            _create_attr(gid, name, value)
+            _create_attr(gid, f"EMAN.{key}", value)
 
     def set_group_attr(self, name: str, value: Any) -> None:
         """Write an attribute on ``/MDF/images`` (EMAN2 reads it as ``Group.<name>``)."""
