@@ -127,12 +127,23 @@ def inflate(data: Buffer, size: int) -> bytes:
 
 
 def shuffle(codes: np.ndarray) -> np.ndarray:
-    """HDF5 shuffle filter: byte planes of the chunk one after the other."""
+    """HDF5 shuffle filter: the byte planes of the chunk one after the other.
+
+    Built with shifts on whole words (byte ``k`` of every element is ``v >> 8k``),
+    which is several times faster than transposing a byte view.
+    """
     flat = np.ascontiguousarray(codes).reshape(-1)
-    if flat.dtype.itemsize == 1:
+    size = flat.dtype.itemsize
+    if size == 1:
         return flat.view(np.uint8)
-    planes = flat.view(np.uint8).reshape(-1, flat.dtype.itemsize).T
-    return np.ascontiguousarray(planes).reshape(-1)
+    words = flat.view(f"<u{size}")
+    n = words.size
+    out = np.empty(n * size, dtype=np.uint8)
+    tmp = np.empty(n, dtype=words.dtype)
+    for k in range(size):
+        np.right_shift(words, 8 * k, out=tmp)
+        np.copyto(out[k * n : (k + 1) * n], tmp, casting="unsafe")
+    return out
 
 
 def unshuffle(buf: Buffer | np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -141,4 +152,10 @@ def unshuffle(buf: Buffer | np.ndarray, dtype: np.dtype) -> np.ndarray:
     size = dtype.itemsize
     if size == 1:
         return raw.view(dtype)
-    return np.ascontiguousarray(raw.reshape(size, -1).T).reshape(-1).view(dtype)
+    n = raw.size // size
+    words = np.zeros(n, dtype=f"<u{size}")
+    tmp = np.empty(n, dtype=words.dtype)
+    for k in range(size):
+        np.left_shift(raw[k * n : (k + 1) * n], 8 * k, out=tmp, dtype=words.dtype)
+        np.bitwise_or(words, tmp, out=words)
+    return words.view(dtype.newbyteorder("<") if dtype.byteorder == "=" else dtype)

@@ -27,10 +27,6 @@ DATATYPE = {0: 7, 1: 2, 2: 4}  # EMAN2 EMDataType for float / uchar / ushort sto
 _DEFLATE, _SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
 
 
-class Double(float):
-    """A float header value that EMAN2 stores as float64 (set from Python)."""
-
-
 def _string_attr(gid: h5py.h5g.GroupID, name: str, text: str | bytes) -> None:
     raw = text if isinstance(text, bytes) else text.encode("ascii", "replace")
     raw = raw.split(b"\0", 1)[0]
@@ -52,8 +48,6 @@ def _attr_array(value: Any) -> np.ndarray | None:
         return np.array([ord("T" if value else "F")], dtype=np.int8)
     if isinstance(value, np.floating):
         return np.array([value], dtype=value.dtype)
-    if isinstance(value, Double):
-        return np.array([value], dtype=np.float64)
     if isinstance(value, float):
         return np.array([value], dtype=np.float32)
     if isinstance(value, np.integer):
@@ -142,14 +136,6 @@ class EmanHdfWriter:
         gid = self._images[str(index)].id  # created empty by create_image
         for key, value in header.items():
             _create_attr(gid, f"EMAN.{key}", value)
-
-    def set_group_attr(self, name: str, value: Any) -> None:
-        """Write an attribute on ``/MDF/images`` (EMAN2 reads it as ``Group.<name>``)."""
-        write_attr(self._images, name, value)
-
-    def flush(self) -> None:
-        """Flush HDF5 buffers to the OS."""
-        self._file.flush()
 
     def close(self) -> None:
         """Record ``imageid_max`` and close the file."""
