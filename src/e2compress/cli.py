@@ -15,10 +15,8 @@ from pathlib import Path
 from types import FrameType
 
 from . import __version__
-from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, Interrupted
-from .pipeline import STOP, compress_file, make_pool, output_path
-from .sources import open_source
+from .pipeline import STOP, Options, compress_file, make_pool, output_is_complete, output_path
 
 DESCRIPTION = """\
 Convert image files (MRC/MRCS/MAP/CCP4 incl. .gz/.bz2, TIFF, EMAN2 HDF) to
@@ -179,27 +177,6 @@ def _watch_parent(ppid: int, done: threading.Event) -> None:
     threading.Thread(target=watch, name="ppid-watch", daemon=True).start()
 
 
-def _already_done(src: Path, target: Path, bits: int) -> bool:
-    """True when ``target`` is a complete EMAN2 file for ``src`` (for --skip-existing)."""
-    if not target.is_file():
-        return False
-    try:
-        with open_source(src) as source, EmanHdfFile(target) as out:
-            if len(out) != len(source):
-                return False
-            for i in range(len(out)):
-                shape = tuple(d for d in source.shape(i) if d > 1) or (1,)
-                got = tuple(d for d in out.shape(i) if d > 1) or (1,)
-                if got != shape:
-                    return False
-                rng = out.render_range(i)
-                if os.path.samefile(src, target) and (rng.bits if rng else 0) != bits:
-                    return False
-            return True
-    except (E2CompressError, OSError, KeyError, ValueError):
-        return False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     _install_signals()
@@ -236,8 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "store_level": args.compresslevel is not None,
     }
     try:
-        from .pipeline import Options
-
         Options(args.bits, level, args.range, args.sigrange, args.nooutliers).validate()
     except E2CompressError as exc:
         print(f"e2compress: error: {exc}", file=sys.stderr)
@@ -268,7 +243,7 @@ def _compress_one(
     """Compress one input; returns (status, message) with status done/skipped/failed."""
     verbose = args.verbose
     target = output_path(f, args.outpath)
-    if args.skip_existing and _already_done(Path(f), target, args.bits):
+    if args.skip_existing and output_is_complete(f, target, args.bits):
         return "skipped", f"Skipping {f}: {target} is complete"
     if verbose:
         print(f"Processing {f} -> {target}")

@@ -175,8 +175,9 @@ def _dataset_shape(shape3: tuple[int, int, int]) -> tuple[int, ...]:
 def _chunk_shape(shape3: tuple[int, int, int], rows: int) -> tuple[int, ...]:
     _, ny, nx = shape3
     rank = len(_dataset_shape(shape3))
-    rows = min(rows, ny)
-    return ((1, rows, nx) if rank == 3 else (rows, nx))[-rank:] if rank > 1 else (nx,)
+    if rank == 1:
+        return (nx,)
+    return (1, min(rows, ny), nx) if rank == 3 else (min(rows, ny), nx)
 
 
 def _blocks(shape3: tuple[int, int, int], chunk_rows: int) -> list[_Block]:
@@ -703,6 +704,31 @@ def _os_error(exc: OSError | RuntimeError, target: Path) -> E2CompressError:
         return OutputError("disk quota exceeded while writing", target)
     first = text.splitlines()[0] if text else repr(exc)
     return OutputError(f"write failed: {first}", target)
+
+
+def output_is_complete(src: PathLike, target: PathLike, bits: int) -> bool:
+    """True when ``target`` is a complete EMAN2 file for ``src`` (``--skip-existing``).
+
+    An in-place target counts as complete only if it already holds ``bits``.
+    """
+    target = Path(target)
+    if not target.is_file():
+        return False
+    try:
+        with open_source(src) as source, EmanHdfFile(target) as out:
+            if len(out) != len(source):
+                return False
+            for i in range(len(out)):
+                shape = tuple(d for d in source.shape(i) if d > 1) or (1,)
+                got = tuple(d for d in out.shape(i) if d > 1) or (1,)
+                if got != shape:
+                    return False
+                rng = out.render_range(i)
+                if os.path.samefile(src, target) and (rng.bits if rng else 0) != bits:
+                    return False
+            return True
+    except (E2CompressError, OSError, KeyError, ValueError):
+        return False
 
 
 def compress_file(
