@@ -252,3 +252,19 @@ def test_pixel_size(name: str, apix: float, tmp_path: Path) -> None:
                 assert abs(float(value[0]) - apix) <= 1e-4
     with e2compress.open(out) as f:
         assert abs(f.header(0)["apix_x"] - apix) <= 1e-4
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "packbits", None])
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "float32"])
+def test_compressed_multipage_tiff(compression: str | None, dtype: str, tmp_path: Path) -> None:
+    # SerialEM and RELION write LZW/deflate TIFF movies: every page is one image.
+    rng = np.random.default_rng(7)
+    frames = (rng.poisson(2.0, (3, 40, 24)) - (1 if dtype != "uint8" else 0)).astype(dtype)
+    src = tmp_path / "movie.tif"
+    tifffile.imwrite(src, frames, compression=compression, photometric="minisblack")
+    out = tmp_path / "movie.hdf"
+    e2compress.compress_file(src, out, bits=8 if dtype != "float32" else 0)
+    got = e2compress.read_images(out)
+    assert len(got) == 3
+    for page, image in zip(frames, got, strict=True):
+        assert np.array_equal(image, page[::-1].astype(np.float32))  # rows flipped, exact
