@@ -33,7 +33,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import eman_decode
+from conftest import REAL, eman_decode
 from e2compress import OutputError, VerificationError, compress_file, pipeline
 from e2compress.cli import main
 
@@ -881,3 +881,18 @@ def test_skip_existing_restarts_killed_batch(tmp_path: Path) -> None:
     assert temporaries(tmp_path) == []
     assert [file_digest(s) for s in srcs] == shas
     assert listing(tmp_path) == {"a.mrc", "b.mrc", "c.mrc", "out"}
+
+
+def test_in_place_replacement_keeps_mode_and_owner(tmp_path: Path) -> None:
+    """A facility running as root over users' files must not take them over."""
+    src = tmp_path / "owned.hdf"
+    compress_file(REAL / "EMD-3197.map", src, bits=10)
+    os.chmod(src, 0o640)
+    if os.geteuid() == 0:
+        os.chown(src, 12345, 23456)
+    before = src.stat()
+    compress_file(src, bits=5)
+    after = src.stat()
+    assert after.st_mode & 0o777 == 0o640
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+    assert after.st_ino != before.st_ino  # it really was replaced

@@ -652,9 +652,12 @@ class AtomicOutput:
         """Flush the temporary file to disk and rename it onto the target."""
         assert self._fd is not None
         os.fsync(self._fd)
-        if self.target.exists():
+        if self.target.exists():  # a replaced file keeps its permissions and owner
             try:
                 shutil.copymode(self.target, self.path)
+                old = self.target.stat()
+                if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                    os.chown(self.path, old.st_uid, old.st_gid)
             except OSError:
                 pass
         os.replace(self.path, self.target)
