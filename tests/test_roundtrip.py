@@ -268,3 +268,40 @@ def test_compressed_multipage_tiff(compression: str | None, dtype: str, tmp_path
     assert len(got) == 3
     for page, image in zip(frames, got, strict=True):
         assert np.array_equal(image, page[::-1].astype(np.float32))  # rows flipped, exact
+
+
+@pytest.mark.parametrize(
+    ("dtype", "suffix", "bits"),
+    [
+        (">f4", ".mrc", 0),
+        (">f4", ".mrc", 12),
+        (">i2", ".mrcs", 16),
+        ("i1", ".mrcs", 8),
+        ("u1", ".mrcs", 8),
+        ("<f2", ".mrcs", 0),
+    ],
+    ids=[
+        "big-endian-float-lossless",
+        "big-endian-float-12",
+        "big-endian-int16",
+        "mode0-int8",
+        "mode0-uint8",
+        "mode12-float16",
+    ],
+)
+def test_mrc_modes_and_byte_orders(dtype: str, suffix: str, bits: int, tmp_path: Path) -> None:
+    # The corpus has no big-endian or mode 0 file: write them with mrcfile.
+    rng = np.random.default_rng(11)
+    values = rng.integers(-100 if np.dtype(dtype).kind != "u" else 0, 120, (3, 9, 14))
+    data = values.astype(dtype)
+    src = tmp_path / f"m{suffix}"
+    with mrcfile.new(src, overwrite=True) as mrc:
+        mrc.set_data(data)
+    out = tmp_path / "m.hdf"
+    e2compress.compress_file(src, out, bits=bits)
+    got = e2compress.read_images(out)
+    want = list(data.astype(np.float32)) if suffix == ".mrcs" else [data.astype(np.float32)]
+    assert len(got) == len(want)
+    for image, truth in zip(got, want, strict=True):
+        # integer data that fits in 2**bits levels (and bits 0) reads back exactly
+        assert np.array_equal(image, truth)
