@@ -189,6 +189,9 @@ def _blocks(shape3: tuple[int, int, int], chunk_rows: int) -> list[_Block]:
     ]
 
 
+_BlockMap = Callable[[Callable[[_Block], Any], list[_Block]], list[Any]]
+
+
 @dataclass
 class _Encoded:
     truncated: int
@@ -223,13 +226,20 @@ class _Encoder:
         return histogram(self.source.read(index, block.z, block.y0, block.y1), h0, h1)
 
     def choose(
-        self,
-        index: int,
-        stats_of: Callable[[tuple[float, float] | None], Stats],
-        hist_of: Callable[[float, float], np.ndarray],
+        self, index: int, blocks: list[_Block], run: _BlockMap
     ) -> tuple[RenderRange | None, Stats]:
-        """The image's stored range, and its unclamped min/max/integer test."""
+        """The image's stored range, and its unclamped min/max/integer test.
+
+        ``run(fn, blocks)`` applies ``fn`` to every block (inline or in the pool).
+        """
         opts = self.opts
+
+        def stats_of(limits: tuple[float, float] | None) -> Stats:
+            return merge_stats(run(lambda b: self.stats(index, b, limits), blocks))
+
+        def hist_of(h0: float, h1: float) -> np.ndarray:
+            return _sum_hist(run(lambda b: self.hist(index, b, h0, h1), blocks))
+
         if opts.bits == 0:
             return None, Stats()
         st = stats_of(None)
@@ -305,14 +315,7 @@ class _Encoder:
         """Range and encoding of a small image, all in the calling thread."""
         shape3 = self.source.shape(index)
         blocks = _blocks(shape3, self.opts.chunk_rows)
-
-        def stats_of(limits: tuple[float, float] | None) -> Stats:
-            return merge_stats(self.stats(index, b, limits) for b in blocks)
-
-        def hist_of(h0: float, h1: float) -> np.ndarray:
-            return _sum_hist(self.hist(index, b, h0, h1) for b in blocks)
-
-        rng, st = self.choose(index, stats_of, hist_of)
+        rng, st = self.choose(index, blocks, lambda fn, items: [fn(b) for b in items])
         job = _ImageJob(index, shape3, rng, st)
         job.encoded = [self.encode(index, shape3, b, rng) for b in blocks]
         return job
@@ -511,17 +514,11 @@ def _write_large(
 ) -> ImageReport:
     blocks = _blocks(shape3, enc.opts.chunk_rows)
 
-    def stats_of(limits: tuple[float, float] | None) -> Stats:
-        with closing(
-            _bounded(pool, lambda b: enc.stats(index, b, limits), blocks, width + 1)
-        ) as it:
-            return merge_stats(it)
+    def run(fn: Callable[[_Block], Any], items: list[_Block]) -> list[Any]:
+        with closing(_bounded(pool, fn, items, width + 1)) as results:
+            return list(results)
 
-    def hist_of(h0: float, h1: float) -> np.ndarray:
-        with closing(_bounded(pool, lambda b: enc.hist(index, b, h0, h1), blocks, width + 1)) as it:
-            return _sum_hist(it)
-
-    rng, st = enc.choose(index, stats_of, hist_of)
+    rng, st = enc.choose(index, blocks, run)
     job = _ImageJob(index, shape3, rng, st)
     encoded = _bounded(pool, lambda b: enc.encode(index, shape3, b, rng), blocks, width + 1)
     with closing(encoded):
