@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import mrcfile
 import numpy as np
 import pytest
 
 from e2compress import pipeline
+from e2compress.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -73,3 +75,30 @@ def eman_decode(path: Path) -> list[tuple[np.ndarray, Mapping | None]]:
             truncated = int(np.ravel(group.attrs["EMAN.stored_truncated"])[0])
             out.append((values, (bits, float(rmin), float(rmax), truncated)))
     return out
+
+
+def run_cli(
+    capsys: pytest.CaptureFixture[str], *argv: object, reset: bool = True
+) -> tuple[int, str, str]:
+    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback.
+
+    ``reset`` clears pipeline.STOP first, so that one test's re-entrancy check
+    (test_cli.py::test_main_runs_twice_in_one_process) does not depend on another's.
+    """
+    if reset:
+        pipeline.STOP.clear()
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse errors, --help, --version
+        rc = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert "Traceback" not in out
+    return rc, out, err
+
+
+def write_mrc(path: Path, data: np.ndarray) -> Path:
+    """Write ``data`` as an MRC file with mrcfile (NaN pixels allowed)."""
+    with np.errstate(invalid="ignore"), mrcfile.new(path, overwrite=True) as m:
+        m.set_data(data)  # mrcfile's header statistics warn about NaN pixels
+    return path

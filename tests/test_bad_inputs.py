@@ -12,35 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import h5py
-import mrcfile
 import numpy as np
 import pytest
 import tifffile
 
-from conftest import REAL
-from e2compress import E2CompressError, compress_file, output_path, pipeline
-from e2compress.cli import main
+from conftest import REAL, run_cli, write_mrc
+from e2compress import E2CompressError, compress_file, output_path
 
 F32 = np.float32
 TMP_SUFFIX = ".e2compress.tmp"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    pipeline.STOP.clear()  # see tests/test_cli.py::test_main_runs_twice_in_one_process
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    assert "Traceback" not in out
-    return rc, out, err
-
-
-def write_mrc(path: Path, data: np.ndarray) -> Path:
-    with np.errstate(invalid="ignore"), mrcfile.new(path, overwrite=True) as m:
-        m.set_data(data)  # mrcfile's header statistics warn about NaN pixels
-    return path
 
 
 def good_image(seed: int = 0) -> np.ndarray:
@@ -223,7 +203,7 @@ def test_bad_input_fails_cleanly(
     listing_before = sorted(p.name for p in tmp_path.iterdir())
     target = output_path(bad)
 
-    rc, out, err = run(capsys, "--bits", "5", good_a, bad, good_b)
+    rc, out, err = run_cli(capsys, "--bits", "5", good_a, bad, good_b)
 
     assert rc == 1
     # the message: one line, naming the file and the cause, no internal-error label
@@ -283,7 +263,7 @@ def test_nan_inf_refused_when_quantising(
     img = good_image(5)
     good = write_mrc(tmp_path / "good.mrc", img)
     before = bad.read_bytes()
-    rc, out, err = run(capsys, "--bits", "5", bad, good)
+    rc, out, err = run_cli(capsys, "--bits", "5", bad, good)
     assert rc == 1
     named = [ln for ln in err.splitlines() if str(bad) in ln]
     assert named[0].startswith("ERROR: ")
@@ -302,7 +282,7 @@ def test_nan_inf_refused_with_range_options(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], opts: list[str]
 ) -> None:
     bad = write_mrc(tmp_path / "nan.mrc", _nan_image())
-    rc, _, err = run(capsys, "--bits", "8", *opts, bad)
+    rc, _, err = run_cli(capsys, "--bits", "8", *opts, bad)
     assert rc == 1
     assert "4 pixels" in err
     assert not (tmp_path / "nan.hdf").exists()
@@ -314,7 +294,7 @@ def test_nan_inf_kept_exactly_with_bits_0(
 ) -> None:
     img = _nan_image()
     src = write_mrc(tmp_path / "nan.mrc", img)
-    rc, _, err = run(capsys, "--bits", "0", src)
+    rc, _, err = run_cli(capsys, "--bits", "0", src)
     assert rc == 0, err
     got, bits, _, _ = eman_decode(tmp_path / "nan.hdf")
     assert bits == 0
@@ -334,7 +314,7 @@ def test_nan_inf_kept_exactly_with_bits_0(
 def test_damaged_chunk_in_eman_hdf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     img = (np.random.default_rng(12).random((64, 48)) * 100).astype(F32)
     write_mrc(tmp_path / "d.mrc", img)
-    assert run(capsys, "--bits", "10", tmp_path / "d.mrc")[0] == 0
+    assert run_cli(capsys, "--bits", "10", tmp_path / "d.mrc")[0] == 0
     (tmp_path / "d.mrc").unlink()
     damaged = tmp_path / "d.hdf"
     with h5py.File(damaged, "r") as f:
@@ -351,7 +331,7 @@ def test_damaged_chunk_in_eman_hdf(tmp_path: Path, capsys: pytest.CaptureFixture
 
     other = good_image(13)
     good = write_mrc(tmp_path / "ok.mrc", other)
-    rc, out, err = run(capsys, "--bits", "5", damaged, good)
+    rc, out, err = run_cli(capsys, "--bits", "5", damaged, good)
 
     assert rc == 1
     named = [ln for ln in err.splitlines() if str(damaged) in ln]

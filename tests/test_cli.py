@@ -16,47 +16,19 @@ import sys
 from pathlib import Path
 
 import h5py
-import mrcfile
 import numpy as np
 import pytest
 import tifffile
 
 import e2compress
+from conftest import run_cli, write_mrc
 from e2compress import pipeline
-from e2compress.cli import main
 
 F32 = np.float32
 SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def run(
-    capsys: pytest.CaptureFixture[str], *argv: object, reset: bool = True
-) -> tuple[int, str, str]:
-    """main(argv) in-process; returns (exit status, stdout, stderr).
-
-    main() sets pipeline.STOP when it finishes; ``reset`` clears it first so that one
-    test's re-entrancy (test_main_runs_twice_in_one_process checks main() itself) does
-    not depend on another's.
-    """
-    if reset:
-        pipeline.STOP.clear()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse errors, --help, --version
-        rc = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    assert "Traceback" not in out
-    return rc, out, err
-
-
-def write_mrc(path: Path, data: np.ndarray) -> Path:
-    with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(data)
-    return path
 
 
 def rand_image(seed: int, shape: tuple[int, ...] = (40, 48), lo: float = -3.0, hi: float = 7.0):
@@ -124,7 +96,7 @@ def test_typical_eman2_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
         data[name] = img
         write_mrc(tmp_path / f"{name}.mrc", img)
     before = {n: (tmp_path / f"{n}.mrc").read_bytes() for n in data}
-    rc, out, err = run(
+    rc, out, err = run_cli(
         capsys,
         "--nooutliers",
         "--outpath",
@@ -231,8 +203,8 @@ def test_main_runs_twice_in_one_process(tmp_path: Path, capsys: pytest.CaptureFi
     """main() is a library entry point too: a second call must work like the first."""
     write_mrc(tmp_path / "a.mrc", rand_image(5))
     write_mrc(tmp_path / "b.mrc", rand_image(6))
-    rc1, _, err1 = run(capsys, "--bits", "5", tmp_path / "a.mrc", reset=False)
-    rc2, _, err2 = run(capsys, "--bits", "5", tmp_path / "b.mrc", reset=False)
+    rc1, _, err1 = run_cli(capsys, "--bits", "5", tmp_path / "a.mrc", reset=False)
+    rc2, _, err2 = run_cli(capsys, "--bits", "5", tmp_path / "b.mrc", reset=False)
     assert (rc1, rc2) == (0, 0), (err1, err2)
     assert (tmp_path / "b.hdf").is_file()
 
@@ -248,7 +220,7 @@ def test_mrc_output_beside_input_not_in_cwd(
     img = rand_image(7)
     write_mrc(tmp_path / "data" / "a.mrc", img)
     monkeypatch.chdir(tmp_path / "cwd")
-    rc, _, err = run(capsys, "--bits", "6", "../data/a.mrc")
+    rc, _, err = run_cli(capsys, "--bits", "6", "../data/a.mrc")
     assert rc == 0, err
     assert listing(tmp_path / "data") == {"a.mrc", "a.hdf"}
     assert listing(tmp_path / "cwd") == set()
@@ -261,13 +233,13 @@ def test_hdf_input_replaced_in_place_with_new_bits(
 ) -> None:
     img = rand_image(8, (33, 40), 0.5, 9.5)
     write_mrc(tmp_path / "x.mrc", img)
-    assert run(capsys, "--bits", "10", tmp_path / "x.mrc")[0] == 0
+    assert run_cli(capsys, "--bits", "10", tmp_path / "x.mrc")[0] == 0
     (tmp_path / "x.mrc").unlink()
     v10, m10 = read_eman(tmp_path / "x.hdf")
     assert m10["bits"] == 10
     assert m10["dtype_size"] == 2
     before = (tmp_path / "x.hdf").read_bytes()
-    rc, _, err = run(capsys, "--bits", "5", tmp_path / "x.hdf")
+    rc, _, err = run_cli(capsys, "--bits", "5", tmp_path / "x.hdf")
     assert rc == 0, err
     assert listing(tmp_path) == {"x.hdf"}
     assert (tmp_path / "x.hdf").read_bytes() != before
@@ -286,11 +258,13 @@ def test_hdf_input_with_outpath_leaves_input(
 ) -> None:
     img = rand_image(9)
     write_mrc(tmp_path / "name.mrc", img)
-    assert run(capsys, "--bits", "12", tmp_path / "name.mrc")[0] == 0
+    assert run_cli(capsys, "--bits", "12", tmp_path / "name.mrc")[0] == 0
     before = (tmp_path / "name.hdf").read_bytes()
     v12, _ = read_eman(tmp_path / "name.hdf")
     (tmp_path / "out").mkdir()
-    rc, _, err = run(capsys, "--bits", "4", "--outpath", tmp_path / "out", tmp_path / "name.hdf")
+    rc, _, err = run_cli(
+        capsys, "--bits", "4", "--outpath", tmp_path / "out", tmp_path / "name.hdf"
+    )
     assert rc == 0, err
     assert (tmp_path / "name.hdf").read_bytes() == before
     assert listing(tmp_path / "out") == {"name.hdf"}
@@ -307,7 +281,7 @@ def test_compressed_mrc_named_without_both_suffixes(
     packed = tmp_path / f"x.mrc{suffix}"
     packed.write_bytes(packer((tmp_path / "plain.mrc").read_bytes()))
     (tmp_path / "plain.mrc").unlink()
-    rc, _, err = run(capsys, "--bits", "8", packed)
+    rc, _, err = run_cli(capsys, "--bits", "8", packed)
     assert rc == 0, err
     assert listing(tmp_path) == {f"x.mrc{suffix}", "x.hdf"}
     assert_within_half_step(img, tmp_path / "x.hdf")
@@ -321,7 +295,7 @@ def test_two_inputs_same_output_refused_before_work(
     write_mrc(tmp_path / "d1" / "a.mrc", rand_image(11))
     write_mrc(tmp_path / "d2" / "a.mrc", rand_image(12))
     write_mrc(tmp_path / "d1" / "c.mrc", rand_image(13))  # listed first, must not be written
-    rc, _out, err = run(
+    rc, _out, err = run_cli(
         capsys,
         "--outpath",
         tmp_path / "O",
@@ -343,7 +317,7 @@ def test_mrc_and_tif_with_same_stem_collide(
 ) -> None:
     write_mrc(tmp_path / "a.mrc", rand_image(14))
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint8))
-    rc, _, _err = run(capsys, tmp_path / "a.mrc", tmp_path / "a.tif")
+    rc, _, _err = run_cli(capsys, tmp_path / "a.mrc", tmp_path / "a.tif")
     assert rc == 2
     assert listing(tmp_path) == {"a.mrc", "a.tif"}
 
@@ -357,7 +331,7 @@ def test_range_option_forms(
 ) -> None:
     img = rand_image(15, (40, 40), -10.0, 10.0)
     write_mrc(tmp_path / "a.mrc", img)
-    rc, _, err = run(capsys, "--bits", "8", *form, tmp_path / "a.mrc")
+    rc, _, err = run_cli(capsys, "--bits", "8", *form, tmp_path / "a.mrc")
     assert rc == 0, err
     m = assert_within_half_step(img, tmp_path / "a.hdf")
     step = (m["rmax"] - m["rmin"]) / 255
@@ -380,7 +354,7 @@ def test_range_forms_give_identical_files(
     for k, form in enumerate((["--range", "-5,5"], ["--range=-5,5"])):
         d = tmp_path / f"o{k}"
         d.mkdir()
-        assert run(capsys, "--bits", "8", "--outpath", d, *form, tmp_path / "a.mrc")[0] == 0
+        assert run_cli(capsys, "--bits", "8", "--outpath", d, *form, tmp_path / "a.mrc")[0] == 0
         results.append(read_eman(d / "a.hdf"))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
@@ -390,7 +364,7 @@ def test_sigrange_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     rng = np.random.default_rng(17)
     img = (100.0 + 5.0 * rng.standard_normal((64, 64))).astype(F32)
     write_mrc(tmp_path / "a.mrc", img)
-    rc, _, err = run(capsys, "--bits", "8", "--sigrange", "3,3", tmp_path / "a.mrc")
+    rc, _, err = run_cli(capsys, "--bits", "8", "--sigrange", "3,3", tmp_path / "a.mrc")
     assert rc == 0, err
     mean = float(np.mean(img, dtype=np.float64))
     sigma = float(np.std(img, dtype=np.float64, ddof=1))
@@ -414,7 +388,7 @@ def test_more_than_one_range_option_is_an_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], opts: list[str]
 ) -> None:
     write_mrc(tmp_path / "a.mrc", rand_image(18))
-    rc, _, err = run(capsys, *opts, tmp_path / "a.mrc")
+    rc, _, err = run_cli(capsys, *opts, tmp_path / "a.mrc")
     assert rc == 2
     assert "only one of" in err
     for name in ("--nooutliers", "--range", "--sigrange"):
@@ -444,7 +418,7 @@ def test_bad_option_values_exit_2_before_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], opts: list[str], needle: str
 ) -> None:
     write_mrc(tmp_path / "a.mrc", rand_image(19))
-    rc, _out, err = run(capsys, *opts, tmp_path / "a.mrc")
+    rc, _out, err = run_cli(capsys, *opts, tmp_path / "a.mrc")
     assert rc == 2
     assert needle in err
     assert listing(tmp_path) == {"a.mrc"}
@@ -456,7 +430,7 @@ def test_outpath_must_be_existing_directory(
     write_mrc(tmp_path / "a.mrc", rand_image(20))
     (tmp_path / "afile").write_text("x")
     for outpath in (tmp_path / "missing", tmp_path / "afile"):
-        rc, _, err = run(capsys, "--outpath", outpath, tmp_path / "a.mrc")
+        rc, _, err = run_cli(capsys, "--outpath", outpath, tmp_path / "a.mrc")
         assert rc == 2
         assert "--outpath" in err
         assert outpath.name in err
@@ -465,7 +439,7 @@ def test_outpath_must_be_existing_directory(
 
 
 def test_no_input_files_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = run(capsys, "--bits", "5")
+    rc, _, err = run_cli(capsys, "--bits", "5")
     assert rc == 2
     assert "usage" in err.lower()
 
@@ -485,7 +459,7 @@ def test_verbosity_forms(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], opts: list[str], level: int
 ) -> None:
     write_mrc(tmp_path / "a.mrc", rand_image(21))
-    rc, out, err = run(capsys, *opts, "--bits", "5", tmp_path / "a.mrc")
+    rc, out, err = run_cli(capsys, *opts, "--bits", "5", tmp_path / "a.mrc")
     assert rc == 0, err
     assert "Processing" in out
     assert "a.mrc" in out
@@ -499,7 +473,7 @@ def test_v_before_a_file_name_is_level_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_mrc(tmp_path / "a.mrc", rand_image(22))
-    rc, out, err = run(capsys, "--bits", "5", "-v", tmp_path / "a.mrc")
+    rc, out, err = run_cli(capsys, "--bits", "5", "-v", tmp_path / "a.mrc")
     assert rc == 0, err
     assert (tmp_path / "a.hdf").is_file()
     assert "Processing" in out
@@ -510,21 +484,21 @@ def test_quiet_single_file_prints_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_mrc(tmp_path / "a.mrc", rand_image(23))
-    rc, out, err = run(capsys, "--bits", "5", tmp_path / "a.mrc")
+    rc, out, err = run_cli(capsys, "--bits", "5", tmp_path / "a.mrc")
     assert (rc, out, err) == (0, "", "")
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     from importlib.metadata import version
 
-    rc, out, _ = run(capsys, "--version")
+    rc, out, _ = run_cli(capsys, "--version")
     assert rc == 0
     assert out.strip() == f"e2compress {e2compress.__version__}"
     assert e2compress.__version__ == version("e2compress")
 
 
 def test_help_shows_typical_usage(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = run(capsys, "--help")
+    rc, out, _ = run_cli(capsys, "--help")
     assert rc == 0
     assert re.search(r"--nooutliers --outpath \S+ --threads \d+ -v 2 --bits 5 \*\.mrc", out), out
     for opt in (
@@ -548,7 +522,7 @@ def test_missing_input_among_good_ones(tmp_path: Path, capsys: pytest.CaptureFix
     imgs = {n: rand_image(30 + k) for k, n in enumerate(("a", "c"))}
     for n, img in imgs.items():
         write_mrc(tmp_path / f"{n}.mrc", img)
-    rc, out, err = run(
+    rc, out, err = run_cli(
         capsys, "--bits", "5", tmp_path / "a.mrc", tmp_path / "b.mrc", tmp_path / "c.mrc"
     )
     assert rc == 1
@@ -566,10 +540,10 @@ def test_summary_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     for k, n in enumerate("abc"):
         write_mrc(tmp_path / f"{n}.mrc", rand_image(40 + k))
     (tmp_path / "bad.mrc").write_bytes(b"\0" * 100)
-    rc, out, _ = run(capsys, "--bits", "5", *(tmp_path / f"{n}.mrc" for n in "abc"))
+    rc, out, _ = run_cli(capsys, "--bits", "5", *(tmp_path / f"{n}.mrc" for n in "abc"))
     assert rc == 0
     assert SUMMARY.search(out).groups() == ("3", "0", "0")
-    rc, out, _ = run(
+    rc, out, _ = run_cli(
         capsys, "--bits", "5", "--skip-existing", tmp_path / "a.mrc", tmp_path / "bad.mrc"
     )
     assert rc == 1
@@ -581,12 +555,12 @@ def test_skip_existing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     for n, img in imgs.items():
         write_mrc(tmp_path / f"{n}.mrc", img)
     files = [tmp_path / f"{n}.mrc" for n in "abc"]
-    assert run(capsys, "--bits", "5", *files[:2])[0] == 0
+    assert run_cli(capsys, "--bits", "5", *files[:2])[0] == 0
     stat_before = {n: os.stat(tmp_path / f"{n}.hdf") for n in "ab"}
     bytes_before = {n: (tmp_path / f"{n}.hdf").read_bytes() for n in "ab"}
     # b.hdf is damaged (not a valid EMAN2 file): it must be redone, not skipped
     (tmp_path / "b.hdf").write_bytes(b"not hdf")
-    rc, out, err = run(capsys, "--bits", "5", "--skip-existing", *files)
+    rc, out, err = run_cli(capsys, "--bits", "5", "--skip-existing", *files)
     assert rc == 0, err
     assert SUMMARY.search(out).groups() == ("2", "0", "1")
     after = os.stat(tmp_path / "a.hdf")
@@ -598,7 +572,7 @@ def test_skip_existing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     for n in "bc":
         assert_within_half_step(imgs[n], tmp_path / f"{n}.hdf")
     # a second identical run skips everything
-    rc, out, _ = run(capsys, "--bits", "5", "--skip-existing", *files)
+    rc, out, _ = run_cli(capsys, "--bits", "5", "--skip-existing", *files)
     assert rc == 0
     assert SUMMARY.search(out).groups() == ("0", "0", "3")
 
@@ -606,7 +580,7 @@ def test_skip_existing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_bits_zero_is_lossless(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     img = rand_image(60)
     write_mrc(tmp_path / "a.mrc", img)
-    rc, _, err = run(capsys, "--bits", "0", tmp_path / "a.mrc")
+    rc, _, err = run_cli(capsys, "--bits", "0", tmp_path / "a.mrc")
     assert rc == 0, err
     got, m = read_eman(tmp_path / "a.hdf")
     assert m["bits"] == 0
