@@ -13,7 +13,6 @@ import mrcfile
 import numpy as np
 import pytest
 
-from e2compress import pipeline
 from e2compress.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,13 +40,14 @@ def ranges_json() -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _fresh_cli_state() -> Iterator[None]:
-    """cli.main() installs signal handlers and may leave pipeline.STOP set; undo both."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    pipeline.STOP.clear()
+    """cli.main() must restore the signal handlers it installs; check it, then undo."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    handlers = {s: signal.getsignal(s) for s in sigs}
     yield
-    pipeline.STOP.clear()
+    left = {s: signal.getsignal(s) for s in sigs}
     for s, h in handlers.items():
         signal.signal(s, h)
+    assert left == handlers, "a test left signal handlers installed"
 
 
 Mapping = tuple[int, float, float, int]  # bits, rmin, rmax, stored_truncated
@@ -77,16 +77,8 @@ def eman_decode(path: Path) -> list[tuple[np.ndarray, Mapping | None]]:
     return out
 
 
-def run_cli(
-    capsys: pytest.CaptureFixture[str], *argv: object, reset: bool = True
-) -> tuple[int, str, str]:
-    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback.
-
-    ``reset`` clears pipeline.STOP first, so that one test's re-entrancy check
-    (test_cli.py::test_main_runs_twice_in_one_process) does not depend on another's.
-    """
-    if reset:
-        pipeline.STOP.clear()
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback."""
     try:
         rc = main([str(a) for a in argv])
     except SystemExit as exc:  # argparse errors, --help, --version

@@ -769,7 +769,6 @@ def _in_place_hdf(d: Path) -> tuple[Path, str, str]:
 
 
 def _run_main(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    pipeline.STOP.clear()
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
