@@ -30,6 +30,7 @@ class CompressReport:
     engine: str = ""
     verified: bool = False
     images: list[ImageReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # one line each, naming the file
 
     @property
     def ratio(self) -> float:
