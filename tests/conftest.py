@@ -22,6 +22,23 @@ EMAN2_WRITTEN = SHARED / "data" / "eman2_written"
 REAL_FILES = sorted(
     p for p in REAL.glob("*") if p.is_file() and p.name not in ("MANIFEST.md", "SHA256SUMS")
 )
+# Small real files with permissive licences, shipped with the tests (see tests/data/README.md):
+# the core tests run on these in a clone without ../shared.
+DATA = REPO / "tests" / "data"
+CORE_FILES = sorted(p for p in DATA.glob("*") if p.is_file() and p.suffix != ".md")
+
+
+def real_file_params() -> list[Any]:
+    """Every real file as a pytest param: the bundled ones always, the rest of the shared
+    corpus marked ``shared`` (skipped without ../shared)."""
+    core = {p.name for p in CORE_FILES}
+    params: list[Any] = [pytest.param(p, id=p.name) for p in CORE_FILES]
+    params += [
+        pytest.param(p, id=p.name, marks=pytest.mark.shared)
+        for p in REAL_FILES
+        if p.name not in core
+    ]
+    return params
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -91,6 +108,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str
 
 def write_mrc(path: Path, data: np.ndarray) -> Path:
     """Write ``data`` as an MRC file with mrcfile (NaN pixels allowed)."""
-    with np.errstate(invalid="ignore"), mrcfile.new(path, overwrite=True) as m:
+    with np.errstate(invalid="ignore", over="ignore"), mrcfile.new(path, overwrite=True) as m:
         m.set_data(data)  # mrcfile's header statistics warn about NaN pixels
     return path

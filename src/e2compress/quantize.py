@@ -386,17 +386,17 @@ def quantize(
         x = np.empty(arr.shape, dtype=F32)
     else:
         x = work.reshape(-1)[: arr.size].reshape(arr.shape)
-    if arr.dtype == F32:
-        np.subtract(arr, rmin, out=x)
-    else:
-        np.copyto(x, arr, casting="unsafe")  # EMAN2 converts every pixel to float32 first
-        np.subtract(x, rmin, out=x)
-    with np.errstate(over="ignore"):  # far-out pixels overflow to inf, then clamp
+    with np.errstate(over="ignore", invalid="ignore"):  # far-out pixels: inf, then clamped
+        if arr.dtype == F32:
+            np.subtract(arr, rmin, out=x)
+        else:
+            np.copyto(x, arr, casting="unsafe")  # EMAN2 converts every pixel to float32 first
+            np.subtract(x, rmin, out=x)
         np.divide(x, rmax - rmin, out=x)
         np.multiply(x, rmaxcode, out=x)
-    np.clip(x, F32(0.0), rmaxcode, out=x)
-    np.add(x, _HALF_DOWN, out=x)
-    out[...] = x  # truncation of non-negative values == floor
+        np.clip(x, F32(0.0), rmaxcode, out=x)
+        np.add(x, _HALF_DOWN, out=x)
+        out[...] = x  # truncation of non-negative values == floor
     return out, truncated
 
 
