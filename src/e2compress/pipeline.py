@@ -81,6 +81,7 @@ def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
 
 
 BlockMap = Callable[[Callable[[Block], Any], list[Block]], list[Any]]
+Progress = Callable[[int, int], None]  # (pixels encoded so far, pixels in the file)
 
 
 @dataclass
@@ -280,6 +281,7 @@ def _write_job(
     job: _ImageJob,
     encoded: Iterable[_Encoded],
     cancel: Cancel,
+    advance: Callable[[int], None] | None = None,
 ) -> ImageReport:
     shape = dataset_shape(job.shape3)
     ds = writer.create_image(
@@ -298,6 +300,8 @@ def _write_job(
         written = written.merge(enc.stats)
         for offset, data in enc.chunks:
             ds.id.write_direct_chunk(offset, data)
+        if advance is not None:
+            advance(enc.stats.count)
     if job.rng is not None:  # min/max/integer test come from the range pass
         written.minimum, written.maximum = job.stats.minimum, job.stats.maximum
         written.all_int = job.stats.all_int
@@ -327,27 +331,45 @@ def _copy_attr(group: h5py.Group, name: str, value: Any) -> None:
         pass  # variable-length or exotic types EMAN2 cannot read either
 
 
+def _counter(progress: Progress, source: ImageSource) -> Callable[[int], None]:
+    """``advance(pixels)``: adds to a running count and reports it to ``progress``."""
+    total = sum(math.prod(source.shape(i)) for i in range(len(source)))
+    done = 0
+
+    def advance(pixels: int) -> None:
+        nonlocal done
+        done += pixels
+        progress(done, total)
+
+    return advance
+
+
 def write_eman_hdf(
     source: ImageSource,
     path: PathLike,
     opts: Options,
     pool: Executor,
     cancel: Cancel | None = None,
+    progress: Progress | None = None,
 ) -> list[ImageReport]:
     """Compress every image of ``source`` into a new EMAN2 HDF file at ``path``.
 
-    ``pool`` runs the chunk tasks; ``cancel``, when set, stops them at the next block.
+    ``pool`` runs the chunk tasks; ``cancel``, when set, stops them at the next block;
+    ``progress(done, total)`` is called with pixel counts after each block is written.
     """
     enc = _Encoder(source, opts, cancel or Cancel())
     width = pool_width(pool)
     reports: list[ImageReport] = []
+    advance = None if progress is None else _counter(progress, source)
     with EmanHdfWriter(path) as writer:
         window: deque[Future[_ImageJob]] = deque()
 
         def drain(keep: int) -> None:
             while len(window) > keep:
                 job = window.popleft().result()
-                reports.append(_write_job(writer, source, opts, job, job.encoded, enc.cancel))
+                reports.append(
+                    _write_job(writer, source, opts, job, job.encoded, enc.cancel, advance)
+                )
 
         try:
             for index in range(len(source)):
@@ -359,7 +381,7 @@ def write_eman_hdf(
                     drain(in_flight(width, 3 * nbytes))
                     continue
                 drain(0)
-                reports.append(_write_large(writer, enc, index, shape3, pool, width))
+                reports.append(_write_large(writer, enc, index, shape3, pool, width, advance))
             drain(0)
         finally:
             settle(window)
@@ -373,6 +395,7 @@ def _write_large(
     shape3: tuple[int, int, int],
     pool: Executor,
     width: int,
+    advance: Callable[[int], None] | None = None,
 ) -> ImageReport:
     parts = blocks(shape3, enc.opts.chunk_rows)
     window = in_flight(width)
@@ -385,7 +408,7 @@ def _write_large(
     job = _ImageJob(index, shape3, rng, st)
     encoded = bounded(pool, lambda b: enc.encode(index, shape3, b, rng), parts, window)
     with closing(encoded):
-        return _write_job(writer, enc.source, enc.opts, job, encoded, enc.cancel)
+        return _write_job(writer, enc.source, enc.opts, job, encoded, enc.cancel, advance)
 
 
 def output_is_complete(src: PathLike, target: PathLike, bits: int) -> bool:
@@ -430,6 +453,7 @@ def compress_file(
     options: Options | None = None,
     pool: Executor | None = None,
     cancel: Cancel | None = None,
+    progress: Progress | None = None,
 ) -> CompressReport:
     """Compress ``src`` (MRC, TIFF or EMAN2 HDF) into EMAN2 compressed HDF at ``dst``.
 
@@ -446,6 +470,8 @@ def compress_file(
         pool: an executor shared between files (the caller shuts it down).
         cancel: a :class:`~e2compress.executor.Cancel` token; setting it stops the work
             at the next block and raises :class:`~e2compress.errors.Interrupted`.
+        progress: called as ``progress(done, total)`` (pixels encoded so far, pixels in
+            the file) after each block is written, in the calling thread.
 
     The output appears atomically; on any error the input and any previous output are
     untouched.
@@ -479,7 +505,7 @@ def compress_file(
             bytes_in = source_path.stat().st_size
             with AtomicOutput(target) as out:
                 try:
-                    images = write_eman_hdf(source, out.path, opts, workers, cancel)
+                    images = write_eman_hdf(source, out.path, opts, workers, cancel, progress)
                     if do_verify:
                         verify_output(source, out.path, opts, images, workers, cancel)
                     out.commit()
