@@ -1,0 +1,299 @@
+"""Per-file tasks of a batch and their local execution.
+
+A :class:`Job` is a picklable description of one file's work; :func:`run_job` does it
+and returns a picklable :class:`FileResult` whatever happens (a bad file is a result,
+never an exception), so the same task runs in a local thread or on a Dask worker
+(:mod:`e2compress.cluster`). Outputs are written to a temporary file and renamed, so
+running a job again after its worker was lost is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .batch import Item
+from .errors import E2CompressError, Interrupted
+from .executor import Cancel, make_pool
+from .options import Options
+from .pipeline import compress_file, output_is_complete
+from .report import CompressReport
+
+STATUSES = ("done", "skipped", "failed", "stopped", "unstarted")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file of a batch: what to read, where to write, how.
+
+    Attributes:
+        given: the input as the user gave it (used in messages).
+        source: the input path.
+        target: the output path.
+        options: what to store.
+        verify: as :func:`~e2compress.pipeline.compress_file`'s ``verify``.
+        skip_existing: skip when ``target`` is already a complete output.
+        make_dirs: create ``target``'s directory if missing (a mirrored tree).
+        size: the input's size in bytes when the batch was planned (for progress).
+        problem: non-empty: do not run; fail with this line.
+        repeat: the same input given again: skip it.
+    """
+
+    given: str
+    source: str
+    target: str
+    options: Options
+    verify: bool | None = None
+    skip_existing: bool = False
+    make_dirs: bool = False
+    size: int = 0
+    problem: str = ""
+    repeat: bool = False
+
+
+@dataclass
+class FileResult:
+    """What happened to one file (one row of the batch report).
+
+    ``status`` is one of done, skipped, failed, stopped (interrupted while being
+    written: nothing written) or unstarted (the batch stopped before it began).
+    ``rmin``/``rmax`` are the lowest and highest stored limits over the file's images
+    (None for lossless ``bits`` 0); ``truncated`` counts clamped pixels.
+    """
+
+    given: str
+    source: str
+    target: str
+    status: str
+    message: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    bits: int | None = None
+    rmin: float | None = None
+    rmax: float | None = None
+    truncated: int = 0
+    seconds: float = 0.0
+    worker: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """Input size over output size (0 when nothing was written)."""
+        return self.bytes_in / self.bytes_out if self.bytes_out else 0.0
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Progress of one file: ``done`` of ``total`` pixels encoded (0 of 0: just started)."""
+
+    given: str
+    target: str
+    done: int
+    total: int
+    worker: str = ""
+
+
+TickFn = Callable[[Tick], None]
+
+
+def file_size(path: Path) -> int:
+    """Size of ``path`` in bytes, 0 if it cannot be read (the job then fails, with why)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def make_jobs(
+    items: Iterable[Item],
+    options: Options,
+    *,
+    verify: bool | None = None,
+    skip_existing: bool = False,
+) -> Iterator[Job]:
+    """One :class:`Job` per input item (streamed)."""
+    for item in items:
+        yield Job(
+            item.given,
+            str(item.source),
+            str(item.target),
+            options,
+            verify=verify,
+            skip_existing=skip_existing,
+            make_dirs=item.make_dirs,
+            size=0 if item.problem or item.repeat else file_size(item.source),
+            problem=item.problem,
+            repeat=item.repeat,
+        )
+
+
+def _result(job: Job, status: str, message: str = "", **kw: object) -> FileResult:
+    return FileResult(job.given, job.source, job.target, status, message, **kw)  # type: ignore[arg-type]
+
+
+def from_report(job: Job, report: CompressReport, worker: str) -> FileResult:
+    """The result of a compressed file, from its :class:`CompressReport`."""
+    ranged = [im for im in report.images if im.rmin is not None and im.rmax is not None]
+    bits = {im.bits for im in report.images}
+    return FileResult(
+        job.given,
+        job.source,
+        job.target,
+        "done",
+        bytes_in=report.bytes_in,
+        bytes_out=report.bytes_out,
+        bits=bits.pop() if len(bits) == 1 else job.options.bits,
+        rmin=min((im.rmin for im in ranged if im.rmin is not None), default=None),
+        rmax=max((im.rmax for im in ranged if im.rmax is not None), default=None),
+        truncated=report.truncated,
+        seconds=report.seconds,
+        worker=worker,
+        warnings=list(report.warnings),
+    )
+
+
+def precheck(job: Job, cancel: Cancel | None = None) -> FileResult | None:
+    """The result of a job that need not run (a conflict, a repeat, a stopped batch)."""
+    if job.problem:
+        return _result(job, "failed", job.problem, bytes_in=job.size)
+    if job.repeat:
+        return _result(job, "skipped", f"{job.given}: given more than once; compressed once")
+    if cancel is not None and cancel.is_set():
+        return _result(job, "unstarted", f"{job.given}: not started", bytes_in=job.size)
+    return None
+
+
+def run_job(
+    job: Job,
+    *,
+    pool: Executor | None = None,
+    threads: int | None = None,
+    cancel: Cancel | None = None,
+    on_tick: TickFn | None = None,
+    worker: str = "local",
+) -> FileResult:
+    """Compress one file; never raises for a problem with the file.
+
+    Args:
+        job: the file's work.
+        pool: the chunk pool (shared between files); default a pool of ``threads``.
+        threads: chunk threads when no ``pool`` is given.
+        cancel: stops the work at the next block; the result is then ``stopped``.
+        on_tick: called with a :class:`Tick` at the start and after every block.
+        worker: names who ran the job in the result.
+    """
+    cancel = cancel or Cancel()
+    quick = precheck(job, cancel)
+    if quick is not None:
+        return quick
+    t0 = time.perf_counter()
+    try:
+        if job.skip_existing and output_is_complete(job.source, job.target, job.options.bits):
+            return _result(
+                job,
+                "skipped",
+                f"Skipping {job.given}: {job.target} is complete",
+                seconds=time.perf_counter() - t0,
+                worker=worker,
+            )
+        if job.make_dirs:
+            try:
+                Path(job.target).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise E2CompressError(
+                    f"cannot create the output directory {Path(job.target).parent}: "
+                    f"{exc.strerror or exc}",
+                    job.given,
+                ) from None
+        progress = None
+        if on_tick is not None:
+            on_tick(Tick(job.given, job.target, 0, 0, worker))
+
+            def progress(done: int, total: int) -> None:
+                on_tick(Tick(job.given, job.target, done, total, worker))
+
+        report = compress_file(
+            job.source,
+            job.target,
+            options=job.options,
+            verify=job.verify,
+            pool=pool,
+            threads=None if pool is not None else threads,
+            cancel=cancel,
+            progress=progress,
+        )
+    except Interrupted:
+        return _result(
+            job,
+            "stopped",
+            f"{job.given}: interrupted; output not written, input unchanged",
+            bytes_in=job.size,
+            seconds=time.perf_counter() - t0,
+            worker=worker,
+        )
+    except E2CompressError as exc:
+        message = str(exc) if exc.path else f"{job.given}: {exc}"
+        return _result(
+            job,
+            "failed",
+            message,
+            bytes_in=job.size,
+            seconds=time.perf_counter() - t0,
+            worker=worker,
+        )
+    except Exception as exc:  # a bug, reported without a traceback
+        first = f"{job.given}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
+        return _result(
+            job, "failed", first, bytes_in=job.size, seconds=time.perf_counter() - t0, worker=worker
+        )
+    return from_report(job, report, worker)
+
+
+class LocalRunner:
+    """Runs jobs in this process: a few files at once sharing one pool of chunk threads.
+
+    Args:
+        threads: chunk threads (default: all cores).
+        files_at_once: files in progress at once (default 2 when there are threads to
+            spare, else 1).
+    """
+
+    def __init__(self, threads: int | None = None, files_at_once: int | None = None) -> None:
+        self.threads = threads
+        width = threads or os.cpu_count() or 1
+        self.files_at_once = files_at_once or (2 if width > 1 else 1)
+
+    def run(
+        self, jobs: Iterable[Job], cancel: Cancel, on_tick: TickFn | None = None
+    ) -> Iterator[FileResult]:
+        """Results in the order the files finish, with at most ``2 * files_at_once`` jobs
+        queued (memory does not grow with the number of jobs). Once ``cancel`` is set,
+        running files stop at their next block and the rest come back ``unstarted``."""
+        pool = make_pool(self.threads)
+        files = ThreadPoolExecutor(max_workers=self.files_at_once, thread_name_prefix="e2c-file")
+        pending: set[Future[FileResult]] = set()
+
+        def drain(keep: int) -> Iterator[FileResult]:
+            nonlocal pending
+            while len(pending) > keep:
+                # wake now and then so a signal handler in the main thread can run
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+
+        try:
+            for job in jobs:
+                quick = precheck(job, cancel)
+                if quick is not None:
+                    yield quick
+                    continue
+                pending.add(files.submit(run_job, job, pool=pool, cancel=cancel, on_tick=on_tick))
+                yield from drain(2 * self.files_at_once - 1)
+            yield from drain(0)
+        finally:  # a caller that stops early waits for the files already running
+            files.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
