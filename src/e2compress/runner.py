@@ -61,6 +61,7 @@ class FileResult:
 
     ``status`` is one of done, skipped, failed, stopped (interrupted while being
     written: nothing written) or unstarted (the batch stopped before it began).
+    ``bytes_in`` is the input's size (as planned, unless it was compressed).
     ``rmin``/``rmax`` are the lowest and highest stored limits over the file's images
     (None for lossless ``bits`` 0); ``truncated`` counts clamped pixels.
     """
@@ -88,13 +89,15 @@ class FileResult:
 
 @dataclass(frozen=True)
 class Tick:
-    """Progress of one file: ``done`` of ``total`` pixels encoded (0 of 0: just started)."""
+    """Progress of one file: ``done`` of ``total`` pixels encoded (0 of 0: just started);
+    ``size`` is the input's size in bytes."""
 
     given: str
     target: str
     done: int
     total: int
     worker: str = ""
+    size: int = 0
 
 
 TickFn = Callable[[Tick], None]
@@ -125,7 +128,7 @@ def make_jobs(
             verify=verify,
             skip_existing=skip_existing,
             make_dirs=item.make_dirs,
-            size=0 if item.problem or item.repeat else file_size(item.source),
+            size=0 if item.problem else file_size(item.source),
             problem=item.problem,
             repeat=item.repeat,
         )
@@ -161,7 +164,8 @@ def precheck(job: Job, cancel: Cancel | None = None) -> FileResult | None:
     if job.problem:
         return _result(job, "failed", job.problem, bytes_in=job.size)
     if job.repeat:
-        return _result(job, "skipped", f"{job.given}: given more than once; compressed once")
+        message = f"{job.given}: given more than once; compressed once"
+        return _result(job, "skipped", message, bytes_in=job.size)
     if cancel is not None and cancel.is_set():
         return _result(job, "unstarted", f"{job.given}: not started", bytes_in=job.size)
     return None
@@ -197,6 +201,7 @@ def run_job(
                 job,
                 "skipped",
                 f"Skipping {job.given}: {job.target} is complete",
+                bytes_in=job.size,
                 seconds=time.perf_counter() - t0,
                 worker=worker,
             )
@@ -211,10 +216,10 @@ def run_job(
                 ) from None
         progress = None
         if on_tick is not None:
-            on_tick(Tick(job.given, job.target, 0, 0, worker))
+            on_tick(Tick(job.given, job.target, 0, 0, worker, job.size))
 
             def progress(done: int, total: int) -> None:
-                on_tick(Tick(job.given, job.target, done, total, worker))
+                on_tick(Tick(job.given, job.target, done, total, worker, job.size))
 
         report = compress_file(
             job.source,

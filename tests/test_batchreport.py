@@ -1,0 +1,140 @@
+"""The batch report (CSV and JSON) against the files written, and the totals line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA, eman_decode, write_mrc
+from e2compress.batchreport import FIELDS, ReportWriter, Totals
+from e2compress.errors import E2CompressError
+from e2compress.options import Options
+from e2compress.runner import FileResult, Job, run_job
+
+F32 = np.float32
+
+
+def batch_results(tmp_path: Path) -> list[FileResult]:
+    """A compressed real file, a compressed clamped one, a failure and a skip."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(0.0, 1.0, (64, 64)).astype(F32)
+    clamped = write_mrc(tmp_path / "clamped.mrc", data)
+    jobs = [
+        Job("EMD-3001.map", str(DATA / "EMD-3001.map"), str(tmp_path / "a.hdf"), Options(bits=6)),
+        Job(
+            "clamped.mrc",
+            str(clamped),
+            str(tmp_path / "clamped.hdf"),
+            Options(bits=4, value_range=(-1.0, 1.0)),
+        ),
+        Job("gone.mrc", str(tmp_path / "gone.mrc"), str(tmp_path / "gone.hdf"), Options()),
+        Job("again.mrc", str(clamped), str(tmp_path / "x.hdf"), Options(), repeat=True, size=7),
+    ]
+    return [run_job(j) for j in jobs]
+
+
+def check_rows(rows: list[dict[str, object]], tmp_path: Path, blank: object) -> None:
+    a, c, gone, again = rows
+    for r, src, dst in (
+        (a, DATA / "EMD-3001.map", "a.hdf"),
+        (c, tmp_path / "clamped.mrc", "clamped.hdf"),
+    ):
+        out = tmp_path / dst
+        ((_, (bits, rmin, rmax, truncated)),) = eman_decode(out)  # type: ignore[misc]
+        assert r["status"] == "done"
+        assert int(r["bytes_in"]) == src.stat().st_size  # type: ignore[call-overload]
+        assert int(r["bytes_out"]) == out.stat().st_size  # type: ignore[call-overload]
+        assert float(r["ratio"]) == pytest.approx(src.stat().st_size / out.stat().st_size, 1e-4)  # type: ignore[arg-type]
+        assert int(r["bits"]) == bits  # type: ignore[call-overload]
+        assert float(r["rmin"]) == rmin  # type: ignore[arg-type]
+        assert float(r["rmax"]) == rmax  # type: ignore[arg-type]
+        assert int(r["truncated"]) == truncated  # type: ignore[call-overload]
+        assert r["worker"] == "local"
+        assert float(r["seconds"]) > 0  # type: ignore[arg-type]
+    data = np.random.default_rng(3).normal(0.0, 1.0, (64, 64)).astype(F32)
+    lo, hi = F32(c["rmin"]), F32(c["rmax"])  # type: ignore[arg-type]
+    assert lo == -1.0  # the asked range, widened to put 0.0 on the grid
+    outside = int(np.count_nonzero((data < lo) | (data > hi)))
+    assert int(c["truncated"]) == outside > 1000  # type: ignore[call-overload]
+    assert gone["status"] == "failed"
+    assert str(gone["message"]).startswith(str(tmp_path / "gone.mrc"))
+    assert gone["bytes_out"] == gone["bits"] == gone["rmin"] == blank
+    assert (again["status"], int(again["bytes_in"])) == ("skipped", 7)  # type: ignore[call-overload]
+
+
+def test_csv_report(tmp_path: Path) -> None:
+    results = batch_results(tmp_path)
+    totals = Totals()
+    with ReportWriter(tmp_path / "report.CSV") as report:
+        for r in results:
+            report.add(r)
+            totals.add(r)
+        report.close(totals)
+    with open(tmp_path / "report.CSV", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames or ()) == FIELDS
+        rows = list(reader)
+    check_rows(rows, tmp_path, "")  # type: ignore[arg-type]
+
+
+def test_json_report_with_totals(tmp_path: Path) -> None:
+    results = batch_results(tmp_path)
+    totals = Totals(seconds=2.0)
+    with ReportWriter(tmp_path / "r.json") as report:
+        for r in results:
+            report.add(r)
+            totals.add(r)
+        report.close(totals)
+    doc = json.loads((tmp_path / "r.json").read_text())
+    check_rows(doc["files"], tmp_path, None)
+    sizes_in = (DATA / "EMD-3001.map").stat().st_size + (tmp_path / "clamped.mrc").stat().st_size
+    sizes_out = (tmp_path / "a.hdf").stat().st_size + (tmp_path / "clamped.hdf").stat().st_size
+    assert doc["totals"] == {
+        "files": 4,
+        "compressed": 2,
+        "skipped": 1,
+        "failed": 1,
+        "stopped": 0,
+        "unstarted": 0,
+        "bytes_in": sizes_in,
+        "bytes_out": sizes_out,
+        "bytes_saved": sizes_in - sizes_out,
+        "ratio": round(sizes_in / sizes_out, 4),
+        "seconds": 2.0,
+        "throughput_mb_s": round(sizes_in / 2.0 / 1e6, 3),
+    }
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_totals_line() -> None:
+    t = Totals(bytes_in=3_000_000, bytes_out=1_000_000, seconds=2.0)
+    t.counts["failed"] = 2
+    assert t.line() == "total: 3.0 MB -> 1.0 MB, 2.0 MB saved (3.00x), 2.0 s, 1.5 MB/s, 2 failed"
+    assert Totals().line() == "total: 0 B -> 0 B, 0 B saved (0.00x), 0.0 s, 0.0 MB/s, 0 failed"
+
+
+def test_bad_report_paths(tmp_path: Path) -> None:
+    with pytest.raises(E2CompressError, match=r"\.csv or a \.json"):
+        ReportWriter(tmp_path / "r.txt")
+    with pytest.raises(E2CompressError, match="does not exist"):
+        ReportWriter(tmp_path / "no" / "r.csv")
+
+
+def test_an_unfinished_report_replaces_nothing(tmp_path: Path) -> None:
+    old = tmp_path / "r.csv"
+    old.write_text("old\n")
+
+    def unfinished() -> None:
+        with ReportWriter(old) as report:
+            report.add(FileResult("a", "a", "a.hdf", "failed", "a: bad"))
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        unfinished()
+    assert old.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["r.csv"]
