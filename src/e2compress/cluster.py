@@ -10,6 +10,8 @@ worker compresses the chunks of its files with one pool of its own threads
 from __future__ import annotations
 
 import shutil
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -232,6 +234,26 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return _flatten(tree)
 
 
+def _import_jobqueue() -> Any:
+    """``import dask_jobqueue``, keeping our SIGINT handler (its runner module installs
+    its own at import time).
+
+    Raises:
+        E2CompressError: dask-jobqueue is not installed.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise E2CompressError(
+            "--cluster needs dask-jobqueue: pip install 'e2compress[dask]'"
+        ) from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
+    return dask_jobqueue
+
+
 def jobqueue_cluster(kind: str, **settings: Any) -> Any:
     """A dask-jobqueue cluster of ``kind`` (slurm, pbs, sge, lsf), with no job started.
 
@@ -242,12 +264,7 @@ def jobqueue_cluster(kind: str, **settings: Any) -> Any:
         E2CompressError: dask-jobqueue is missing, the batch system's submit command is
             not on PATH, or the settings are incomplete.
     """
-    try:
-        import dask_jobqueue
-    except ImportError:
-        raise E2CompressError(
-            "--cluster needs dask-jobqueue: pip install 'e2compress[dask]'"
-        ) from None
+    dask_jobqueue = _import_jobqueue()
     if kind not in JOBQUEUE:
         raise E2CompressError(f"unknown cluster kind {kind!r}; one of {', '.join(JOBQUEUE)}")
     cls = getattr(dask_jobqueue, JOBQUEUE[kind])
