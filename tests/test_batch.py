@@ -51,7 +51,7 @@ def test_list_file_and_stdin_and_plain_paths_in_order(tmp_path: Path) -> None:
         Path("d.hdf"),
         Path("last.hdf"),
     ]
-    assert not any(i.problem or i.repeat or i.make_dirs for i in got)
+    assert not any(i.problem or i.skip or i.make_dirs for i in got)
 
 
 def test_stdin_is_spooled_so_it_can_be_read_twice(tmp_path: Path) -> None:
@@ -76,7 +76,8 @@ def test_outputs_claimed_twice_fail_and_repeats_are_skipped(tmp_path: Path) -> N
     given = [str(a_mrc), str(b), str(a_tif), str(b), str(a_bz2), str(tmp_path / "." / "b.mrc")]
     got = items(Inputs(given))
     assert [bool(i.problem) for i in got] == [True, False, True, False, True, False]
-    assert [i.repeat for i in got] == [False, False, False, True, False, True]
+    assert [bool(i.skip) for i in got] == [False, False, False, True, False, True]
+    assert got[3].skip == f"{b}: given more than once; compressed once"
     assert got[0].problem == (
         f"{a_mrc}: {a_tif} and {a_bz2} would also be written to {tmp_path / 'a.hdf'}; "
         "none of them is compressed"
@@ -89,7 +90,7 @@ def test_hash_collisions_are_confirmed_by_name(
     """Every path hashing alike must not make distinct outputs conflict."""
     monkeypatch.setattr(batch, "hash", lambda _obj: 7, raising=False)
     got = items(Inputs([str(tmp_path / n) for n in ("a.mrc", "b.mrc", "c.mrc")]))
-    assert not any(i.problem or i.repeat for i in got)
+    assert not any(i.problem or i.skip for i in got)
 
 
 def test_globs() -> None:
@@ -183,7 +184,7 @@ with Inputs(["@" + lst], outpath=out) as inputs:
     for k, item in enumerate(inputs):
         if k % 10000 == 0:
             most_fds = max(most_fds, fds())
-        count += 1 - bool(item.problem or item.repeat)
+        count += 1 - bool(item.problem or item.skip)
         if keep:
             kept.append(item)
 print(json.dumps(dict(count=count, scanned=inputs.count, last=str(item.target),

@@ -33,7 +33,14 @@ def batch_results(tmp_path: Path) -> list[FileResult]:
             Options(bits=4, value_range=(-1.0, 1.0)),
         ),
         Job("gone.mrc", str(tmp_path / "gone.mrc"), str(tmp_path / "gone.hdf"), Options()),
-        Job("again.mrc", str(clamped), str(tmp_path / "x.hdf"), Options(), repeat=True, size=7),
+        Job(
+            "again.mrc",
+            str(clamped),
+            str(tmp_path / "x.hdf"),
+            Options(),
+            skip="again.mrc: again",
+            size=7,
+        ),
     ]
     return [run_job(j) for j in jobs]
 

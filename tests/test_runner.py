@@ -84,8 +84,8 @@ def test_problems_are_results_not_exceptions(tmp_path: Path) -> None:
     assert run_job(job(bad, tmp_path / "bad.hdf")).status == "failed"
     conflict = run_job(job(DATA / "EMD-3001.map", tmp_path / "c.hdf", problem="x: clash"))
     assert (conflict.status, conflict.message) == ("failed", "x: clash")
-    repeat = run_job(job(DATA / "EMD-3001.map", tmp_path / "c.hdf", repeat=True))
-    assert repeat.status == "skipped"
+    repeat = run_job(job(DATA / "EMD-3001.map", tmp_path / "c.hdf", skip="c: given twice"))
+    assert (repeat.status, repeat.message) == ("skipped", "c: given twice")
     assert not (tmp_path / "c.hdf").exists()
     assert sorted(os.listdir(tmp_path)) == ["bad.mrc"]
 

@@ -48,7 +48,8 @@ class Item:
         make_dirs: the target's directory is a mirror under ``--outpath`` and may be
             created.
         problem: non-empty when the input must not be compressed: the failure line.
-        repeat: the same input given again (it is compressed once; this one is skipped).
+        skip: non-empty when the input is not to be compressed but skipped: why (the
+            same input given again is compressed once, its repeats skipped).
     """
 
     given: str
@@ -56,7 +57,7 @@ class Item:
     target: Path
     make_dirs: bool = False
     problem: str = ""
-    repeat: bool = False
+    skip: str = ""
 
 
 def matches(rel: str, patterns: Iterable[str]) -> bool:
@@ -316,7 +317,8 @@ class Inputs:
             src_key, dst_key = keys(raw)
             if hash((src_key, dst_key)) in repeated:
                 if (src_key, dst_key) in seen:
-                    yield Item(raw.given, source, target, raw.make_dirs, repeat=True)
+                    again = f"{raw.given}: given more than once; compressed once"
+                    yield Item(raw.given, source, target, raw.make_dirs, skip=again)
                     continue
                 seen.add((src_key, dst_key))
             owners = collided.get(dst_key)
@@ -341,6 +343,6 @@ def describe(item: Item) -> str:
     """One ``--dry-run`` line for ``item``."""
     if item.problem:
         return f"ERROR: {item.problem}"
-    if item.repeat:
-        return f"skip {item.given}: given more than once"
+    if item.skip:
+        return f"skip: {item.skip}"
     return f"{item.given} -> {item.target}"

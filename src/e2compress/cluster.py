@@ -109,9 +109,10 @@ class DaskRunner:
         return max(64, 4 * threads)
 
     def run(
-        self, jobs: Iterable[Job], cancel: Cancel, on_tick: TickFn | None = None
+        self, jobs: Iterable[Job | None], cancel: Cancel, on_tick: TickFn | None = None
     ) -> Iterator[FileResult]:
-        """Results in the order the files finish. Once ``cancel`` is set, the tasks not
+        """Results in the order the files finish; a ``None`` in ``jobs`` hands back the
+        results finished so far. Once ``cancel`` is set, the tasks not
         finished are cancelled (``stopped``; a worker already writing a file finishes it
         atomically or leaves nothing) and the rest come back ``unstarted``."""
         inflight: dict[str, tuple[Any, Job]] = {}
@@ -128,6 +129,10 @@ class DaskRunner:
         try:
             window = self._window()
             for job in jobs:
+                if job is None:
+                    while done.has_ready() and not cancel.is_set():
+                        yield from self._next(done, inflight, _key_of, cancel)
+                    continue
                 quick = precheck(job, cancel)
                 if quick is not None:
                     yield quick

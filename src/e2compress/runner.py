@@ -40,7 +40,7 @@ class Job:
         make_dirs: create ``target``'s directory if missing (a mirrored tree).
         size: the input's size in bytes when the batch was planned (for progress).
         problem: non-empty: do not run; fail with this line.
-        repeat: the same input given again: skip it.
+        skip: non-empty: do not run; skip with this line.
     """
 
     given: str
@@ -52,7 +52,7 @@ class Job:
     make_dirs: bool = False
     size: int = 0
     problem: str = ""
-    repeat: bool = False
+    skip: str = ""
 
 
 @dataclass
@@ -130,7 +130,7 @@ def make_jobs(
             make_dirs=item.make_dirs,
             size=0 if item.problem else file_size(item.source),
             problem=item.problem,
-            repeat=item.repeat,
+            skip=item.skip,
         )
 
 
@@ -160,12 +160,11 @@ def from_report(job: Job, report: CompressReport, worker: str) -> FileResult:
 
 
 def precheck(job: Job, cancel: Cancel | None = None) -> FileResult | None:
-    """The result of a job that need not run (a conflict, a repeat, a stopped batch)."""
+    """The result of a job that need not run (a conflict, a skip, a stopped batch)."""
     if job.problem:
         return _result(job, "failed", job.problem, bytes_in=job.size)
-    if job.repeat:
-        message = f"{job.given}: given more than once; compressed once"
-        return _result(job, "skipped", message, bytes_in=job.size)
+    if job.skip:
+        return _result(job, "skipped", job.skip, bytes_in=job.size)
     if cancel is not None and cancel.is_set():
         return _result(job, "unstarted", f"{job.given}: not started", bytes_in=job.size)
     return None
@@ -273,25 +272,32 @@ class LocalRunner:
         self.files_at_once = files_at_once or (2 if width > 1 else 1)
 
     def run(
-        self, jobs: Iterable[Job], cancel: Cancel, on_tick: TickFn | None = None
+        self, jobs: Iterable[Job | None], cancel: Cancel, on_tick: TickFn | None = None
     ) -> Iterator[FileResult]:
         """Results in the order the files finish, with at most ``2 * files_at_once`` jobs
-        queued (memory does not grow with the number of jobs). Once ``cancel`` is set,
-        running files stop at their next block and the rest come back ``unstarted``."""
+        queued (memory does not grow with the number of jobs). A ``None`` in ``jobs``
+        (a source with nothing new, such as a watched directory) hands back the results
+        finished so far. Once ``cancel`` is set, running files stop at their next block
+        and the rest come back ``unstarted``."""
         pool = make_pool(self.threads)
         files = ThreadPoolExecutor(max_workers=self.files_at_once, thread_name_prefix="e2c-file")
         pending: set[Future[FileResult]] = set()
 
-        def drain(keep: int) -> Iterator[FileResult]:
+        def drain(keep: int, timeout: float = 0.25) -> Iterator[FileResult]:
             nonlocal pending
             while len(pending) > keep:
                 # wake now and then so a signal handler in the main thread can run
-                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
                 for fut in done:
                     yield fut.result()
+                if timeout == 0:
+                    return
 
         try:
             for job in jobs:
+                if job is None:
+                    yield from drain(0, timeout=0)
+                    continue
                 quick = precheck(job, cancel)
                 if quick is not None:
                     yield quick
