@@ -558,8 +558,10 @@ def test_skip_existing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert run_cli(capsys, "--bits", "5", *files[:2])[0] == 0
     stat_before = {n: os.stat(tmp_path / f"{n}.hdf") for n in "ab"}
     bytes_before = {n: (tmp_path / f"{n}.hdf").read_bytes() for n in "ab"}
-    # b.hdf is damaged (not a valid EMAN2 file): it must be redone, not skipped
-    (tmp_path / "b.hdf").write_bytes(b"not hdf")
+    # b.hdf is torn (half an HDF5 file, not a valid EMAN2 file): it must be redone, not
+    # skipped (a file that is not HDF5 at all is never replaced: test_output_integrity)
+    torn = (tmp_path / "b.hdf").read_bytes()
+    (tmp_path / "b.hdf").write_bytes(torn[: len(torn) // 2])
     rc, out, err = run_cli(capsys, "--bits", "5", "--skip-existing", *files)
     assert rc == 0, err
     assert SUMMARY.search(out).groups() == ("2", "0", "1")

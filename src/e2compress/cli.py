@@ -190,8 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip-existing",
         action="store_true",
-        help="skip inputs whose output already exists and is a valid EMAN2 file "
-        "(restart an interrupted batch with the same command)",
+        help="skip inputs whose output is complete and was made from the input as it is "
+        "now with the same --bits and range option (restart a batch with the same command)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace outputs that are write-protected or have several hard links, and "
+        "replace an .hdf in place even when the result is larger",
     )
     p.add_argument("--version", action="version", version=f"e2compress {__version__}")
     return p
@@ -313,14 +319,20 @@ def _compress_one(
     """Compress one input; returns (status, message) with status done/skipped/failed."""
     verbose = args.verbose
     target = output_path(f, args.outpath)
-    if args.skip_existing and output_is_complete(f, target, args.bits):
+    if args.skip_existing and output_is_complete(f, target, options):
         return "skipped", f"Skipping {f}: {target} is complete"
     if verbose:
         print(f"Processing {f} -> {target}")
     in_progress[f] = None
     try:
         report = compress_file(
-            f, target, options=options, verify=args.verify, pool=pool, cancel=cancel
+            f,
+            target,
+            options=options,
+            verify=args.verify,
+            force=args.force,
+            pool=pool,
+            cancel=cancel,
         )
     except E2CompressError as exc:
         return "failed", str(exc)
