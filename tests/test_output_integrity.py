@@ -681,3 +681,17 @@ def test_threaded_change_is_caught(tmp_path: Path) -> None:
     finally:
         thread.join(60)
     assert listing(tmp_path) == {"m.mrc"}
+
+
+def test_foreign_hdf5_output_is_not_replaced(tmp_path: Path) -> None:
+    """An existing HDF5 file that holds no EMAN2 images is someone else's data."""
+    src = write_mrc(tmp_path / "data.mrc", np.arange(64, dtype=np.float32).reshape(8, 8))
+    with h5py.File(tmp_path / "data.hdf", "w") as f:
+        f["results"] = np.arange(10)
+    with pytest.raises(OutputError, match="no EMAN2 images"):
+        compress_file(src, bits=8)
+    with h5py.File(tmp_path / "data.hdf", "r") as f:
+        assert list(f["results"][...]) == list(range(10))
+    compress_file(src, bits=8, force=True)
+    (back,) = e2compress.read_images(tmp_path / "data.hdf")
+    assert np.array_equal(back, np.arange(64, dtype=np.float32).reshape(8, 8))

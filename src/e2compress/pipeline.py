@@ -54,7 +54,7 @@ from .quantize import (
     valid_limits,
 )
 from .report import CompressReport, ImageReport
-from .sources import ImageSource, open_source, strip_compression
+from .sources import ImageSource, is_hdf5, open_source, strip_compression
 from .verify import verify_output
 
 __all__ = [
@@ -506,6 +506,20 @@ def _requantise_warning(source: ImageSource, opts: Options) -> str | None:
     )
 
 
+def _foreign_hdf5(target: Path) -> bool:
+    """True when ``target`` is a readable HDF5 file without EMAN2's ``/MDF/images``.
+
+    A damaged HDF5 file (say, a copy cut short) is not foreign: it may be replaced.
+    """
+    if not target.is_file() or not is_hdf5(target):
+        return False
+    try:
+        with h5py.File(target, "r", locking=False) as f:
+            return not isinstance(f.get("MDF/images"), h5py.Group)
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return False
+
+
 def compress_file(
     src: PathLike,
     dst: PathLike | None = None,
@@ -593,6 +607,12 @@ def compress_file(
                     named,
                 )
             warnings += check_replaceable(target, force=force)
+            if not in_place and not force and _foreign_hdf5(target):
+                raise OutputError(
+                    "output exists and is an HDF5 file with no EMAN2 images (someone "
+                    "else's data?); not replaced (--force, or force=True, replaces it)",
+                    target,
+                )
             do_verify = in_place if verify is None else verify
             note = _requantise_warning(source, opts)
             warnings += [note] if note else []
