@@ -408,9 +408,13 @@ def test_signal_during_write_cleans_up(
     before = listing(watch)
     with running(*args, cwd=tmp_path) as proc:
         assert wait_for(tmp_name(target), proc)
-        time.sleep(random.Random(int(sig)).uniform(0.02, 0.12))
-        assert proc.poll() is None, "the write finished before the signal; use a larger input"
+        # Freeze it mid-write (no timing assumption), queue the signal, then let it run:
+        # the signal is delivered as it resumes, before the write can finish.
+        proc.send_signal(signal.SIGSTOP)
+        assert proc.poll() is None
+        assert tmp_name(target).exists(), "the write finished before the signal"
         proc.send_signal(sig)
+        proc.send_signal(signal.SIGCONT)
         rc, _, err = finish(proc)
 
     assert rc == 128 + int(sig), err
