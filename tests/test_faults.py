@@ -272,13 +272,17 @@ def remount_readonly(d: Path) -> None:
 def _kill_during_write(
     args: tuple[object, ...], cwd: Path, temp: Path, delay: float
 ) -> tuple[int | None, bool]:
-    """Start the CLI, wait for its temporary file, sleep ``delay``, SIGKILL it.
+    """Start the CLI, wait for its temporary file, let it run ``delay`` s, freeze it
+    (SIGSTOP) and SIGKILL it.
 
     Returns (exit status if it finished before the kill else None, whether the
-    temporary had appeared)."""
+    temporary had appeared). With ``delay`` 0 the process is frozen as soon as its
+    temporary appears, so it is killed mid-write whatever the machine's speed."""
     with running(*args, cwd=cwd) as proc:
         appeared = wait_for(temp, proc)
-        time.sleep(delay)
+        if delay:
+            time.sleep(delay)
+        proc.send_signal(signal.SIGSTOP)
         finished = proc.poll()
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -310,12 +314,12 @@ def test_sigkill_during_outpath_write_then_restart(tmp_path: Path, movie: dict[s
 
     rng = random.Random(1234)
     killed_mid_write = temps_left = 0
-    for _ in range(3):
+    for round_ in range(3):
         shutil.copyfile(movie["prev4"], target)  # a previous output with other content
-        for _ in range(rng.choice((1, 1, 2))):  # sometimes kill a run that met a stale temp
-            finished, appeared = _kill_during_write(
-                args, tmp_path, temp, rng.uniform(0.0, 0.9 * window)
-            )
+        for k in range(rng.choice((1, 1, 2))):  # sometimes kill a run that met a stale temp
+            # the first kill of two rounds is at the start of the write (surely mid-write)
+            delay = 0.0 if round_ < 2 and k == 0 else rng.uniform(0.0, 0.9 * window)
+            finished, appeared = _kill_during_write(args, tmp_path, temp, delay)
             assert appeared
             left = listing(out)
             assert left <= {"m.hdf", temp.name}, left
@@ -353,11 +357,10 @@ def test_sigkill_during_in_place_write_then_restart(
 
     rng = random.Random(99)
     killed_mid_write = 0
-    for _ in range(3):
+    for round_ in range(3):
         shutil.copyfile(stack_hdf["hdf8"], target)
-        finished, appeared = _kill_during_write(
-            args, tmp_path, temp, rng.uniform(0.0, 0.9 * window)
-        )
+        delay = 0.0 if round_ < 2 else rng.uniform(0.0, 0.9 * window)  # two surely mid-write
+        finished, appeared = _kill_during_write(args, tmp_path, temp, delay)
         assert appeared
         left = listing(tmp_path)
         assert left <= {"s.hdf", temp.name}, left
