@@ -21,6 +21,7 @@ import h5py
 import mrcfile
 import numpy as np
 import pytest
+import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -399,3 +400,125 @@ def test_fei_bitmask_written_as_uint32(tmp_path: Path) -> None:
         attr = f["MDF/images/0"].attrs["EMAN.FEIMRC.Bitmask 1"]
     assert np.asarray(attr).dtype == np.uint32
     assert int(np.ravel(attr)[0]) == 4294955007
+
+
+# ------------------------------------------------------------------ TIFF frames
+
+
+def _stack(n: int = 6, ny: int = 24, nx: int = 32) -> np.ndarray:
+    return np.random.default_rng(n).integers(0, 60000, (n, ny, nx)).astype(np.uint16)
+
+
+def test_imagej_frames_behind_one_ifd(tmp_path: Path) -> None:
+    """ImageJ > 4 GB layout (every frame after a single IFD): all frames, not one."""
+    data = _stack()
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TYX"}, truncate=True)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 1  # the layout under test
+    with open_source(path) as src:
+        assert len(src) == len(data)
+        for i, frame in enumerate(data):
+            assert np.array_equal(src.image(i), frame[::-1])  # rows flipped, as EMAN2
+            assert np.array_equal(src.read(i, 0, 3, 17), frame[::-1][3:17])
+    out = tmp_path / "hyper.hdf"
+    compress_file(path, out, bits=0)
+    got = read_images(out)
+    assert len(got) == len(data)
+    for image, frame in zip(got, data, strict=True):
+        assert np.array_equal(image, frame[::-1].astype(F32))
+
+
+def _replace(path: Path, old: bytes, new: bytes) -> Path:
+    blob = path.read_bytes()
+    assert blob.count(old) == 1
+    assert len(old) == len(new)
+    path.write_bytes(blob.replace(old, new))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (b"images=6", b"images=7", "TIFF has 6 images, but its ImageJ description says images=7"),
+        (b"frames=6", b"frames=5", "TIFF has 6 images, but its ImageJ description says frames=5"),
+    ],
+)
+def test_imagej_count_disagrees(old: bytes, new: bytes, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, _stack(), imagej=True, metadata={"axes": "TYX"})
+    _replace(path, old, new)
+    with pytest.raises(InputError, match=message):
+        open_source(path)
+
+
+@pytest.mark.parametrize("planes", [5, 7])
+def test_ome_count_disagrees(planes: int, tmp_path: Path) -> None:
+    path = tmp_path / "o.ome.tif"
+    tifffile.imwrite(path, _stack(), ome=True, metadata={"axes": "TYX"})
+    _replace(path, b'SizeT="6"', f'SizeT="{planes}"'.encode())
+    with pytest.raises(InputError, match=f"6 images, but its OME metadata says {planes} planes"):
+        open_source(path)
+
+
+TIFF_LAYOUTS: dict[str, dict[str, object]] = {
+    "plain": {},
+    "imagej": {"imagej": True, "metadata": {"axes": "TYX"}},
+    "imagej-one-ifd": {"imagej": True, "metadata": {"axes": "TYX"}, "truncate": True},
+    "zlib": {"compression": "zlib"},
+    "ome": {"ome": True, "metadata": {"axes": "TYX"}},
+    "bigtiff-lzw": {"bigtiff": True, "compression": "lzw"},
+}
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.9, 0.98])
+@pytest.mark.parametrize("layout", list(TIFF_LAYOUTS))
+def test_tiff_being_written_is_an_error(layout: str, keep: float, tmp_path: Path) -> None:
+    """A multi-page TIFF cut short (still being written) fails, never compresses to fewer
+    images; the good file of the same layout compresses fully."""
+    data = _stack()
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, data, **TIFF_LAYOUTS[layout])  # type: ignore[arg-type]
+    compress_file(full, tmp_path / "full.hdf", bits=0)
+    assert len(read_images(tmp_path / "full.hdf")) == len(data)
+    blob = full.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(blob[: int(len(blob) * keep)])
+    with pytest.raises(E2CompressError) as err:
+        compress_file(cut, tmp_path / "cut.hdf", bits=0)
+    assert "\n" not in str(err.value)
+    assert str(cut) in str(err.value)
+    assert not (tmp_path / "cut.hdf").exists()
+
+
+MINISWHITE_U8 = np.array([[0, 1, 2, 200], [10, 20, 30, 255], [5, 6, 7, 8]], np.uint8)
+# By hand: EMAN2 negates MINISWHITE values (TiffIO::read_data) and flips rows.
+MINISWHITE_U8_READ = [[-5, -6, -7, -8], [-10, -20, -30, -255], [0, -1, -2, -200]]
+MINISWHITE_U16 = np.array([[0, 1, 2, 60000], [10, 20, 30, 65535], [5, 6, 7, 8]], np.uint16)
+MINISWHITE_U16_READ = [[-5, -6, -7, -8], [-10, -20, -30, -65535], [0, -1, -2, -60000]]
+MINISWHITE = {
+    "uint8": (MINISWHITE_U8, {}, MINISWHITE_U8_READ),
+    "uint16": (MINISWHITE_U16, {}, MINISWHITE_U16_READ),
+    "uint16-zlib": (MINISWHITE_U16, {"compression": "zlib"}, MINISWHITE_U16_READ),
+}
+
+
+@pytest.mark.parametrize("case", list(MINISWHITE))
+def test_miniswhite_negated_like_eman2(case: str, tmp_path: Path) -> None:
+    raw, options, want = MINISWHITE[case]
+    path = tmp_path / "w.tif"
+    tifffile.imwrite(path, raw, photometric="miniswhite", **options)  # type: ignore[arg-type]
+    with open_source(path) as src:
+        assert src.image(0).tolist() == want
+    compress_file(path, tmp_path / "w.hdf", bits=0)
+    (got,) = read_images(tmp_path / "w.hdf")
+    assert np.array_equal(got, np.array(want, F32))
+
+
+@pytest.mark.parametrize("case", ["uint8", "uint16"])
+def test_miniswhite_matches_eman2(case: str, tmp_path: Path) -> None:
+    raw, _, want = MINISWHITE[case]
+    path = tmp_path / "w.tif"
+    tifffile.imwrite(path, raw, photometric="miniswhite")
+    theirs, _ = eman2_read(path, tmp_path)
+    assert np.array_equal(theirs[0], np.array(want, F32))
