@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -522,3 +523,23 @@ def test_miniswhite_matches_eman2(case: str, tmp_path: Path) -> None:
     tifffile.imwrite(path, raw, photometric="miniswhite")
     theirs, _ = eman2_read(path, tmp_path)
     assert np.array_equal(theirs[0], np.array(want, F32))
+
+
+# ------------------------------------------------------------------ EMAN2 HDF input
+
+
+def _empty_eman_hdf(path: Path) -> Path:
+    with h5py.File(path, "w") as f:
+        images = f.create_group("MDF/images")
+        images.attrs.create("imageid_max", np.array([-1], dtype=np.int32))
+    return path
+
+
+@pytest.mark.parametrize("build", [_empty_eman_hdf], ids=["imageid_max=-1"])
+def test_eman_hdf_without_images(build: Callable[[Path], Path], tmp_path: Path) -> None:
+    path = build(tmp_path / "none.hdf")
+    with pytest.raises(InputError, match="holds no images"):
+        open_source(path)
+    with pytest.raises(E2CompressError, match="no images"):
+        compress_file(path, tmp_path / "out.hdf", bits=5)
+    assert_no_output(tmp_path, "none.hdf")

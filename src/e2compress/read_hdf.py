@@ -13,7 +13,11 @@ from .sources import ImageSource, reason
 
 
 class HdfSource(ImageSource):
-    """An EMAN2 HDF file (compressed or not), decoded to float values."""
+    """An EMAN2 HDF file read through :class:`~e2compress.eman_hdf.EmanHdfFile`.
+
+    Raises:
+        InputError: not EMAN2 HDF, no images, or an image of unsupported shape.
+    """
 
     kind = "hdf"
 
@@ -21,6 +25,8 @@ class HdfSource(ImageSource):
         self.path = path
         self._file = EmanHdfFile(path, threads=1)
         try:
+            if len(self._file) == 0:
+                raise InputError("EMAN2 HDF file holds no images", path)
             for i in range(len(self._file)):
                 shape = self._file.shape(i)
                 if not 1 <= len(shape) <= 3 or 0 in shape:
