@@ -27,7 +27,7 @@ import tifffile
 
 import e2compress
 from conftest import run_cli, write_mrc
-from e2compress import cli, pipeline
+from e2compress import cli, pipeline, runner
 
 F32 = np.float32
 SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
@@ -365,13 +365,13 @@ def test_same_file_twice_is_compressed_once(
     write_mrc(tmp_path / "a.mrc", img)
     monkeypatch.chdir(tmp_path)
     calls: list[str] = []
-    real = cli.compress_file
+    real = runner.compress_file
 
     def counting(src: str, *args: object, **kwargs: object) -> object:
         calls.append(str(src))
         return real(src, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cli, "compress_file", counting)
+    monkeypatch.setattr(runner, "compress_file", counting)
     rc, out, err = run_cli(capsys, "--bits", "5", "a.mrc", tmp_path / "a.mrc", "./a.mrc")
     assert rc == 0, err
     assert calls == ["a.mrc"]
@@ -728,14 +728,14 @@ def test_report_warnings_printed_once_on_stderr(
     file still counts as compressed."""
     img = rand_image(62)
     write_mrc(tmp_path / "a.mrc", img)
-    real = cli.compress_file
+    real = runner.compress_file
 
     def warning(src: str, *args: object, **kwargs: object) -> pipeline.CompressReport:
         report = real(src, *args, **kwargs)  # type: ignore[arg-type]
         report.warnings = [f"{src}: first thing", f"{src}: second thing"]
         return report
 
-    monkeypatch.setattr(cli, "compress_file", warning)
+    monkeypatch.setattr(runner, "compress_file", warning)
     rc, out, err = run_cli(capsys, "--bits", "5", tmp_path / "a.mrc")
     assert rc == 0
     assert err.splitlines() == [
@@ -807,7 +807,10 @@ def test_concurrent_files_write_whole_lines(
         assert len([t for n, t in lines if n == "out" and timing.match(t)]) == 1
         assert sum(1 for n, t in lines if n == "err" and t.startswith(f"ERROR: {bad}: ")) == 1
     assert lines[-1] == ("out", "4 compressed, 4 failed, 0 skipped")
-    assert len(lines) == 8 + 4 + 4 + 1  # Processing x8, timing x4, ERROR x4, summary
+    assert lines[-2][0] == "out"
+    assert lines[-2][1].startswith("total: ")  # -v: bytes, ratio, throughput, failures
+    assert lines[-2][1].endswith(", 4 failed")
+    assert len(lines) == 8 + 4 + 4 + 2  # Processing x8, timing x4, ERROR x4, totals, summary
 
 
 # --------------------------------------------------------------------------- stopping

@@ -112,7 +112,7 @@ def test_slow_writers_restart_and_no_redo(dirs: tuple[Path, Path], tmp_path: Pat
     marks = tmp_path / "marks"
     marks.mkdir()
     options = Options(bits=8)
-    run = Run(Watcher(watched, outpath=out, settle=SETTLE), options)
+    run = Run(Watcher(watched, outpath=out, settle=SETTLE, options=options), options)
     pages_file = tmp_path / "pages.npy"
     argv = [sys.executable, "-c", WRITER, str(full), str(mrc), str(tif), "0.3", str(pages_file)]
     writer = subprocess.Popen([*argv, str(marks)])
@@ -145,7 +145,7 @@ def test_slow_writers_restart_and_no_redo(dirs: tuple[Path, Path], tmp_path: Pat
         assert np.abs(values - page[::-1]).max() <= step / 2 * 1.001  # TIFF rows flipped
 
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in outputs(out)}
-    again = Run(Watcher(watched, outpath=out, settle=SETTLE, poll=0.2), options)
+    again = Run(Watcher(watched, outpath=out, settle=SETTLE, poll=0.2, options=options), options)
     try:
         skipped = again.wait_for(2)
     finally:

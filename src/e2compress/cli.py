@@ -8,18 +8,22 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor, wait
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
 from . import __version__
-from .errors import E2CompressError, Interrupted
-from .executor import Cancel, make_pool
+from .batch import Inputs, Item, describe
+from .batchreport import ReportWriter, Totals
+from .errors import E2CompressError
+from .executor import Cancel
 from .options import Options
-from .pipeline import compress_file, output_is_complete, output_path
+from .progress import Progress
+from .runner import STATUSES, FileResult, Job, LocalRunner, Tick, make_jobs
 
 DESCRIPTION = """\
 Convert image files (MRC/MRCS/MAP/CCP4 incl. .gz/.bz2, TIFF, EMAN2 HDF) to
@@ -52,6 +56,18 @@ Inputs that would be written to the same output (x.map and x.map.bz2, a.mrc and
 a.tif, or two a.mrc from different directories with --outpath) are each reported
 as failed and not compressed; the others run. A file given twice is compressed once
 (one WARNING line; the repeat counts as skipped).
+
+batches: FILE may be @LIST (a file of paths, one a line) or - (paths on stdin);
+--recursive DIR walks a tree (MRC and TIFF files unless --include says otherwise)
+and mirrors it under --outpath. Two inputs writing one output are found before
+any work, with about 16 bytes of memory a path. --scheduler ADDRESS runs one task
+per file on a Dask cluster; --cluster slurm|pbs|sge|lsf starts one with
+dask-jobqueue (pip install 'e2compress[dask]'). On a terminal a progress bar shows
+files, bytes, throughput and ETA; elsewhere -v logs a progress line every 30 s.
+
+watch mode: e2compress watch DIR --outpath OUT [options] compresses each new file
+under DIR once its size and time have not changed for --settle seconds and it opens
+complete; it runs until SIGINT/SIGTERM, and a restart skips finished files.
 
 exit status:
   0            every file was compressed (the output is complete and decodes to
@@ -142,15 +158,31 @@ def _threads(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (EMAN2's options plus verify/skip)."""
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    return value
+
+
+def build_parser(watch: bool = False) -> argparse.ArgumentParser:
+    """The argument parser (EMAN2's options plus verify/skip, batches and clusters);
+    ``watch``: the parser of ``e2compress watch DIR``."""
     p = argparse.ArgumentParser(
-        prog="e2compress",
+        prog="e2compress watch" if watch else "e2compress",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("files", nargs="*", metavar="FILE", help="input image files")
+    if watch:
+        p.add_argument("directory", metavar="DIR", help="the directory to watch (recursively)")
+    else:
+        p.add_argument(
+            "files", nargs="*", metavar="FILE", help="input image files, @LIST files or -"
+        )
     p.add_argument(
         "--bits",
         type=_bits,
@@ -221,7 +253,71 @@ def build_parser() -> argparse.ArgumentParser:
         "replace an .hdf in place even when the result is larger",
     )
     p.add_argument("--version", action="version", version=f"e2compress {__version__}")
+    _add_scale_options(p, watch)
     return p
+
+
+def _add_scale_options(p: argparse.ArgumentParser, watch: bool) -> None:
+    """Batches (lists, trees, report, progress), watch mode and Dask clusters."""
+    b = p.add_argument_group("batches")
+    if not watch:
+        b.add_argument(
+            "--recursive",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="compress the files under DIR, mirroring its tree under --outpath",
+        )
+    b.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="files to take in a tree (default: MRC and TIFF names, plain or .gz/.bz2); "
+        "a GLOB with / matches the path under DIR",
+    )
+    b.add_argument(
+        "--exclude", action="append", default=[], metavar="GLOB", help="files to leave out"
+    )
+    if not watch:
+        b.add_argument(
+            "--dry-run", action="store_true", help="print what would be written, open nothing"
+        )
+    b.add_argument(
+        "--report", metavar="FILE", help="per-file report and totals: FILE.csv or FILE.json"
+    )
+    b.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    if watch:
+        w = p.add_argument_group("watch")
+        w.add_argument(
+            "--settle",
+            type=_positive,
+            default=30.0,
+            metavar="S",
+            help="seconds a file must stay unchanged before it is taken (default 30)",
+        )
+        w.add_argument(
+            "--poll",
+            type=_positive,
+            default=None,
+            metavar="S",
+            help="scan every S seconds instead of kernel events (network file systems)",
+        )
+    d = p.add_argument_group("Dask (pip install 'e2compress[dask]')")
+    d.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler")
+    d.add_argument(
+        "--cluster",
+        choices=("slurm", "pbs", "sge", "lsf"),
+        help="start a Dask cluster through this batch system (dask-jobqueue)",
+    )
+    d.add_argument("--jobs", type=_threads, default=1, metavar="N", help="--cluster jobs")
+    d.add_argument("--queue", help="--cluster queue (partition)")
+    d.add_argument("--cores", type=_threads, metavar="N", help="--cluster cores per job")
+    d.add_argument("--memory", metavar="SIZE", help="--cluster memory per job, e.g. 64GB")
+    d.add_argument("--walltime", metavar="TIME", help="--cluster time limit, e.g. 04:00:00")
+    d.add_argument(
+        "--dask-config", metavar="FILE", help="Dask YAML configuration (e.g. jobqueue.slurm)"
+    )
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -234,6 +330,7 @@ class _Console:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closed: set[int] = set()  # streams whose reader went away (``| head``)
+        self.around: Callable[[], AbstractContextManager[None]] = nullcontext  # progress bars
 
     def out(self, text: str) -> None:
         """One line on stdout."""
@@ -245,7 +342,7 @@ class _Console:
 
     def _write(self, stream: TextIO, text: str) -> None:
         line = " ".join(text.splitlines()) + "\n"
-        with self._lock:
+        with self._lock, self.around():
             if id(stream) in self._closed:
                 return
             try:
@@ -314,7 +411,6 @@ class _Batch:
     cancel: Cancel
     console: _Console
     parent_gone: threading.Event
-    pool: Executor | None = None
 
     def cause(self) -> str:
         """Why the run stopped early (the token is set)."""
@@ -341,16 +437,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["watch"]:
+        return _main_watch(argv[1:], cancel)
     parser = build_parser()
-    args = parser.parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(_normalise_argv(argv))
     console = _Console()
-    if not args.files:
+    if not args.files and not args.recursive:
         parser.print_usage(sys.stderr)
         console.err("e2compress: error: no input files")
         return 2
+    options = _options(args, console)
+    if options is None:
+        return 2
+    inputs = Inputs(
+        args.files,
+        recursive=args.recursive,
+        include=args.include,
+        exclude=args.exclude,
+        outpath=args.outpath,
+        stdin=sys.stdin,
+    )
+    try:
+        inputs.check()
+    except E2CompressError as exc:
+        console.err(f"e2compress: error: {exc}")
+        return 2
+    with inputs:
+        if args.dry_run:
+            return _dry_run(inputs, console)
+        batch = _Batch(args, options, cancel, console, threading.Event())
+        return _batch(batch, inputs)
+
+
+def _options(args: argparse.Namespace, console: _Console) -> Options | None:
+    """The Options of the run, or None after an error line (bad --outpath or options)."""
     if args.outpath == "":  # Path("") would be the current directory: an unset variable?
         console.err("e2compress: error: --outpath is empty (give a directory; . for this one)")
-        return 2
+        return None
     if args.outpath is not None:
         out_dir = Path(args.outpath)
         if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
@@ -358,10 +482,13 @@ def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
                 f"e2compress: error: --outpath must be an existing, writable directory: "
                 f"{args.outpath}"
             )
-            return 2
+            return None
+    if args.scheduler is not None and args.cluster is not None:
+        console.err("e2compress: error: give --scheduler or --cluster, not both")
+        return None
     level = 1 if args.compresslevel is None else args.compresslevel
     try:
-        options = Options(
+        return Options(
             bits=args.bits,
             level=level,
             value_range=args.range,
@@ -371,8 +498,50 @@ def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
         ).validate(FLAGS)
     except E2CompressError as exc:
         console.err(f"e2compress: error: {exc}")
-        return 2
-    batch = _Batch(args, options, cancel, console, threading.Event())
+        return None
+
+
+def _dry_run(inputs: Inputs, console: _Console) -> int:
+    """Print each input and its output (or why not), then a count; exit 1 on a conflict."""
+    inputs.scan()
+    problems = 0
+    for item in inputs:
+        problems += bool(item.problem)
+        console.out(describe(item))
+    console.out(
+        f"dry run: {inputs.count} inputs, {inputs.total_bytes / 1e9:.3f} GB, nothing written"
+    )
+    return 1 if problems else 0
+
+
+@contextmanager
+def _runner(args: argparse.Namespace) -> Iterator[Any]:
+    """A LocalRunner, or a DaskRunner on --scheduler / a new --cluster (closed after)."""
+    if args.scheduler is None and args.cluster is None:
+        yield LocalRunner(args.threads)
+        return
+    try:
+        from . import cluster
+    except ImportError:
+        raise E2CompressError(
+            "--scheduler and --cluster need Dask: pip install 'e2compress[dask]'"
+        ) from None
+    config = cluster.load_config(args.dask_config) if args.dask_config else None
+    settings = {"queue": args.queue, "cores": args.cores, "memory": args.memory}
+    with cluster.open_client(
+        args.scheduler,
+        args.cluster,
+        jobs=args.jobs,
+        config=config,
+        walltime=args.walltime,
+        **settings,
+    ) as client:
+        yield cluster.DaskRunner(client, threads=args.threads)
+
+
+def _batch(batch: _Batch, inputs: Inputs) -> int:
+    """Run every input; print the lines, the totals and the summary; the exit status."""
+    args, console, cancel = batch.args, batch.console, batch.cancel
     watching = args.ppid is not None and args.ppid > 0
     is_parent = watching and os.getppid() == args.ppid
     if watching and not _parent_alive(args.ppid, is_parent):
@@ -381,134 +550,159 @@ def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
     if cancel.is_set():  # before any work: nothing to clean up
         console.err(f"e2compress: {batch.cause()}; no file was compressed")
         return 128 + (cancel.signum or signal.SIGTERM)
-    run, collided, repeated = _plan(args.files, args.outpath)
-    for line in collided:
-        console.err(f"ERROR: {line}")
-    for line in repeated:
-        console.err(f"WARNING: {line}")
-    counts = {"done": 0, "failed": len(collided), "skipped": len(repeated)}
-    counts.update(stopped=0, unstarted=0)
+    inputs.scan()
+    counts = dict.fromkeys(STATUSES, 0)
+    totals = Totals()
     watch_done = threading.Event()
-    if watching:
-        _watch_parent(args.ppid, is_parent, cancel, batch.parent_gone, watch_done)
     try:
-        _run(batch, run, counts)
+        report = ReportWriter(args.report) if args.report else None
+        with _runner(args) as runner:
+            if watching:
+                _watch_parent(args.ppid, is_parent, cancel, batch.parent_gone, watch_done)
+            jobs = make_jobs(
+                inputs,
+                batch.options,
+                verify=args.verify,
+                skip_existing=args.skip_existing,
+                force=args.force,
+            )
+            _run(batch, runner, jobs, counts, totals, report, inputs)
+    except E2CompressError as exc:  # a report or a cluster that cannot be had: no work done
+        console.err(f"e2compress: error: {exc}")
+        return 2
     finally:
         watch_done.set()
     summary = f"{counts['done']} compressed, {counts['failed']} failed, {counts['skipped']} skipped"
+    many = inputs.count > 1
     if cancel.is_set():  # one line for the batch unless the file's own line says it all
-        if len(args.files) > 1 or not counts["stopped"]:
+        if many or not counts["stopped"]:
             unwritten = counts["stopped"] + counts["unstarted"]
             console.err(f"e2compress: {batch.cause()}: {summary}, {unwritten} not written")
         return 128 + (cancel.signum or signal.SIGTERM)
-    if counts["failed"] or args.verbose or len(args.files) > 1:
+    if args.verbose or args.report:
+        console.out(totals.line())
+    if counts["failed"] or args.verbose or many:
         console.out(summary)
     return 1 if counts["failed"] else 0
 
 
-def _plan(files: Sequence[str], outpath: str | None) -> tuple[list[str], list[str], list[str]]:
-    """Split ``files`` into the inputs to compress, one failure line for each input whose
-    output another input would also write (naming both), and one warning line for each
-    repeat of an input already listed (it is compressed once)."""
-
-    def place(p: Path) -> str:  # where a name lands: the directory resolved, not the name
-        return os.path.join(os.path.realpath(p.parent), p.name)
-
-    targets = [output_path(f, outpath) for f in files]
-    keys = [(os.path.realpath(f), place(t)) for f, t in zip(files, targets, strict=True)]
-    writers: dict[str, dict[str, str]] = {}  # output -> {input: its first name given}
-    for f, (src, dst) in zip(files, keys, strict=True):
-        writers.setdefault(dst, {}).setdefault(src, f)
-    run: list[str] = []
-    collided: list[str] = []
-    repeated: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for f, target, (src, dst) in zip(files, targets, keys, strict=True):
-        if (src, dst) in seen:
-            repeated.append(f"{f}: given more than once; compressed once")
-            continue
-        seen.add((src, dst))
-        others = [name for other, name in writers[dst].items() if other != src]
-        if others:
-            collided.append(
-                f"{f}: {' and '.join(others)} would also be written to {target}; "
-                + ("neither is compressed" if len(others) == 1 else "none of them is compressed")
-            )
-        else:
-            run.append(f)
-    return run, collided, repeated
-
-
-def _compress_one(f: str, batch: _Batch) -> tuple[str, str]:
-    """Compress one input; returns (status, message) with status done/skipped/failed.
-
-    Raises:
-        Interrupted: the batch's token was set while this file was being written.
-    """
+def _run(
+    batch: _Batch,
+    runner: Any,
+    jobs: Iterable[Job | None],
+    counts: dict[str, int],
+    totals: Totals,
+    report: ReportWriter | None,
+    inputs: Inputs | None = None,
+) -> None:
+    """Run ``jobs``, printing each file's lines; counts, totals and report rows."""
     args = batch.args
-    verbose = args.verbose
-    target = output_path(f, args.outpath)
-    if args.skip_existing and output_is_complete(f, target, batch.options):
-        return "skipped", f"Skipping {f}: {target} is complete"
-    if verbose:
-        batch.console.out(f"Processing {f} -> {target}")
-    try:
-        report = compress_file(
-            f,
-            target,
-            options=batch.options,
-            verify=args.verify,
-            force=args.force,
-            pool=batch.pool,
-            cancel=batch.cancel,
-        )
-    except E2CompressError as exc:
-        return "failed", str(exc) if exc.path else f"{f}: {exc}"
-    except Exception as exc:  # a bug, reported without a traceback
-        return "failed", f"{f}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
-    for line in dict.fromkeys(report.warnings):
-        batch.console.err(f"WARNING: {line}")
-    trunc = report.truncated
-    return "done", (
-        f"{report.seconds:0.1f} s  {f}: {report.bytes_in / 1e6:.1f} MB -> "
-        f"{report.bytes_out / 1e6:.1f} MB  ({report.ratio:.2f}x)"
-        + (f"  {trunc} pixels clamped" if trunc else "")
+    progress = Progress(
+        inputs.count if inputs else 0,
+        inputs.total_bytes if inputs else 0,
+        bar=False if args.no_progress or inputs is None else None,
+        verbose=args.verbose,
     )
+    batch.console.around = progress.writing
+    t0 = time.perf_counter()
 
+    def on_tick(t: Tick) -> None:
+        if t.done == t.total == 0 and args.verbose:
+            batch.console.out(f"Processing {t.given} -> {t.target}")
+        progress.tick(t)
 
-def _job(f: str, batch: _Batch) -> str:
-    """Compress ``f`` and print its lines; returns its status: done, skipped, failed,
-    stopped (interrupted while being written) or unstarted."""
-    if batch.cancel.is_set():
-        return "unstarted"
     try:
-        status, message = _compress_one(f, batch)
-    except Interrupted:
-        batch.console.err(f"ERROR: {f}: {batch.cause()}; output not written, input unchanged")
-        return "stopped"
-    if status == "failed":
-        batch.console.err(f"ERROR: {message}")
-    elif batch.args.verbose > (1 if status == "done" else 0):
-        batch.console.out(message)
-    return status
-
-
-def _run(batch: _Batch, files: list[str], counts: dict[str, int]) -> None:
-    """Compress ``files`` (two at a time when there are threads to spare) into ``counts``."""
-    threads = batch.args.threads
-    batch.pool = make_pool(threads)
-    width = threads or os.cpu_count() or 1
-    runner = ThreadPoolExecutor(max_workers=2 if width > 1 and len(files) > 1 else 1)
-    try:
-        futures = [runner.submit(_job, f, batch) for f in files]
-        pending = set(futures)
-        while pending:  # wake now and then: a signal taken by a worker thread runs its
-            _, pending = wait(pending, timeout=0.25)  # Python handler only in this one
-        for fut in futures:
-            counts[fut.result()] += 1
+        for r in runner.run(jobs, batch.cancel, on_tick):
+            counts[r.status] += 1
+            totals.add(r)
+            progress.done(r)
+            _print_result(batch, r)
+            if report is not None:
+                report.add(r)
     finally:
-        runner.shutdown(wait=True, cancel_futures=True)
-        batch.pool.shutdown(wait=True, cancel_futures=True)
+        totals.seconds = time.perf_counter() - t0
+        progress.close()
+        batch.console.around = nullcontext
+        if report is not None:
+            report.close(totals)
+
+
+def _print_result(batch: _Batch, r: FileResult) -> None:
+    """The lines for one finished file."""
+    console, verbose = batch.console, batch.args.verbose
+    for line in dict.fromkeys(r.warnings):
+        console.err(f"WARNING: {line}")
+    if r.status == "failed":
+        console.err(f"ERROR: {r.message}")
+    elif r.status == "stopped":
+        console.err("ERROR: " + r.message.replace(": interrupted;", f": {batch.cause()};", 1))
+    elif r.status == "skipped":
+        if r.message.startswith("Skipping "):
+            if verbose:
+                console.out(r.message)
+        else:
+            console.err(f"WARNING: {r.message}")
+    elif r.status == "done" and verbose > 1:
+        console.out(
+            f"{r.seconds:0.1f} s  {r.given}: {r.bytes_in / 1e6:.1f} MB -> "
+            f"{r.bytes_out / 1e6:.1f} MB  ({r.ratio:.2f}x)"
+            + (f"  {r.truncated} pixels clamped" if r.truncated else "")
+        )
+
+
+def _main_watch(argv: Sequence[str], cancel: Cancel) -> int:
+    """``e2compress watch DIR --outpath OUT [options]``: runs until a signal stops it."""
+    parser = build_parser(watch=True)
+    args = parser.parse_args(_normalise_argv(argv))
+    console = _Console()
+    if args.outpath is None:
+        console.err("e2compress: error: watch needs --outpath (an existing directory)")
+        return 2
+    options = _options(args, console)
+    if options is None:
+        return 2
+    try:
+        from .watch import Watcher, WatchRunner
+    except ImportError:
+        console.err("e2compress: error: watch needs watchdog: pip install 'e2compress[watch]'")
+        return 2
+    watcher = Watcher(
+        args.directory,
+        outpath=args.outpath,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        settle=args.settle,
+        poll=args.poll,
+        options=options,
+    )
+    batch = _Batch(args, options, cancel, console, threading.Event())
+    counts = dict.fromkeys(STATUSES, 0)
+    totals = Totals()
+    watch_done = threading.Event()
+
+    def make_job(item: Item) -> Job:
+        (job,) = make_jobs([item], options, verify=args.verify, force=args.force)
+        return job
+
+    try:
+        report = ReportWriter(args.report) if args.report else None
+        with _runner(args) as runner:
+            if args.ppid is not None and args.ppid > 0:
+                is_parent = os.getppid() == args.ppid
+                _watch_parent(args.ppid, is_parent, cancel, batch.parent_gone, watch_done)
+            if args.verbose:
+                console.out(f"Watching {args.directory} -> {args.outpath}")
+            with watcher:
+                jobs = watcher.jobs(make_job, cancel)
+                _run(batch, WatchRunner(runner, watcher), jobs, counts, totals, report)
+    except E2CompressError as exc:
+        console.err(f"e2compress: error: {exc}")
+        return 2
+    finally:
+        watch_done.set()
+    summary = f"{counts['done']} compressed, {counts['failed']} failed, {counts['skipped']} skipped"
+    console.out(f"e2compress watch: {batch.cause()}: {summary}")
+    return 128 + (cancel.signum or signal.SIGTERM)
 
 
 def entry() -> None:

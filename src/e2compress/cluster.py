@@ -9,6 +9,7 @@ worker compresses the chunks of its files with one pool of its own threads
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import threading
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,9 @@ class DaskRunner:
                 if quick is not None:
                     yield quick
                     continue
+                job = replace(  # the workers' current directory is not ours
+                    job, source=os.path.abspath(job.source), target=os.path.abspath(job.target)
+                )
                 fut = self.client.submit(
                     compress_task, job, on_tick is not None, key=_key(job), pure=False
                 )

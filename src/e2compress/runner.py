@@ -36,7 +36,8 @@ class Job:
         target: the output path.
         options: what to store.
         verify: as :func:`~e2compress.pipeline.compress_file`'s ``verify``.
-        skip_existing: skip when ``target`` is already a complete output.
+        skip_existing: skip when ``target`` is already a complete output of this input.
+        force: as :func:`~e2compress.pipeline.compress_file`'s ``force``.
         make_dirs: create ``target``'s directory if missing (a mirrored tree).
         size: the input's size in bytes when the batch was planned (for progress).
         problem: non-empty: do not run; fail with this line.
@@ -49,6 +50,7 @@ class Job:
     options: Options
     verify: bool | None = None
     skip_existing: bool = False
+    force: bool = False
     make_dirs: bool = False
     size: int = 0
     problem: str = ""
@@ -117,6 +119,7 @@ def make_jobs(
     *,
     verify: bool | None = None,
     skip_existing: bool = False,
+    force: bool = False,
 ) -> Iterator[Job]:
     """One :class:`Job` per input item (streamed)."""
     for item in items:
@@ -127,6 +130,7 @@ def make_jobs(
             options,
             verify=verify,
             skip_existing=skip_existing,
+            force=force,
             make_dirs=item.make_dirs,
             size=0 if item.problem else file_size(item.source),
             problem=item.problem,
@@ -195,7 +199,7 @@ def run_job(
         return quick
     t0 = time.perf_counter()
     try:
-        if job.skip_existing and output_is_complete(job.source, job.target, job.options.bits):
+        if job.skip_existing and output_is_complete(job.source, job.target, job.options):
             return _result(
                 job,
                 "skipped",
@@ -225,6 +229,7 @@ def run_job(
             job.target,
             options=job.options,
             verify=job.verify,
+            force=job.force,
             pool=pool,
             threads=None if pool is not None else threads,
             cancel=cancel,

@@ -7,8 +7,8 @@ from watchdog (inotify on Linux), or from its polling observer for network file 
 where inotify sees nothing; a slow full rescan catches events the kernel dropped.
 
 A restart redoes nothing: a file seen for the first time whose output is already
-complete and newer than it is skipped, without writing anything. Needs the ``watch``
-extra.
+complete, made from it as it is now with the same options, is skipped without writing
+anything. Needs the ``watch`` extra.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from .atomic import TMP_SUFFIX
 from .batch import DEFAULT_PATTERNS, Item, matches, walk
 from .errors import E2CompressError
 from .executor import Cancel
+from .options import Options
 from .pipeline import output_is_complete, output_path
 from .runner import FileResult, Job
 from .sources import open_source
@@ -61,16 +62,6 @@ def incomplete(path: str) -> str:
     return ""
 
 
-def _up_to_date(path: str, sig: Signature, target: Path, bits: int) -> bool:
-    """Whether ``target`` is a complete output written after ``path`` last changed."""
-    try:
-        if target.stat().st_mtime_ns < sig[1]:
-            return False
-    except OSError:
-        return False
-    return output_is_complete(path, target, bits)
-
-
 class _Events(FileSystemEventHandler):  # type: ignore[misc]
     """Puts the paths that watchdog reports into a queue (the watch loop reads it)."""
 
@@ -97,7 +88,7 @@ class Watcher:
         poll: use watchdog's polling observer, scanning every ``poll`` seconds (for
             network file systems); None uses the kernel's events.
         rescan: seconds between full rescans (events the kernel dropped).
-        bits: the bits being stored (an in-place output counts as done only with them).
+        options: what is stored (an output made with other options is not done).
         clock: a monotonic clock (tests pass their own).
     """
 
@@ -111,7 +102,7 @@ class Watcher:
         settle: float = SETTLE_SECONDS,
         poll: float | None = None,
         rescan: float = RESCAN_SECONDS,
-        bits: int = 10,
+        options: Options | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = Path(root)
@@ -121,7 +112,7 @@ class Watcher:
         self.settle = settle
         self.poll = poll
         self.rescan = rescan
-        self.bits = bits
+        self.options = options or Options()
         self.clock = clock
         self._real_root = os.path.realpath(self.root)
         self._pruned = os.path.realpath(self.outpath) if self.outpath is not None else None
@@ -249,7 +240,7 @@ class Watcher:
         if owner != path:
             problem = f"{path}: {owner} is also written to {item.target}; not compressed"
             return Item(item.given, item.source, item.target, item.make_dirs, problem=problem)
-        if path not in self._done and _up_to_date(path, sig, item.target, self.bits):
+        if path not in self._done and output_is_complete(path, item.target, self.options):
             skip = f"Skipping {path}: {item.target} is complete"
             return Item(item.given, item.source, item.target, item.make_dirs, skip=skip)
         why = incomplete(path)
@@ -283,6 +274,22 @@ class Watcher:
             time.sleep(tick)
 
 
+class WatchRunner:
+    """A runner (LocalRunner or DaskRunner) that reports each result to ``watcher``."""
+
+    def __init__(self, runner: Any, watcher: Watcher) -> None:
+        self.runner = runner
+        self.watcher = watcher
+
+    def run(
+        self, jobs: Iterable[Job | None], cancel: Cancel, on_tick: Any = None
+    ) -> Iterator[FileResult]:
+        """The runner's results, each first recorded by the watcher."""
+        for result in self.runner.run(jobs, cancel, on_tick):
+            self.watcher.finished(result)
+            yield result
+
+
 def watch(
     watcher: Watcher,
     runner: Any,
@@ -296,6 +303,5 @@ def watch(
     they become ready, calling ``on_result`` for each, until ``cancel`` is set."""
     with watcher:
         jobs = watcher.jobs(make_job, cancel, tick)
-        for result in runner.run(jobs, cancel, on_tick):
-            watcher.finished(result)
+        for result in WatchRunner(runner, watcher).run(jobs, cancel, on_tick):
             on_result(result)

@@ -1,0 +1,319 @@
+"""The command line at scale: @lists, stdin, --recursive trees, --dry-run, --report, the
+progress bar on a terminal, --scheduler on a 2-process LocalCluster, and watch mode."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CORE_FILES, REAL_FILES, eman_decode, run_cli, write_mrc
+
+F32 = np.float32
+SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
+TOTALS = re.compile(r"^total: .+ saved \((\d+\.\d\d)x\), .+ MB/s, (\d+) failed$", re.M)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def image(seed: int, shape: tuple[int, ...] = (48, 40)) -> np.ndarray:
+    return np.random.default_rng(seed).normal(3.0, 1.0, shape).astype(F32)
+
+
+def within_half_step(orig: np.ndarray, path: Path) -> None:
+    ((values, m),) = eman_decode(path)
+    assert m is not None
+    bits, rmin, rmax, truncated = m
+    assert truncated == 0
+    step = (rmax - rmin) / (2**bits - 1)
+    assert np.abs(values.reshape(orig.shape) - orig).max() <= step / 2 * 1.001
+
+
+def test_list_file_and_stdin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imgs = {f"f{k}.mrc": image(k) for k in range(4)}
+    for name, data in imgs.items():
+        write_mrc(tmp_path / name, data)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "list.txt").write_text(
+        f"# movies\n{tmp_path / 'f0.mrc'}\n\n{tmp_path / 'f1.mrc'}\n"
+    )
+    monkeypatch.setattr(
+        sys, "stdin", io.StringIO(f"{tmp_path / 'f2.mrc'}\n{tmp_path / 'f3.mrc'}\n")
+    )
+    rc, stdout, err = run_cli(
+        capsys, "--bits", "6", "--outpath", out, f"@{tmp_path / 'list.txt'}", "-"
+    )
+    assert (rc, err) == (0, "")
+    assert SUMMARY.search(stdout).groups() == ("4", "0", "0")  # type: ignore[union-attr]
+    for name, data in imgs.items():
+        within_half_step(data, out / name.replace(".mrc", ".hdf"))
+
+
+def test_recursive_tree_is_mirrored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree = tmp_path / "session"
+    data = {
+        "a.mrc": image(1),
+        "grid1/b.mrc": image(2),
+        "grid1/sq2/c.mrc": image(3),
+        "grid1/gain.mrc": image(4),
+    }
+    for rel, arr in data.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_mrc(tree / rel, arr)
+    (tree / "grid1" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, stdout, err = run_cli(
+        capsys, "--recursive", tree, "--exclude", "gain*", "--outpath", out, "-v", "1"
+    )
+    assert (rc, err) == (0, "")
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["a.hdf", "grid1/b.hdf", "grid1/sq2/c.hdf"]
+    for rel in ("a", "grid1/b", "grid1/sq2/c"):
+        within_half_step(data[f"{rel}.mrc"], out / f"{rel}.hdf")
+    assert f"Processing {tree / 'grid1/sq2/c.mrc'} -> {out / 'grid1/sq2/c.hdf'}" in stdout
+    assert TOTALS.search(stdout) is not None  # -v prints the totals
+    assert SUMMARY.search(stdout).groups() == ("3", "0", "0")  # type: ignore[union-attr]
+
+
+def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("a.mrc", "b.mrc", "b.tif"):
+        write_mrc(tmp_path / name, image(5))
+    before = sorted(os.listdir(tmp_path))
+    rc, stdout, err = run_cli(capsys, "--dry-run", tmp_path / "a.mrc")
+    assert (rc, err) == (0, "")
+    assert stdout.splitlines()[0] == f"{tmp_path / 'a.mrc'} -> {tmp_path / 'a.hdf'}"
+    assert stdout.splitlines()[-1].startswith("dry run: 1 inputs, ")
+    rc, stdout, _ = run_cli(capsys, "--dry-run", "--recursive", tmp_path, "--include", "*")
+    assert rc == 1  # b.mrc and b.tif would both write b.hdf
+    assert f"ERROR: {tmp_path / 'b.mrc'}: {tmp_path / 'b.tif'} would also be written" in stdout
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("kind", [".csv", ".json"])
+def test_report(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    good = write_mrc(tmp_path / "good.mrc", image(6))
+    bad = tmp_path / "bad.mrc"
+    bad.write_bytes(b"\0" * 100)
+    report = tmp_path / f"report{kind}"
+    rc, stdout, _ = run_cli(capsys, "--bits", "5", "--report", report, good, bad)
+    assert rc == 1
+    if kind == ".csv":
+        with open(report, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        doc = json.loads(report.read_text())
+        rows = doc["files"]
+        assert doc["totals"]["compressed"] == doc["totals"]["failed"] == 1
+    by = {Path(r["source"]).name: r for r in rows}
+    assert by["good.mrc"]["status"] == "done"
+    assert int(by["good.mrc"]["bytes_out"]) == (tmp_path / "good.hdf").stat().st_size
+    assert int(by["good.mrc"]["bytes_in"]) == good.stat().st_size
+    assert int(by["good.mrc"]["bits"]) == 5
+    assert by["bad.mrc"]["status"] == "failed"
+    assert str(by["bad.mrc"]["message"]).startswith(str(bad))
+    assert TOTALS.search(stdout).groups()[1] == "1"  # type: ignore[union-attr]
+
+
+def test_bad_batch_options_do_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_mrc(tmp_path / "a.mrc", image(7))
+    cases = [
+        (["@" + str(tmp_path / "missing.txt")], "cannot read the list file"),
+        (["--recursive", tmp_path / "a.mrc"], "--recursive needs a readable directory"),
+        (["--report", tmp_path / "r.txt", tmp_path / "a.mrc"], ".csv or a .json"),
+        (["--scheduler", "x:1", "--cluster", "slurm", tmp_path / "a.mrc"], "not both"),
+    ]
+    for argv, message in cases:
+        rc, _, err = run_cli(capsys, *argv)
+        assert rc == 2
+        assert message in err
+        assert len(err.splitlines()) == 1, err
+    assert sorted(os.listdir(tmp_path)) == ["a.mrc"]
+
+
+def test_cluster_without_its_batch_system_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("distributed")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    write_mrc(tmp_path / "a.mrc", image(8))
+    rc, _, err = run_cli(capsys, "--cluster", "slurm", "--cores", "4", tmp_path / "a.mrc")
+    assert rc == 2
+    assert err == (
+        "e2compress: error: --cluster slurm: sbatch is not on PATH (run on a SLURM submit host)\n"
+    )
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    """stderr a pseudo-terminal: a bar with files, bytes and rate; a pipe: no bar."""
+    for k in range(3):
+        write_mrc(tmp_path / f"m{k}.mrc", image(k, (3, 300, 200)))
+    argv = [sys.executable, "-m", "e2compress", "--bits", "5", *(f"m{k}.mrc" for k in range(3))]
+    main_fd, term_fd = pty.openpty()
+    fcntl.ioctl(term_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stderr=term_fd, stdout=subprocess.DEVNULL)
+    os.close(term_fd)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([main_fd], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(main_fd, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main_fd)
+    assert proc.wait(60) == 0
+    text = seen.decode()
+    assert "3/3 files" in text
+    assert re.search(r"\d+(\.\d+)?[kM]?B/s", text), text
+    piped = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0
+    assert piped.stderr == ""
+
+
+# --------------------------------------------------------------------------- Dask
+
+
+@pytest.fixture
+def scheduler() -> Iterator[str]:
+    """A LocalCluster of two worker processes, one thread each."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_scheduler_batch_of_real_and_synthetic_files(
+    scheduler: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--scheduler: every output has the same content as the local run's, and the report
+    has a row per file naming one of the two workers."""
+    syn = [write_mrc(tmp_path / f"syn{k}.mrc", image(20 + k, (2, 400, 300))) for k in range(3)]
+    real = [p for p in CORE_FILES if not p.name.endswith(".bz2")]  # its .map twin: one output
+    shared = [p for p in REAL_FILES if p.stat().st_size < 2_000_000][:4]
+    by_name: dict[str, Path] = {}
+    for p in [*real, *shared, *syn]:  # one file per name: one output each
+        by_name.setdefault(p.name, p)
+    sources = list(by_name.values())
+    dask_out, local_out = tmp_path / "dask", tmp_path / "local"
+    dask_out.mkdir()
+    local_out.mkdir()
+    report = tmp_path / "report.json"
+    common = ["--bits", "6", "--nooutliers"]
+    rc, stdout, err = run_cli(
+        capsys,
+        *common,
+        "--outpath",
+        dask_out,
+        "--scheduler",
+        scheduler,
+        "--report",
+        report,
+        *sources,
+    )
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, *common, "--outpath", local_out, *sources)
+    assert rc == 0, err
+    doc = json.loads(report.read_text())
+    assert len(doc["files"]) == len(sources)
+    workers = {row["worker"] for row in doc["files"]}
+    assert len(workers) == 2
+    assert all(w.startswith("tcp://") for w in workers)
+    for row in doc["files"]:
+        out = Path(row["output"])
+        assert out.parent == dask_out
+        assert row["status"] == "done"
+        assert row["bytes_out"] == out.stat().st_size
+        twin = local_out / out.name
+        a, b = eman_decode(out), eman_decode(twin)
+        assert [m for _, m in a] == [m for _, m in b]
+        for (va, _), (vb, _) in zip(a, b, strict=True):
+            assert np.array_equal(va, vb, equal_nan=True)
+        ((_, m0), *_) = a
+        assert m0 is not None
+        assert (row["bits"], row["rmin"]) == (6, min(m[1] for _, m in a if m))
+    totals = doc["totals"]
+    assert totals["compressed"] == len(sources)
+    assert totals["bytes_out"] == sum(Path(r["output"]).stat().st_size for r in doc["files"])
+    assert TOTALS.search(stdout) is not None
+
+
+# --------------------------------------------------------------------------- watch
+
+
+def wait_until(check: object, what: str, seconds: float = 60.0) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {seconds} s")
+
+
+def test_watch_command_stops_on_sigterm_and_restarts_without_redoing(tmp_path: Path) -> None:
+    pytest.importorskip("watchdog")
+    watched, out = tmp_path / "in", tmp_path / "out"
+    watched.mkdir()
+    out.mkdir()
+    data = image(30)
+    argv = [sys.executable, "-m", "e2compress", "watch", str(watched), "--outpath", str(out)]
+    argv += ["--settle", "0.5", "--poll", "0.2", "--bits", "6", "-v", "1"]
+    first = subprocess.Popen(
+        argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        write_mrc(watched / "a.mrc", data)
+        wait_until(lambda: (out / "a.hdf").exists(), "the output")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        stdout, stderr = first.communicate(timeout=60)
+    assert first.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert (
+        stdout.splitlines()[-1]
+        == "e2compress watch: interrupted by SIGTERM: 1 compressed, 0 failed, 0 skipped"
+    )
+    within_half_step(data, out / "a.hdf")
+    before = (out / "a.hdf").stat()
+    again = subprocess.Popen(
+        argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(2.0)  # the settle time four times over
+    finally:
+        again.send_signal(signal.SIGINT)
+        stdout, stderr = again.communicate(timeout=60)
+    assert again.returncode == 130, stderr
+    assert f"Skipping {watched / 'a.mrc'}: {out / 'a.hdf'} is complete" in stdout
+    assert stdout.splitlines()[-1].endswith(": 0 compressed, 0 failed, 1 skipped")
+    after = (out / "a.hdf").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_watch_needs_an_outpath(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_cli(capsys, "watch", tmp_path)
+    assert rc == 2
+    assert err == "e2compress: error: watch needs --outpath (an existing directory)\n"
