@@ -317,3 +317,40 @@ def test_watch_needs_an_outpath(tmp_path: Path, capsys: pytest.CaptureFixture[st
     rc, _, err = run_cli(capsys, "watch", tmp_path)
     assert rc == 2
     assert err == "e2compress: error: watch needs --outpath (an existing directory)\n"
+
+
+def run_list(tmp_path: Path, n: int) -> tuple[int, int, int]:
+    """The CLI on a list of ``n`` missing files: (exit status, peak RSS in kB, most open
+    files seen while it ran)."""
+    lst = tmp_path / f"list{n}.txt"
+    with open(lst, "w") as fh:
+        for k in range(n):
+            fh.write(f"{tmp_path}/g{k % 97}/m{k:06d}.mrc\n")
+    argv = [sys.executable, "-m", "e2compress", "--outpath", str(tmp_path), f"@{lst}"]
+    proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    most = 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss, most
+        try:
+            most = max(most, len(os.listdir(f"/proc/{proc.pid}/fd")))
+        except OSError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise AssertionError("the batch did not finish within 300 s")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_100000_listed_files_keep_memory_and_open_files_flat(tmp_path: Path) -> None:
+    """Every one of 100,000 listed inputs is run (each fails: missing), with the peak
+    memory and the open files of a 1,000-path run."""
+    rc_small, rss_small, fds_small = run_list(tmp_path, 1_000)
+    rc, rss, fds = run_list(tmp_path, 100_000)
+    assert rc_small == rc == 1
+    assert fds <= fds_small + 4
+    assert (rss - rss_small) / 1024 < 16, (rss, rss_small)
