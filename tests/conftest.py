@@ -12,6 +12,7 @@ import h5py
 import mrcfile
 import numpy as np
 import pytest
+import tifffile
 
 from e2compress import pipeline
 from e2compress.cli import main
@@ -102,3 +103,28 @@ def write_mrc(path: Path, data: np.ndarray) -> Path:
     with np.errstate(invalid="ignore"), mrcfile.new(path, overwrite=True) as m:
         m.set_data(data)  # mrcfile's header statistics warn about NaN pixels
     return path
+
+
+def plain_name(path: Path) -> str:
+    """File name without a .bz2/.gz suffix."""
+    return path.name.removesuffix(".bz2").removesuffix(".gz")
+
+
+def true_images(path: Path) -> tuple[np.ndarray, ...]:
+    """The images of ``path`` read with mrcfile/tifffile (independently of e2compress), as
+    EMAN2 sees them: TIFF pages with rows flipped, MRC axes in (z, y, x) order from
+    mapc/mapr/maps, ``.mrcs`` sections as separate images."""
+    if plain_name(path).endswith((".tif", ".tiff")):
+        data = tifffile.imread(path)
+        pages = data[None] if data.ndim == 2 else data
+        return tuple(np.ascontiguousarray(p[::-1]) for p in pages)
+    with mrcfile.open(path, permissive=True) as mrc:
+        data = np.array(mrc.data)
+        axes = (int(mrc.header.mapc), int(mrc.header.mapr), int(mrc.header.maps))
+    if axes != (1, 2, 3):
+        # numpy axes 0, 1, 2 hold the file's sections, rows, columns = axes maps, mapr, mapc
+        held = (axes[2], axes[1], axes[0])
+        data = np.ascontiguousarray(data.transpose([held.index(a) for a in (3, 2, 1)]))
+    if plain_name(path).endswith(".mrcs"):
+        return tuple(data)
+    return (data,)

@@ -14,7 +14,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
-from . import __version__
+from . import __version__, commands
 from .errors import E2CompressError, Interrupted
 from .pipeline import STOP, Options, compress_file, make_pool, output_is_complete, output_path
 
@@ -179,11 +179,14 @@ def _watch_parent(ppid: int, done: threading.Event) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if commands.is_command(argv):
+        return commands.main(argv)
     _install_signals()
     STOP.clear()
     parser = build_parser()
     watch_done = threading.Event()
-    args = parser.parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(_normalise_argv(argv))
     if not args.files:
         parser.print_usage(sys.stderr)
         print("e2compress: error: no input files", file=sys.stderr)
