@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from e2compress import pipeline
 from e2compress.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,6 +23,23 @@ EMAN2_WRITTEN = SHARED / "data" / "eman2_written"
 REAL_FILES = sorted(
     p for p in REAL.glob("*") if p.is_file() and p.name not in ("MANIFEST.md", "SHA256SUMS")
 )
+# Small real files with permissive licences, shipped with the tests (see tests/data/README.md):
+# the core tests run on these in a clone without ../shared.
+DATA = REPO / "tests" / "data"
+CORE_FILES = sorted(p for p in DATA.glob("*") if p.is_file() and p.suffix != ".md")
+
+
+def real_file_params() -> list[Any]:
+    """Every real file as a pytest param: the bundled ones always, the rest of the shared
+    corpus marked ``shared`` (skipped without ../shared)."""
+    core = {p.name for p in CORE_FILES}
+    params: list[Any] = [pytest.param(p, id=p.name) for p in CORE_FILES]
+    params += [
+        pytest.param(p, id=p.name, marks=pytest.mark.shared)
+        for p in REAL_FILES
+        if p.name not in core
+    ]
+    return params
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -42,13 +58,14 @@ def ranges_json() -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _fresh_cli_state() -> Iterator[None]:
-    """cli.main() installs signal handlers and may leave pipeline.STOP set; undo both."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    pipeline.STOP.clear()
+    """cli.main() must restore the signal handlers it installs; check it, then undo."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    handlers = {s: signal.getsignal(s) for s in sigs}
     yield
-    pipeline.STOP.clear()
+    left = {s: signal.getsignal(s) for s in sigs}
     for s, h in handlers.items():
         signal.signal(s, h)
+    assert left == handlers, "a test left signal handlers installed"
 
 
 Mapping = tuple[int, float, float, int]  # bits, rmin, rmax, stored_truncated
@@ -78,16 +95,8 @@ def eman_decode(path: Path) -> list[tuple[np.ndarray, Mapping | None]]:
     return out
 
 
-def run_cli(
-    capsys: pytest.CaptureFixture[str], *argv: object, reset: bool = True
-) -> tuple[int, str, str]:
-    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback.
-
-    ``reset`` clears pipeline.STOP first, so that one test's re-entrancy check
-    (test_cli.py::test_main_runs_twice_in_one_process) does not depend on another's.
-    """
-    if reset:
-        pipeline.STOP.clear()
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback."""
     try:
         rc = main([str(a) for a in argv])
     except SystemExit as exc:  # argparse errors, --help, --version
@@ -100,7 +109,7 @@ def run_cli(
 
 def write_mrc(path: Path, data: np.ndarray) -> Path:
     """Write ``data`` as an MRC file with mrcfile (NaN pixels allowed)."""
-    with np.errstate(invalid="ignore"), mrcfile.new(path, overwrite=True) as m:
+    with np.errstate(invalid="ignore", over="ignore"), mrcfile.new(path, overwrite=True) as m:
         m.set_data(data)  # mrcfile's header statistics warn about NaN pixels
     return path
 

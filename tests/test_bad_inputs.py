@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REAL, run_cli, write_mrc
+from conftest import DATA, run_cli, write_mrc
 from e2compress import E2CompressError, compress_file, output_path
 
 F32 = np.float32
@@ -102,9 +102,7 @@ def _random_mrc(tmp: Path) -> Path:
 
 
 def _truncated_real(tmp: Path) -> Path:
-    src = REAL / "EMD-3197.map"
-    if not src.is_file():
-        pytest.skip("../shared/data is not present")
+    src = DATA / "EMD-3197.map"
     p = tmp / "EMD-3197.map"
     shutil.copyfile(src, p)
     os.truncate(p, src.stat().st_size - 4000)

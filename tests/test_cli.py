@@ -203,8 +203,8 @@ def test_main_runs_twice_in_one_process(tmp_path: Path, capsys: pytest.CaptureFi
     """main() is a library entry point too: a second call must work like the first."""
     write_mrc(tmp_path / "a.mrc", rand_image(5))
     write_mrc(tmp_path / "b.mrc", rand_image(6))
-    rc1, _, err1 = run_cli(capsys, "--bits", "5", tmp_path / "a.mrc", reset=False)
-    rc2, _, err2 = run_cli(capsys, "--bits", "5", tmp_path / "b.mrc", reset=False)
+    rc1, _, err1 = run_cli(capsys, "--bits", "5", tmp_path / "a.mrc")
+    rc2, _, err2 = run_cli(capsys, "--bits", "5", tmp_path / "b.mrc")
     assert (rc1, rc2) == (0, 0), (err1, err2)
     assert (tmp_path / "b.hdf").is_file()
 

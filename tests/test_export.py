@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import REAL_FILES, plain_name, run_cli, true_images, write_mrc
+from conftest import plain_name, real_file_params, run_cli, true_images, write_mrc
 from e2compress.eman_hdf import EmanHdfWriter
 from e2compress.errors import InputError, OutputError
 from e2compress.export import export_file
@@ -65,19 +67,12 @@ def _exported_mrc(path: Path) -> np.ndarray:
         return np.array(m.data)
 
 
-CASES = [
-    (p, bits, fmt)
-    for p in REAL_FILES
-    for bits in ((0, 16) if plain_name(p) in INT_FILES else (0, 8))
-    for fmt in ("mrc", "tif")
-]
-
-
-@pytest.mark.shared
-@pytest.mark.parametrize(
-    ("path", "bits", "fmt"), CASES, ids=[f"{p.name}-bits{b}-{f}" for p, b, f in CASES]
-)
-def test_export_round_trip_of_real_files(path: Path, bits: int, fmt: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["mrc", "tif"])
+@pytest.mark.parametrize("lossy", [False, True], ids=["bits0", "bits16-or-8"])
+@pytest.mark.parametrize("path", real_file_params())
+def test_export_round_trip_of_real_files(path: Path, lossy: bool, fmt: str, tmp_path: Path) -> None:
+    # integer files at 16 bits are integer-mapped and exact; float files at 8 bits are not
+    bits = (16 if plain_name(path) in INT_FILES else 8) if lossy else 0
     hdf = tmp_path / "c.hdf"
     e2compress.compress_file(path, hdf, bits=bits, threads=1)
     out = tmp_path / ("out" + (_mrc_suffix(path) if fmt == "mrc" else ".tif"))
@@ -256,18 +251,19 @@ def test_failure_mid_write_leaves_nothing(
     stack = np.zeros((3, 8, 8), dtype=np.float32)
     write_mrc(tmp_path / "s.mrcs", stack)
     e2compress.compress_file(tmp_path / "s.mrcs", tmp_path / "s.hdf", bits=0)
-    from e2compress.sources import HdfSource
+    import e2compress.export as export_module
 
     calls = {"n": 0}
-    real = HdfSource.read
+    real = export_module._sections
 
-    def failing(self: HdfSource, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+    def failing(*args: Any) -> Iterator[np.ndarray]:
         calls["n"] += 1
-        if calls["n"] > 4:  # after the scan pass, during the write
-            raise InputError("simulated read failure", self.path)
-        return real(self, index, z, y0, y1)
+        for k, section in enumerate(real(*args)):
+            if calls["n"] == 2 and k == 1:  # the write pass, after one section
+                raise InputError("simulated read failure", tmp_path / "s.hdf")
+            yield section
 
-    monkeypatch.setattr(HdfSource, "read", failing)
+    monkeypatch.setattr(export_module, "_sections", failing)
     with pytest.raises(InputError, match="simulated"):
         export_file(tmp_path / "s.hdf", tmp_path / f"out{fmt}")
     assert sorted(os.listdir(tmp_path)) == ["s.hdf", "s.mrcs"]

@@ -33,7 +33,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import REAL, eman_decode
+from conftest import DATA, eman_decode
 from e2compress import OutputError, VerificationError, compress_file, pipeline
 from e2compress.cli import main
 
@@ -769,7 +769,6 @@ def _in_place_hdf(d: Path) -> tuple[Path, str, str]:
 
 
 def _run_main(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    pipeline.STOP.clear()
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
@@ -886,7 +885,7 @@ def test_skip_existing_restarts_killed_batch(tmp_path: Path) -> None:
 def test_in_place_replacement_keeps_mode_and_owner(tmp_path: Path) -> None:
     """A facility running as root over users' files must not take them over."""
     src = tmp_path / "owned.hdf"
-    compress_file(REAL / "EMD-3197.map", src, bits=10)
+    compress_file(DATA / "EMD-3197.map", src, bits=10)
     os.chmod(src, 0o640)
     if os.geteuid() == 0:
         os.chown(src, 12345, 23456)

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import REAL, Mapping, eman_decode
-from e2compress import E2CompressError, compress_file, open_source, pipeline
+from e2compress import E2CompressError, compress_file, open_source
 
 pytestmark = pytest.mark.shared
 
@@ -88,13 +88,6 @@ def _seeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     yield
     SEEDS.clear()
     SCRATCH.clear()
-
-
-@pytest.fixture(autouse=True)
-def _clear_stop() -> Iterator[None]:
-    pipeline.STOP.clear()
-    yield
-    pipeline.STOP.clear()
 
 
 # --------------------------------------------------------------------------- the property

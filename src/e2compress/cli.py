@@ -13,10 +13,13 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from . import __version__, commands
 from .errors import E2CompressError, Interrupted
-from .pipeline import STOP, Options, compress_file, make_pool, output_is_complete, output_path
+from .executor import Cancel, make_pool
+from .options import Options
+from .pipeline import compress_file, output_is_complete, output_path
 
 DESCRIPTION = """\
 Convert image files (MRC/MRCS/MAP/CCP4 incl. .gz/.bz2, TIFF, EMAN2 HDF) to
@@ -38,6 +41,13 @@ exit status: 0 if every file was compressed (or skipped), 1 if any failed,
 2 for bad options, 130/143 when interrupted (SIGINT/SIGTERM)."""
 
 _VALUE_OPTS = ("--range", "--sigrange")
+FLAGS = {
+    "bits": "--bits",
+    "level": "--compresslevel",
+    "value_range": "--range",
+    "sigrange": "--sigrange",
+    "nooutliers": "--nooutliers",
+}
 
 
 def _normalise_argv(argv: Sequence[str]) -> list[str]:
@@ -81,6 +91,36 @@ def _pair(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected two numbers as a,b, not {text!r}") from None
 
 
+def _bits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or an integer 2..16, not {text!r}") from None
+    if value != 0 and not 2 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"expected 0 (lossless) or 2..16, not {value}")
+    return value
+
+
+def _level(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 9:
+        raise argparse.ArgumentTypeError(f"expected an integer 0..9, not {text!r}")
+    return value
+
+
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (EMAN2's options plus verify/skip)."""
     p = argparse.ArgumentParser(
@@ -92,13 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", metavar="FILE", help="input image files")
     p.add_argument(
         "--bits",
-        type=int,
+        type=_bits,
         default=10,
         help="bits to keep: 0 = lossless float32, 2..16 (default 10)",
     )
     p.add_argument(
         "--compresslevel",
-        type=int,
+        type=_level,
         default=None,
         metavar="L",
         help="deflate level 0..9 (default 1); no effect on values",
@@ -126,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--outpath", default=None, metavar="DIR", help="write outputs into this existing directory"
     )
     p.add_argument(
-        "--threads", type=int, default=None, metavar="N", help="worker threads (default: all cores)"
+        "--threads",
+        type=_threads,
+        default=None,
+        metavar="N",
+        help="worker threads (default: all cores)",
     )
     p.add_argument(
         "--verbose", "-v", type=int, default=0, metavar="N", help="verbosity: -v, -vv or -v N"
@@ -153,13 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _install_signals() -> None:
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _install_signals(cancel: Cancel) -> dict[int, Any]:
+    """Make SIGINT/SIGTERM/SIGHUP cancel the run; returns the handlers to restore."""
+
     def handler(signum: int, frame: FrameType | None) -> None:
-        STOP.set()
+        cancel.set(signum)
         raise Interrupted(signum)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    previous: dict[int, Any] = {}
+    for s in _SIGNALS:
+        previous[s] = signal.signal(s, handler)
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
 
 
 def _watch_parent(ppid: int, done: threading.Event) -> None:
@@ -178,12 +234,29 @@ def _watch_parent(ppid: int, done: threading.Event) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Signal handlers are installed first (an interrupt at any point cleans up) and the
+    previous ones are restored on return.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv, Cancel())
+    cancel = Cancel()
+    previous = _install_signals(cancel)
+    try:
+        return _main(argv, cancel)
+    except Interrupted as exc:  # before or after the run itself: nothing half-written
+        name = signal.Signals(exc.signum or signal.SIGTERM).name
+        print(f"e2compress: interrupted by {name}", file=sys.stderr)
+        return 128 + (exc.signum or signal.SIGTERM)
+    finally:
+        _restore_signals(previous)
+
+
+def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if commands.is_command(argv):
         return commands.main(argv)
-    _install_signals()
-    STOP.clear()
     parser = build_parser()
     watch_done = threading.Event()
     args = parser.parse_args(_normalise_argv(argv))
@@ -202,21 +275,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    if args.threads is not None and args.threads < 1:
-        print("e2compress: error: --threads must be >= 1", file=sys.stderr)
-        return 2
     level = 1 if args.compresslevel is None else args.compresslevel
-    common: dict[str, object] = {
-        "bits": args.bits,
-        "level": level,
-        "value_range": args.range,
-        "sigrange": args.sigrange,
-        "nooutliers": args.nooutliers,
-        "verify": args.verify,
-        "store_level": args.compresslevel is not None,
-    }
     try:
-        Options(args.bits, level, args.range, args.sigrange, args.nooutliers).validate()
+        options = Options(
+            bits=args.bits,
+            level=level,
+            value_range=args.range,
+            sigrange=args.sigrange,
+            nooutliers=args.nooutliers,
+            store_level=args.compresslevel is not None,
+        ).validate(FLAGS)
     except E2CompressError as exc:
         print(f"e2compress: error: {exc}", file=sys.stderr)
         return 2
@@ -232,16 +300,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         targets[key] = f
     try:
-        return _run(args, common)
+        return _run(args, options, cancel)
     finally:
         watch_done.set()
 
 
-_IN_PROGRESS: dict[str, None] = {}  # inputs being written now, in start order
-
-
 def _compress_one(
-    f: str, args: argparse.Namespace, common: dict[str, object], pool: Executor
+    f: str,
+    args: argparse.Namespace,
+    options: Options,
+    pool: Executor,
+    cancel: Cancel,
+    in_progress: dict[str, None],
 ) -> tuple[str, str]:
     """Compress one input; returns (status, message) with status done/skipped/failed."""
     verbose = args.verbose
@@ -250,15 +320,17 @@ def _compress_one(
         return "skipped", f"Skipping {f}: {target} is complete"
     if verbose:
         print(f"Processing {f} -> {target}")
-    _IN_PROGRESS[f] = None
+    in_progress[f] = None
     try:
-        report = compress_file(f, target, pool=pool, **common)  # type: ignore[arg-type]
+        report = compress_file(
+            f, target, options=options, verify=args.verify, pool=pool, cancel=cancel
+        )
     except E2CompressError as exc:
         return "failed", str(exc)
     except Exception as exc:  # a bug, reported without a traceback
         return "failed", f"{f}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
     finally:
-        _IN_PROGRESS.pop(f, None)
+        in_progress.pop(f, None)
     trunc = report.truncated
     return "done", (
         f"{report.seconds:0.1f} s  {f}: {report.bytes_in / 1e6:.1f} MB -> "
@@ -267,16 +339,20 @@ def _compress_one(
     )
 
 
-def _run(args: argparse.Namespace, common: dict[str, object]) -> int:
+def _run(args: argparse.Namespace, options: Options, cancel: Cancel) -> int:
     """Compress every file (two at a time when there are threads to spare)."""
     verbose = args.verbose
     failed: list[str] = []
     counts = {"done": 0, "skipped": 0, "failed": 0}
+    in_progress: dict[str, None] = {}  # inputs being written now, in start order
     pool = make_pool(args.threads)
     width = args.threads or os.cpu_count() or 1
     files = ThreadPoolExecutor(max_workers=2 if width > 1 and len(args.files) > 1 else 1)
     try:
-        futures = [files.submit(_compress_one, f, args, common, pool) for f in args.files]
+        futures = [
+            files.submit(_compress_one, f, args, options, pool, cancel, in_progress)
+            for f in args.files
+        ]
         for fut in futures:
             status, message = fut.result()
             counts[status] += 1
@@ -286,8 +362,8 @@ def _run(args: argparse.Namespace, common: dict[str, object]) -> int:
             elif verbose > (1 if status == "done" else 0):
                 print(message)
     except Interrupted as exc:
-        STOP.set()
-        stopped = list(_IN_PROGRESS)
+        cancel.set(exc.signum)
+        stopped = list(in_progress)
         files.shutdown(wait=True, cancel_futures=True)
         signum = exc.signum or signal.SIGTERM
         name = signal.Signals(signum).name

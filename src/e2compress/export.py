@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error
 from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError, OutputError
-from .pipeline import AtomicOutput
 from .quantize import integer_step
 from .sources import MRC_SUFFIXES, TIFF_SUFFIXES, ImageSource, is_hdf5, open_source
 
@@ -91,13 +91,9 @@ def export_file(
     target = Path(dst)
     if target.exists() and not force:
         raise OutputError("exists; use --force to replace it", target)
-    if target.is_dir():
-        raise OutputError("output path is a directory", target)
     if Path(src).exists() and target.exists() and os.path.samefile(src, target):
         raise OutputError("output is the input file", target)
-    parent = target.parent
-    if not parent.is_dir():
-        raise OutputError(f"output directory {parent} does not exist", target)
+    check_output_dir(target)
     with open_source(src) as source:
         hdf = EmanHdfFile(src, threads=1) if is_hdf5(src) else None
         try:
@@ -261,6 +257,12 @@ def _apix(header: dict[str, Any]) -> tuple[float, float, float] | None:
     return values[0], values[1], values[2]
 
 
+def target_of(tmp: Path) -> Path:
+    """The output a temporary file stands for (errors name the file the user asked for)."""
+    name = tmp.name.removeprefix(".").removesuffix(TMP_SUFFIX)
+    return tmp.with_name(name)
+
+
 # --------------------------------------------------------------------------- MRC
 
 
@@ -326,8 +328,10 @@ def _write_mrc(
             )[:80]
             h.nlabl = len(labels) + 1
             mrc.flush()
-    except (OSError, ValueError) as exc:
-        raise OutputError(f"cannot write MRC: {exc}", path) from None
+    except OSError as exc:
+        raise os_error(exc, target_of(path)) from None
+    except ValueError as exc:
+        raise OutputError(f"cannot write MRC: {exc}", target_of(path)) from None
     return shape
 
 
@@ -386,8 +390,10 @@ def _write_tiff(
             photometric="minisblack",
             **kwargs,
         )
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise OutputError(f"cannot write TIFF: {exc}", path) from None
     except E2CompressError:
         raise
+    except OSError as exc:
+        raise os_error(exc, target_of(path)) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise OutputError(f"cannot write TIFF: {exc}", target_of(path)) from None
     return shape

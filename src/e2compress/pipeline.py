@@ -7,17 +7,13 @@ file is exactly what HDF5's own deflate (+ shuffle) filter would decode.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import math
 import os
-import shutil
 import stat
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +23,12 @@ import h5py
 import numpy as np
 
 from . import codecs
+from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error
+from .blocks import Block, blocks, chunk_shape, dataset_shape
 from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter
-from .errors import E2CompressError, InputError, Interrupted, OutputError, VerificationError
+from .errors import E2CompressError, InputError
+from .executor import Cancel, InlineExecutor, bounded, in_flight, make_pool, pool_width, settle
+from .options import DEFAULT_CHUNK_ROWS, Options
 from .quantize import (
     F32,
     HIST_BINS,
@@ -36,8 +36,6 @@ from .quantize import (
     Stats,
     block_stats,
     choose_range,
-    code_max,
-    decode_table,
     header_moments,
     histogram,
     merge_stats,
@@ -47,100 +45,29 @@ from .quantize import (
     storage_dtype,
     valid_limits,
 )
+from .report import CompressReport, ImageReport
 from .sources import ImageSource, open_source, strip_compression
+from .verify import verify_output
+
+__all__ = [
+    "TMP_SUFFIX",
+    "Cancel",
+    "CompressReport",
+    "ImageReport",
+    "Options",
+    "compress_file",
+    "make_pool",
+    "output_is_complete",
+    "output_path",
+    "verify_output",
+    "write_eman_hdf",
+]
 
 PathLike = str | os.PathLike[str]
-BLOCK_BYTES = 16 << 20  # float32 bytes of input per worker task (probe cost ~1/16)
 SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one worker
 # Below this, encoding an image is mostly Python and HDF5 calls that hold the GIL:
 # threads only contend (measured: a 256x256 stack runs 1.3x faster inline).
 INLINE_IMAGE_BYTES = 1 << 20
-DEFAULT_CHUNK_ROWS = 64  # measured: larger chunks gain little; 8 (EMAN2's) costs ratio and time
-TMP_SUFFIX = ".e2compress.tmp"
-STOP = threading.Event()  # set by the CLI's signal handlers; workers stop at the next task
-
-
-def _checkpoint() -> None:
-    if STOP.is_set():
-        raise Interrupted(0)
-
-
-@dataclass(frozen=True)
-class Options:
-    """What to store: bits, deflate level and the range option (at most one)."""
-
-    bits: int = 10
-    level: int = 1
-    value_range: tuple[float, float] | None = None
-    sigrange: tuple[float, float] | None = None
-    nooutliers: bool = False
-    shuffle: bool | None = None
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
-    store_level: bool = False
-
-    def validate(self) -> None:
-        """Raise E2CompressError for impossible settings."""
-        if self.bits != 0 and not 2 <= self.bits <= 16:
-            raise E2CompressError(f"--bits must be 0 (lossless float) or 2..16, not {self.bits}")
-        if not 0 <= self.level <= 9:
-            raise E2CompressError(f"--compresslevel must be 0..9, not {self.level}")
-        chosen = [self.value_range is not None, self.sigrange is not None, self.nooutliers]
-        if sum(chosen) > 1:
-            raise E2CompressError("give only one of --nooutliers, --range and --sigrange")
-        if self.value_range is not None:
-            lo, hi = self.value_range
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-                raise E2CompressError(f"--range needs finite min < max, not {lo},{hi}")
-        if self.sigrange is not None:
-            a, b = self.sigrange
-            if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
-                raise E2CompressError(f"--sigrange needs two positive numbers, not {a},{b}")
-        if self.chunk_rows < 1:
-            raise E2CompressError(f"chunk rows must be >= 1, not {self.chunk_rows}")
-
-    @property
-    def use_shuffle(self) -> bool:
-        """Shuffle pays for multi-byte storage (float32, uint16); never for uint8."""
-        if self.shuffle is not None:
-            return self.shuffle
-        return storage_dtype(self.bits).itemsize > 1
-
-
-@dataclass
-class ImageReport:
-    """How one image was stored."""
-
-    index: int
-    shape: tuple[int, ...]
-    bits: int
-    rmin: float | None
-    rmax: float | None
-    truncated: int
-    rule: str
-
-
-@dataclass
-class CompressReport:
-    """The outcome of compressing one file."""
-
-    source: str
-    output: str
-    bytes_in: int = 0
-    bytes_out: int = 0
-    seconds: float = 0.0
-    engine: str = ""
-    verified: bool = False
-    images: list[ImageReport] = field(default_factory=list)
-
-    @property
-    def ratio(self) -> float:
-        """Input file size over output file size."""
-        return self.bytes_in / self.bytes_out if self.bytes_out else 0.0
-
-    @property
-    def truncated(self) -> int:
-        """Clamped pixels over all images."""
-        return sum(im.truncated for im in self.images)
 
 
 def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
@@ -153,43 +80,7 @@ def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
     return (Path(outpath) if outpath is not None else p.parent) / name
 
 
-# --------------------------------------------------------------------------- blocks
-
-
-@dataclass(frozen=True)
-class _Block:
-    z: int
-    y0: int
-    y1: int
-
-
-def _dataset_shape(shape3: tuple[int, int, int]) -> tuple[int, ...]:
-    nz, ny, nx = shape3
-    if nz > 1:
-        return shape3
-    if ny > 1:
-        return (ny, nx)
-    return (nx,)
-
-
-def _chunk_shape(shape3: tuple[int, int, int], rows: int) -> tuple[int, ...]:
-    _, ny, nx = shape3
-    rank = len(_dataset_shape(shape3))
-    if rank == 1:
-        return (nx,)
-    return (1, min(rows, ny), nx) if rank == 3 else (min(rows, ny), nx)
-
-
-def _blocks(shape3: tuple[int, int, int], chunk_rows: int) -> list[_Block]:
-    nz, ny, nx = shape3
-    rows = min(chunk_rows, ny)
-    per_block = rows * max(1, BLOCK_BYTES // max(1, rows * nx * 4))
-    return [
-        _Block(z, y0, min(y0 + per_block, ny)) for z in range(nz) for y0 in range(0, ny, per_block)
-    ]
-
-
-_BlockMap = Callable[[Callable[[_Block], Any], list[_Block]], list[Any]]
+BlockMap = Callable[[Callable[[Block], Any], list[Block]], list[Any]]
 
 
 @dataclass
@@ -211,22 +102,23 @@ class _ImageJob:
 class _Encoder:
     """Per-file state shared by the worker tasks."""
 
-    def __init__(self, source: ImageSource, opts: Options) -> None:
+    def __init__(self, source: ImageSource, opts: Options, cancel: Cancel) -> None:
         self.source = source
         self.opts = opts
+        self.cancel = cancel
         self.engines = codecs.candidates(opts.level)
         self.shuffle = opts.use_shuffle
 
-    def stats(self, index: int, block: _Block, limits: tuple[float, float] | None) -> Stats:
-        _checkpoint()
+    def stats(self, index: int, block: Block, limits: tuple[float, float] | None) -> Stats:
+        self.cancel.check()
         data = self.source.read(index, block.z, block.y0, block.y1)
         return block_stats(data, limits, with_moments=self.opts.sigrange is not None)
 
-    def hist(self, index: int, block: _Block, h0: float, h1: float) -> np.ndarray:
+    def hist(self, index: int, block: Block, h0: float, h1: float) -> np.ndarray:
         return histogram(self.source.read(index, block.z, block.y0, block.y1), h0, h1)
 
     def choose(
-        self, index: int, blocks: list[_Block], run: _BlockMap
+        self, index: int, blocks: list[Block], run: BlockMap
     ) -> tuple[RenderRange | None, Stats]:
         """The image's stored range, and its unclamped min/max/integer test.
 
@@ -264,16 +156,24 @@ class _Encoder:
             F32(limits[0]) <= F32(st.minimum) and F32(st.maximum) <= F32(limits[1])
         ):
             clamped = stats_of(limits)
-        return choose_range(clamped, opts.bits, limits), st
+        rng = choose_range(clamped, opts.bits, limits)
+        if not rng.is_finite:
+            raise InputError(
+                f"image {index}: values span {st.minimum:.3g}..{st.maximum:.3g}, too wide for "
+                "a quantised range (corrupt or uninitialised data?); give a range option "
+                "or use bits 0 to keep them exactly",
+                self.source.path,
+            )
+        return rng, st
 
     def encode(
-        self, index: int, shape3: tuple[int, int, int], block: _Block, rng: RenderRange | None
+        self, index: int, shape3: tuple[int, int, int], block: Block, rng: RenderRange | None
     ) -> _Encoded:
         """Quantise and deflate the chunks of one block (runs in a worker thread)."""
-        _checkpoint()
+        self.cancel.check()
         data = self.source.read(index, block.z, block.y0, block.y1)
         _, ny, nx = shape3
-        rank = len(_dataset_shape(shape3))
+        rank = len(dataset_shape(shape3))
         rows = min(self.opts.chunk_rows, ny)
         dtype = storage_dtype(self.opts.bits)
         codes = np.zeros((rows, nx), dtype=dtype)  # one chunk, zero-padded at the edge
@@ -314,10 +214,10 @@ class _Encoder:
     def whole_image(self, index: int) -> _ImageJob:
         """Range and encoding of a small image, all in the calling thread."""
         shape3 = self.source.shape(index)
-        blocks = _blocks(shape3, self.opts.chunk_rows)
-        rng, st = self.choose(index, blocks, lambda fn, items: [fn(b) for b in items])
+        parts = blocks(shape3, self.opts.chunk_rows)
+        rng, st = self.choose(index, parts, lambda fn, items: [fn(b) for b in items])
         job = _ImageJob(index, shape3, rng, st)
-        job.encoded = [self.encode(index, shape3, b, rng) for b in blocks]
+        job.encoded = [self.encode(index, shape3, b, rng) for b in parts]
         return job
 
 
@@ -326,52 +226,6 @@ def _sum_hist(parts: Iterable[np.ndarray]) -> np.ndarray:
     for part in parts:
         total += part
     return total
-
-
-class _InlineExecutor(Executor):
-    """Runs tasks in the calling thread (``threads=1``)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        fut: Future[Any] = Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # delivered through the future, as a pool would
-            fut.set_exception(exc)
-        return fut
-
-
-def make_pool(threads: int | None) -> Executor:
-    """A worker pool of ``threads`` (default: all cores); 1 runs inline."""
-    n = threads or os.cpu_count() or 1
-    return _InlineExecutor() if n <= 1 else ThreadPoolExecutor(max_workers=n)
-
-
-def _pool_width(pool: Executor) -> int:
-    return getattr(pool, "_max_workers", 1)
-
-
-def _bounded(
-    pool: Executor, fn: Callable[..., Any], items: Iterable[Any], window: int
-) -> Generator[Any, None, None]:
-    """``pool.map`` in order, with at most ``window`` tasks in flight (bounded memory)."""
-    pending: deque[Future[Any]] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        _settle(pending)
-
-
-def _settle(futures: Iterable[Future[Any]]) -> None:
-    """Cancel what has not started and wait for what has (nothing may outlive its file)."""
-    pending = list(futures)
-    for fut in pending:
-        fut.cancel()
-    wait(pending)
 
 
 def _image_header(
@@ -425,20 +279,21 @@ def _write_job(
     opts: Options,
     job: _ImageJob,
     encoded: Iterable[_Encoded],
+    cancel: Cancel,
 ) -> ImageReport:
-    shape = _dataset_shape(job.shape3)
+    shape = dataset_shape(job.shape3)
     ds = writer.create_image(
         job.index,
         shape,
         opts.bits,
         level=opts.level,
-        chunks=_chunk_shape(job.shape3, opts.chunk_rows),
+        chunks=chunk_shape(job.shape3, opts.chunk_rows),
         shuffle=opts.use_shuffle,
     )
     truncated = 0
     written = Stats()
     for enc in encoded:
-        _checkpoint()
+        cancel.check()
         truncated += enc.truncated
         written = written.merge(enc.stats)
         for offset, data in enc.chunks:
@@ -473,11 +328,18 @@ def _copy_attr(group: h5py.Group, name: str, value: Any) -> None:
 
 
 def write_eman_hdf(
-    source: ImageSource, path: PathLike, opts: Options, pool: Executor
+    source: ImageSource,
+    path: PathLike,
+    opts: Options,
+    pool: Executor,
+    cancel: Cancel | None = None,
 ) -> list[ImageReport]:
-    """Compress every image of ``source`` into a new EMAN2 HDF file at ``path``."""
-    enc = _Encoder(source, opts)
-    width = _pool_width(pool)
+    """Compress every image of ``source`` into a new EMAN2 HDF file at ``path``.
+
+    ``pool`` runs the chunk tasks; ``cancel``, when set, stops them at the next block.
+    """
+    enc = _Encoder(source, opts, cancel or Cancel())
+    width = pool_width(pool)
     reports: list[ImageReport] = []
     with EmanHdfWriter(path) as writer:
         window: deque[Future[_ImageJob]] = deque()
@@ -485,22 +347,22 @@ def write_eman_hdf(
         def drain(keep: int) -> None:
             while len(window) > keep:
                 job = window.popleft().result()
-                reports.append(_write_job(writer, source, opts, job, job.encoded))
+                reports.append(_write_job(writer, source, opts, job, job.encoded, enc.cancel))
 
         try:
             for index in range(len(source)):
                 shape3 = source.shape(index)
                 nbytes = math.prod(shape3) * 4
                 if nbytes <= SMALL_IMAGE_BYTES:
-                    run = _InlineExecutor() if nbytes <= INLINE_IMAGE_BYTES else pool
+                    run = InlineExecutor() if nbytes <= INLINE_IMAGE_BYTES else pool
                     window.append(run.submit(enc.whole_image, index))
-                    drain(width + 1)
+                    drain(in_flight(width, 3 * nbytes))
                     continue
                 drain(0)
                 reports.append(_write_large(writer, enc, index, shape3, pool, width))
             drain(0)
         finally:
-            _settle(window)
+            settle(window)
     return reports
 
 
@@ -512,198 +374,18 @@ def _write_large(
     pool: Executor,
     width: int,
 ) -> ImageReport:
-    blocks = _blocks(shape3, enc.opts.chunk_rows)
+    parts = blocks(shape3, enc.opts.chunk_rows)
+    window = in_flight(width)
 
-    def run(fn: Callable[[_Block], Any], items: list[_Block]) -> list[Any]:
-        with closing(_bounded(pool, fn, items, width + 1)) as results:
+    def run(fn: Callable[[Block], Any], items: list[Block]) -> list[Any]:
+        with closing(bounded(pool, fn, items, window)) as results:
             return list(results)
 
-    rng, st = enc.choose(index, blocks, run)
+    rng, st = enc.choose(index, parts, run)
     job = _ImageJob(index, shape3, rng, st)
-    encoded = _bounded(pool, lambda b: enc.encode(index, shape3, b, rng), blocks, width + 1)
+    encoded = bounded(pool, lambda b: enc.encode(index, shape3, b, rng), parts, window)
     with closing(encoded):
-        return _write_job(writer, enc.source, enc.opts, job, encoded)
-
-
-# --------------------------------------------------------------------------- verification
-
-
-def verify_output(
-    source: ImageSource,
-    path: PathLike,
-    opts: Options,
-    reports: list[ImageReport],
-    pool: Executor | None = None,
-) -> None:
-    """Decode every image of ``path`` and check it against ``source``, block by block.
-
-    Inside [rmin, rmax] the error must be at most half a quantisation step; clamped
-    pixels must hold the end codes and be counted; lossless (bits 0) output must be
-    bit-identical (NaN included).
-    """
-    workers = pool or _InlineExecutor()
-    width = _pool_width(workers)
-    with EmanHdfFile(path, locking=False, threads=1) as out:
-        if len(out) != len(source):
-            raise VerificationError(f"wrote {len(out)} images, source has {len(source)}", path)
-        for rep in reports:
-            i = rep.index
-            shape3 = source.shape(i)
-            rng = out.render_range(i)
-            rank = len(out.shape(i))
-
-            def check(
-                block: _Block, i: int = i, rng: RenderRange | None = rng, rank: int = rank
-            ) -> int:
-                _checkpoint()
-                rows = slice(block.y0, block.y1)
-                region = (block.z, rows) if rank == 3 else (rows,) if rank == 2 else (slice(None),)
-                orig = source.read(i, block.z, block.y0, block.y1).astype(np.float32)
-                got = out.read_region(i, region).reshape(orig.shape)
-                if rng is None:
-                    same = (got == orig) | (np.isnan(got) & np.isnan(orig))
-                    if not same.all():
-                        raise VerificationError(f"image {i}: lossless data differ", path)
-                    return 0
-                return _check_quantised(orig, got, rng, path, i)
-
-            blocks = _blocks(shape3, opts.chunk_rows)
-            with closing(_bounded(workers, check, blocks, width + 1)) as results:
-                clamped = sum(results)
-            if rng is not None and clamped != rep.truncated:
-                raise VerificationError(
-                    f"image {i}: {clamped} pixels lie outside the stored range, "
-                    f"stored_truncated says {rep.truncated}",
-                    path,
-                )
-
-
-def _check_quantised(
-    orig: np.ndarray, got: np.ndarray, rng: RenderRange, path: PathLike, index: int
-) -> int:
-    """Check one block; returns the number of clamped pixels in it."""
-    rmin, rmax = F32(rng.rmin), F32(rng.rmax)
-    table = decode_table(rng)
-    below, above = orig < rmin, orig > rmax
-    if (got[below] != table[0]).any() or (got[above] != table[-1]).any():
-        raise VerificationError(f"image {index}: clamped pixels do not hold the end codes", path)
-    inside = ~(below | above)
-    step = (float(rmax) - float(rmin)) / code_max(rng.bits)
-    scale = max(abs(float(rmin)), abs(float(rmax)), 1e-30)
-    bound = step / 2 * (1 + 1e-4) + 4 * float(np.spacing(F32(scale)))
-    err = np.abs(got[inside].astype(np.float64) - orig[inside].astype(np.float64))
-    if err.size and float(err.max()) > bound:
-        raise VerificationError(
-            f"image {index}: decoded error {float(err.max()):.3g} exceeds half a step "
-            f"({step / 2:.3g})",
-            path,
-        )
-    return int(np.count_nonzero(below) + np.count_nonzero(above))
-
-
-# --------------------------------------------------------------------------- atomic output
-
-
-class AtomicOutput:
-    """A locked temporary file beside ``target`` that replaces it only on commit.
-
-    The temporary name is deterministic, so a file left by a killed run is found and
-    reused by the next run on the same output; ``flock`` tells a live writer from a
-    dead one.
-    """
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.path = target.parent / f".{target.name}{TMP_SUFFIX}"
-        self.stale = False
-        self._fd: int | None = None
-
-    def __enter__(self) -> AtomicOutput:
-        for _ in range(10):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise OutputError(
-                    f"cannot create a file in {self.target.parent}: {exc.strerror or exc}",
-                    self.target,
-                ) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise OutputError(
-                    "another e2compress process is writing this output", self.target
-                ) from None
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.stale = os.fstat(fd).st_size > 0
-                self._fd = fd
-                return self
-            os.close(fd)  # lost a race with a writer that just renamed it; retry
-        raise OutputError("could not lock the temporary output file", self.target)
-
-    def commit(self) -> None:
-        """Flush the temporary file to disk and rename it onto the target."""
-        assert self._fd is not None
-        os.fsync(self._fd)
-        if self.target.exists():  # a replaced file keeps its permissions and owner
-            try:
-                shutil.copymode(self.target, self.path)
-                old = self.target.stat()
-                if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
-                    os.chown(self.path, old.st_uid, old.st_gid)
-            except OSError:
-                pass
-        os.replace(self.path, self.target)
-        try:
-            dirfd = os.open(self.target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
-        except OSError:
-            pass
-        os.close(self._fd)
-        self._fd = None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is None:
-            return
-        try:
-            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
-                os.unlink(self.path)
-        except OSError:
-            pass
-        os.close(self._fd)
-        self._fd = None
-
-
-def _check_output_dir(target: Path) -> None:
-    parent = target.parent
-    if not parent.exists():
-        raise OutputError(f"output directory {parent} does not exist", target)
-    if not parent.is_dir():
-        raise OutputError(f"output directory {parent} is not a directory", target)
-    if target.is_dir():
-        raise OutputError("output path is a directory", target)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {parent} is not writable", target)
-
-
-def _os_error(exc: OSError | RuntimeError, target: Path) -> E2CompressError:
-    text = str(exc)
-    code = getattr(exc, "errno", None)
-    if code == errno.ENOSPC or "No space" in text or "errno = 28" in text:
-        return OutputError("no space left on device while writing", target)
-    if code == errno.EFBIG or "File too large" in text or "errno = 27" in text:
-        return OutputError("file size limit exceeded while writing (File too large)", target)
-    if code == errno.EDQUOT or "quota" in text.lower():
-        return OutputError("disk quota exceeded while writing", target)
-    first = text.splitlines()[0] if text else repr(exc)
-    return OutputError(f"write failed: {first}", target)
+        return _write_job(writer, enc.source, enc.opts, job, encoded, enc.cancel)
 
 
 def output_is_complete(src: PathLike, target: PathLike, bits: int) -> bool:
@@ -745,17 +427,45 @@ def compress_file(
     shuffle: bool | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     store_level: bool = False,
+    options: Options | None = None,
     pool: Executor | None = None,
+    cancel: Cancel | None = None,
 ) -> CompressReport:
     """Compress ``src`` (MRC, TIFF or EMAN2 HDF) into EMAN2 compressed HDF at ``dst``.
 
-    ``dst`` defaults to EMAN2's naming (see :func:`output_path`). The output appears
-    atomically; on any error the input and any previous output are untouched. ``verify``
-    (default: only when replacing the input in place) decodes the written file and
-    checks it against the source before the rename.
+    Args:
+        src: the input file.
+        dst: the output file; default EMAN2's naming (see :func:`output_path`).
+        bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level:
+            what to store (see :class:`~e2compress.options.Options`); ignored when
+            ``options`` is given.
+        threads: worker threads when no ``pool`` is given (default: all cores).
+        verify: decode the written file and check every pixel against the source before
+            the rename; default only when replacing the input in place.
+        options: a prepared :class:`~e2compress.options.Options`.
+        pool: an executor shared between files (the caller shuts it down).
+        cancel: a :class:`~e2compress.executor.Cancel` token; setting it stops the work
+            at the next block and raises :class:`~e2compress.errors.Interrupted`.
+
+    The output appears atomically; on any error the input and any previous output are
+    untouched.
+
+    Raises:
+        InputError: the input cannot be read, or holds values that cannot be stored.
+        OutputError: the output cannot be written.
+        VerificationError: the written file does not decode to the source.
+        E2CompressError: impossible options.
     """
-    opts = Options(bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level)
-    opts.validate()
+    if options is None:
+        options = Options(
+            bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level
+        )
+    opts = options.validate()
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise E2CompressError(f"threads must be a positive integer, not {threads!r}")
+    cancel = cancel or Cancel()
     source_path = Path(src)
     target = Path(dst) if dst is not None else output_path(source_path)
     in_place = target.exists() and source_path.exists() and os.path.samefile(source_path, target)
@@ -765,16 +475,16 @@ def compress_file(
     workers = pool or make_pool(threads)
     try:
         with open_source(source_path) as source:
-            _check_output_dir(target)
+            check_output_dir(target)
             bytes_in = source_path.stat().st_size
             with AtomicOutput(target) as out:
                 try:
-                    images = write_eman_hdf(source, out.path, opts, workers)
+                    images = write_eman_hdf(source, out.path, opts, workers, cancel)
                     if do_verify:
-                        verify_output(source, out.path, opts, images, workers)
+                        verify_output(source, out.path, opts, images, workers, cancel)
                     out.commit()
                 except (OSError, RuntimeError) as exc:  # h5py reports failed writes as either
-                    raise _os_error(exc, target) from None
+                    raise os_error(exc, target) from None
     finally:
         if own_pool:
             workers.shutdown(wait=True, cancel_futures=True)
