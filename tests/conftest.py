@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,35 @@ def eman_decode(path: Path) -> list[tuple[np.ndarray, Mapping | None]]:
             truncated = int(np.ravel(group.attrs["EMAN.stored_truncated"])[0])
             out.append((values, (bits, float(rmin), float(rmax), truncated)))
     return out
+
+
+def eman2_home() -> Path:
+    """The real EMAN2 build named by ``$E2C_EMAN2``; skips the test when it is not set."""
+    home = os.environ.get("E2C_EMAN2")
+    if not home:
+        pytest.skip("real EMAN2 not available (set E2C_EMAN2 to its build directory)")
+    return Path(home).expanduser()
+
+
+def eman2_read(path: Path, tmp: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Every image of ``path`` as real EMAN2 reads it (float32 stack) and its headers.
+
+    Runs the EMAN2 oracle (``../shared/tools/eman2``) built in ``$E2C_EMAN2`` as a
+    subprocess (EMAN2 and h5py must never share a process); skips when it is not set.
+    """
+    root = eman2_home()
+    npy, js = tmp / f"{path.stem}.eman2.npy", tmp / f"{path.stem}.eman2.json"
+    oracle = [str(root / "venv/bin/python"), str(root / "eman2_oracle.py")]
+    proc = subprocess.run(
+        [*oracle, "read", str(path), str(npy), "--json", str(js)],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"EMAN2 could not read {path.name}: {proc.stderr[-2000:]}"
+    headers = json.loads(js.read_text())
+    return np.load(npy), headers if isinstance(headers, list) else [headers]
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
