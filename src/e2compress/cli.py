@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import signal
@@ -18,8 +19,10 @@ from typing import Any
 from . import __version__, commands
 from .errors import E2CompressError, Interrupted
 from .executor import Cancel, make_pool
-from .options import Options
+from .fidelity import DEFAULT_NOISE_FRACTION
+from .options import AUTO_BITS, Options
 from .pipeline import compress_file, output_is_complete, output_path
+from .report import CompressReport, bits_text
 
 DESCRIPTION = """\
 Convert image files (MRC/MRCS/MAP/CCP4 incl. .gz/.bz2, TIFF, EMAN2 HDF) to
@@ -29,13 +32,21 @@ any other input gets the same name with .hdf (beside it, or in --outpath).
 Values are stored as N-bit integers with the mapping in the file; EMAN2, and
 e2compress.read_images / e2compress.open in Python, rescale them on read. Integer
 data that fits in 2^bits levels reads back exactly; for data spanning zero, 0.0
-reads back as exactly 0.0. --bits 0 stores float32 losslessly. Guidance: 5 bits
-for raw movie frames, 8-12 for averages and maps. --nooutliers is strongly
-recommended for micrographs and movies."""
+reads back as exactly 0.0. --bits 0 stores float32 losslessly. --bits auto picks,
+per image, the fewest bits whose quantisation noise stays below --noise-fraction
+(default 0.1) of the image's own noise; every compression warns when the bits
+given do not. Fixed bits suit only what they were chosen for: 5 for raw frames
+near 1 e/px, far more for integrated micrographs, averages and maps.
+--nooutliers is strongly recommended for micrographs and movies.
+
+Subcommands (first argument): info FILE..., compare ORIGINAL COMPRESSED,
+export IN.hdf OUT.mrc|OUT.tif; see e2compress VERB --help. Compress a file
+named like a subcommand as ./info."""
 
 EPILOG = """\
-typical usage:
+typical usage (EMAN2's example; --bits auto chooses by each image's noise):
   e2compress --nooutliers --outpath ../micrographs_5bit --threads 32 -v 2 --bits 5 *.mrc
+  e2compress --nooutliers --outpath ../micrographs --threads 32 -v 2 --bits auto *.mrc
 
 exit status: 0 if every file was compressed (or skipped), 1 if any failed,
 2 for bad options, 130/143 when interrupted (SIGINT/SIGTERM)."""
@@ -47,6 +58,7 @@ FLAGS = {
     "value_range": "--range",
     "sigrange": "--sigrange",
     "nooutliers": "--nooutliers",
+    "noise_fraction": "--noise-fraction",
 }
 
 
@@ -92,12 +104,26 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def _bits(text: str) -> int:
+    if text == "auto":
+        return AUTO_BITS
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 or an integer 2..16, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 0, an integer 2..16 or auto, not {text!r}"
+        ) from None
     if value != 0 and not 2 <= value <= 16:
-        raise argparse.ArgumentTypeError(f"expected 0 (lossless) or 2..16, not {value}")
+        raise argparse.ArgumentTypeError(f"expected 0 (lossless), 2..16 or auto, not {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and 0 < value <= 10):
+        raise argparse.ArgumentTypeError(f"expected a number > 0 and <= 10, not {text!r}")
     return value
 
 
@@ -134,7 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--bits",
         type=_bits,
         default=10,
-        help="bits to keep: 0 = lossless float32, 2..16 (default 10)",
+        help="bits to keep: 0 = lossless float32, 2..16, or auto: per image the fewest "
+        "within --noise-fraction of the image's noise (default 10)",
+    )
+    p.add_argument(
+        "--noise-fraction",
+        type=_fraction,
+        default=DEFAULT_NOISE_FRACTION,
+        metavar="F",
+        help="most quantisation noise (RMS) allowed, as a fraction of the image's own "
+        f"noise, for --bits auto and the quality warning (default {DEFAULT_NOISE_FRACTION})",
     )
     p.add_argument(
         "--compresslevel",
@@ -284,6 +319,7 @@ def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
             sigrange=args.sigrange,
             nooutliers=args.nooutliers,
             store_level=args.compresslevel is not None,
+            noise_fraction=args.noise_fraction,
         ).validate(FLAGS)
     except E2CompressError as exc:
         print(f"e2compress: error: {exc}", file=sys.stderr)
@@ -312,12 +348,13 @@ def _compress_one(
     pool: Executor,
     cancel: Cancel,
     in_progress: dict[str, None],
-) -> tuple[str, str]:
-    """Compress one input; returns (status, message) with status done/skipped/failed."""
+) -> tuple[str, str, CompressReport | None]:
+    """Compress one input; returns (status, message, report) with status
+    done/skipped/failed (the report only when done)."""
     verbose = args.verbose
     target = output_path(f, args.outpath)
     if args.skip_existing and output_is_complete(f, target, args.bits):
-        return "skipped", f"Skipping {f}: {target} is complete"
+        return "skipped", f"Skipping {f}: {target} is complete", None
     if verbose:
         print(f"Processing {f} -> {target}")
     in_progress[f] = None
@@ -326,17 +363,37 @@ def _compress_one(
             f, target, options=options, verify=args.verify, pool=pool, cancel=cancel
         )
     except E2CompressError as exc:
-        return "failed", str(exc)
+        return "failed", str(exc), None
     except Exception as exc:  # a bug, reported without a traceback
-        return "failed", f"{f}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
+        message = f"{f}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
+        return "failed", message, None
     finally:
         in_progress.pop(f, None)
     trunc = report.truncated
-    return "done", (
-        f"{report.seconds:0.1f} s  {f}: {report.bytes_in / 1e6:.1f} MB -> "
-        f"{report.bytes_out / 1e6:.1f} MB  ({report.ratio:.2f}x)"
-        + (f"  {trunc} pixels clamped" if trunc else "")
+    return (
+        "done",
+        (
+            f"{report.seconds:0.1f} s  {f}: {report.bytes_in / 1e6:.1f} MB -> "
+            f"{report.bytes_out / 1e6:.1f} MB  ({report.ratio:.2f}x)"
+            + (f"  {trunc} pixels clamped" if trunc else "")
+        ),
+        report,
     )
+
+
+def _auto_note(f: str, report: CompressReport) -> str:
+    """What --bits auto chose for one file (printed with -v)."""
+    noisy = [im for im in report.images if im.noise is not None]
+    text = f"{f}: --bits auto chose {bits_text(report.images)}"
+    if noisy:
+        worst = max(noisy, key=lambda im: im.noise_ratio or 0.0)
+        ratio = worst.noise_ratio or 0.0
+        text += f" (image noise {worst.noise:.3g}, "
+        text += f"quantisation noise {ratio:.3g} x that" if ratio else "stored exactly"
+        if len(report.images) > 1:
+            text += f" in the worst of {len(report.images)} images"
+        text += ")"
+    return text
 
 
 def _run(args: argparse.Namespace, options: Options, cancel: Cancel) -> int:
@@ -353,14 +410,19 @@ def _run(args: argparse.Namespace, options: Options, cancel: Cancel) -> int:
             files.submit(_compress_one, f, args, options, pool, cancel, in_progress)
             for f in args.files
         ]
-        for fut in futures:
-            status, message = fut.result()
+        for f, fut in zip(args.files, futures, strict=True):
+            status, message, report = fut.result()
             counts[status] += 1
             if status == "failed":
                 print(f"ERROR: {message}", file=sys.stderr)
                 failed.append(message)
             elif verbose > (1 if status == "done" else 0):
                 print(message)
+            if report is not None:
+                if verbose and options.auto:
+                    print(_auto_note(f, report))
+                for warning in report.warnings:
+                    print(f"WARNING: {warning}", file=sys.stderr)
     except Interrupted as exc:
         cancel.set(exc.signum)
         stopped = list(in_progress)
