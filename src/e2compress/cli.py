@@ -59,6 +59,7 @@ FLAGS = {
     "sigrange": "--sigrange",
     "nooutliers": "--nooutliers",
     "noise_fraction": "--noise-fraction",
+    "apix": "--apix",
 }
 
 
@@ -127,6 +128,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _apix(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive pixel size, not {text!r}")
+    return value
+
+
 def _level(text: str) -> int:
     try:
         value = int(text)
@@ -170,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="most quantisation noise (RMS) allowed, as a fraction of the image's own "
         f"noise, for --bits auto and the quality warning (default {DEFAULT_NOISE_FRACTION})",
+    )
+    p.add_argument(
+        "--apix",
+        type=_apix,
+        default=None,
+        metavar="A",
+        help="pixel size in Angstrom for every input (default: from each file's header; "
+        "TIFF: ImageJ description or resolution tags)",
     )
     p.add_argument(
         "--compresslevel",
@@ -320,6 +339,7 @@ def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
             nooutliers=args.nooutliers,
             store_level=args.compresslevel is not None,
             noise_fraction=args.noise_fraction,
+            apix=args.apix,
         ).validate(FLAGS)
     except E2CompressError as exc:
         print(f"e2compress: error: {exc}", file=sys.stderr)

@@ -236,9 +236,12 @@ def _integer_dtype(
     hint = _hint(source, hdf, header)
     if (hint is not None and hint.kind == "f") or (hint is None and not scan.mapped):
         return np.dtype(np.float32)  # integer values, but the original was float
+    if hint is not None and hint.kind in "iu" and not _fits(hint, scan.minimum, scan.maximum):
+        other = np.dtype(f"{'u' if hint.kind == 'i' else 'i'}{hint.itemsize}")
+        hint = other if _fits(other, scan.minimum, scan.maximum) else None  # signedness unsure
     if hint is not None and fmt == "mrc" and hint == np.dtype(np.uint8):
         hint = np.dtype(np.uint16)  # MRC has no unambiguous unsigned 8-bit mode
-    if hint is not None and hint in allowed and _fits(hint, scan.minimum, scan.maximum):
+    if hint is not None and hint in allowed:
         return hint
     for candidate in allowed:
         if _fits(candidate, scan.minimum, scan.maximum):

@@ -24,6 +24,7 @@ FIELD_NAMES = {
         "nooutliers",
         "chunk_rows",
         "noise_fraction",
+        "apix",
     )
 }
 AUTO_BITS = -1  # ``bits="auto"``: the fewest bits that pass the noise rule, per image
@@ -61,6 +62,8 @@ class Options:
         noise_fraction: the most quantisation noise (RMS) allowed, as a fraction of the
             image's noise: what ``bits="auto"`` keeps to and what the quality warning
             checks.
+        apix: pixel size in Angstrom written for every image (x, y and z), overriding
+            what the input's header says (``--apix``); None keeps the input's.
     """
 
     bits: int = 10
@@ -72,6 +75,7 @@ class Options:
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     store_level: bool = False
     noise_fraction: float = DEFAULT_NOISE_FRACTION
+    apix: float | None = None
 
     def validate(self, names: Mapping[str, str] | None = None) -> Options:
         """Return ``self`` if the settings are possible.
@@ -120,6 +124,13 @@ class Options:
             a, b = self.sigrange
             if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
                 raise E2CompressError(f"{n['sigrange']} needs two positive numbers, not {a},{b}")
+        apix = self.apix
+        if apix is not None and (
+            not isinstance(apix, (int, float))
+            or isinstance(apix, bool)
+            or not (math.isfinite(apix) and apix > 0)
+        ):
+            raise E2CompressError(f"{n['apix']} must be a positive number, not {apix!r}")
         if not _is_int(self.chunk_rows) or self.chunk_rows < 1:
             raise E2CompressError(
                 f"{n['chunk_rows']} must be an integer >= 1, not {self.chunk_rows!r}"

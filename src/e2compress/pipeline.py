@@ -338,6 +338,9 @@ def _image_header(
         if name.startswith("EMAN."):
             header[name[5:]] = value
     header.update(source.header(job.index))
+    if opts.apix is not None:
+        for axis in "xyz":
+            header[f"apix_{axis}"] = F32(opts.apix)
     with np.errstate(over="ignore"):  # sums beyond float32 are stored as inf, as EMAN2 does
         computed = {
             "minimum": F32(st.minimum if st.count else 0.0),
@@ -530,6 +533,7 @@ def compress_file(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     store_level: bool = False,
     noise_fraction: float = DEFAULT_NOISE_FRACTION,
+    apix: float | None = None,
     options: Options | None = None,
     pool: Executor | None = None,
     cancel: Cancel | None = None,
@@ -540,7 +544,7 @@ def compress_file(
         src: the input file.
         dst: the output file; default EMAN2's naming (see :func:`output_path`).
         bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level,
-        noise_fraction: what to store (see :class:`~e2compress.options.Options`;
+        noise_fraction, apix: what to store (see :class:`~e2compress.options.Options`;
             ``bits="auto"`` chooses per image by the noise rule); ignored when
             ``options`` is given.
         threads: worker threads when no ``pool`` is given (default: all cores).
@@ -571,6 +575,7 @@ def compress_file(
             chunk_rows,
             store_level,
             noise_fraction,
+            apix,
         )
     opts = options.validate()
     if threads is not None and (

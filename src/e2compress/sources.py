@@ -22,6 +22,7 @@ import numpy as np
 
 from .eman_hdf import NEVER_COPIED, EmanHdfFile, decode
 from .errors import InputError
+from .pixelsize import tiff_header_keys
 
 PathLike = str | os.PathLike[str]
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st", ".ali", ".rec", ".ccp4", ".mrcz", ".preali")
@@ -387,6 +388,7 @@ class TiffSource(ImageSource):
                     out[key] = np.float32(num / den)
             except (TypeError, ValueError):
                 pass
+        out.update(tiff_header_keys(self._tif, page))
         return out
 
     def close(self) -> None:
