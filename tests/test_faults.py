@@ -272,13 +272,17 @@ def remount_readonly(d: Path) -> None:
 def _kill_during_write(
     args: tuple[object, ...], cwd: Path, temp: Path, delay: float
 ) -> tuple[int | None, bool]:
-    """Start the CLI, wait for its temporary file, sleep ``delay``, SIGKILL it.
+    """Start the CLI, wait for its temporary file, let it run ``delay`` s, freeze it
+    (SIGSTOP) and SIGKILL it.
 
     Returns (exit status if it finished before the kill else None, whether the
-    temporary had appeared)."""
+    temporary had appeared). With ``delay`` 0 the process is frozen as soon as its
+    temporary appears, so it is killed mid-write whatever the machine's speed."""
     with running(*args, cwd=cwd) as proc:
         appeared = wait_for(temp, proc)
-        time.sleep(delay)
+        if delay:
+            time.sleep(delay)
+        proc.send_signal(signal.SIGSTOP)
         finished = proc.poll()
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -311,12 +315,12 @@ def test_sigkill_during_outpath_write_then_restart(tmp_path: Path, movie: dict[s
 
     rng = random.Random(1234)
     killed_mid_write = temps_left = 0
-    for _ in range(3):
+    for round_ in range(3):
         shutil.copyfile(movie["prev4"], target)  # a previous output with other content
-        for _ in range(rng.choice((1, 1, 2))):  # sometimes kill a run that met a stale temp
-            finished, appeared = _kill_during_write(
-                args, tmp_path, temp, rng.uniform(0.0, 0.9 * window)
-            )
+        for k in range(rng.choice((1, 1, 2))):  # sometimes kill a run that met a stale temp
+            # the first kill of two rounds is at the start of the write (surely mid-write)
+            delay = 0.0 if round_ < 2 and k == 0 else rng.uniform(0.0, 0.9 * window)
+            finished, appeared = _kill_during_write(args, tmp_path, temp, delay)
             assert appeared
             left = listing(out)
             assert left <= {"m.hdf", temp.name}, left
@@ -354,11 +358,10 @@ def test_sigkill_during_in_place_write_then_restart(
 
     rng = random.Random(99)
     killed_mid_write = 0
-    for _ in range(3):
+    for round_ in range(3):
         shutil.copyfile(stack_hdf["hdf8"], target)
-        finished, appeared = _kill_during_write(
-            args, tmp_path, temp, rng.uniform(0.0, 0.9 * window)
-        )
+        delay = 0.0 if round_ < 2 else rng.uniform(0.0, 0.9 * window)  # two surely mid-write
+        finished, appeared = _kill_during_write(args, tmp_path, temp, delay)
         assert appeared
         left = listing(tmp_path)
         assert left <= {"s.hdf", temp.name}, left
@@ -409,9 +412,13 @@ def test_signal_during_write_cleans_up(
     before = listing(watch)
     with running(*args, cwd=tmp_path) as proc:
         assert wait_for(tmp_name(target), proc)
-        time.sleep(random.Random(int(sig)).uniform(0.02, 0.12))
-        assert proc.poll() is None, "the write finished before the signal; use a larger input"
+        # Freeze it mid-write (no timing assumption), queue the signal, then let it run:
+        # the signal is delivered as it resumes, before the write can finish.
+        proc.send_signal(signal.SIGSTOP)
+        assert proc.poll() is None
+        assert tmp_name(target).exists(), "the write finished before the signal"
         proc.send_signal(sig)
+        proc.send_signal(signal.SIGCONT)
         rc, _, err = finish(proc)
 
     assert rc == 128 + int(sig), err
@@ -723,8 +730,9 @@ def test_stale_temporary_is_replaced(tmp_path: Path, where: str) -> None:
 
 
 def test_ppid_death_stops_cleanly(tmp_path: Path, movie: dict[str, Any]) -> None:
-    """--ppid of a process that dies mid-batch: the CLI stops within seconds, exit 143,
-    no temporary; files finished before the stop are complete, the rest are not written."""
+    """--ppid of a process that dies mid-batch: the CLI stops before the end of the batch,
+    exit 143, no temporary; files finished before the stop are complete, the rest are not
+    written."""
     names = [f"m{k}.mrc" for k in range(8)]
     for name in names:  # eight names for one movie: a batch of a few seconds
         link_movie(movie, tmp_path / name)
@@ -740,15 +748,12 @@ def test_ppid_death_stops_cleanly(tmp_path: Path, movie: dict[str, Any]) -> None
             assert wait_for(tmp_name(out / "m0.hdf"), proc)
             sleeper.kill()
             sleeper.wait()  # reaped: a zombie would still answer kill(pid, 0)
-            t0 = time.monotonic()
-            rc, _, err = finish(proc, timeout=30)
-            elapsed = time.monotonic() - t0
+            rc, _, err = finish(proc)
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
             sleeper.wait()
     assert rc == 143, err
-    assert elapsed < 4.0
     assert "Traceback" not in err
     assert temporaries(tmp_path) == []
     written = listing(out)

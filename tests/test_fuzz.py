@@ -1,7 +1,8 @@
 """Fuzzing the readers with hypothesis: mutated real files (MRC headers, TIFF headers and
 tag directories, EMAN2 HDF5 metadata, truncations) must either compress to a valid
-EMAN2 file with the right number of images or raise E2CompressError, quickly, without
-any other exception and without leaving an output or a temporary file behind.
+EMAN2 file with the right number of images or raise E2CompressError, without any
+other exception, without hanging (a 60 s guard, not a speed limit: speed is for the
+benchmarks) and without leaving an output or a temporary file behind.
 
 Runs are deterministic (``derandomize``); ``E2C_FUZZ_EXAMPLES`` scales the number of
 examples (default 1.0x) for longer local runs.
@@ -39,8 +40,7 @@ pytestmark = pytest.mark.shared
 
 F32 = np.float32
 SCALE = float(os.environ.get("E2C_FUZZ_EXAMPLES", "1"))
-SOFT_SECONDS = 5.0  # every example must finish within this (absurd sizes rejected fast)
-HARD_SECONDS = 20  # SIGALRM: a hang fails the example instead of the whole run
+HANG_SECONDS = 60  # SIGALRM hang guard: a hang fails the example instead of the whole run
 MRC_SEEDS = ("EMD-3197.map", "smallStack.mrcs")
 TIFF_SEEDS = ("KLH.tif", "test_loading_image_saved_with_DM.tif")
 HDF_SEED = "synthetic.hdf"
@@ -139,17 +139,14 @@ def check_compress(name: str, blob: bytes) -> str:
         src.write_bytes(blob)
         out = work / "out.hdf"
         error: E2CompressError | None = None
-        t0 = time.monotonic()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with hard_timeout(HARD_SECONDS):
+            with hard_timeout(HANG_SECONDS):
                 try:
                     compress_file(src, out, bits=5)
                 except E2CompressError as exc:
                     error = exc
-            elapsed = time.monotonic() - t0
             gc.collect()  # unclosed-file warnings surface here, not in a later example
-        assert elapsed < SOFT_SECONDS, f"took {elapsed:.1f} s"
         escaped = [w for w in caught if not _tolerated(w)]
         assert [str(w.message) for w in escaped] == [], "warnings escaped to the user"
         assert src.read_bytes() == blob, "the input was modified"

@@ -6,6 +6,8 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import E2CompressError, OutputError
@@ -54,8 +56,12 @@ class AtomicOutput:
             os.close(fd)  # lost a race with a writer that just renamed it; retry
         raise OutputError("could not lock the temporary output file", self.target)
 
-    def commit(self) -> None:
-        """Flush the temporary file to disk and rename it onto the target."""
+    def commit(self, before_replace: Callable[[], None] | None = None) -> None:
+        """Flush the temporary file to disk and rename it onto the target.
+
+        ``before_replace`` runs just before the rename; if it raises, nothing is
+        replaced (the temporary is removed on exit).
+        """
         assert self._fd is not None
         os.fsync(self._fd)
         if self.target.exists():  # a replaced file keeps its permissions and owner
@@ -66,6 +72,8 @@ class AtomicOutput:
                     os.chown(self.path, old.st_uid, old.st_gid)
             except OSError:
                 pass
+        if before_replace is not None:
+            before_replace()
         os.replace(self.path, self.target)
         try:
             dirfd = os.open(self.target.parent, os.O_RDONLY)
@@ -101,6 +109,88 @@ def check_output_dir(target: Path) -> None:
         raise OutputError("output path is a directory", target)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {parent} is not writable", target)
+
+
+def resolve_target(target: Path) -> Path:
+    """The file an output path names: a symbolic link is followed to its target.
+
+    The target is replaced and the link kept (as ``cp`` writes through a link).
+
+    Raises:
+        OutputError: the link is dangling or loops.
+    """
+    if not target.is_symlink():
+        return target
+    real = Path(os.path.realpath(target))
+    if not real.exists():
+        raise OutputError(
+            "output is a symbolic link to a missing file; not writing through it", target
+        )
+    return real
+
+
+def write_protected(st: os.stat_result) -> bool:
+    """True when the mode bits deny this user writing the file (root counts as its owner).
+
+    The mode bits, not ``os.access``: root may write anything, yet ``chmod a-w`` on a
+    file says "keep it" to root as well.
+    """
+    uid = os.geteuid()
+    if uid in (0, st.st_uid):
+        return not st.st_mode & stat.S_IWUSR
+    if st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+        return not st.st_mode & stat.S_IWGRP
+    return not st.st_mode & stat.S_IWOTH
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def check_replaceable(target: Path, *, force: bool = False) -> list[str]:
+    """Refuse to replace an existing ``target`` (a resolved path) that is not ours to replace.
+
+    Refused: anything but a regular file; a non-empty file that is not HDF5 (another
+    kind of file, never a previous output); unless ``force``: a write-protected file
+    and a file with several hard links (replacing one name would leave the others
+    holding the old content). Returns the warnings for what ``force`` let through.
+
+    Raises:
+        OutputError: the target must not be replaced.
+    """
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise OutputError(f"cannot examine the existing output: {exc.strerror}", target) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError("output exists and is not a regular file; not replaced", target)
+    if st.st_size > 0:
+        try:
+            with open(target, "rb") as fh:
+                magic = fh.read(len(_HDF5_MAGIC))
+        except OSError as exc:
+            raise OutputError(
+                f"cannot read the existing output to see what it is: {exc.strerror}", target
+            ) from None
+        if magic != _HDF5_MAGIC:
+            raise OutputError(
+                "output exists and is not an HDF5 file (another kind of file); not replaced",
+                target,
+            )
+    problems = []
+    if write_protected(st):
+        problems.append(f"is write-protected (mode {stat.S_IMODE(st.st_mode):04o})")
+    if st.st_nlink > 1:
+        problems.append(
+            f"has {st.st_nlink} hard links (the other names would keep the old content)"
+        )
+    if problems and not force:
+        raise OutputError(
+            f"output {' and '.join(problems)}; not replaced (--force, or force=True, replaces it)",
+            target,
+        )
+    return [f"{target}: {p}; replaced because forced" for p in problems if "hard links" in p]
 
 
 def os_error(exc: OSError | RuntimeError, target: Path) -> E2CompressError:

@@ -9,12 +9,12 @@ import re
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__, commands
 from .errors import E2CompressError, Interrupted
@@ -41,15 +41,36 @@ near 1 e/px, far more for integrated micrographs, averages and maps.
 
 Subcommands (first argument): info FILE..., compare ORIGINAL COMPRESSED,
 export IN.hdf OUT.mrc|OUT.tif; see e2compress VERB --help. Compress a file
-named like a subcommand as ./info."""
+named like a subcommand as ./info.
+
+Recompressing an .hdf that is already quantised rounds values that were rounded
+before: to fewer bits, the new rounding error adds to the old one (up to half an
+old step plus half a new step); more bits gain nothing - the lost precision does
+not come back - and only make the file larger. Compress from the original data
+when you have it."""
 
 EPILOG = """\
 typical usage (EMAN2's example; --bits auto chooses by each image's noise):
   e2compress --nooutliers --outpath ../micrographs_5bit --threads 32 -v 2 --bits 5 *.mrc
   e2compress --nooutliers --outpath ../micrographs --threads 32 -v 2 --bits auto *.mrc
 
-exit status: 0 if every file was compressed (or skipped), 1 if any failed,
-2 for bad options, 130/143 when interrupted (SIGINT/SIGTERM)."""
+output: one line per event. stderr: "ERROR: FILE: ..." once per failed file, as it
+happens, and "WARNING: FILE: ..." lines; stdout: with -v, "Processing" and
+"Skipping" lines, with -v 2 one "<seconds> s  FILE: ..." line per file; and, for
+more than one file, -v or any failure, a last line "N compressed, M failed, K skipped".
+
+Inputs that would be written to the same output (x.map and x.map.bz2, a.mrc and
+a.tif, or two a.mrc from different directories with --outpath) are each reported
+as failed and not compressed; the others run. A file given twice is compressed once
+(one WARNING line; the repeat counts as skipped).
+
+exit status:
+  0            every file was compressed (the output is complete and decodes to
+               within half a quantisation step) or skipped
+  1            any file failed (nothing is written for it; its input is unchanged)
+  2            bad options (nothing is done)
+  129/130/143  stopped by SIGHUP/SIGINT/SIGTERM (143 too when the --ppid process
+               exits); a file being written is not left behind, finished ones stay"""
 
 _VALUE_OPTS = ("--range", "--sigrange")
 FLAGS = {
@@ -244,8 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip-existing",
         action="store_true",
-        help="skip inputs whose output already exists and is a valid EMAN2 file "
-        "(restart an interrupted batch with the same command)",
+        help="skip inputs whose output is complete and was made from the input as it is "
+        "now with the same --bits and range option (restart a batch with the same command)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace outputs that are write-protected or have several hard links, and "
+        "replace an .hdf in place even when the result is larger",
     )
     p.add_argument("--version", action="version", version=f"e2compress {__version__}")
     return p
@@ -254,12 +281,43 @@ def build_parser() -> argparse.ArgumentParser:
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+class _Console:
+    """Whole lines: each a single write of ``line + "\n"`` under one lock (shared by stdout
+    and stderr), flushed at once, so lines of files running at once never mix."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed: set[int] = set()  # streams whose reader went away (``| head``)
+
+    def out(self, text: str) -> None:
+        """One line on stdout."""
+        self._write(sys.stdout, text)
+
+    def err(self, text: str) -> None:
+        """One line on stderr."""
+        self._write(sys.stderr, text)
+
+    def _write(self, stream: TextIO, text: str) -> None:
+        line = " ".join(text.splitlines()) + "\n"
+        with self._lock:
+            if id(stream) in self._closed:
+                return
+            try:
+                stream.write(line)
+                stream.flush()
+            except BrokenPipeError:  # the work goes on; the exit status still tells
+                self._closed.add(id(stream))
+
+
 def _install_signals(cancel: Cancel) -> dict[int, Any]:
-    """Make SIGINT/SIGTERM/SIGHUP cancel the run; returns the handlers to restore."""
+    """Make SIGINT/SIGTERM/SIGHUP set ``cancel``; returns the handlers to restore.
+
+    The handler only sets the token (it raises nothing into whatever the main thread
+    is doing): the workers stop at their next block and remove their temporary files.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         cancel.set(signum)
-        raise Interrupted(signum)
 
     previous: dict[int, Any] = {}
     for s in _SIGNALS:
@@ -272,37 +330,66 @@ def _restore_signals(previous: dict[int, Any]) -> None:
         signal.signal(s, h)
 
 
-def _watch_parent(ppid: int, done: threading.Event) -> None:
+def _parent_alive(ppid: int, is_parent: bool) -> bool:
+    """Whether process ``ppid`` still runs (``is_parent``: it was our parent at start, so
+    being reparented also means it died, even while it is an unreaped zombie)."""
+    if is_parent and os.getppid() != ppid:
+        return False
+    try:
+        os.kill(ppid, 0)
+    except PermissionError:  # it exists, owned by another user
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
+
+
+def _watch_parent(
+    ppid: int, is_parent: bool, cancel: Cancel, gone: threading.Event, done: threading.Event
+) -> None:
+    """Set ``gone`` and ``cancel`` (as SIGTERM would) once ``ppid`` has exited."""
+
     def watch() -> None:
-        while not done.is_set():
-            try:
-                os.kill(ppid, 0)
-            except ProcessLookupError:
-                os.kill(os.getpid(), signal.SIGTERM)
+        while not done.wait(0.5):
+            if not _parent_alive(ppid, is_parent):
+                gone.set()
+                cancel.set(signal.SIGTERM)
                 return
-            except PermissionError:
-                pass
-            time.sleep(0.5)
 
     threading.Thread(target=watch, name="ppid-watch", daemon=True).start()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status.
+@dataclass
+class _Batch:
+    """What every file of one run shares."""
 
-    Signal handlers are installed first (an interrupt at any point cleans up) and the
-    previous ones are restored on return.
+    args: argparse.Namespace
+    options: Options
+    cancel: Cancel
+    console: _Console
+    parent_gone: threading.Event
+    pool: Executor | None = None
+
+    def cause(self) -> str:
+        """Why the run stopped early (the token is set)."""
+        if self.parent_gone.is_set():
+            return f"stopped because the --ppid process {self.args.ppid} exited"
+        return f"interrupted by {signal.Signals(self.cancel.signum or signal.SIGTERM).name}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see ``--help``).
+
+    SIGINT/SIGTERM/SIGHUP handlers are installed first: they set a Cancel token that
+    the file writers check, so an interrupt at any point cleans up. The previous
+    handlers are restored on return.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return _main(argv, Cancel())
     cancel = Cancel()
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv, cancel)  # only the main thread can handle signals
     previous = _install_signals(cancel)
     try:
         return _main(argv, cancel)
-    except Interrupted as exc:  # before or after the run itself: nothing half-written
-        name = signal.Signals(exc.signum or signal.SIGTERM).name
-        print(f"e2compress: interrupted by {name}", file=sys.stderr)
-        return 128 + (exc.signum or signal.SIGTERM)
     finally:
         _restore_signals(previous)
 
@@ -312,21 +399,21 @@ def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
     if commands.is_command(argv):
         return commands.main(argv)
     parser = build_parser()
-    watch_done = threading.Event()
     args = parser.parse_args(_normalise_argv(argv))
+    console = _Console()
     if not args.files:
         parser.print_usage(sys.stderr)
-        print("e2compress: error: no input files", file=sys.stderr)
+        console.err("e2compress: error: no input files")
         return 2
-    if args.ppid is not None and args.ppid > 0:
-        _watch_parent(args.ppid, watch_done)
+    if args.outpath == "":  # Path("") would be the current directory: an unset variable?
+        console.err("e2compress: error: --outpath is empty (give a directory; . for this one)")
+        return 2
     if args.outpath is not None:
         out_dir = Path(args.outpath)
         if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
-            print(
+            console.err(
                 f"e2compress: error: --outpath must be an existing, writable directory: "
-                f"{args.outpath}",
-                file=sys.stderr,
+                f"{args.outpath}"
             )
             return 2
     level = 1 if args.compresslevel is None else args.compresslevel
@@ -342,62 +429,111 @@ def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
             apix=args.apix,
         ).validate(FLAGS)
     except E2CompressError as exc:
-        print(f"e2compress: error: {exc}", file=sys.stderr)
+        console.err(f"e2compress: error: {exc}")
         return 2
-    targets: dict[Path, str] = {}
-    for f in args.files:
-        target = output_path(f, args.outpath)
-        key = Path(os.path.abspath(target))
-        if key in targets:
-            print(
-                f"e2compress: error: {f} and {targets[key]} would both be written to {target}",
-                file=sys.stderr,
-            )
-            return 2
-        targets[key] = f
+    batch = _Batch(args, options, cancel, console, threading.Event())
+    watching = args.ppid is not None and args.ppid > 0
+    is_parent = watching and os.getppid() == args.ppid
+    if watching and not _parent_alive(args.ppid, is_parent):
+        batch.parent_gone.set()
+        cancel.set(signal.SIGTERM)
+    if cancel.is_set():  # before any work: nothing to clean up
+        console.err(f"e2compress: {batch.cause()}; no file was compressed")
+        return 128 + (cancel.signum or signal.SIGTERM)
+    run, collided, repeated = _plan(args.files, args.outpath)
+    for line in collided:
+        console.err(f"ERROR: {line}")
+    for line in repeated:
+        console.err(f"WARNING: {line}")
+    counts = {"done": 0, "failed": len(collided), "skipped": len(repeated)}
+    counts.update(stopped=0, unstarted=0)
+    watch_done = threading.Event()
+    if watching:
+        _watch_parent(args.ppid, is_parent, cancel, batch.parent_gone, watch_done)
     try:
-        return _run(args, options, cancel)
+        _run(batch, run, counts)
     finally:
         watch_done.set()
+    summary = f"{counts['done']} compressed, {counts['failed']} failed, {counts['skipped']} skipped"
+    if cancel.is_set():  # one line for the batch unless the file's own line says it all
+        if len(args.files) > 1 or not counts["stopped"]:
+            unwritten = counts["stopped"] + counts["unstarted"]
+            console.err(f"e2compress: {batch.cause()}: {summary}, {unwritten} not written")
+        return 128 + (cancel.signum or signal.SIGTERM)
+    if counts["failed"] or args.verbose or len(args.files) > 1:
+        console.out(summary)
+    return 1 if counts["failed"] else 0
 
 
-def _compress_one(
-    f: str,
-    args: argparse.Namespace,
-    options: Options,
-    pool: Executor,
-    cancel: Cancel,
-    in_progress: dict[str, None],
-) -> tuple[str, str, CompressReport | None]:
-    """Compress one input; returns (status, message, report) with status
-    done/skipped/failed (the report only when done)."""
+def _plan(files: Sequence[str], outpath: str | None) -> tuple[list[str], list[str], list[str]]:
+    """Split ``files`` into the inputs to compress, one failure line for each input whose
+    output another input would also write (naming both), and one warning line for each
+    repeat of an input already listed (it is compressed once)."""
+
+    def place(p: Path) -> str:  # where a name lands: the directory resolved, not the name
+        return os.path.join(os.path.realpath(p.parent), p.name)
+
+    targets = [output_path(f, outpath) for f in files]
+    keys = [(os.path.realpath(f), place(t)) for f, t in zip(files, targets, strict=True)]
+    writers: dict[str, dict[str, str]] = {}  # output -> {input: its first name given}
+    for f, (src, dst) in zip(files, keys, strict=True):
+        writers.setdefault(dst, {}).setdefault(src, f)
+    run: list[str] = []
+    collided: list[str] = []
+    repeated: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for f, target, (src, dst) in zip(files, targets, keys, strict=True):
+        if (src, dst) in seen:
+            repeated.append(f"{f}: given more than once; compressed once")
+            continue
+        seen.add((src, dst))
+        others = [name for other, name in writers[dst].items() if other != src]
+        if others:
+            collided.append(
+                f"{f}: {' and '.join(others)} would also be written to {target}; "
+                + ("neither is compressed" if len(others) == 1 else "none of them is compressed")
+            )
+        else:
+            run.append(f)
+    return run, collided, repeated
+
+
+def _compress_one(f: str, batch: _Batch) -> tuple[str, str]:
+    """Compress one input; returns (status, message) with status done/skipped/failed.
+
+    Raises:
+        Interrupted: the batch's token was set while this file was being written.
+    """
+    args = batch.args
     verbose = args.verbose
     target = output_path(f, args.outpath)
-    if args.skip_existing and output_is_complete(f, target, args.bits):
-        return "skipped", f"Skipping {f}: {target} is complete", None
+    if args.skip_existing and output_is_complete(f, target, batch.options):
+        return "skipped", f"Skipping {f}: {target} is complete"
     if verbose:
-        print(f"Processing {f} -> {target}")
-    in_progress[f] = None
+        batch.console.out(f"Processing {f} -> {target}")
     try:
         report = compress_file(
-            f, target, options=options, verify=args.verify, pool=pool, cancel=cancel
+            f,
+            target,
+            options=batch.options,
+            verify=args.verify,
+            force=args.force,
+            pool=batch.pool,
+            cancel=batch.cancel,
         )
     except E2CompressError as exc:
-        return "failed", str(exc), None
+        return "failed", str(exc) if exc.path else f"{f}: {exc}"
     except Exception as exc:  # a bug, reported without a traceback
-        message = f"{f}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
-        return "failed", message, None
-    finally:
-        in_progress.pop(f, None)
+        return "failed", f"{f}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
+    for line in dict.fromkeys(report.warnings):
+        batch.console.err(f"WARNING: {line}")
+    if verbose and batch.options.auto:
+        batch.console.out(_auto_note(f, report))
     trunc = report.truncated
-    return (
-        "done",
-        (
-            f"{report.seconds:0.1f} s  {f}: {report.bytes_in / 1e6:.1f} MB -> "
-            f"{report.bytes_out / 1e6:.1f} MB  ({report.ratio:.2f}x)"
-            + (f"  {trunc} pixels clamped" if trunc else "")
-        ),
-        report,
+    return "done", (
+        f"{report.seconds:0.1f} s  {f}: {report.bytes_in / 1e6:.1f} MB -> "
+        f"{report.bytes_out / 1e6:.1f} MB  ({report.ratio:.2f}x)"
+        + (f"  {trunc} pixels clamped" if trunc else "")
     )
 
 
@@ -416,57 +552,39 @@ def _auto_note(f: str, report: CompressReport) -> str:
     return text
 
 
-def _run(args: argparse.Namespace, options: Options, cancel: Cancel) -> int:
-    """Compress every file (two at a time when there are threads to spare)."""
-    verbose = args.verbose
-    failed: list[str] = []
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    in_progress: dict[str, None] = {}  # inputs being written now, in start order
-    pool = make_pool(args.threads)
-    width = args.threads or os.cpu_count() or 1
-    files = ThreadPoolExecutor(max_workers=2 if width > 1 and len(args.files) > 1 else 1)
+def _job(f: str, batch: _Batch) -> str:
+    """Compress ``f`` and print its lines; returns its status: done, skipped, failed,
+    stopped (interrupted while being written) or unstarted."""
+    if batch.cancel.is_set():
+        return "unstarted"
     try:
-        futures = [
-            files.submit(_compress_one, f, args, options, pool, cancel, in_progress)
-            for f in args.files
-        ]
-        for f, fut in zip(args.files, futures, strict=True):
-            status, message, report = fut.result()
-            counts[status] += 1
-            if status == "failed":
-                print(f"ERROR: {message}", file=sys.stderr)
-                failed.append(message)
-            elif verbose > (1 if status == "done" else 0):
-                print(message)
-            if report is not None:
-                if verbose and options.auto:
-                    print(_auto_note(f, report))
-                for warning in report.warnings:
-                    print(f"WARNING: {warning}", file=sys.stderr)
-    except Interrupted as exc:
-        cancel.set(exc.signum)
-        stopped = list(in_progress)
-        files.shutdown(wait=True, cancel_futures=True)
-        signum = exc.signum or signal.SIGTERM
-        name = signal.Signals(signum).name
-        for f in stopped:
-            print(
-                f"ERROR: {f}: interrupted by {name}; output not written, input unchanged",
-                file=sys.stderr,
-            )
-        if not stopped:
-            print(f"e2compress: interrupted by {name}", file=sys.stderr)
-        return 128 + signum
+        status, message = _compress_one(f, batch)
+    except Interrupted:
+        batch.console.err(f"ERROR: {f}: {batch.cause()}; output not written, input unchanged")
+        return "stopped"
+    if status == "failed":
+        batch.console.err(f"ERROR: {message}")
+    elif batch.args.verbose > (1 if status == "done" else 0):
+        batch.console.out(message)
+    return status
+
+
+def _run(batch: _Batch, files: list[str], counts: dict[str, int]) -> None:
+    """Compress ``files`` (two at a time when there are threads to spare) into ``counts``."""
+    threads = batch.args.threads
+    batch.pool = make_pool(threads)
+    width = threads or os.cpu_count() or 1
+    runner = ThreadPoolExecutor(max_workers=2 if width > 1 and len(files) > 1 else 1)
+    try:
+        futures = [runner.submit(_job, f, batch) for f in files]
+        pending = set(futures)
+        while pending:  # wake now and then: a signal taken by a worker thread runs its
+            _, pending = wait(pending, timeout=0.25)  # Python handler only in this one
+        for fut in futures:
+            counts[fut.result()] += 1
     finally:
-        files.shutdown(wait=True, cancel_futures=True)
-        pool.shutdown(wait=True, cancel_futures=True)
-    if failed or verbose or len(args.files) > 1:
-        for msg in failed:
-            print(f"failed: {msg}")
-        print(
-            f"{counts['done']} compressed, {counts['failed']} failed, {counts['skipped']} skipped"
-        )
-    return 1 if failed else 0
+        runner.shutdown(wait=True, cancel_futures=True)
+        batch.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def entry() -> None:

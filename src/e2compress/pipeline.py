@@ -23,10 +23,17 @@ import h5py
 import numpy as np
 
 from . import codecs
-from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error
+from .atomic import (
+    TMP_SUFFIX,
+    AtomicOutput,
+    check_output_dir,
+    check_replaceable,
+    os_error,
+    resolve_target,
+)
 from .blocks import Block, blocks, chunk_shape, dataset_shape
 from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter
-from .errors import E2CompressError, InputError
+from .errors import E2CompressError, InputError, OutputError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, make_pool, pool_width, settle
 from .fidelity import (
     DEFAULT_NOISE_FRACTION,
@@ -40,6 +47,7 @@ from .fidelity import (
     residual_tiles,
 )
 from .options import AUTO_BITS, DEFAULT_CHUNK_ROWS, Options
+from .provenance import Identity, Record, check_unchanged, read_record, value_options, write_record
 from .quantize import (
     F32,
     HIST_BINS,
@@ -57,7 +65,7 @@ from .quantize import (
     valid_limits,
 )
 from .report import CompressReport, ImageReport, quality_warning
-from .sources import ImageSource, open_source, strip_compression
+from .sources import ImageSource, is_hdf5, open_source, strip_compression
 from .verify import verify_output
 
 __all__ = [
@@ -489,32 +497,133 @@ def _write_large(
         return _write_job(writer, enc.source, enc.opts, job, encoded, enc.cancel)
 
 
-def output_is_complete(src: PathLike, target: PathLike, bits: int) -> bool:
-    """True when ``target`` is a complete EMAN2 file for ``src`` (``--skip-existing``).
+def output_is_complete(src: PathLike, target: PathLike, options: Options | int) -> bool:
+    """True when ``target`` already holds what compressing ``src`` would write
+    (``--skip-existing``).
 
-    An in-place target counts as complete only if it already holds ``bits`` (for
-    ``AUTO_BITS``: if every image is already quantised).
+    A separate output counts only when its record (see :mod:`~e2compress.provenance`)
+    names ``src`` with its current size and modification time and the same value
+    options (bits, range option and numbers), and every image is present, readable
+    and stored at ``bits``. An ``.hdf`` replaced in place counts when every image is
+    already deflate-compressed at the requested bits and, if the file carries a
+    record, with the same range option (an EMAN2-compressed file at those bits is
+    skipped: compressing it again could only add rounding). With ``bits="auto"`` any
+    stored bits count (a record must name the same noise fraction); in place without a
+    record, every image must already be quantised.
+
+    Args:
+        src: the input file.
+        target: its output (a symbolic link is followed).
+        options: the :class:`~e2compress.options.Options` of the run (or just bits).
     """
+    opts = options if isinstance(options, Options) else Options(bits=options)
     target = Path(target)
-    if not target.is_file():
+    ident = Identity.of(src)
+    if ident is None or not target.is_file():
         return False
     try:
-        with open_source(src) as source, EmanHdfFile(target) as out:
-            if len(out) != len(source):
+        in_place = os.path.samefile(src, target)
+        record = read_record(target)
+        if record is None:
+            if not in_place:
                 return False
+        elif in_place:
+            if record.value_options != value_options(opts):
+                return False
+        elif not record.matches(src, ident, opts):
+            return False
+        with EmanHdfFile(target, locking=False, threads=1) as out:
+            if record is not None and not in_place and len(out) != record.source_images:
+                return False
+            size = target.stat().st_size
             for i in range(len(out)):
-                shape = tuple(d for d in source.shape(i) if d > 1) or (1,)
-                got = tuple(d for d in out.shape(i) if d > 1) or (1,)
-                if got != shape:
-                    return False
                 rng = out.render_range(i)
                 stored = rng.bits if rng else 0
-                if os.path.samefile(src, target) and (
-                    stored == 0 if bits == AUTO_BITS else stored != bits
-                ):
+                if opts.auto:
+                    if stored == 0 and record is None:
+                        return False
+                elif stored != opts.bits:
                     return False
-            return True
-    except (E2CompressError, OSError, KeyError, ValueError):
+                if not _stored_whole(out.dataset(i), size, need_deflate=in_place):
+                    return False
+            return len(out) > 0
+    except (E2CompressError, OSError, KeyError, ValueError, RuntimeError):
+        return False
+
+
+def _stored_whole(ds: h5py.Dataset, file_size: int, *, need_deflate: bool) -> bool:
+    """True when every chunk of ``ds`` is written and lies inside the file (no decoding)."""
+    if ds.chunks is None:
+        if need_deflate:
+            return False
+        offset = ds.id.get_offset()
+        return offset is not None and offset + ds.id.get_storage_size() <= file_size
+    if need_deflate and h5py.h5z.FILTER_DEFLATE not in _filter_ids(ds):
+        return False
+    expected = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True))
+    found = 0
+    inside = True
+
+    def visit(info: Any) -> None:
+        nonlocal found, inside
+        found += 1
+        inside = inside and info.byte_offset + info.size <= file_size
+
+    if hasattr(ds.id, "chunk_iter"):
+        ds.id.chunk_iter(visit)
+    else:  # HDF5 before 1.12.3
+        for k in range(ds.id.get_num_chunks()):
+            visit(ds.id.get_chunk_info(k))
+    return found == expected and inside
+
+
+def _filter_ids(ds: h5py.Dataset) -> list[int]:
+    plist = ds.id.get_create_plist()
+    return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing
+        return False
+
+
+def _requantise_warning(source: ImageSource, opts: Options) -> str | None:
+    """A warning when ``source`` holds quantised images and ``opts`` asks for more bits."""
+    if source.kind != "hdf":
+        return None
+    try:
+        with EmanHdfFile(source.path, threads=1) as f:  # locking as the source opened it
+            stored = [f.render_range(i) for i in range(len(f))]
+    except E2CompressError:
+        return None
+    wanted = opts.bits or 33  # float32 holds more than any quantised code
+    lower = sorted({r.bits for r in stored if r is not None and r.bits < wanted})
+    if not lower:
+        return None
+    n = sum(1 for r in stored if r is not None and r.bits < wanted)
+    at = f"{lower[0]}" if len(lower) == 1 else f"{lower[0]}..{lower[-1]}"
+    into = "as float32" if opts.bits == 0 else f"at {opts.bits} bits"
+    if len(stored) == 1:
+        return f"{source.path}: image stored at {at} bits; storing it {into} gains nothing"
+    return (
+        f"{source.path}: {n} of {len(stored)} images stored at {at} bits; "
+        f"storing them {into} gains nothing"
+    )
+
+
+def _foreign_hdf5(target: Path) -> bool:
+    """True when ``target`` is a readable HDF5 file without EMAN2's ``/MDF/images``.
+
+    A damaged HDF5 file (say, a copy cut short) is not foreign: it may be replaced.
+    """
+    if not target.is_file() or not is_hdf5(target):
+        return False
+    try:
+        with h5py.File(target, "r", locking=False) as f:
+            return not isinstance(f.get("MDF/images"), h5py.Group)
+    except (OSError, RuntimeError, KeyError, ValueError):
         return False
 
 
@@ -534,6 +643,7 @@ def compress_file(
     store_level: bool = False,
     noise_fraction: float = DEFAULT_NOISE_FRACTION,
     apix: float | None = None,
+    force: bool = False,
     options: Options | None = None,
     pool: Executor | None = None,
     cancel: Cancel | None = None,
@@ -542,7 +652,8 @@ def compress_file(
 
     Args:
         src: the input file.
-        dst: the output file; default EMAN2's naming (see :func:`output_path`).
+        dst: the output file; default EMAN2's naming (see :func:`output_path`). A
+            symbolic link is followed: its target is replaced and the link kept.
         bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level,
         noise_fraction, apix: what to store (see :class:`~e2compress.options.Options`;
             ``bits="auto"`` chooses per image by the noise rule); ignored when
@@ -550,17 +661,30 @@ def compress_file(
         threads: worker threads when no ``pool`` is given (default: all cores).
         verify: decode the written file and check every pixel against the source before
             the rename; default only when replacing the input in place.
+        force: replace an output that is write-protected or has several hard links,
+            and replace an input in place even when the result is larger.
         options: a prepared :class:`~e2compress.options.Options`.
         pool: an executor shared between files (the caller shuts it down).
         cancel: a :class:`~e2compress.executor.Cancel` token; setting it stops the work
             at the next block and raises :class:`~e2compress.errors.Interrupted`.
 
     The output appears atomically; on any error the input and any previous output are
-    untouched.
+    untouched. The source must not change while it is read: its size, times and inode
+    are checked after the last read and again just before the rename. The output
+    records what it was made from (see :func:`output_is_complete`).
+
+    Compressing an already quantised EMAN2 file again (e.g. 10 -> 5 bits) rounds values
+    that were already rounded: the error bound is the sum of both half steps. Asking
+    for more bits than an image holds gains nothing; ``report.warnings`` says so. An
+    ``.hdf`` replaced in place whose result would be larger is kept as it was (unless
+    ``force``): the report then has a warning, ``bytes_out == bytes_in`` and no images.
 
     Raises:
-        InputError: the input cannot be read, or holds values that cannot be stored.
-        OutputError: the output cannot be written.
+        InputError: the input cannot be read, holds values that cannot be stored, or
+            changed while it was being compressed.
+        OutputError: the output cannot be written, or must not be replaced (another
+            kind of file, the input itself when it is not HDF, write-protected or
+            hard-linked without ``force``).
         VerificationError: the written file does not decode to the source.
         E2CompressError: impossible options.
     """
@@ -584,31 +708,68 @@ def compress_file(
         raise E2CompressError(f"threads must be a positive integer, not {threads!r}")
     cancel = cancel or Cancel()
     source_path = Path(src)
-    target = Path(dst) if dst is not None else output_path(source_path)
-    in_place = target.exists() and source_path.exists() and os.path.samefile(source_path, target)
-    do_verify = in_place if verify is None else verify
+    named = Path(dst) if dst is not None else output_path(source_path)
+    ident = Identity.of(source_path)  # before the first read
     t0 = time.perf_counter()
     own_pool = pool is None
     workers = pool or make_pool(threads)
+    warnings: list[str] = []
     try:
         with open_source(source_path) as source:
+            target = resolve_target(named)
             check_output_dir(target)
-            bytes_in = source_path.stat().st_size
+            in_place = _same_file(source_path, target)
+            if in_place and source.kind != "hdf":
+                raise OutputError(
+                    f"the output would replace this {source.kind.upper()} input with HDF5 "
+                    "data under the same name; choose another output name",
+                    named,
+                )
+            warnings += check_replaceable(target, force=force)
+            if not in_place and not force and _foreign_hdf5(target):
+                raise OutputError(
+                    "output exists and is an HDF5 file with no EMAN2 images (someone "
+                    "else's data?); not replaced (--force, or force=True, replaces it)",
+                    target,
+                )
+            do_verify = in_place if verify is None else verify
+            note = _requantise_warning(source, opts)
+            warnings += [note] if note else []
+            bytes_in = ident.size if ident is not None else 0
+
+            def unchanged() -> None:
+                check_unchanged(source_path, ident)
+
             with AtomicOutput(target) as out:
                 try:
                     images = write_eman_hdf(source, out.path, opts, workers, cancel)
+                    if ident is not None:
+                        write_record(out.path, Record.make(src, ident, len(images), opts))
                     if do_verify:
                         verify_output(source, out.path, opts, images, workers, cancel)
-                    out.commit()
+                    unchanged()
+                    grown = os.stat(out.path).st_size
+                    if in_place and grown > bytes_in and not force:
+                        warnings.append(
+                            f"{named}: kept as it was: the new file would be larger "
+                            f"({grown} bytes, now {bytes_in})"
+                        )
+                        images = []
+                    else:
+                        out.commit(before_replace=unchanged)
                 except (OSError, RuntimeError) as exc:  # h5py reports failed writes as either
+                    unchanged()  # a source changed under us is the cause to report
                     raise os_error(exc, target) from None
+                except E2CompressError:
+                    unchanged()
+                    raise
     finally:
         if own_pool:
             workers.shutdown(wait=True, cancel_futures=True)
     mode = target.stat()
     report = CompressReport(
         source=str(source_path),
-        output=str(target),
+        output=str(named),
         bytes_in=bytes_in,
         bytes_out=mode.st_size if stat.S_ISREG(mode.st_mode) else 0,
         seconds=time.perf_counter() - t0,
@@ -616,6 +777,7 @@ def compress_file(
         verified=do_verify,
         images=images,
         noise_fraction=opts.noise_fraction,
+        warnings=warnings,
     )
     warning = quality_warning(str(source_path), images, opts.noise_fraction)
     if warning is not None:
