@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import REAL, eman_decode, run_cli, write_mrc
+from conftest import REAL, eman2_home, eman2_read, eman_decode, run_cli, write_mrc
 from e2compress.compare import compare_files
 from e2compress.errors import E2CompressError
 from e2compress.options import AUTO_BITS, Options
@@ -218,3 +218,22 @@ def test_the_warning_for_fei_extended_at_5_bits(
     )
     rc, _, err = run_cli(capsys, "--bits", "9", "--outpath", tmp_path, src)
     assert (rc, err) == (0, "")
+
+
+def test_eman2_reads_a_stack_with_bits_chosen_per_image(tmp_path: Path) -> None:
+    """Real EMAN2 decodes images of one file stored at different bits (uint8 and uint16);
+    the same file is checked everywhere with plain h5py in
+    test_fewer_bits_for_noisier_images_of_a_stack."""
+    eman2_home()
+    stack = np.stack([_noisy((64, 64), s, 100.0, seed=k) for k, s in enumerate((0.05, 2.0, 20.0))])
+    src = write_mrc(tmp_path / "s.mrcs", stack)
+    out = tmp_path / "s.hdf"
+    report = e2compress.compress_file(src, out, bits="auto")
+    assert len({im.bits for im in report.images}) == 3
+    theirs, headers = eman2_read(out, tmp_path)
+    ours = e2compress.read_images(out)
+    for k, mine in enumerate(ours):
+        assert int(headers[k]["stored_renderbits"]) == report.images[k].bits
+        scale = max(abs(float(mine.min())), abs(float(mine.max())))
+        eman = theirs.reshape(len(ours), *mine.shape)[k]
+        assert float(np.max(np.abs(mine.astype(np.float64) - eman))) <= 2e-6 * scale
