@@ -104,6 +104,7 @@ def test_quantised_file_against_an_independent_decode(
     assert got["quant_noise_ratio"] == pytest.approx(got["quant_noise"] / got["noise_sigma"])
     frc = _frc_direct(orig, decoded)
     np.testing.assert_allclose(got["frc"], frc, rtol=1e-5, atol=1e-6)
+    assert got["lowest_correlation"] == pytest.approx(frc[1:].min(), rel=1e-5)
     below = np.nonzero(frc[1:] < 0.999)[0]
     assert got["apix"] == pytest.approx(1.25)
     if below.size:
@@ -127,7 +128,7 @@ def test_identical_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "image 0: 80 x 64  bits 0  (float32)",
         "  error: max 0, RMS 0; 0 pixels truncated; correlation 1",
         out.splitlines()[3],
-        "  FRC threshold 0.999: stays at or above it up to Nyquist (4 A)",
+        "  FRC threshold 0.999: stays at or above it up to Nyquist (4 A); lowest 1",
     ]
     assert "quantisation 0 = 0 x image noise" in out
     im = compare_files(a, tmp_path / "a.hdf").images[0]

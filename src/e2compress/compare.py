@@ -53,6 +53,15 @@ class ImageComparison:
         return fd.noise_ratio(self.errors.inside_rms, self.noise.sigma)
 
     @property
+    def lowest_correlation(self) -> float | None:
+        """The lowest FRC/FSC over the rings beyond the mean (None without rings)."""
+        if self.rings is None:
+            return None
+        values = self.rings.correlation[1:]
+        values = values[np.isfinite(values)]
+        return float(values.min()) if values.size else None
+
+    @property
     def threshold_frequency(self) -> float | None:
         """Cycles per pixel where the correlation first drops below the threshold."""
         if self.rings is None:
@@ -143,6 +152,7 @@ def _figures(im: ImageComparison, out: dict[str, Any]) -> dict[str, Any]:
             "correlation": im.correlation_kind or None,
             "threshold": im.threshold,
             "threshold_frequency": freq,
+            "lowest_correlation": im.lowest_correlation,
             "resolution_px": fd.resolution(freq),
             "resolution_A": fd.resolution(freq, im.apix) if im.apix else None,
             "apix": im.apix,
@@ -349,6 +359,7 @@ def format_image(im: ImageComparison, label: str) -> list[str]:
             if im.apix:
                 where += f" = {_num(fd.resolution(freq, im.apix), ' A')}"
             where += f" ({_num(freq / 0.5)} of Nyquist)"
+        where += f"; lowest {_num(im.lowest_correlation)}"
         lines.append(f"  {im.correlation_kind} threshold {im.threshold}: {where}")
     return lines
 
