@@ -25,7 +25,7 @@ PathLike = str | os.PathLike[str]
 # A 3-D image gets a Fourier *shell* correlation when it is volume-like (nz at least a
 # quarter of its smaller side) and no larger than this; otherwise (movies, thin or huge
 # tomograms) ring sums are accumulated over its sections.
-FSC_MAX_VOXELS = 1 << 26
+FSC_MAX_VOXELS = 1 << 24  # 256^3: about 1 GB of float64 arrays and transforms
 
 
 class ImagesDiffer(E2CompressError):
