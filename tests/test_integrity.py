@@ -168,3 +168,34 @@ def test_bounded_never_holds_more_than_its_window() -> None:
             out.append(k)
     assert out == list(range(200))
     assert live[1] <= 5
+
+
+def test_compressed_input_is_decompressed_beside_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A .bz2 movie is streamed into a nameless scratch file in the output directory
+    (where there is room for the output), not into the system temp directory."""
+    import bz2
+    import tempfile
+
+    from conftest import DATA
+
+    src = tmp_path / "in" / "m.map.bz2"
+    src.parent.mkdir()
+    src.write_bytes(bz2.compress((DATA / "EMD-3197.map").read_bytes()))
+    out = tmp_path / "out"
+    out.mkdir()
+    made: list[str] = []
+    real = tempfile.TemporaryFile
+
+    def spy(*args: object, **kwargs: object) -> object:
+        made.append(str(kwargs.get("dir")))
+        return real(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", spy)
+    compress_file(src, out / "m.hdf", bits=0)
+    assert made == [str(out)]
+    assert sorted(p.name for p in out.iterdir()) == ["m.hdf"]
+    (back,) = e2compress.read_images(out / "m.hdf")
+    (orig,) = e2compress.read_images(DATA / "EMD-3197.map")
+    assert np.array_equal(back, orig)

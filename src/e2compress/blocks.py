@@ -35,11 +35,13 @@ def chunk_shape(shape3: tuple[int, int, int], rows: int) -> tuple[int, ...]:
     return (1, min(rows, ny), nx) if rank == 3 else (min(rows, ny), nx)
 
 
-def blocks(shape3: tuple[int, int, int], chunk_rows: int) -> list[Block]:
-    """Whole chunks grouped into blocks of about BLOCK_BYTES of float32 input."""
+def blocks(
+    shape3: tuple[int, int, int], chunk_rows: int, block_bytes: int = BLOCK_BYTES
+) -> list[Block]:
+    """Whole chunks grouped into blocks of about ``block_bytes`` of float32 input."""
     nz, ny, nx = shape3
     rows = min(chunk_rows, ny)
-    per_block = rows * max(1, BLOCK_BYTES // max(1, rows * nx * 4))
+    per_block = rows * max(1, block_bytes // max(1, rows * nx * 4))
     return [
         Block(z, y0, min(y0 + per_block, ny)) for z in range(nz) for y0 in range(0, ny, per_block)
     ]

@@ -715,9 +715,10 @@ def compress_file(
     workers = pool or make_pool(threads)
     warnings: list[str] = []
     try:
-        with open_source(source_path) as source:
-            target = resolve_target(named)
-            check_output_dir(target)
+        target = resolve_target(named)
+        check_output_dir(target)
+        # a .gz/.bz2 input is decompressed into a nameless file beside the output
+        with open_source(source_path, scratch_dir=target.parent) as source:
             in_place = _same_file(source_path, target)
             if in_place and source.kind != "hdf":
                 raise OutputError(

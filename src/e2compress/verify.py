@@ -18,6 +18,8 @@ from .report import ImageReport
 from .sources import ImageSource
 
 PathLike = str | os.PathLike[str]
+# Smaller than the encoder's blocks: a check holds float64 copies of its block.
+VERIFY_BLOCK_BYTES = 4 << 20
 
 
 def verify_output(
@@ -35,7 +37,7 @@ def verify_output(
     bit-identical (NaN included).
     """
     workers = pool or InlineExecutor()
-    window = in_flight(pool_width(workers))
+    window = in_flight(pool_width(workers), 8 * VERIFY_BLOCK_BYTES)
     token = cancel or Cancel()
     with EmanHdfFile(path, locking=False, threads=1) as out:
         if len(out) != len(source):
@@ -61,7 +63,7 @@ def verify_output(
                     return 0
                 return _check_quantised(orig, got, rng, path, i)
 
-            parts = blocks(shape3, opts.chunk_rows)
+            parts = blocks(shape3, opts.chunk_rows, VERIFY_BLOCK_BYTES)
             with closing(bounded(workers, check, parts, window)) as results:
                 clamped = sum(results)
             if rng is not None and clamped != rep.truncated:
