@@ -17,7 +17,9 @@ import pytest
 import tifffile
 
 from e2compress.cli import main
+from e2compress.quantize import RenderRange, within_half_step
 
+F32 = np.float32
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 REAL = SHARED / "data" / "real"
@@ -124,6 +126,26 @@ def eman2_read(path: Path, tmp: Path) -> tuple[np.ndarray, list[dict[str, Any]]]
     assert proc.returncode == 0, f"EMAN2 could not read {path.name}: {proc.stderr[-2000:]}"
     headers = json.loads(js.read_text())
     return np.load(npy), headers if isinstance(headers, list) else [headers]
+
+
+def assert_within_half_step(
+    orig: np.ndarray, decoded: np.ndarray, mapping: Mapping | RenderRange
+) -> int:
+    """The library's one tolerance rule (``quantize.within_half_step``) holds for every
+    pixel: within half a step inside the stored range, end values outside it. Checks the
+    stored clamped count when ``mapping`` carries one; returns the clamped count."""
+    rng = mapping if isinstance(mapping, RenderRange) else RenderRange(*mapping[:3])
+    orig = np.asarray(orig, dtype=np.float32)
+    got = np.asarray(decoded).reshape(orig.shape)
+    ok = within_half_step(orig, got, rng)
+    bad = np.argwhere(~ok)
+    if bad.size:
+        first = tuple(bad[0])
+        raise AssertionError(f"{len(bad)} pixels off, first {first}: {got[first]} vs {orig[first]}")
+    clamped = int(np.count_nonzero((orig < F32(rng.rmin)) | (orig > F32(rng.rmax))))
+    if not isinstance(mapping, RenderRange):
+        assert clamped == mapping[3]
+    return clamped
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
