@@ -14,9 +14,12 @@ import h5py
 import mrcfile
 import numpy as np
 import pytest
+import tifffile
 
 from e2compress.cli import main
+from e2compress.quantize import RenderRange, within_half_step
 
+F32 = np.float32
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 REAL = SHARED / "data" / "real"
@@ -125,6 +128,26 @@ def eman2_read(path: Path, tmp: Path) -> tuple[np.ndarray, list[dict[str, Any]]]
     return np.load(npy), headers if isinstance(headers, list) else [headers]
 
 
+def assert_within_half_step(
+    orig: np.ndarray, decoded: np.ndarray, mapping: Mapping | RenderRange
+) -> int:
+    """The library's one tolerance rule (``quantize.within_half_step``) holds for every
+    pixel: within half a step inside the stored range, end values outside it. Checks the
+    stored clamped count when ``mapping`` carries one; returns the clamped count."""
+    rng = mapping if isinstance(mapping, RenderRange) else RenderRange(*mapping[:3])
+    orig = np.asarray(orig, dtype=np.float32)
+    got = np.asarray(decoded).reshape(orig.shape)
+    ok = within_half_step(orig, got, rng)
+    bad = np.argwhere(~ok)
+    if bad.size:
+        first = tuple(bad[0])
+        raise AssertionError(f"{len(bad)} pixels off, first {first}: {got[first]} vs {orig[first]}")
+    clamped = int(np.count_nonzero((orig < F32(rng.rmin)) | (orig > F32(rng.rmax))))
+    if not isinstance(mapping, RenderRange):
+        assert clamped == mapping[3]
+    return clamped
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
     """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback."""
     try:
@@ -142,3 +165,28 @@ def write_mrc(path: Path, data: np.ndarray) -> Path:
     with np.errstate(invalid="ignore", over="ignore"), mrcfile.new(path, overwrite=True) as m:
         m.set_data(data)  # mrcfile's header statistics warn about NaN pixels
     return path
+
+
+def plain_name(path: Path) -> str:
+    """File name without a .bz2/.gz suffix."""
+    return path.name.removesuffix(".bz2").removesuffix(".gz")
+
+
+def true_images(path: Path) -> tuple[np.ndarray, ...]:
+    """The images of ``path`` read with mrcfile/tifffile (independently of e2compress), as
+    EMAN2 sees them: TIFF pages with rows flipped, MRC axes in (z, y, x) order from
+    mapc/mapr/maps, ``.mrcs`` sections as separate images."""
+    if plain_name(path).endswith((".tif", ".tiff")):
+        data = tifffile.imread(path)
+        pages = data[None] if data.ndim == 2 else data
+        return tuple(np.ascontiguousarray(p[::-1]) for p in pages)
+    with mrcfile.open(path, permissive=True) as mrc:
+        data = np.array(mrc.data)
+        axes = (int(mrc.header.mapc), int(mrc.header.mapr), int(mrc.header.maps))
+    if axes != (1, 2, 3):
+        # numpy axes 0, 1, 2 hold the file's sections, rows, columns = axes maps, mapr, mapc
+        held = (axes[2], axes[1], axes[0])
+        data = np.ascontiguousarray(data.transpose([held.index(a) for a in (3, 2, 1)]))
+    if plain_name(path).endswith(".mrcs"):
+        return tuple(data)
+    return (data,)

@@ -26,7 +26,7 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import run_cli, write_mrc
+from conftest import assert_within_half_step, run_cli, write_mrc
 from e2compress import cli, pipeline, runner
 
 F32 = np.float32
@@ -63,17 +63,10 @@ def read_eman(path: Path, index: int = 0) -> tuple[np.ndarray, dict[str, float]]
     return values, mapping
 
 
-def assert_within_half_step(orig: np.ndarray, path: Path) -> dict[str, float]:
-    """Decoded ``path`` is within half a step of ``orig`` inside the stored range."""
+def assert_decodes_within_half_step(orig: np.ndarray, path: Path) -> dict[str, float]:
+    """Decoded ``path`` (EMAN2's float32 formula) holds ``orig`` by the library's rule."""
     got, m = read_eman(path)
-    got = got.reshape(orig.shape)
-    rmin, rmax = F32(m["rmin"]), F32(m["rmax"])
-    inside = (orig >= rmin) & (orig <= rmax)
-    step = (m["rmax"] - m["rmin"]) / (2 ** m["bits"] - 1)
-    bound = step / 2 + 8 * float(np.spacing(F32(max(abs(m["rmin"]), abs(m["rmax"])))))
-    err = np.abs(got[inside].astype(np.float64) - orig[inside].astype(np.float64))
-    assert err.max() <= bound
-    assert m["truncated"] == int(np.count_nonzero(~inside))
+    assert_within_half_step(orig, got, (m["bits"], m["rmin"], m["rmax"], m["truncated"]))
     return m
 
 
@@ -121,7 +114,7 @@ def test_typical_eman2_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(re.findall(r"^\d+\.\d s ", out, re.M)) == 2  # -v 2: one timing line per file
     for name, img in data.items():
         assert (tmp_path / f"{name}.mrc").read_bytes() == before[name]
-        m = assert_within_half_step(img, out_dir / f"{name}.hdf")
+        m = assert_decodes_within_half_step(img, out_dir / f"{name}.hdf")
         assert m["bits"] == 5
         assert m["dtype_size"] == 1
         # the outliers are clamped, the bulk of the data is not
@@ -163,7 +156,7 @@ def test_console_scripts_run(name: str, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert_within_half_step(img, tmp_path / "a.hdf")
+    assert_decodes_within_half_step(img, tmp_path / "a.hdf")
 
 
 def test_console_script_user_error_has_no_traceback(tmp_path: Path) -> None:
@@ -229,7 +222,7 @@ def test_mrc_output_beside_input_not_in_cwd(
     assert rc == 0, err
     assert listing(tmp_path / "data") == {"a.mrc", "a.hdf"}
     assert listing(tmp_path / "cwd") == set()
-    m = assert_within_half_step(img, tmp_path / "data" / "a.hdf")
+    m = assert_decodes_within_half_step(img, tmp_path / "data" / "a.hdf")
     assert m["bits"] == 6
 
 
@@ -248,7 +241,7 @@ def test_hdf_input_replaced_in_place_with_new_bits(
     assert rc == 0, err
     assert listing(tmp_path) == {"x.hdf"}
     assert (tmp_path / "x.hdf").read_bytes() != before
-    m5 = assert_within_half_step(v10.reshape(img.shape), tmp_path / "x.hdf")
+    m5 = assert_decodes_within_half_step(v10.reshape(img.shape), tmp_path / "x.hdf")
     assert m5["bits"] == 5
     assert m5["dtype_size"] == 1
     # and, transitively, within one 10-bit plus one 5-bit half step of the original
@@ -273,7 +266,7 @@ def test_hdf_input_with_outpath_leaves_input(
     assert rc == 0, err
     assert (tmp_path / "name.hdf").read_bytes() == before
     assert listing(tmp_path / "out") == {"name.hdf"}
-    m = assert_within_half_step(v12.reshape(img.shape), tmp_path / "out" / "name.hdf")
+    m = assert_decodes_within_half_step(v12.reshape(img.shape), tmp_path / "out" / "name.hdf")
     assert m["bits"] == 4
 
 
@@ -289,7 +282,7 @@ def test_compressed_mrc_named_without_both_suffixes(
     rc, _, err = run_cli(capsys, "--bits", "8", packed)
     assert rc == 0, err
     assert listing(tmp_path) == {f"x.mrc{suffix}", "x.hdf"}
-    assert_within_half_step(img, tmp_path / "x.hdf")
+    assert_decodes_within_half_step(img, tmp_path / "x.hdf")
 
 
 def test_inputs_with_the_same_output_fail_and_the_others_run(
@@ -308,7 +301,7 @@ def test_inputs_with_the_same_output_fail_and_the_others_run(
     rc, out, err = run_cli(capsys, "--outpath", tmp_path / "O", tmp_path / "d1" / "c.mrc", a1, a2)
     assert rc == 1
     assert listing(tmp_path / "O") == {"c.hdf"}
-    assert_within_half_step(c, tmp_path / "O" / "c.hdf")
+    assert_decodes_within_half_step(c, tmp_path / "O" / "c.hdf")
     assert listing(tmp_path / "d1") == {"a.mrc", "c.mrc"}
     lines = err.splitlines()
     assert len(lines) == 2, err
@@ -348,7 +341,7 @@ def test_name_collision_fails_those_inputs_only(
     assert rc == 1
     assert listing(tmp_path) == {*before, "good.mrc", "good.hdf"}
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
-    assert_within_half_step(good, tmp_path / "good.hdf")
+    assert_decodes_within_half_step(good, tmp_path / "good.hdf")
     lines = err.splitlines()
     assert len(lines) == 2, err
     assert lines[0].startswith(f"ERROR: {first}: {second} would also be written to ")
@@ -375,7 +368,7 @@ def test_same_file_twice_is_compressed_once(
     rc, out, err = run_cli(capsys, "--bits", "5", "a.mrc", tmp_path / "a.mrc", "./a.mrc")
     assert rc == 0, err
     assert calls == ["a.mrc"]
-    assert_within_half_step(img, tmp_path / "a.hdf")
+    assert_decodes_within_half_step(img, tmp_path / "a.hdf")
     assert err.splitlines() == [
         f"WARNING: {tmp_path / 'a.mrc'}: given more than once; compressed once",
         "WARNING: ./a.mrc: given more than once; compressed once",
@@ -394,7 +387,7 @@ def test_range_option_forms(
     write_mrc(tmp_path / "a.mrc", img)
     rc, _, err = run_cli(capsys, "--bits", "8", *form, tmp_path / "a.mrc")
     assert rc == 0, err
-    m = assert_within_half_step(img, tmp_path / "a.hdf")
+    m = assert_decodes_within_half_step(img, tmp_path / "a.hdf")
     step = (m["rmax"] - m["rmin"]) / 255
     # clamped data span [-5, 5]; 0 is put on a code, so the range may grow by < 1 step
     assert -5 - step <= m["rmin"] <= -5 + 1e-6
@@ -429,7 +422,7 @@ def test_sigrange_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert rc == 0, err
     mean = float(np.mean(img, dtype=np.float64))
     sigma = float(np.std(img, dtype=np.float64, ddof=1))
-    m = assert_within_half_step(img, tmp_path / "a.hdf")
+    m = assert_decodes_within_half_step(img, tmp_path / "a.hdf")
     # positive non-integer data: the limits are kept as given (spec §2.2 rule 4)
     assert m["rmin"] == pytest.approx(mean - 3 * sigma, rel=1e-5)
     assert m["rmax"] == pytest.approx(mean + 3 * sigma, rel=1e-5)
@@ -640,7 +633,7 @@ def test_missing_input_among_good_ones(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert rc == 1
     for n, img in imgs.items():
-        assert_within_half_step(img, tmp_path / f"{n}.hdf")
+        assert_decodes_within_half_step(img, tmp_path / f"{n}.hdf")
     assert listing(tmp_path) == {"a.mrc", "a.hdf", "c.mrc", "c.hdf"}
     assert SUMMARY.search(out).groups() == ("2", "1", "0")
     lines = [ln for ln in err.splitlines() if "b.mrc" in ln]
@@ -685,7 +678,7 @@ def test_skip_existing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     )
     assert (tmp_path / "a.hdf").read_bytes() == bytes_before["a"]
     for n in "bc":
-        assert_within_half_step(imgs[n], tmp_path / f"{n}.hdf")
+        assert_decodes_within_half_step(imgs[n], tmp_path / f"{n}.hdf")
     # a second identical run skips everything
     rc, out, _ = run_cli(capsys, "--bits", "5", "--skip-existing", *files)
     assert rc == 0
@@ -743,7 +736,7 @@ def test_report_warnings_printed_once_on_stderr(
         f"WARNING: {tmp_path / 'a.mrc'}: second thing",
     ]
     assert out == ""
-    assert_within_half_step(img, tmp_path / "a.hdf")
+    assert_decodes_within_half_step(img, tmp_path / "a.hdf")
 
 
 class LineStream(io.TextIOBase):
@@ -853,10 +846,10 @@ def test_ppid_alive_runs_normally(tmp_path: Path, capsys: pytest.CaptureFixture[
         timeout=60,
     )
     assert (proc.returncode, proc.stderr) == (0, "")
-    assert_within_half_step(img, tmp_path / "a.hdf")
+    assert_decodes_within_half_step(img, tmp_path / "a.hdf")
     (tmp_path / "a.hdf").unlink()
     assert run_cli(capsys, "--ppid", os.getpid(), "--bits", "5", tmp_path / "a.mrc")[0] == 0
-    assert_within_half_step(img, tmp_path / "a.hdf")
+    assert_decodes_within_half_step(img, tmp_path / "a.hdf")
 
 
 def freeze_mid_write(proc: subprocess.Popen[str], temp: Path) -> None:

@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REAL, Mapping, eman_decode
+from conftest import REAL, Mapping, assert_within_half_step, eman_decode
 from e2compress import E2CompressError, compress_file, open_source
 
 pytestmark = pytest.mark.shared
@@ -114,20 +114,8 @@ def hard_timeout(seconds: int) -> Iterator[None]:
 def assert_holds(decoded: np.ndarray, mapping: Mapping, orig: np.ndarray) -> None:
     """``decoded`` is ``orig`` to within half a step inside the stored range; pixels
     outside it (EMAN2's integer rule may clamp) hold the end values and are counted."""
-    bits, rmin, rmax, truncated = mapping
-    assert bits == 5
-    orig = orig.astype(F32)
-    got = decoded.reshape(orig.shape)
-    below, above = orig < F32(rmin), orig > F32(rmax)
-    assert int(np.count_nonzero(below | above)) == truncated
-    assert (got[below] == got.min()).all()
-    assert (got[above] == got.max()).all()
-    inside = ~(below | above)
-    step = (rmax - rmin) / (2**bits - 1)
-    scale = max(abs(rmin), abs(rmax))
-    bound = step / 2 * (1 + 1e-4) + 8 * float(np.spacing(F32(scale)))
-    err = np.abs(got[inside].astype(np.float64) - orig[inside].astype(np.float64))
-    assert err.size == 0 or float(err.max()) <= bound
+    assert mapping[0] == 5
+    assert_within_half_step(orig, decoded, mapping)
 
 
 def check_compress(name: str, blob: bytes) -> str:

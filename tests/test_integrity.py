@@ -88,9 +88,9 @@ def test_within_half_step_rejects_nan_where_source_is_finite() -> None:
 
 
 def test_half_step_bound_by_hand() -> None:
-    """8 bits over [-1, 1]: step 2/255, half 1/255, plus 1e-4 of it and 4 float32 ulps of 1."""
+    """8 bits over [-1, 1]: step 2/255, half 1/255, plus 1e-4 of it and 8 float32 ulps of 1."""
     rng = RenderRange(8, -1.0, 1.0)
-    expected = (2 / 255) / 2 * (1 + 1e-4) + 4 * float(np.spacing(F32(1.0)))
+    expected = (2 / 255) / 2 * (1 + 1e-4) + 8 * 2.0**-23
     assert half_step_bound(rng) == pytest.approx(expected, rel=1e-12)
 
 

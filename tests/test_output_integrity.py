@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import eman_decode, run_cli, write_mrc
+from conftest import assert_within_half_step, eman_decode, run_cli, write_mrc
 from e2compress import InputError, OutputError, compress_file, pipeline
 from e2compress.options import Options
 from e2compress.pipeline import TMP_SUFFIX, output_is_complete
@@ -63,8 +63,7 @@ def assert_close(path: Path, originals: list[np.ndarray], bits: int) -> None:
     for (values, mapping), orig in zip(got, originals, strict=True):
         assert mapping is not None
         assert mapping[0] == bits
-        step = (mapping[2] - mapping[1]) / (2**bits - 1)
-        assert np.abs(values.reshape(orig.shape) - orig).max() <= step / 2 + 1e-5
+        assert_within_half_step(orig, values, mapping)
 
 
 def compressed_hdf(d: Path, name: str, data: np.ndarray, bits: int) -> Path:

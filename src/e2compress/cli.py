@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import signal
@@ -16,13 +17,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from . import __version__
+from . import __version__, commands
 from .batch import Inputs, Item, describe
 from .batchreport import ReportWriter, Totals
 from .errors import E2CompressError
 from .executor import Cancel
-from .options import Options
-from .progress import Progress
+from .fidelity import DEFAULT_NOISE_FRACTION
+from .options import AUTO_BITS, Options
+from .progress import Progress, human_size
 from .runner import STATUSES, FileResult, Job, LocalRunner, Tick, make_jobs
 
 DESCRIPTION = """\
@@ -33,9 +35,16 @@ any other input gets the same name with .hdf (beside it, or in --outpath).
 Values are stored as N-bit integers with the mapping in the file; EMAN2, and
 e2compress.read_images / e2compress.open in Python, rescale them on read. Integer
 data that fits in 2^bits levels reads back exactly; for data spanning zero, 0.0
-reads back as exactly 0.0. --bits 0 stores float32 losslessly. Guidance: 5 bits
-for raw movie frames, 8-12 for averages and maps. --nooutliers is strongly
-recommended for micrographs and movies.
+reads back as exactly 0.0. --bits 0 stores float32 losslessly. --bits auto picks,
+per image, the fewest bits whose quantisation noise stays below --noise-fraction
+(default 0.1) of the image's own noise; every compression warns when the bits
+given do not. Fixed bits suit only what they were chosen for: 5 for raw frames
+near 1 e/px, far more for integrated micrographs, averages and maps.
+--nooutliers is strongly recommended for micrographs and movies.
+
+Subcommands (first argument): info FILE..., compare ORIGINAL COMPRESSED,
+export IN.hdf OUT.mrc|OUT.tif; see e2compress VERB --help. Compress a file
+named like a subcommand as ./info.
 
 Recompressing an .hdf that is already quantised rounds values that were rounded
 before: to fewer bits, the new rounding error adds to the old one (up to half an
@@ -44,8 +53,9 @@ not come back - and only make the file larger. Compress from the original data
 when you have it."""
 
 EPILOG = """\
-typical usage:
+typical usage (EMAN2's example; --bits auto chooses by each image's noise):
   e2compress --nooutliers --outpath ../micrographs_5bit --threads 32 -v 2 --bits 5 *.mrc
+  e2compress --nooutliers --outpath ../micrographs --threads 32 -v 2 --bits auto *.mrc
 
 output: one line per event. stderr: "ERROR: FILE: ..." once per failed file, as it
 happens, and "WARNING: FILE: ..." lines; stdout: with -v, "Processing" and
@@ -84,6 +94,8 @@ FLAGS = {
     "value_range": "--range",
     "sigrange": "--sigrange",
     "nooutliers": "--nooutliers",
+    "noise_fraction": "--noise-fraction",
+    "apix": "--apix",
 }
 
 
@@ -129,12 +141,36 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def _bits(text: str) -> int:
+    if text == "auto":
+        return AUTO_BITS
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 or an integer 2..16, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 0, an integer 2..16 or auto, not {text!r}"
+        ) from None
     if value != 0 and not 2 <= value <= 16:
-        raise argparse.ArgumentTypeError(f"expected 0 (lossless) or 2..16, not {value}")
+        raise argparse.ArgumentTypeError(f"expected 0 (lossless), 2..16 or auto, not {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and 0 < value <= 10):
+        raise argparse.ArgumentTypeError(f"expected a number > 0 and <= 10, not {text!r}")
+    return value
+
+
+def _apix(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive pixel size, not {text!r}")
     return value
 
 
@@ -187,7 +223,24 @@ def build_parser(watch: bool = False) -> argparse.ArgumentParser:
         "--bits",
         type=_bits,
         default=10,
-        help="bits to keep: 0 = lossless float32, 2..16 (default 10)",
+        help="bits to keep: 0 = lossless float32, 2..16, or auto: per image the fewest "
+        "within --noise-fraction of the image's noise (default 10)",
+    )
+    p.add_argument(
+        "--noise-fraction",
+        type=_fraction,
+        default=DEFAULT_NOISE_FRACTION,
+        metavar="F",
+        help="most quantisation noise (RMS) allowed, as a fraction of the image's own "
+        f"noise, for --bits auto and the quality warning (default {DEFAULT_NOISE_FRACTION})",
+    )
+    p.add_argument(
+        "--apix",
+        type=_apix,
+        default=None,
+        metavar="A",
+        help="pixel size in Angstrom for every input (default: from each file's header; "
+        "TIFF: ImageJ description or resolution tags)",
     )
     p.add_argument(
         "--compresslevel",
@@ -440,6 +493,8 @@ def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["watch"]:
         return _main_watch(argv[1:], cancel)
+    if commands.is_command(argv):
+        return commands.main(argv)
     parser = build_parser()
     args = parser.parse_args(_normalise_argv(argv))
     console = _Console()
@@ -495,6 +550,8 @@ def _options(args: argparse.Namespace, console: _Console) -> Options | None:
             sigrange=args.sigrange,
             nooutliers=args.nooutliers,
             store_level=args.compresslevel is not None,
+            noise_fraction=args.noise_fraction,
+            apix=args.apix,
         ).validate(FLAGS)
     except E2CompressError as exc:
         console.err(f"e2compress: error: {exc}")
@@ -508,9 +565,8 @@ def _dry_run(inputs: Inputs, console: _Console) -> int:
     for item in inputs:
         problems += bool(item.problem)
         console.out(describe(item))
-    console.out(
-        f"dry run: {inputs.count} inputs, {inputs.total_bytes / 1e9:.3f} GB, nothing written"
-    )
+    size = human_size(inputs.total_bytes)
+    console.out(f"dry run: {inputs.count} inputs, {size}; nothing written")
     return 1 if problems else 0
 
 
@@ -642,7 +698,11 @@ def _print_result(batch: _Batch, r: FileResult) -> None:
                 console.out(r.message)
         else:
             console.err(f"WARNING: {r.message}")
-    elif r.status == "done" and verbose > 1:
+    elif r.status == "done" and verbose:
+        if r.note:
+            console.out(r.note)
+        if verbose < 2:
+            return
         console.out(
             f"{r.seconds:0.1f} s  {r.given}: {r.bytes_in / 1e6:.1f} MB -> "
             f"{r.bytes_out / 1e6:.1f} MB  ({r.ratio:.2f}x)"

@@ -11,11 +11,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import E2CompressError
+from .fidelity import DEFAULT_NOISE_FRACTION
 from .quantize import storage_dtype
 
 FIELD_NAMES = {
-    f: f for f in ("bits", "level", "value_range", "sigrange", "nooutliers", "chunk_rows")
+    f: f
+    for f in (
+        "bits",
+        "level",
+        "value_range",
+        "sigrange",
+        "nooutliers",
+        "chunk_rows",
+        "noise_fraction",
+        "apix",
+    )
 }
+AUTO_BITS = -1  # ``bits="auto"``: the fewest bits that pass the noise rule, per image
 DEFAULT_CHUNK_ROWS = 64  # measured: larger chunks gain little; 8 (EMAN2's) costs ratio and time
 
 
@@ -36,7 +48,9 @@ class Options:
     """What to store: bits, deflate level and the range option (at most one).
 
     Attributes:
-        bits: 0 (lossless float32) or 2..16 bits per stored value.
+        bits: 0 (lossless float32), 2..16 bits per stored value, or AUTO_BITS (-1,
+            ``"auto"``): per image the fewest bits whose quantisation noise stays within
+            ``noise_fraction`` of the image's noise (see :mod:`e2compress.fidelity`).
         level: deflate level 0..9 (size and time only, never the values).
         value_range: keep values in [min, max] (``--range``).
         sigrange: keep mean - a*sigma .. mean + b*sigma (``--sigrange``).
@@ -45,6 +59,11 @@ class Options:
         chunk_rows: rows per HDF5 chunk.
         store_level: record the deflate level in each image header, as EMAN2 does
             when ``--compresslevel`` is given.
+        noise_fraction: the most quantisation noise (RMS) allowed, as a fraction of the
+            image's noise: what ``bits="auto"`` keeps to and what the quality warning
+            checks.
+        apix: pixel size in Angstrom written for every image (x, y and z), overriding
+            what the input's header says (``--apix``); None keeps the input's.
     """
 
     bits: int = 10
@@ -55,6 +74,8 @@ class Options:
     shuffle: bool | None = None
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     store_level: bool = False
+    noise_fraction: float = DEFAULT_NOISE_FRACTION
+    apix: float | None = None
 
     def validate(self, names: Mapping[str, str] | None = None) -> Options:
         """Return ``self`` if the settings are possible.
@@ -68,9 +89,19 @@ class Options:
         """
         n = dict(FIELD_NAMES)
         n.update(names or {})
-        if not _is_int(self.bits) or (self.bits != 0 and not 2 <= self.bits <= 16):
+        if not _is_int(self.bits) or (self.bits not in (0, AUTO_BITS) and not 2 <= self.bits <= 16):
             raise E2CompressError(
-                f"{n['bits']} must be 0 (lossless float) or an integer 2..16, not {self.bits!r}"
+                f"{n['bits']} must be 0 (lossless float), an integer 2..16 or auto, "
+                f"not {self.bits!r}"
+            )
+        fraction = self.noise_fraction
+        if (
+            not isinstance(fraction, (int, float))
+            or isinstance(fraction, bool)
+            or not (math.isfinite(fraction) and 0 < fraction <= 10)
+        ):
+            raise E2CompressError(
+                f"{n['noise_fraction']} must be a number > 0 and <= 10, not {fraction!r}"
             )
         if not _is_int(self.level) or not 0 <= self.level <= 9:
             raise E2CompressError(f"{n['level']} must be an integer 0..9, not {self.level!r}")
@@ -93,6 +124,13 @@ class Options:
             a, b = self.sigrange
             if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
                 raise E2CompressError(f"{n['sigrange']} needs two positive numbers, not {a},{b}")
+        apix = self.apix
+        if apix is not None and (
+            not isinstance(apix, (int, float))
+            or isinstance(apix, bool)
+            or not (math.isfinite(apix) and apix > 0)
+        ):
+            raise E2CompressError(f"{n['apix']} must be a positive number, not {apix!r}")
         if not _is_int(self.chunk_rows) or self.chunk_rows < 1:
             raise E2CompressError(
                 f"{n['chunk_rows']} must be an integer >= 1, not {self.chunk_rows!r}"
@@ -100,8 +138,17 @@ class Options:
         return self
 
     @property
+    def auto(self) -> bool:
+        """Bits are chosen per image by the noise rule."""
+        return self.bits == AUTO_BITS
+
+    @property
     def use_shuffle(self) -> bool:
         """Shuffle pays for multi-byte storage (float32, uint16); never for uint8."""
+        return self.shuffle_for(self.bits)
+
+    def shuffle_for(self, bits: int) -> bool:
+        """Whether an image stored with ``bits`` gets the shuffle filter."""
         if self.shuffle is not None:
             return self.shuffle
-        return storage_dtype(self.bits).itemsize > 1
+        return bits != AUTO_BITS and storage_dtype(bits).itemsize > 1

@@ -35,7 +35,18 @@ from .blocks import Block, blocks, chunk_shape, dataset_shape
 from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter
 from .errors import E2CompressError, InputError, OutputError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, make_pool, pool_width, settle
-from .options import DEFAULT_CHUNK_ROWS, Options
+from .fidelity import (
+    DEFAULT_NOISE_FRACTION,
+    NOISE_TILE,
+    NoiseEstimate,
+    bits_needed,
+    choose_bits,
+    estimate_noise,
+    noise_ratio,
+    quantisation_rms,
+    residual_tiles,
+)
+from .options import AUTO_BITS, DEFAULT_CHUNK_ROWS, Options
 from .provenance import Identity, Record, check_unchanged, read_record, value_options, write_record
 from .quantize import (
     F32,
@@ -53,7 +64,7 @@ from .quantize import (
     storage_dtype,
     valid_limits,
 )
-from .report import CompressReport, ImageReport
+from .report import CompressReport, ImageReport, quality_warning
 from .sources import ImageSource, is_hdf5, open_source, strip_compression
 from .verify import verify_output
 
@@ -76,6 +87,9 @@ SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one w
 # Below this, encoding an image is mostly Python and HDF5 calls that hold the GIL:
 # threads only contend (measured: a 256x256 stack runs 1.3x faster inline).
 INLINE_IMAGE_BYTES = 1 << 20
+# The image noise (quality check, bits="auto") is estimated from about this many pixels
+# per image, spread over its blocks: ~500 tiles, ~5 ms, whatever the image size.
+NOISE_SAMPLE_PIXELS = 1 << 19
 
 
 def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
@@ -100,12 +114,42 @@ class _Encoded:
 
 
 @dataclass
+class _NoiseSample:
+    """Noise tiles of a band of one block, with the band's sum and pixel count."""
+
+    tiles: np.ndarray
+    total: float
+    count: int
+
+
+@dataclass
+class _Quality:
+    """The image's noise against the quantisation noise of its stored range."""
+
+    noise: NoiseEstimate
+    quant_rms: float
+    passing_bits: int  # fewest bits that pass the noise rule (0: only lossless)
+
+    def ratio(self) -> float | None:
+        """Quantisation noise over image noise; None when the image has no measurable noise."""
+        if self.noise.method == "none" or self.noise.sigma <= 0:
+            return None
+        return noise_ratio(self.quant_rms, self.noise.sigma)
+
+
+@dataclass
 class _ImageJob:
     index: int
     shape3: tuple[int, int, int]
     rng: RenderRange | None
     stats: Stats
+    quality: _Quality | None = None
     encoded: list[_Encoded] = field(default_factory=list)
+
+    @property
+    def bits(self) -> int:
+        """Stored bits of this image (0: float32)."""
+        return self.rng.bits if self.rng is not None else 0
 
 
 class _Encoder:
@@ -116,7 +160,18 @@ class _Encoder:
         self.opts = opts
         self.cancel = cancel
         self.engines = codecs.candidates(opts.level)
-        self.shuffle = opts.use_shuffle
+
+    def survey(self, index: int, block: Block, rows: int) -> tuple[Stats, _NoiseSample]:
+        """Statistics of a block, and noise tiles of its first ``rows`` rows (one read)."""
+        self.cancel.check()
+        data = self.source.read(index, block.z, block.y0, block.y1)
+        st = block_stats(data, None, with_moments=self.opts.sigrange is not None)
+        if st.nonfinite:  # refused by choose(); nothing to measure
+            return st, _NoiseSample(np.empty(0), 0.0, 0)
+        band = data[:rows]
+        return st, _NoiseSample(
+            residual_tiles(band), float(np.sum(band, dtype=np.float64)), band.size
+        )
 
     def stats(self, index: int, block: Block, limits: tuple[float, float] | None) -> Stats:
         self.cancel.check()
@@ -128,10 +183,11 @@ class _Encoder:
 
     def choose(
         self, index: int, blocks: list[Block], run: BlockMap
-    ) -> tuple[RenderRange | None, Stats]:
-        """The image's stored range, and its unclamped min/max/integer test.
+    ) -> tuple[RenderRange | None, Stats, _Quality | None]:
+        """The image's stored range, its unclamped min/max/integer test, and its quality.
 
-        ``run(fn, blocks)`` applies ``fn`` to every block (inline or in the pool).
+        ``run(fn, blocks)`` applies ``fn`` to every block (inline or in the pool). With
+        ``bits="auto"`` the bits are the fewest that pass the noise rule (None: lossless).
         """
         opts = self.opts
 
@@ -142,8 +198,11 @@ class _Encoder:
             return _sum_hist(run(lambda b: self.hist(index, b, h0, h1), blocks))
 
         if opts.bits == 0:
-            return None, Stats()
-        st = stats_of(None)
+            return None, Stats(), None
+        nx = self.source.shape(index)[2]
+        rows = _noise_rows(len(blocks), nx)
+        surveyed = run(lambda b: self.survey(index, b, rows), blocks)
+        st = merge_stats(p[0] for p in surveyed)
         if st.nonfinite:
             raise InputError(
                 f"image {index}: {st.nonfinite} pixels are NaN or infinite; quantised "
@@ -165,7 +224,21 @@ class _Encoder:
             F32(limits[0]) <= F32(st.minimum) and F32(st.maximum) <= F32(limits[1])
         ):
             clamped = stats_of(limits)
-        rng = choose_range(clamped, opts.bits, limits)
+        samples = [p[1] for p in surveyed]
+        count = sum(p.count for p in samples)
+        noise = estimate_noise(
+            [p.tiles for p in samples],
+            mean=sum(p.total for p in samples) / count if count else None,
+            minimum=st.minimum,
+            integer=st.all_int,
+        )
+        sigma = noise.sigma if noise.method != "none" else 0.0
+        bits = opts.bits
+        if opts.auto:
+            bits = choose_bits(clamped, sigma, opts.noise_fraction, limits).bits
+            if bits == 0:  # no bits up to 16 keep the noise rule: store float32 exactly
+                return None, Stats(), _Quality(noise, 0.0, 0)
+        rng = choose_range(clamped, bits, limits)
         if not rng.is_finite:
             raise InputError(
                 f"image {index}: values span {st.minimum:.3g}..{st.maximum:.3g}, too wide for "
@@ -173,7 +246,12 @@ class _Encoder:
                 "or use bits 0 to keep them exactly",
                 self.source.path,
             )
-        return rng, st
+        quality = _Quality(
+            noise,
+            quantisation_rms(rng, clamped.all_int),
+            bits_needed(clamped, sigma, opts.noise_fraction, limits),
+        )
+        return rng, st, quality
 
     def encode(
         self, index: int, shape3: tuple[int, int, int], block: Block, rng: RenderRange | None
@@ -184,7 +262,9 @@ class _Encoder:
         _, ny, nx = shape3
         rank = len(dataset_shape(shape3))
         rows = min(self.opts.chunk_rows, ny)
-        dtype = storage_dtype(self.opts.bits)
+        bits = rng.bits if rng is not None else 0
+        dtype = storage_dtype(bits)
+        shuffle = self.opts.shuffle_for(bits)
         codes = np.zeros((rows, nx), dtype=dtype)  # one chunk, zero-padded at the edge
         work = np.empty(rows * nx, dtype=F32)
         engine: codecs.Engine | None = None
@@ -209,25 +289,33 @@ class _Encoder:
             if engine is None:
                 probe = max(1, min(rows, codecs.PROBE_BYTES // (nx * dtype.itemsize)))
                 margin = 0.0 if self.opts.level <= 1 else 0.02
-                engine, sample = codecs.choose(self.engines, self._bytes(codes[:probe]), margin)
+                sampled = self._bytes(codes[:probe], shuffle)
+                engine, sample = codecs.choose(self.engines, sampled, margin)
                 if probe == rows:  # the probe was the whole chunk: keep its stream
                     chunks.append((offset, sample))
                     continue
-            chunks.append((offset, engine.compress(self._bytes(codes))))
+            chunks.append((offset, engine.compress(self._bytes(codes, shuffle))))
         return _Encoded(truncated, chunks, stats)
 
-    def _bytes(self, codes: np.ndarray) -> memoryview:
-        buf = codecs.shuffle(codes) if self.shuffle else codes.reshape(-1)
+    def _bytes(self, codes: np.ndarray, shuffle: bool) -> memoryview:
+        buf = codecs.shuffle(codes) if shuffle else codes.reshape(-1)
         return buf.data.cast("B")
 
     def whole_image(self, index: int) -> _ImageJob:
         """Range and encoding of a small image, all in the calling thread."""
         shape3 = self.source.shape(index)
         parts = blocks(shape3, self.opts.chunk_rows)
-        rng, st = self.choose(index, parts, lambda fn, items: [fn(b) for b in items])
-        job = _ImageJob(index, shape3, rng, st)
+        rng, st, quality = self.choose(index, parts, lambda fn, items: [fn(b) for b in items])
+        job = _ImageJob(index, shape3, rng, st, quality)
         job.encoded = [self.encode(index, shape3, b, rng) for b in parts]
         return job
+
+
+def _noise_rows(nblocks: int, nx: int) -> int:
+    """Rows of each block whose noise is measured: NOISE_SAMPLE_PIXELS per image in all,
+    whole tiles (plus the 2 rows the residual needs)."""
+    per_block = NOISE_SAMPLE_PIXELS // max(1, nblocks) // max(1, nx)
+    return max(1, per_block // NOISE_TILE) * NOISE_TILE + 2
 
 
 def _sum_hist(parts: Iterable[np.ndarray]) -> np.ndarray:
@@ -259,6 +347,9 @@ def _image_header(
         if name.startswith("EMAN."):
             header[name[5:]] = value
     header.update(source.header(job.index))
+    if opts.apix is not None:
+        for axis in "xyz":
+            header[f"apix_{axis}"] = F32(opts.apix)
     with np.errstate(over="ignore"):  # sums beyond float32 are stored as inf, as EMAN2 does
         computed = {
             "minimum": F32(st.minimum if st.count else 0.0),
@@ -267,7 +358,7 @@ def _image_header(
             "sigma": F32(st.sigma),
             "square_sum": F32(st.sumsq),
             "all_int": int(st.all_int and not st.nonfinite),
-            "datatype": DATATYPE[storage_dtype(opts.bits).itemsize if opts.bits else 0],
+            "datatype": DATATYPE[storage_dtype(job.bits).itemsize if job.bits else 0],
             "source_path": source.path.name,
             "source_n": job.index,
         }
@@ -295,10 +386,10 @@ def _write_job(
     ds = writer.create_image(
         job.index,
         shape,
-        opts.bits,
+        job.bits,
         level=opts.level,
         chunks=chunk_shape(job.shape3, opts.chunk_rows),
-        shuffle=opts.use_shuffle,
+        shuffle=opts.shuffle_for(job.bits),
     )
     truncated = 0
     written = Stats()
@@ -319,15 +410,25 @@ def _write_job(
             _copy_attr(ds.parent, name, value)
     writer.write_header(job.index, _image_header(source, job, opts, truncated))
     rng = job.rng
-    return ImageReport(
+    report = ImageReport(
         job.index,
         shape,
-        opts.bits,
+        job.bits,
         None if rng is None else float(F32(rng.rmin)),
         None if rng is None else float(F32(rng.rmax)),
         truncated,
         "" if rng is None else rng.rule,
     )
+    q = job.quality
+    if q is not None:
+        report.auto = opts.auto
+        measurable = q.noise.method != "none" and q.noise.sigma > 0
+        report.noise = q.noise.sigma if measurable else None
+        report.noise_method = q.noise.method
+        report.quant_noise = q.quant_rms
+        report.noise_ratio = q.ratio()
+        report.passing_bits = q.passing_bits if report.noise is not None else None
+    return report
 
 
 def _copy_attr(group: h5py.Group, name: str, value: Any) -> None:
@@ -412,8 +513,8 @@ def _write_large(
         with closing(bounded(pool, fn, items, window)) as results:
             return list(results)
 
-    rng, st = enc.choose(index, parts, run)
-    job = _ImageJob(index, shape3, rng, st)
+    rng, st, quality = enc.choose(index, parts, run)
+    job = _ImageJob(index, shape3, rng, st, quality)
     encoded = bounded(pool, lambda b: enc.encode(index, shape3, b, rng), parts, window)
     with closing(encoded):
         return _write_job(writer, enc.source, enc.opts, job, encoded, enc.cancel, advance)
@@ -429,7 +530,9 @@ def output_is_complete(src: PathLike, target: PathLike, options: Options | int) 
     and stored at ``bits``. An ``.hdf`` replaced in place counts when every image is
     already deflate-compressed at the requested bits and, if the file carries a
     record, with the same range option (an EMAN2-compressed file at those bits is
-    skipped: compressing it again could only add rounding).
+    skipped: compressing it again could only add rounding). With ``bits="auto"`` any
+    stored bits count (a record must name the same noise fraction); in place without a
+    record, every image must already be quantised.
 
     Args:
         src: the input file.
@@ -458,7 +561,11 @@ def output_is_complete(src: PathLike, target: PathLike, options: Options | int) 
             size = target.stat().st_size
             for i in range(len(out)):
                 rng = out.render_range(i)
-                if (rng.bits if rng else 0) != opts.bits:
+                stored = rng.bits if rng else 0
+                if opts.auto:
+                    if stored == 0 and record is None:
+                        return False
+                elif stored != opts.bits:
                     return False
                 if not _stored_whole(out.dataset(i), size, need_deflate=in_place):
                     return False
@@ -547,7 +654,7 @@ def compress_file(
     src: PathLike,
     dst: PathLike | None = None,
     *,
-    bits: int = 10,
+    bits: int | str = 10,
     level: int = 1,
     value_range: tuple[float, float] | None = None,
     sigrange: tuple[float, float] | None = None,
@@ -557,6 +664,8 @@ def compress_file(
     shuffle: bool | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     store_level: bool = False,
+    noise_fraction: float = DEFAULT_NOISE_FRACTION,
+    apix: float | None = None,
     force: bool = False,
     options: Options | None = None,
     pool: Executor | None = None,
@@ -569,8 +678,9 @@ def compress_file(
         src: the input file.
         dst: the output file; default EMAN2's naming (see :func:`output_path`). A
             symbolic link is followed: its target is replaced and the link kept.
-        bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level:
-            what to store (see :class:`~e2compress.options.Options`); ignored when
+        bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level,
+        noise_fraction, apix: what to store (see :class:`~e2compress.options.Options`;
+            ``bits="auto"`` chooses per image by the noise rule); ignored when
             ``options`` is given.
         threads: worker threads when no ``pool`` is given (default: all cores).
         verify: decode the written file and check every pixel against the source before
@@ -606,7 +716,16 @@ def compress_file(
     """
     if options is None:
         options = Options(
-            bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level
+            AUTO_BITS if bits == "auto" else bits,  # type: ignore[arg-type]  # validated
+            level,
+            value_range,
+            sigrange,
+            nooutliers,
+            shuffle,
+            chunk_rows,
+            store_level,
+            noise_fraction,
+            apix,
         )
     opts = options.validate()
     if threads is not None and (
@@ -675,14 +794,19 @@ def compress_file(
         if own_pool:
             workers.shutdown(wait=True, cancel_futures=True)
     mode = target.stat()
-    return CompressReport(
+    report = CompressReport(
         source=str(source_path),
         output=str(named),
         bytes_in=bytes_in,
         bytes_out=mode.st_size if stat.S_ISREG(mode.st_mode) else 0,
         seconds=time.perf_counter() - t0,
-        engine=codecs.engine_names(level),
+        engine=codecs.engine_names(opts.level),
         verified=do_verify,
         images=images,
+        noise_fraction=opts.noise_fraction,
         warnings=warnings,
     )
+    warning = quality_warning(str(source_path), images, opts.noise_fraction)
+    if warning is not None:
+        report.warnings.append(warning)
+    return report

@@ -84,6 +84,8 @@ def value_options(opts: Options) -> str:
     text = f"bits={opts.bits}"
     if opts.bits == 0:
         return text
+    if opts.auto:  # the bits follow the noise rule: its fraction decides them
+        text = f"bits=auto noise_fraction={float(opts.noise_fraction)!r}"
     if opts.value_range is not None:
         lo, hi = opts.value_range
         text += f" range={float(lo)!r},{float(hi)!r}"

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .pixelsize import tiff_header_keys
 from .sources import ImageSource, reason
 
 MINISWHITE = 0
@@ -316,6 +317,7 @@ class TiffSource(ImageSource):
                     out[key] = np.float32(num / den)
             except (TypeError, ValueError):
                 pass
+        out.update(tiff_header_keys(self._tif, page))
         return out
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ from .errors import E2CompressError, Interrupted
 from .executor import Cancel, make_pool
 from .options import Options
 from .pipeline import compress_file, output_is_complete
-from .report import CompressReport
+from .report import CompressReport, bits_text
 
 STATUSES = ("done", "skipped", "failed", "stopped", "unstarted")
 
@@ -65,7 +65,9 @@ class FileResult:
     written: nothing written) or unstarted (the batch stopped before it began).
     ``bytes_in`` is the input's size (as planned, unless it was compressed).
     ``rmin``/``rmax`` are the lowest and highest stored limits over the file's images
-    (None for lossless ``bits`` 0); ``truncated`` counts clamped pixels.
+    (None for lossless ``bits`` 0); ``truncated`` counts clamped pixels. ``bits`` is a
+    text such as ``"7-9"`` when the images of a file were stored at different bits
+    (``--bits auto``); ``note`` says what ``--bits auto`` chose.
     """
 
     given: str
@@ -75,13 +77,14 @@ class FileResult:
     message: str = ""
     bytes_in: int = 0
     bytes_out: int = 0
-    bits: int | None = None
+    bits: int | str | None = None
     rmin: float | None = None
     rmax: float | None = None
     truncated: int = 0
     seconds: float = 0.0
     worker: str = ""
     warnings: list[str] = field(default_factory=list)
+    note: str = ""
 
     @property
     def ratio(self) -> float:
@@ -145,7 +148,10 @@ def _result(job: Job, status: str, message: str = "", **kw: object) -> FileResul
 def from_report(job: Job, report: CompressReport, worker: str) -> FileResult:
     """The result of a compressed file, from its :class:`CompressReport`."""
     ranged = [im for im in report.images if im.rmin is not None and im.rmax is not None]
-    bits = {im.bits for im in report.images}
+    text = bits_text(report.images)
+    bits: int | str = job.options.bits
+    if report.images:
+        bits = int(text) if text.isdigit() else text
     return FileResult(
         job.given,
         job.source,
@@ -153,14 +159,30 @@ def from_report(job: Job, report: CompressReport, worker: str) -> FileResult:
         "done",
         bytes_in=report.bytes_in,
         bytes_out=report.bytes_out,
-        bits=bits.pop() if len(bits) == 1 else job.options.bits,
+        bits=bits,
         rmin=min((im.rmin for im in ranged if im.rmin is not None), default=None),
         rmax=max((im.rmax for im in ranged if im.rmax is not None), default=None),
         truncated=report.truncated,
         seconds=report.seconds,
         worker=worker,
         warnings=list(report.warnings),
+        note=auto_note(job.given, report) if job.options.auto else "",
     )
+
+
+def auto_note(given: str, report: CompressReport) -> str:
+    """What ``--bits auto`` chose for one file (printed with -v)."""
+    noisy = [im for im in report.images if im.noise is not None]
+    text = f"{given}: --bits auto chose {bits_text(report.images)}"
+    if noisy:
+        worst = max(noisy, key=lambda im: im.noise_ratio or 0.0)
+        ratio = worst.noise_ratio or 0.0
+        text += f" (image noise {worst.noise:.3g}, "
+        text += f"quantisation noise {ratio:.3g} x that" if ratio else "stored exactly"
+        if len(report.images) > 1:
+            text += f" in the worst of {len(report.images)} images"
+        text += ")"
+    return text
 
 
 def precheck(job: Job, cancel: Cancel | None = None) -> FileResult | None:

@@ -1,0 +1,207 @@
+"""Subcommands beside EMAN2's command line: ``info``, ``compare``, ``export``.
+
+``e2compress VERB ...`` runs a subcommand when VERB is the first argument; anything
+else is EMAN2's compression command line, unchanged. A file literally named like a
+verb is compressed as ``e2compress ./info`` (or ``e2compress -- info``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .errors import E2CompressError
+
+VERBS = ("info", "compare", "export")
+
+
+def is_command(argv: Sequence[str]) -> bool:
+    """True when ``argv`` (without the program name) starts with a subcommand verb."""
+    return bool(argv) and argv[0] in VERBS
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+    return value
+
+
+def _threshold(text: str) -> float:
+    value = _positive(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"threshold must be between 0 and 1, not {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``e2compress info|compare|export``."""
+    p = argparse.ArgumentParser(
+        prog="e2compress",
+        description="Inspect, check and convert back e2compress (EMAN2 HDF) files.",
+        epilog="Without a subcommand, e2compress compresses files (see e2compress --help). "
+        "Compress a file named like a subcommand as ./info or after --.",
+    )
+    p.add_argument("--version", action="version", version=f"e2compress {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="{info,compare,export}")
+
+    info = sub.add_parser(
+        "info",
+        help="how each image is stored",
+        description="Per file and image: shape, stored type, bits, range, step, truncated "
+        "pixels, filters, chunks, stored bytes, ratio against float32, pixel size.",
+    )
+    info.add_argument("files", nargs="+", metavar="FILE")
+    info.add_argument("--json", action="store_true", help="one JSON object per file per line")
+
+    cmp = sub.add_parser(
+        "compare",
+        help="errors, noise and FRC of a compressed file against its original",
+        description="Per image and overall: max and RMS error (also in steps), truncated "
+        "pixels, the image's noise and the ratio of quantisation noise to it, and the "
+        "Fourier ring/shell correlation of original and decoded with the resolution where "
+        "it drops below the threshold. Exit status 1 when the files do not hold the same "
+        "images.",
+    )
+    cmp.add_argument("original", metavar="ORIGINAL")
+    cmp.add_argument("compressed", metavar="COMPRESSED")
+    cmp.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    cmp.add_argument(
+        "--plot", metavar="PNG", help="write the FRC curve and error histogram (needs [plot])"
+    )
+    cmp.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=0.999,
+        help="FRC/FSC threshold for the resolution figure (default 0.999)",
+    )
+    cmp.add_argument("--apix", type=_positive, help="pixel size in Angstrom (overrides headers)")
+    cmp.add_argument("--summary", action="store_true", help="only the overall figures")
+
+    exp = sub.add_parser(
+        "export",
+        help="write MRC or TIFF again (for RELION, cryoSPARC, Chimera)",
+        description="Decode IN (EMAN2 HDF) into OUT: .mrc/.mrcs/.map (mrcfile) or .tif "
+        "(tifffile). Float32 values, or the original integer type where every image was "
+        "stored exactly. Pixel size and origin restored, standard axis order, TIFF rows "
+        "flipped back. Written atomically; an existing OUT is kept unless --force.",
+    )
+    exp.add_argument("input", metavar="IN")
+    exp.add_argument("output", metavar="OUT")
+    exp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    exp.add_argument("--float", action="store_true", help="always write float32")
+    exp.add_argument(
+        "--tiff-compression",
+        choices=("none", "zlib", "lzw"),
+        default="none",
+        help="TIFF compression (default none: every reader)",
+    )
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run a subcommand; returns the exit status."""
+    args = build_parser().parse_args(list(argv))
+    try:
+        if args.verb == "info":
+            return _info(args)
+        if args.verb == "compare":
+            return _compare(args)
+        return _export(args)
+    except KeyboardInterrupt:
+        print("e2compress: interrupted", file=sys.stderr)
+        return 130
+
+
+def _error(message: str) -> None:
+    print(f"ERROR: {message}", file=sys.stderr)
+
+
+def _unexpected(path: str, exc: Exception) -> str:
+    return f"{path}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .info import file_info, format_info
+
+    status = 0
+    for path in args.files:
+        try:
+            info = file_info(path)
+        except E2CompressError as exc:
+            _error(str(exc))
+            status = 1
+            continue
+        except Exception as exc:  # a bug, reported without a traceback
+            _error(_unexpected(path, exc))
+            status = 1
+            continue
+        if args.json:
+            print(json.dumps(info.to_dict()))
+        else:
+            print(format_info(info))
+    return status
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_files, format_comparison, plot_comparison
+
+    try:
+        result = compare_files(
+            args.original, args.compressed, threshold=args.threshold, apix=args.apix
+        )
+        if args.plot:
+            plot_comparison(result, args.plot)
+    except E2CompressError as exc:
+        _error(str(exc))
+        return 1
+    except Exception as exc:
+        _error(_unexpected(args.compressed, exc))
+        return 1
+    if args.json:
+        print(json.dumps(_json_safe(result.to_dict())))
+    else:
+        print(format_comparison(result, summary=args.summary))
+    return 0
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_file
+
+    try:
+        report = export_file(
+            args.input,
+            args.output,
+            force=args.force,
+            as_float=args.float,
+            tiff_compression=None if args.tiff_compression == "none" else args.tiff_compression,
+        )
+    except E2CompressError as exc:
+        _error(str(exc))
+        return 1
+    except Exception as exc:
+        _error(_unexpected(args.input, exc))
+        return 1
+    dims = " x ".join(str(s) for s in report.shape[::-1])
+    apix = "no pixel size" if report.apix is None else f"{report.apix[0]:.4g} A/px"
+    exact = "exact" if report.exact else "decoded values"
+    print(f"{report.output}: {report.format}, {dims} {report.dtype} ({exact}), {apix}")
+    return 0
