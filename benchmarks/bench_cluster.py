@@ -10,7 +10,8 @@ as in bench.py), then compresses the same batch (bits 5, level 1) with
   before the timing (worker start-up is not counted; connecting is);
 - the local run with ``--threads 1`` (one core: what one worker has).
 
-Each command runs ``--repeat`` times in a fresh process; the median wall time is kept.
+Each command runs ``--repeat`` times in a fresh process, the three interleaved (the
+load of a shared machine drifts); the median wall time is kept.
 MB/s is input bytes (float32) over wall time; per worker = MB/s / workers. Needs the
 ``dask`` extra. Prints a markdown table.
 """
@@ -45,15 +46,6 @@ def run(argv: list[str]) -> float:
     return seconds
 
 
-def median_run(argv: list[str], out: Path, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()
-        times.append(run([*argv, "--outpath", str(out)]))
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=8)
@@ -78,20 +70,33 @@ def main() -> None:
             file=sys.stderr,
         )
         common = ["--bits", "5", *files]
-        rows = []
-        t = median_run(common, scratch / "local", args.repeat)
-        rows.append(("local (all cores)", "1 x 2 threads", 1, t))
-        t = median_run(["--threads", "1", *common], scratch / "local1", args.repeat)
-        rows.append(("local --threads 1", "1 x 1 thread", 1, t))
         with (
             LocalCluster(
                 n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
             ) as cluster,
             Client(cluster),
         ):
-            address = cluster.scheduler_address
-            t = median_run(["--scheduler", address, *common], scratch / "dask", args.repeat)
-            rows.append(("Dask LocalCluster --scheduler", "2 workers x 1 thread", 2, t))
+            runs = [
+                ("local (all cores)", "1 x 2 threads", 1, common),
+                ("local --threads 1", "1 x 1 thread", 1, ["--threads", "1", *common]),
+                (
+                    "Dask LocalCluster --scheduler",
+                    "2 workers x 1 thread",
+                    2,
+                    ["--scheduler", cluster.scheduler_address, *common],
+                ),
+            ]
+            times: list[list[float]] = [[] for _ in runs]
+            for _ in range(args.repeat):  # interleaved: the machine's load drifts
+                for k, (_, _, _, argv) in enumerate(runs):
+                    out = scratch / f"out{k}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    out.mkdir()
+                    times[k].append(run([*argv, "--outpath", str(out)]))
+        rows = [
+            (name, shape, workers, statistics.median(t))
+            for (name, shape, workers, _), t in zip(runs, times, strict=True)
+        ]
         print(
             f"- {platform.platform()}, os.cpu_count() = {os.cpu_count()}; load average "
             f"(1 min) at start / end: {load0:.2f} / {os.getloadavg()[0]:.2f}"
