@@ -259,3 +259,26 @@ def test_cluster_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
         load_config(tmp_path / "empty.yaml" if (tmp_path / "empty.yaml").touch() is None else bad)
         == {}
     )
+
+
+def test_heartbeats_hand_back_finished_files(client: Client, tmp_path: Path) -> None:
+    """A job source with nothing new (watch mode) yields None: the results finished so far
+    come back at once, before any further job (the source here waits for them)."""
+    (src, data), (src2, _) = synthetic(tmp_path, 2, (64, 64))
+    got: list[FileResult] = []
+
+    def jobs() -> Iterator[Job | None]:
+        yield Job(src.name, str(src), str(tmp_path / "a.hdf"), Options(bits=8))
+        end = time.monotonic() + 60
+        while not got and time.monotonic() < end:
+            yield None
+            time.sleep(0.02)
+        assert got, "no result came back on a heartbeat"
+        yield Job(src2.name, str(src2), str(tmp_path / "b.hdf"), Options(bits=8))
+
+    for r in DaskRunner(client).run(jobs(), Cancel()):
+        got.append(r)
+    assert [(r.given, r.status) for r in got] == [(src.name, "done"), (src2.name, "done")]
+    ((values, m),) = eman_decode(tmp_path / "a.hdf")
+    assert m is not None
+    assert np.abs(values - data).max() <= (m[2] - m[1]) / 255 / 2 * 1.001

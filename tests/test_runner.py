@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,3 +192,24 @@ def test_make_jobs_from_inputs(tmp_path: Path) -> None:
     assert result.status == "done"
     with h5py.File(out / "g" / "a.hdf", "r") as f:
         assert f["MDF/images/0/image"].shape == (4, 4)
+
+
+def test_heartbeats_hand_back_finished_files(tmp_path: Path) -> None:
+    """A None from the job source (watch mode: nothing new) returns the finished results
+    at once; the source here waits for the first one before giving the second job."""
+    a = write_mrc(tmp_path / "a.mrc", np.ones((8, 8), F32))
+    b = write_mrc(tmp_path / "b.mrc", np.ones((8, 8), F32))
+    got: list[FileResult] = []
+
+    def jobs() -> Iterator[Job | None]:
+        yield job(a, tmp_path / "a.hdf")
+        end = time.monotonic() + 60
+        while not got and time.monotonic() < end:
+            yield None
+            time.sleep(0.01)
+        assert got, "no result came back on a heartbeat"
+        yield job(b, tmp_path / "b.hdf")
+
+    for r in LocalRunner(threads=2).run(jobs(), Cancel()):
+        got.append(r)
+    assert [(r.given, r.status) for r in got] == [(str(a), "done"), (str(b), "done")]
