@@ -2,21 +2,33 @@
 
 Layout: ``/MDF/images/<i>/image`` datasets, per-image attributes ``EMAN.<key>`` on the
 image group, ``imageid_max`` (int32, shape (1,)) on ``/MDF/images``.
+
+Files of one image (movies, micrographs, maps) are written as EMAN2 writes them:
+the earliest HDF5 file format and the whole header on the image group. Stacks (more
+than one image) use the :class:`StackLayout`: the HDF5 1.8 file format (compact
+groups, small object headers, one small chunk-index node per image) and, on each image
+group, only the keys EMAN2 needs per image; keys that are the same for every image are
+stored once, as attributes of ``/MDF/images`` (EMAN2 reads them as ``Group.<key>``).
+See the README's "Stack layout" for the measurements behind each setting.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5a, h5d, h5f, h5g, h5p, h5s, h5t
 
 from . import codecs
 from .errors import InputError
-from .quantize import RenderRange, decode_table, dequantize, storage_dtype
+from .quantize import RenderRange, code_max, decode_table, decode_values, storage_dtype
 
 PathLike = str | os.PathLike[str]
 STORED_KEYS = ("stored_rendermin", "stored_rendermax", "stored_renderbits", "stored_truncated")
@@ -25,16 +37,19 @@ NEVER_COPIED = frozenset(
 )
 DATATYPE = {0: 7, 1: 2, 2: 4}  # EMAN2 EMDataType for float / uchar / ushort storage
 _DEFLATE, _SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
+_I32, _F32 = np.dtype("<i4"), np.dtype("<f4")
+# Images up to this many bytes are decoded in the calling thread (a pool task costs more).
+POOL_MIN_BYTES = 1 << 20
 
 
-def _string_attr(gid: h5py.h5g.GroupID, name: str, text: str | bytes) -> None:
+def _string_attr(gid: Any, name: bytes, text: str | bytes) -> None:
     raw = text if isinstance(text, bytes) else text.encode("ascii", "replace")
     raw = raw.split(b"\0", 1)[0]
-    tid = h5py.h5t.C_S1.copy()
+    tid = h5t.C_S1.copy()
     tid.set_size(len(raw) + 1)
-    tid.set_strpad(h5py.h5t.STR_NULLTERM)
-    space = h5py.h5s.create(h5py.h5s.SCALAR)
-    attr = h5py.h5a.create(gid, name.encode(), tid, space)
+    tid.set_strpad(h5t.STR_NULLTERM)
+    space = h5s.create(h5s.SCALAR)
+    attr = h5a.create(gid, name, tid, space)
     attr.write(np.array(raw, dtype=f"S{len(raw) + 1}"))
 
 
@@ -61,51 +76,153 @@ def _attr_array(value: Any) -> np.ndarray | None:
     return None
 
 
+class _AttrMaker:
+    """Creates attributes with the low-level API, reusing dataspaces and types."""
+
+    def __init__(self) -> None:
+        self._spaces: dict[tuple[int, ...], Any] = {}
+        self._types: dict[np.dtype, Any] = {}
+
+    def create(self, gid: Any, name: str, value: Any) -> None:
+        """Create attribute ``name`` (which must not exist) with EMAN2's type for ``value``."""
+        arr = _attr_array(value)
+        if arr is None:
+            if isinstance(value, np.ndarray):
+                value = value.reshape(-1)[0]
+            if not isinstance(value, (str, bytes)):
+                raise TypeError(f"cannot store header value {name}={value!r}")
+            _string_attr(gid, name.encode(), value)
+            return
+        arr = np.ascontiguousarray(arr)
+        space = self._spaces.get(arr.shape)
+        if space is None:
+            space = self._spaces.setdefault(arr.shape, h5s.create_simple(arr.shape))
+        tid = self._types.get(arr.dtype)
+        if tid is None:
+            tid = self._types.setdefault(arr.dtype, h5t.py_create(arr.dtype))
+        h5a.create(gid, name.encode(), tid, space).write(arr, mtype=tid)
+
+
 def write_attr(group: h5py.Group, name: str, value: Any) -> None:
     """Write one attribute with the HDF5 type EMAN2 uses for it (spec §1.5)."""
     if name in group.attrs:
         del group.attrs[name]
-    _create_attr(group.id, name, value)
+    _AttrMaker().create(group.id, name, value)
 
 
-_SPACES: dict[tuple[int, ...], Any] = {}
-_TYPES: dict[np.dtype, Any] = {}
+# --------------------------------------------------------------------------- HDF5 settings
 
 
-def _create_attr(gid: Any, name: str, value: Any) -> None:
-    """Create attribute ``name`` (which must not exist) with the low-level API (fast)."""
-    arr = _attr_array(value)
-    if arr is None:
-        if isinstance(value, np.ndarray):
-            value = value.reshape(-1)[0]
-        if not isinstance(value, (str, bytes)):
-            raise TypeError(f"cannot store header value {name}={value!r}")
-        _string_attr(gid, name, value)
-        return
-    arr = np.ascontiguousarray(arr)
-    space = _SPACES.get(arr.shape)
-    if space is None:
-        space = _SPACES.setdefault(arr.shape, h5py.h5s.create_simple(arr.shape))
-    tid = _TYPES.get(arr.dtype)
-    if tid is None:
-        tid = _TYPES.setdefault(arr.dtype, h5py.h5t.py_create(arr.dtype))
-    h5py.h5a.create(gid, name.encode(), tid, space).write(arr)
+@functools.cache
+def _hdf5_function(name: str) -> Any:
+    """A function of the HDF5 library h5py runs on, or None.
+
+    For the few property-list settings h5py does not wrap. Looked up through one of
+    h5py's extension modules, whose dependencies include that library (POSIX ``dlsym``).
+    """
+    try:
+        fn = getattr(ctypes.PyDLL(h5py.h5p.__file__), name)
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int  # herr_t
+    fn.argtypes = [ctypes.c_int64, ctypes.c_uint]  # hid_t, unsigned / hbool_t
+    return fn
+
+
+def set_plist(plist: Any, function: str, value: int) -> bool:
+    """Call ``function(plist, value)`` of the HDF5 C API; False where unavailable."""
+    fn = _hdf5_function(function)
+    if fn is None:
+        return False
+    from h5py._objects import phil  # h5py's lock around every HDF5 call
+
+    with phil:
+        return int(fn(plist.id, value)) >= 0
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """How a stack (many images) is stored; see the module docstring.
+
+    ``chunks_per_image`` sizes each image's chunk-index B-tree node (HDF5's
+    ``istore_k``): one node of 2k entries per image instead of the default 64.
+    """
+
+    chunks_per_image: int = 1
+
+    @property
+    def istore_k(self) -> int:
+        """Half the number of entries of one chunk-index node (HDF5: 1..32 here)."""
+        return max(1, min(32, -(-self.chunks_per_image // 2)))
+
+
+# Attribute counts beyond which HDF5 moves attributes into a separate heap and B-tree
+# ("dense" storage: ~1.5 KB more per image group; measured). An image header is small.
+_IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE = 64, 48
 
 
 class EmanHdfWriter:
-    """Writes images into a new file in EMAN2's layout."""
+    """Writes images into a new file in EMAN2's layout.
 
-    def __init__(self, path: PathLike) -> None:
-        self._file = h5py.File(path, "w", libver="earliest", locking=False)
-        self._images = self._file.create_group("MDF").create_group("images")
+    ``stack`` selects the stack layout (see the module docstring); without it the file
+    is what EMAN2 itself writes.
+    """
+
+    def __init__(self, path: PathLike, stack: StackLayout | None = None) -> None:
+        self.stack = stack
+        self._attrs = _AttrMaker()
         self._max_id = -1
-        write_attr(self._images, "imageid_max", np.array([-1], dtype=np.int32))
+        self._current: tuple[int, Any] | None = None
+        self._dcpls: dict[tuple[Any, ...], Any] = {}
+        self._types: dict[np.dtype, Any] = {}
+        self._spaces: dict[tuple[int, ...], Any] = {}
+        if stack is None:
+            self._file = h5py.File(path, "w", libver="earliest", locking=False)
+            self._images = self._file.create_group("MDF").create_group("images")
+            self._gcpl: Any = None
+        else:
+            self._file = self._create_stack_file(os.fspath(path), stack)
+            gcpl = h5p.create(h5p.GROUP_CREATE)
+            # EMAN2 opens /MDF/images attributes by creation order: keep it on record.
+            gcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED)
+            mdf = h5g.create(self._file.id, b"MDF")
+            self._images = h5py.Group(h5g.create(mdf, b"images", gcpl=gcpl))
+            self._gcpl = h5p.create(h5p.GROUP_CREATE)
+            self._gcpl.set_obj_track_times(False)
+            self._gcpl.set_attr_phase_change(_IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE)
+        self._attrs.create(self._images.id, "imageid_max", np.array([-1], dtype=np.int32))
+
+    @staticmethod
+    def _create_stack_file(path: str, stack: StackLayout) -> h5py.File:
+        fcpl = h5p.create(h5p.FILE_CREATE)
+        set_plist(fcpl, "H5Pset_istore_k", stack.istore_k)
+        fapl = h5p.create(h5p.FILE_ACCESS)
+        fapl.set_libver_bounds(h5f.LIBVER_V18, h5f.LIBVER_V18)  # readable by HDF5 >= 1.8
+        if hasattr(fapl, "set_file_locking"):
+            fapl.set_file_locking(False, True)
+        fid = h5f.create(path.encode(), h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
+        return h5py.File(fid)
 
     def __enter__(self) -> EmanHdfWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _dcpl(self, dtype: np.dtype, chunks: tuple[int, ...], level: int, shuffle: bool) -> Any:
+        key = (dtype, chunks, level, shuffle)
+        dcpl = self._dcpls.get(key)
+        if dcpl is None:
+            dcpl = h5p.create(h5p.DATASET_CREATE)
+            dcpl.set_chunk(chunks)
+            if shuffle:
+                dcpl.set_shuffle()
+            dcpl.set_deflate(level)
+            dcpl.set_obj_track_times(False)
+            # no attributes go on the dataset: a minimal object header (HDF5 >= 1.10.5)
+            set_plist(dcpl, "H5Pset_dset_no_attrs_hint", 1)
+            self._dcpls[key] = dcpl
+        return dcpl
 
     def create_image(
         self,
@@ -116,32 +233,75 @@ class EmanHdfWriter:
         level: int = 1,
         chunks: tuple[int, ...] | None = None,
         shuffle: bool = False,
-    ) -> h5py.Dataset:
-        """Create ``/MDF/images/<index>/image``, chunked with deflate (and shuffle)."""
-        group = self._images.create_group(str(index))
-        ds = group.create_dataset(
-            "image",
-            shape=shape,
-            dtype=storage_dtype(bits),
-            chunks=chunks,
-            compression="gzip",
-            compression_opts=level,
-            shuffle=shuffle,
-        )
-        self._max_id = max(self._max_id, index)
-        return ds
+    ) -> Any:
+        """Create ``/MDF/images/<index>/image``, chunked with deflate (and shuffle).
 
-    def write_header(self, index: int, header: Mapping[str, Any]) -> None:
-        """Write ``EMAN.<key>`` attributes on image ``index``'s group."""
-        gid = self._images[str(index)].id  # created empty by create_image
+        Returns the low-level dataset (``write_direct_chunk`` writes its chunks).
+        """
+        dtype = storage_dtype(bits)
+        if self.stack is None:
+            group = self._images.create_group(str(index))
+            ds = group.create_dataset(
+                "image",
+                shape=shape,
+                dtype=dtype,
+                chunks=chunks,
+                compression="gzip",
+                compression_opts=level,
+                shuffle=shuffle,
+            )
+            gid, dsid = group.id, ds.id
+        else:
+            gid = h5g.create(self._images.id, str(index).encode(), gcpl=self._gcpl)
+            dcpl = self._dcpl(dtype, chunks or shape, level, shuffle)
+            dsid = h5d.create(gid, b"image", self._h5type(dtype), self._space(shape), dcpl=dcpl)
+        self._current = (index, gid)
+        self._max_id = max(self._max_id, index)
+        return dsid
+
+    def _h5type(self, dtype: np.dtype) -> Any:
+        tid = self._types.get(dtype)
+        if tid is None:
+            tid = self._types.setdefault(dtype, h5t.py_create(dtype))
+        return tid
+
+    def _space(self, shape: tuple[int, ...]) -> Any:
+        space = self._spaces.get(shape)
+        if space is None:
+            space = self._spaces.setdefault(shape, h5s.create_simple(shape))
+        return space
+
+    def write_header(
+        self, index: int, header: Mapping[str, Any], raw: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write ``EMAN.<key>`` attributes (and ``raw`` ones under their own names) on
+        image ``index``'s group. Raw values HDF5 or EMAN2 cannot store are left out."""
+        if self._current is not None and self._current[0] == index:
+            gid = self._current[1]
+        else:
+            gid = self._images[str(index)].id
         for key, value in header.items():
-            _create_attr(gid, f"EMAN.{key}", value)
+            self._attrs.create(gid, f"EMAN.{key}", value)
+        for name, value in (raw or {}).items():
+            try:
+                self._attrs.create(gid, name, value)
+            except (TypeError, ValueError):
+                pass  # variable-length or exotic types EMAN2 cannot read either
+
+    def write_group_header(self, header: Mapping[str, Any]) -> None:
+        """Store keys shared by every image on ``/MDF/images`` (EMAN2: ``Group.<key>``)."""
+        for key, value in header.items():
+            self._attrs.create(self._images.id, key, value)
 
     def close(self) -> None:
         """Record ``imageid_max`` and close the file."""
         if self._file.id.valid:
+            self._current = None
             write_attr(self._images, "imageid_max", np.array([self._max_id], dtype=np.int32))
             self._file.close()
+
+
+# --------------------------------------------------------------------------- reading
 
 
 def _plain(value: Any) -> Any:
@@ -184,18 +344,35 @@ def decode(codes: np.ndarray, rng: RenderRange | None) -> np.ndarray:
     if rng is None:
         return codes.astype(np.float32, copy=False)
     if codes.dtype.kind == "u" and codes.dtype.itemsize <= 2:
-        return dequantize(codes, rng)
+        if codes.size < code_max(rng.bits) + 1:
+            return decode_values(codes, rng)
+        return np.asarray(decode_table(rng)[codes])
     c = codes.astype(np.float64)
     return (c / ((1 << rng.bits) - 1) * (rng.rmax - rng.rmin) + rng.rmin).astype(np.float32)
 
 
-def _filters(ds: h5py.Dataset) -> list[int]:
-    plist = ds.id.get_create_plist()
-    return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
+@dataclass(frozen=True)
+class _Layout:
+    """What a dataset's creation properties say about reading its chunks raw."""
+
+    chunks: tuple[int, ...] | None
+    filters: tuple[int, ...]
+
+    @property
+    def raw_readable(self) -> bool:
+        """Chunked with only deflate and shuffle: chunks can be decoded here."""
+        return self.chunks is not None and all(f in (_DEFLATE, _SHUFFLE) for f in self.filters)
+
+
+def _layout_of(plist: Any) -> _Layout:
+    if plist.get_layout() != h5d.CHUNKED:
+        return _Layout(None, ())
+    filters = tuple(plist.get_filter(k)[0] for k in range(plist.get_nfilters()))
+    return _Layout(tuple(plist.get_chunk()), filters)
 
 
 def _decode_chunk(
-    raw: bytes, mask: int, filters: list[int], nbytes: int, dtype: np.dtype
+    raw: bytes, mask: int, filters: tuple[int, ...], nbytes: int, dtype: np.dtype
 ) -> np.ndarray:
     data: bytes = raw
     for k in reversed(range(len(filters))):
@@ -208,35 +385,29 @@ def _decode_chunk(
     return np.frombuffer(data, dtype=dtype)
 
 
-def read_dataset(
-    ds: h5py.Dataset, pool: Executor | None = None, table: np.ndarray | None = None
-) -> np.ndarray:
-    """The dataset's values, or ``table[values]`` when a decode table is given.
+class _Unallocated(Exception):
+    """A chunk was never written (HDF5 returns the fill value for it)."""
 
-    Chunks are read raw (``read_direct_chunk``) in this thread and inflated and
-    decoded in ``pool``; anything other than deflate/shuffle falls back to h5py.
-    """
-    filters = _filters(ds) if ds.chunks is not None else []
-    chunks = ds.chunks
-    grid = [-(-s // c) for s, c in zip(ds.shape, chunks or ds.shape, strict=True)]
-    if (
-        chunks is None
-        or ds.size == 0
-        or not all(f in (_DEFLATE, _SHUFFLE) for f in filters)
-        or ds.dtype.byteorder == ">"
-        or (table is not None and ds.dtype.kind != "u")
-        or ds.id.get_num_chunks() != int(np.prod(grid))  # unwritten chunks: fill value
-    ):
-        data = np.asarray(ds[...])
-        return data if table is None else np.asarray(table[data])
-    dtype = ds.dtype
+
+def _read_chunks(
+    dsid: Any,
+    layout: _Layout,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    pool: Executor | None,
+    table: np.ndarray | None,
+) -> np.ndarray:
+    """Decode every chunk of ``dsid`` here (raw reads, our inflate); ``table`` maps codes."""
+    chunks = layout.chunks
+    assert chunks is not None
+    grid = [-(-s // c) for s, c in zip(shape, chunks, strict=True)]
     nbytes = int(np.prod(chunks)) * dtype.itemsize
-    out = np.empty(ds.shape, dtype=dtype if table is None else table.dtype)
+    out = np.empty(shape, dtype=dtype if table is None else table.dtype)
 
     def work(offset: tuple[int, ...], mask: int, raw: bytes) -> None:
-        block = _decode_chunk(raw, mask, filters, nbytes, dtype).reshape(chunks)
+        block = _decode_chunk(raw, mask, layout.filters, nbytes, dtype).reshape(chunks)
         region = tuple(
-            slice(o, min(o + c, s)) for o, c, s in zip(offset, chunks, ds.shape, strict=True)
+            slice(o, min(o + c, s)) for o, c, s in zip(offset, chunks, shape, strict=True)
         )
         part = block[tuple(slice(0, r.stop - r.start) for r in region)]
         target = out[region]
@@ -247,10 +418,15 @@ def read_dataset(
         else:
             target[...] = np.take(table, part)
 
-    futures = []
+    futures: list[Future[None]] = []
     for index in np.ndindex(*grid):
         offset = tuple(i * c for i, c in zip(index, chunks, strict=True))
-        mask, raw = ds.id.read_direct_chunk(offset)
+        try:
+            mask, raw = dsid.read_direct_chunk(offset)
+        except RuntimeError:  # "chunk storage is not allocated"
+            for fut in futures:
+                fut.result()
+            raise _Unallocated from None
         if pool is None:
             work(offset, mask, raw)
         else:
@@ -258,6 +434,45 @@ def read_dataset(
     for fut in futures:
         fut.result()
     return out
+
+
+def _read_all(dsid: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The whole dataset through HDF5's own filters (fill values included)."""
+    out = np.empty(shape, dtype=dtype.newbyteorder("="))
+    if out.size:
+        dsid.read(h5s.ALL, h5s.ALL, out)
+    return out
+
+
+def read_dataset(
+    ds: h5py.Dataset, pool: Executor | None = None, table: np.ndarray | None = None
+) -> np.ndarray:
+    """The dataset's values, or ``table[values]`` when a decode table is given.
+
+    Chunks are read raw (``read_direct_chunk``) in this thread and inflated and
+    decoded in ``pool``; anything other than deflate/shuffle goes through HDF5.
+    """
+    dsid = ds.id
+    return _read_values(dsid, _layout_of(dsid.get_create_plist()), pool, table)
+
+
+def _read_values(
+    dsid: Any, layout: _Layout, pool: Executor | None, table: np.ndarray | None
+) -> np.ndarray:
+    shape = tuple(dsid.shape)
+    dtype = dsid.dtype
+    if (
+        layout.raw_readable
+        and 0 not in shape
+        and dtype.byteorder != ">"
+        and (table is None or dtype.kind == "u")
+    ):
+        try:
+            return _read_chunks(dsid, layout, shape, dtype, pool, table)
+        except _Unallocated:
+            pass
+    data = _read_all(dsid, shape, dtype)
+    return data if table is None else np.asarray(table[data])
 
 
 def _first_line(exc: BaseException) -> str:
@@ -277,8 +492,19 @@ def _open_h5(path: str, locking: bool | None) -> h5py.File:
         return h5py.File(path, "r", locking=False)
 
 
+_RANGE_ATTRS = (
+    (b"EMAN.stored_renderbits", _I32),
+    (b"EMAN.stored_rendermin", _F32),
+    (b"EMAN.stored_rendermax", _F32),
+)
+
+
 class EmanHdfFile:
-    """A lazily read EMAN2 HDF file: ``len()``, ``f[i]`` (decoded), ``f.header(i)``."""
+    """A lazily read EMAN2 HDF file: ``len()``, ``f[i]`` (decoded), ``f.header(i)``.
+
+    Reading an image opens only that image's dataset and its three mapping attributes
+    (low-level h5py calls); nothing is read for the other images.
+    """
 
     def __init__(
         self, path: PathLike, *, threads: int | None = None, locking: bool | None = None
@@ -299,8 +525,13 @@ class EmanHdfFile:
             raise InputError(
                 f"damaged EMAN2 HDF structure ({_first_line(exc)})", self.path
             ) from None
+        self._images_id = self._images.id
         self._threads = threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
+        self._layouts: list[tuple[Any, _Layout]] = []
+        self._group_header: dict[str, Any] | None = None
+        self._buf = {dt: np.empty(1, dtype=dt) for dt in (_I32, _F32)}
+        self._mtypes = {dt: h5t.py_create(dt) for dt in (_I32, _F32)}
 
     def _layout(self) -> tuple[h5py.Group, int]:
         if "num_dataset" in self._file.attrs:
@@ -331,6 +562,7 @@ class EmanHdfFile:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        self._layouts.clear()
         if self._file.id.valid:
             self._file.close()
 
@@ -341,29 +573,68 @@ class EmanHdfFile:
         for i in range(len(self)):
             yield self[i]
 
-    def _group(self, index: int) -> h5py.Group:
+    def _check_index(self, index: int) -> None:
         if not 0 <= index < self._count:
             raise IndexError(f"image {index} out of range (file has {self._count})")
+
+    def _dsid(self, index: int) -> Any:
+        """The low-level dataset of image ``index``."""
+        self._check_index(index)
         try:
-            group = self._images.get(str(index))
-            ds = group.get("image") if isinstance(group, h5py.Group) else None
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            return h5d.open(self._images_id, b"%d/image" % index)
+        except KeyError:
+            raise InputError(f"image {index} does not exist", self.path) from None
+        except (OSError, RuntimeError, ValueError) as exc:
             raise InputError(f"image {index} is damaged ({_first_line(exc)})", self.path) from None
-        if not isinstance(ds, h5py.Dataset):
-            raise InputError(f"image {index} does not exist", self.path)
-        return group
+
+    def _group(self, index: int) -> h5py.Group:
+        self._dsid(index)  # the image must exist
+        return self._images[str(index)]
 
     def dataset(self, index: int) -> h5py.Dataset:
         """The raw h5py dataset of image ``index``."""
-        return self._group(index)["image"]
+        return h5py.Dataset(self._dsid(index))
 
     def render_range(self, index: int) -> RenderRange | None:
         """The stored quantisation mapping of image ``index`` (None for float data)."""
-        return render_range(self._group(index).attrs)
+        self._dsid(index)
+        return self._range(index)
+
+    def _range(self, index: int) -> RenderRange | None:
+        """The mapping, read with three attribute reads; general parser if unusual."""
+        name = b"%d" % index
+        values = []
+        try:
+            for attr, dtype in _RANGE_ATTRS:
+                aid = h5a.open(self._images_id, attr, obj_name=name)
+                if aid.get_storage_size() != 4:  # not one 4-byte number
+                    return render_range(self._images[str(index)].attrs)
+                buf = self._buf[dtype]
+                aid.read(buf, mtype=self._mtypes[dtype])
+                values.append(buf[0])
+        except KeyError:
+            return None
+        except (OSError, RuntimeError, TypeError, ValueError):
+            return render_range(self._images[str(index)].attrs)
+        bits = int(values[0])
+        if bits <= 0 or bits > 16:
+            return None
+        return RenderRange(bits, float(values[1]), float(values[2]))
+
+    def _layout_for(self, dsid: Any) -> _Layout:
+        """The chunk layout of ``dsid``; datasets of one stack share it, so it is cached."""
+        plist = dsid.get_create_plist()
+        for known, layout in self._layouts:
+            if plist.equal(known):
+                return layout
+        layout = _layout_of(plist)
+        if len(self._layouts) < 8:
+            self._layouts.append((plist, layout))
+        return layout
 
     def shape(self, index: int) -> tuple[int, ...]:
         """Shape of image ``index``: (ny, nx) or (nz, ny, nx)."""
-        return tuple(self.dataset(index).shape)
+        return tuple(self._dsid(index).shape)
 
     def raw_attrs(self, index: int) -> dict[str, Any]:
         """Attributes of image ``index`` as stored (names with their ``EMAN.`` prefix)."""
@@ -384,12 +655,22 @@ class EmanHdfFile:
                 continue
         return out
 
+    def group_header(self) -> dict[str, Any]:
+        """Keys stored once for all images (``/MDF/images`` attributes) as ``Group.<name>``."""
+        if self._group_header is None:
+            out: dict[str, Any] = {}
+            for name in self._images.attrs:
+                if isinstance(name, str) and name != "imageid_max":
+                    try:
+                        out[f"Group.{name}"] = _plain(self._images.attrs[name])
+                    except (OSError, RuntimeError, TypeError, ValueError):
+                        continue
+            self._group_header = out
+        return dict(self._group_header)
+
     def header(self, index: int) -> dict[str, Any]:
         """Header of image ``index`` as EMAN2 reports it (prefix stripped, ``Group.*``)."""
-        out: dict[str, Any] = {}
-        for name in self._images.attrs:
-            if isinstance(name, str) and name != "imageid_max":
-                out[f"Group.{name}"] = _plain(self._images.attrs[name])
+        out = self.group_header()
         for name, value in self.raw_attrs(index).items():
             key = name[5:] if name.startswith("EMAN.") else name
             out[key] = _plain(value)
@@ -397,9 +678,25 @@ class EmanHdfFile:
         out["nx"], out["ny"], out["nz"] = [*shape[::-1], 1, 1][:3]
         return out
 
+    def _read(self, index: int, rng: RenderRange | None, decoded: bool) -> np.ndarray:
+        dsid = self._dsid(index)
+        try:
+            layout = self._layout_for(dsid)
+            dtype = dsid.dtype
+            pool = self._executor() if dsid.get_storage_size() >= POOL_MIN_BYTES else None
+            if not decoded:
+                return _read_values(dsid, layout, pool, None)
+            if rng is not None and dtype.kind == "u" and dtype.itemsize <= 2:
+                size = int(np.prod(dsid.shape))
+                if size >= code_max(rng.bits) + 1:  # a table is cheaper than per-pixel math
+                    return _read_values(dsid, layout, pool, decode_table(rng))
+            return decode(_read_values(dsid, layout, pool, None), rng)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise InputError(f"cannot read image {index} ({_first_line(exc)})", self.path) from None
+
     def read_codes(self, index: int) -> np.ndarray:
         """The stored values of image ``index`` without rescaling."""
-        return read_dataset(self.dataset(index), self._executor())
+        return self._read(index, None, decoded=False)
 
     def _executor(self) -> Executor | None:
         if self._pool is None and self._threads > 1:
@@ -409,13 +706,17 @@ class EmanHdfFile:
     def __getitem__(self, index: int) -> np.ndarray:
         if index < 0:
             index += self._count
-        rng = self.render_range(index)
-        ds = self.dataset(index)
-        if rng is not None and ds.dtype.kind == "u" and ds.dtype.itemsize <= 2:
-            return read_dataset(ds, self._executor(), decode_table(rng))
-        return decode(read_dataset(ds, self._executor()), rng)
+        self._check_index(index)
+        return self._read(index, self._range(index), decoded=True)
 
     def read_region(self, index: int, region: tuple[int | slice, ...]) -> np.ndarray:
         """Decoded values of a slice of image ``index`` (reads only the chunks needed)."""
+        shape = self.shape(index)
+        whole = len(region) <= len(shape) and all(
+            isinstance(r, slice) and r.indices(s) == (0, s, 1)
+            for r, s in zip(region, shape, strict=False)
+        )
+        if whole:
+            return self[index]
         ds = self.dataset(index)
-        return decode(np.asarray(ds[region]), self.render_range(index))
+        return decode(np.asarray(ds[region]), self._range(index))

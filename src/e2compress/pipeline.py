@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from . import codecs
-from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter
+from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter, StackLayout
 from .errors import E2CompressError, InputError, Interrupted, OutputError, VerificationError
 from .quantize import (
     F32,
@@ -55,6 +54,7 @@ SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one w
 # Below this, encoding an image is mostly Python and HDF5 calls that hold the GIL:
 # threads only contend (measured: a 256x256 stack runs 1.3x faster inline).
 INLINE_IMAGE_BYTES = 1 << 20
+BATCH_BYTES = 1 << 20  # float32 bytes of small images of a stack encoded per task
 DEFAULT_CHUNK_ROWS = 64  # measured: larger chunks gain little; 8 (EMAN2's) costs ratio and time
 TMP_SUFFIX = ".e2compress.tmp"
 STOP = threading.Event()  # set by the CLI's signal handlers; workers stop at the next task
@@ -197,6 +197,7 @@ class _Encoded:
     truncated: int
     chunks: list[tuple[tuple[int, ...], bytes | bytearray]]
     stats: Stats
+    engine: codecs.Engine | None = None
 
 
 @dataclass
@@ -209,13 +210,18 @@ class _ImageJob:
 
 
 class _Encoder:
-    """Per-file state shared by the worker tasks."""
+    """Per-file state shared by the worker tasks.
 
-    def __init__(self, source: ImageSource, opts: Options) -> None:
+    ``stacked``: the images go into a stack, whose image headers carry no statistics
+    (EMAN2 recomputes them on read), so none are computed while encoding.
+    """
+
+    def __init__(self, source: ImageSource, opts: Options, *, stacked: bool = False) -> None:
         self.source = source
         self.opts = opts
         self.engines = codecs.candidates(opts.level)
         self.shuffle = opts.use_shuffle
+        self.stacked = stacked
 
     def stats(self, index: int, block: _Block, limits: tuple[float, float] | None) -> Stats:
         _checkpoint()
@@ -267,9 +273,17 @@ class _Encoder:
         return choose_range(clamped, opts.bits, limits), st
 
     def encode(
-        self, index: int, shape3: tuple[int, int, int], block: _Block, rng: RenderRange | None
+        self,
+        index: int,
+        shape3: tuple[int, int, int],
+        block: _Block,
+        rng: RenderRange | None,
+        engine: codecs.Engine | None = None,
     ) -> _Encoded:
-        """Quantise and deflate the chunks of one block (runs in a worker thread)."""
+        """Quantise and deflate the chunks of one block (runs in a worker thread).
+
+        The deflate engine is probed on the block's first chunk unless ``engine`` is given.
+        """
         _checkpoint()
         data = self.source.read(index, block.z, block.y0, block.y1)
         _, ny, nx = shape3
@@ -278,18 +292,20 @@ class _Encoder:
         dtype = storage_dtype(self.opts.bits)
         codes = np.zeros((rows, nx), dtype=dtype)  # one chunk, zero-padded at the edge
         work = np.empty(rows * nx, dtype=F32)
-        engine: codecs.Engine | None = None
         truncated = 0
         stats = Stats()
+        moments = not self.stacked
         chunks: list[tuple[tuple[int, ...], bytes | bytearray]] = []
         for r in range(0, data.shape[0], rows):
             piece = data[r : r + rows]
             n = piece.shape[0]
             if rng is None:
                 codes[:n] = piece
-                stats = stats.merge(block_stats(codes[:n]))
+                if moments:
+                    stats = stats.merge(block_stats(codes[:n]))
             else:
-                stats = stats.merge(header_moments(piece, work))
+                if moments:
+                    stats = stats.merge(header_moments(piece, work))
                 truncated += quantize(piece, rng, out=codes[:n], work=work)[1]
             if n < rows:
                 codes[n:] = 0
@@ -305,20 +321,35 @@ class _Encoder:
                     chunks.append((offset, sample))
                     continue
             chunks.append((offset, engine.compress(self._bytes(codes))))
-        return _Encoded(truncated, chunks, stats)
+        return _Encoded(truncated, chunks, stats, engine)
 
     def _bytes(self, codes: np.ndarray) -> memoryview:
         buf = codecs.shuffle(codes) if self.shuffle else codes.reshape(-1)
         return buf.data.cast("B")
 
-    def whole_image(self, index: int) -> _ImageJob:
+    def whole_image(self, index: int, engine: codecs.Engine | None = None) -> _ImageJob:
         """Range and encoding of a small image, all in the calling thread."""
         shape3 = self.source.shape(index)
         blocks = _blocks(shape3, self.opts.chunk_rows)
         rng, st = self.choose(index, blocks, lambda fn, items: [fn(b) for b in items])
         job = _ImageJob(index, shape3, rng, st)
-        job.encoded = [self.encode(index, shape3, b, rng) for b in blocks]
+        for b in blocks:
+            job.encoded.append(self.encode(index, shape3, b, rng, engine))
+            engine = job.encoded[-1].engine
         return job
+
+    def whole_images(self, indices: list[int]) -> list[_ImageJob]:
+        """:meth:`whole_image` for a batch of small images of a stack.
+
+        The deflate engine is probed on the batch's first image only: the images of a
+        stack are alike, and probing costs more than coding a small image.
+        """
+        jobs: list[_ImageJob] = []
+        engine: codecs.Engine | None = None
+        for index in indices:
+            jobs.append(self.whole_image(index, engine))
+            engine = jobs[-1].encoded[-1].engine if jobs[-1].encoded else None
+        return jobs
 
 
 def _sum_hist(parts: Iterable[np.ndarray]) -> np.ndarray:
@@ -374,9 +405,94 @@ def _settle(futures: Iterable[Future[Any]]) -> None:
     wait(pending)
 
 
+# Header keys a stack does not store per image: statistics, which EMAN2 recomputes from
+# the pixels on read; keys EMAN2 sets itself on read (size and type from the dataset,
+# source_n, endianness); EMAN2's defaults for real images. (spec §5.3)
+STACK_DROPPED = frozenset(
+    (
+        "minimum",
+        "maximum",
+        "mean",
+        "sigma",
+        "square_sum",
+        "mean_nonzero",
+        "sigma_nonzero",
+        "all_int",
+        "nx",
+        "ny",
+        "nz",
+        "datatype",
+        "source_n",
+        "source_path",
+        "HostEndian",
+        "ImageEndian",
+        "is_complex",
+        "is_complex_x",
+        "is_complex_ri",
+        "changecount",
+    )
+)
+# Kept on every image of a stack even when the same for all: to EMAN2 a ``Group.*`` key
+# is not a pixel size. So is a non-zero origin (EMAN2 reads an absent origin as 0).
+STACK_APIX = ("apix_x", "apix_y", "apix_z")
+STACK_ORIGIN = ("origin_x", "origin_y", "origin_z")
+
+
+class _Headers:
+    """The EMAN2 header of each image, and for a stack the keys stored once for all."""
+
+    def __init__(self, source: ImageSource, opts: Options, *, stacked: bool) -> None:
+        self.source = source
+        self.opts = opts
+        self.stacked = stacked
+        self.shared: frozenset[str] = frozenset()
+        if stacked:
+            first = source.header(0)
+            per_image = set(STACK_APIX)
+            if any(float(first.get(k, 0.0)) != 0.0 for k in STACK_ORIGIN):
+                per_image.update(STACK_ORIGIN)
+            self.shared = frozenset(source.shared_keys()) - per_image
+
+    def group(self) -> dict[str, Any]:
+        """Keys that are the same for every image (a stack's ``/MDF/images`` attributes)."""
+        out: dict[str, Any] = {"source_path": self.source.path.name}
+        out.update((k, v) for k, v in self.source.header(0).items() if k in self.shared)
+        return out
+
+    def raw(self, index: int) -> dict[str, Any]:
+        """Attributes of an HDF source's image without the ``EMAN.`` prefix, copied as is."""
+        return {
+            name: value
+            for name, value in self.source.raw_attrs(index).items()
+            if not name.startswith("EMAN.")
+        }
+
+    def image(self, job: _ImageJob, truncated: int) -> dict[str, Any]:
+        """The ``EMAN.*`` keys of one image."""
+        if not self.stacked:
+            return _image_header(self.source, job, self.opts, truncated)
+        header: dict[str, Any] = {}
+        if job.rng is not None:  # first: the reader looks these up by name
+            header["stored_renderbits"] = job.rng.bits
+            header["stored_rendermin"] = F32(job.rng.rmin)
+            header["stored_rendermax"] = F32(job.rng.rmax)
+            header["stored_truncated"] = truncated
+        header.update(apix_x=F32(1.0), apix_y=F32(1.0), apix_z=F32(1.0))
+        for name, value in self.source.raw_attrs(job.index).items():
+            if name.startswith("EMAN.") and name[5:] not in STACK_DROPPED:
+                header[name[5:]] = value
+        for key, value in self.source.header(job.index).items():
+            if key not in self.shared and key not in STACK_DROPPED:
+                header[key] = value
+        if self.opts.store_level:
+            header["render_compress_level"] = self.opts.level
+        return header
+
+
 def _image_header(
     source: ImageSource, job: _ImageJob, opts: Options, truncated: int
 ) -> dict[str, Any]:
+    """The full header EMAN2 writes for an image (files of one image)."""
     nz, ny, nx = job.shape3
     st = job.stats
     header: dict[str, Any] = {
@@ -421,13 +537,13 @@ def _image_header(
 
 def _write_job(
     writer: EmanHdfWriter,
-    source: ImageSource,
-    opts: Options,
+    headers: _Headers,
     job: _ImageJob,
     encoded: Iterable[_Encoded],
 ) -> ImageReport:
+    opts = headers.opts
     shape = _dataset_shape(job.shape3)
-    ds = writer.create_image(
+    dsid = writer.create_image(
         job.index,
         shape,
         opts.bits,
@@ -442,15 +558,12 @@ def _write_job(
         truncated += enc.truncated
         written = written.merge(enc.stats)
         for offset, data in enc.chunks:
-            ds.id.write_direct_chunk(offset, data)
+            dsid.write_direct_chunk(offset, data)
     if job.rng is not None:  # min/max/integer test come from the range pass
         written.minimum, written.maximum = job.stats.minimum, job.stats.maximum
         written.all_int = job.stats.all_int
     job.stats = written
-    for name, value in source.raw_attrs(job.index).items():
-        if not name.startswith("EMAN."):
-            _copy_attr(ds.parent, name, value)
-    writer.write_header(job.index, _image_header(source, job, opts, truncated))
+    writer.write_header(job.index, headers.image(job, truncated), headers.raw(job.index))
     rng = job.rng
     return ImageReport(
         job.index,
@@ -463,41 +576,64 @@ def _write_job(
     )
 
 
-def _copy_attr(group: h5py.Group, name: str, value: Any) -> None:
-    from .eman_hdf import write_attr
-
-    try:
-        write_attr(group, name, value)
-    except (TypeError, ValueError):
-        pass  # variable-length or exotic types EMAN2 cannot read either
+def _stack_layout(source: ImageSource, opts: Options) -> StackLayout | None:
+    """The stack layout for a source of several images (None: one image)."""
+    if len(source) < 2:
+        return None
+    shape3 = source.shape(0)
+    chunk = _chunk_shape(shape3, opts.chunk_rows)
+    grid = math.prod(-(-d // c) for d, c in zip(_dataset_shape(shape3), chunk, strict=True))
+    return StackLayout(chunks_per_image=grid)
 
 
 def write_eman_hdf(
     source: ImageSource, path: PathLike, opts: Options, pool: Executor
 ) -> list[ImageReport]:
-    """Compress every image of ``source`` into a new EMAN2 HDF file at ``path``."""
-    enc = _Encoder(source, opts)
+    """Compress every image of ``source`` into a new EMAN2 HDF file at ``path``.
+
+    Small images are encoded in batches of about ``BATCH_BYTES`` (one task each, in
+    ``pool`` or inline, see ``INLINE_IMAGE_BYTES``) while this thread writes the
+    finished ones; large images are split into blocks across the pool.
+    """
+    stack = _stack_layout(source, opts)
+    enc = _Encoder(source, opts, stacked=stack is not None)
+    headers = _Headers(source, opts, stacked=stack is not None)
     width = _pool_width(pool)
     reports: list[ImageReport] = []
-    with EmanHdfWriter(path) as writer:
-        window: deque[Future[_ImageJob]] = deque()
+    with EmanHdfWriter(path, stack) as writer:
+        if stack is not None:
+            writer.write_group_header(headers.group())
+        window: deque[Future[list[_ImageJob]]] = deque()
+        batch: list[int] = []
+        batch_bytes = 0
 
         def drain(keep: int) -> None:
             while len(window) > keep:
-                job = window.popleft().result()
-                reports.append(_write_job(writer, source, opts, job, job.encoded))
+                for job in window.popleft().result():
+                    reports.append(_write_job(writer, headers, job, job.encoded))
+
+        def submit() -> None:
+            nonlocal batch, batch_bytes
+            if batch:
+                run = _InlineExecutor() if batch_bytes <= INLINE_IMAGE_BYTES else pool
+                window.append(run.submit(enc.whole_images, batch))
+                batch, batch_bytes = [], 0
+                drain(width + 1)
 
         try:
             for index in range(len(source)):
                 shape3 = source.shape(index)
                 nbytes = math.prod(shape3) * 4
                 if nbytes <= SMALL_IMAGE_BYTES:
-                    run = _InlineExecutor() if nbytes <= INLINE_IMAGE_BYTES else pool
-                    window.append(run.submit(enc.whole_image, index))
-                    drain(width + 1)
+                    batch.append(index)
+                    batch_bytes += nbytes
+                    if batch_bytes >= BATCH_BYTES:
+                        submit()
                     continue
+                submit()
                 drain(0)
-                reports.append(_write_large(writer, enc, index, shape3, pool, width))
+                reports.append(_write_large(writer, enc, headers, index, shape3, pool, width))
+            submit()
             drain(0)
         finally:
             _settle(window)
@@ -507,6 +643,7 @@ def write_eman_hdf(
 def _write_large(
     writer: EmanHdfWriter,
     enc: _Encoder,
+    headers: _Headers,
     index: int,
     shape3: tuple[int, int, int],
     pool: Executor,
@@ -522,7 +659,7 @@ def _write_large(
     job = _ImageJob(index, shape3, rng, st)
     encoded = _bounded(pool, lambda b: enc.encode(index, shape3, b, rng), blocks, width + 1)
     with closing(encoded):
-        return _write_job(writer, enc.source, enc.opts, job, encoded)
+        return _write_job(writer, headers, job, encoded)
 
 
 # --------------------------------------------------------------------------- verification

@@ -64,6 +64,10 @@ class ImageSource(abc.ABC):
         """Attributes to copy verbatim (HDF inputs only)."""
         return {}
 
+    def shared_keys(self) -> frozenset[str]:
+        """Keys of :meth:`header` that have the same value for every image."""
+        return frozenset()
+
     def dtype(self, index: int) -> np.dtype:
         """Element type :meth:`read` returns."""
         return np.dtype(np.float32)
@@ -217,6 +221,10 @@ class MrcSource(ImageSource):
         if self._header_keys is None:
             self._header_keys = self._mrc_keys()
         return dict(self._header_keys)
+
+    def shared_keys(self) -> frozenset[str]:
+        """All of them: an MRC file has one header for all its images."""
+        return frozenset(self.header(0))
 
     def _mrc_keys(self) -> dict[str, Any]:
         h = self._header
