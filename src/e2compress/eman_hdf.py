@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
+import math
 import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -26,9 +28,9 @@ import h5py
 import numpy as np
 from h5py import h5a, h5d, h5f, h5g, h5p, h5s, h5t
 
-from . import codecs
+from . import codecs, h5direct
 from .errors import InputError
-from .quantize import RenderRange, code_max, decode_table, decode_values, storage_dtype
+from .quantize import RenderRange, code_max, decode_values, storage_dtype
 
 PathLike = str | os.PathLike[str]
 STORED_KEYS = ("stored_rendermin", "stored_rendermax", "stored_renderbits", "stored_truncated")
@@ -77,11 +79,17 @@ def _attr_array(value: Any) -> np.ndarray | None:
 
 
 class _AttrMaker:
-    """Creates attributes with the low-level API, reusing dataspaces and types."""
+    """Creates attributes with the low-level API, reusing dataspaces and types.
 
-    def __init__(self) -> None:
+    With ``direct`` (see :mod:`h5direct`), one-number attributes, which are most of an
+    image header, are created with direct HDF5 calls (3x faster than through h5py).
+    """
+
+    def __init__(self, direct: h5direct.Writer | None = None) -> None:
         self._spaces: dict[tuple[int, ...], Any] = {}
         self._types: dict[np.dtype, Any] = {}
+        self._direct = direct
+        self._scalars: dict[np.dtype, tuple[np.ndarray, int]] = {}
 
     def create(self, gid: Any, name: str, value: Any) -> None:
         """Create attribute ``name`` (which must not exist) with EMAN2's type for ``value``."""
@@ -100,6 +108,14 @@ class _AttrMaker:
         tid = self._types.get(arr.dtype)
         if tid is None:
             tid = self._types.setdefault(arr.dtype, h5t.py_create(arr.dtype))
+        if self._direct is not None and arr.shape == (1,):
+            scalar = self._scalars.get(arr.dtype)
+            if scalar is None:
+                buf = np.zeros(1, dtype=arr.dtype)
+                scalar = self._scalars.setdefault(arr.dtype, (buf, buf.ctypes.data))
+            scalar[0][0] = arr[0]
+            self._direct.create_attr(gid.id, name.encode(), tid.id, space.id, scalar[1])
+            return
         h5a.create(gid, name.encode(), tid, space).write(arr, mtype=tid)
 
 
@@ -171,6 +187,7 @@ class EmanHdfWriter:
     def __init__(self, path: PathLike, stack: StackLayout | None = None) -> None:
         self.stack = stack
         self._attrs = _AttrMaker()
+        self._direct: h5direct.Writer | None = None
         self._max_id = -1
         self._current: tuple[int, Any] | None = None
         self._dcpls: dict[tuple[Any, ...], Any] = {}
@@ -181,6 +198,9 @@ class EmanHdfWriter:
             self._images = self._file.create_group("MDF").create_group("images")
             self._gcpl: Any = None
         else:
+            lib = h5direct.library()
+            self._direct = h5direct.Writer(lib) if lib is not None else None
+            self._attrs = _AttrMaker(self._direct)
             self._file = self._create_stack_file(os.fspath(path), stack)
             gcpl = h5p.create(h5p.GROUP_CREATE)
             # EMAN2 opens /MDF/images attributes by creation order: keep it on record.
@@ -252,9 +272,22 @@ class EmanHdfWriter:
             )
             gid, dsid = group.id, ds.id
         else:
-            gid = h5g.create(self._images.id, str(index).encode(), gcpl=self._gcpl)
+            name = str(index).encode()
             dcpl = self._dcpl(dtype, chunks or shape, level, shuffle)
-            dsid = h5d.create(gid, b"image", self._h5type(dtype), self._space(shape), dcpl=dcpl)
+            tid, space = self._h5type(dtype), self._space(shape)
+            hid = None
+            if self._direct is not None:
+                hid = self._direct.create_group(self._images.id.id, name, self._gcpl.id)
+            gid = h5g.GroupID(hid) if hid is not None else None
+            if gid is None:  # h5py: the same call, or its error
+                gid = h5g.create(self._images.id, name, gcpl=self._gcpl)
+            hid = None
+            if self._direct is not None:
+                hid = self._direct.create_dataset(gid.id, b"image", tid.id, space.id, dcpl.id)
+            if hid is not None:
+                dsid = h5direct.wrap_dataset(hid)
+            else:
+                dsid = h5d.create(gid, b"image", tid, space, dcpl=dcpl)
         self._current = (index, gid)
         self._max_id = max(self._max_id, index)
         return dsid
@@ -344,11 +377,38 @@ def decode(codes: np.ndarray, rng: RenderRange | None) -> np.ndarray:
     if rng is None:
         return codes.astype(np.float32, copy=False)
     if codes.dtype.kind == "u" and codes.dtype.itemsize <= 2:
-        if codes.size < code_max(rng.bits) + 1:
+        if codes.size <= code_max(rng.bits):
             return decode_values(codes, rng)
-        return np.asarray(decode_table(rng)[codes])
+        return _Decoder.of(rng, codes.dtype)(np.ascontiguousarray(codes))
     c = codes.astype(np.float64)
     return (c / ((1 << rng.bits) - 1) * (rng.rmax - rng.rmin) + rng.rmin).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Decoder:
+    """Stored codes to values through a table (many pixels, few codes)."""
+
+    rng: RenderRange
+    table: np.ndarray
+
+    @classmethod
+    def of(cls, rng: RenderRange, dtype: np.dtype) -> _Decoder:
+        """Table for every uint8 code, or for the 2**bits codes of uint16."""
+        n = 256 if dtype.itemsize == 1 else code_max(rng.bits) + 1
+        return cls(rng, decode_values(np.arange(n), rng))
+
+    def into(self, codes: np.ndarray, out: np.ndarray) -> None:
+        """``out[...] = values of codes``. Codes beyond the table (uint16 above 2**bits-1,
+        which EMAN2 and we never write) get EMAN2's formula, not a clipped value."""
+        if codes.dtype.itemsize > 1 and codes.size and int(codes.max()) >= self.table.size:
+            out[...] = decode_values(codes, self.rng)
+        else:
+            np.take(self.table, codes, out=out, mode="clip")
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        out = np.empty(codes.shape, dtype=np.float32)
+        self.into(codes, out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -395,14 +455,21 @@ def _read_chunks(
     shape: tuple[int, ...],
     dtype: np.dtype,
     pool: Executor | None,
-    table: np.ndarray | None,
+    decoder: _Decoder | None,
 ) -> np.ndarray:
-    """Decode every chunk of ``dsid`` here (raw reads, our inflate); ``table`` maps codes."""
+    """Decode every chunk of ``dsid`` here (raw reads, our inflate), then the codes."""
     chunks = layout.chunks
     assert chunks is not None
-    grid = [-(-s // c) for s, c in zip(shape, chunks, strict=True)]
-    nbytes = int(np.prod(chunks)) * dtype.itemsize
-    out = np.empty(shape, dtype=dtype if table is None else table.dtype)
+    nbytes = math.prod(chunks) * dtype.itemsize
+    out = np.empty(shape, dtype=dtype if decoder is None else np.float32)
+    if chunks == shape:  # one chunk (small images): no regions to cut
+        mask, raw = _raw_chunk(dsid, (0,) * len(shape))
+        block = _decode_chunk(raw, mask, layout.filters, nbytes, dtype).reshape(shape)
+        if decoder is None:
+            out[...] = block
+        else:
+            decoder.into(block, out)
+        return out
 
     def work(offset: tuple[int, ...], mask: int, raw: bytes) -> None:
         block = _decode_chunk(raw, mask, layout.filters, nbytes, dtype).reshape(chunks)
@@ -411,29 +478,34 @@ def _read_chunks(
         )
         part = block[tuple(slice(0, r.stop - r.start) for r in region)]
         target = out[region]
-        if table is None:
+        if decoder is None:
             target[...] = part
         elif target.flags.c_contiguous:
-            np.take(table, part, out=target)
+            decoder.into(part, target)
         else:
-            target[...] = np.take(table, part)
+            target[...] = decoder(np.ascontiguousarray(part))
 
     futures: list[Future[None]] = []
-    for index in np.ndindex(*grid):
-        offset = tuple(i * c for i, c in zip(index, chunks, strict=True))
-        try:
-            mask, raw = dsid.read_direct_chunk(offset)
-        except RuntimeError:  # "chunk storage is not allocated"
-            for fut in futures:
-                fut.result()
-            raise _Unallocated from None
-        if pool is None:
-            work(offset, mask, raw)
-        else:
-            futures.append(pool.submit(work, offset, mask, raw))
-    for fut in futures:
-        fut.result()
+    try:
+        grid = (range(0, s, c) for s, c in zip(shape, chunks, strict=True))
+        for offset in itertools.product(*grid):
+            mask, raw = _raw_chunk(dsid, offset)
+            if pool is None:
+                work(offset, mask, raw)
+            else:
+                futures.append(pool.submit(work, offset, mask, raw))
+    finally:
+        for fut in futures:
+            fut.result()
     return out
+
+
+def _raw_chunk(dsid: Any, offset: tuple[int, ...]) -> tuple[int, bytes]:
+    try:
+        mask, raw = dsid.read_direct_chunk(offset)
+    except RuntimeError:  # "chunk storage is not allocated"
+        raise _Unallocated from None
+    return int(mask), raw
 
 
 def _read_all(dsid: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -444,35 +516,29 @@ def _read_all(dsid: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return out
 
 
-def read_dataset(
-    ds: h5py.Dataset, pool: Executor | None = None, table: np.ndarray | None = None
-) -> np.ndarray:
-    """The dataset's values, or ``table[values]`` when a decode table is given.
-
-    Chunks are read raw (``read_direct_chunk``) in this thread and inflated and
-    decoded in ``pool``; anything other than deflate/shuffle goes through HDF5.
-    """
+def read_dataset(ds: h5py.Dataset, pool: Executor | None = None) -> np.ndarray:
+    """The dataset's values. Chunks are read raw (``read_direct_chunk``) in this thread
+    and inflated in ``pool``; anything other than deflate/shuffle goes through HDF5."""
     dsid = ds.id
-    return _read_values(dsid, _layout_of(dsid.get_create_plist()), pool, table)
+    layout = _layout_of(dsid.get_create_plist())
+    return _read_values(dsid, layout, tuple(dsid.shape), dsid.dtype, pool, None)
 
 
 def _read_values(
-    dsid: Any, layout: _Layout, pool: Executor | None, table: np.ndarray | None
+    dsid: Any,
+    layout: _Layout,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    pool: Executor | None,
+    decoder: _Decoder | None,
 ) -> np.ndarray:
-    shape = tuple(dsid.shape)
-    dtype = dsid.dtype
-    if (
-        layout.raw_readable
-        and 0 not in shape
-        and dtype.byteorder != ">"
-        and (table is None or dtype.kind == "u")
-    ):
+    if layout.raw_readable and 0 not in shape and dtype.byteorder != ">":
         try:
-            return _read_chunks(dsid, layout, shape, dtype, pool, table)
+            return _read_chunks(dsid, layout, shape, dtype, pool, decoder)
         except _Unallocated:
             pass
     data = _read_all(dsid, shape, dtype)
-    return data if table is None else np.asarray(table[data])
+    return data if decoder is None else decoder(data)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -497,6 +563,8 @@ _RANGE_ATTRS = (
     (b"EMAN.stored_rendermin", _F32),
     (b"EMAN.stored_rendermax", _F32),
 )
+_RANGE_DIRECT = tuple((name, "i" if dt == _I32 else "f") for name, dt in _RANGE_ATTRS)
+_MAX_KNOWN = 16  # dataset types / creation property lists remembered per file
 
 
 class EmanHdfFile:
@@ -528,10 +596,16 @@ class EmanHdfFile:
         self._images_id = self._images.id
         self._threads = threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
-        self._layouts: list[tuple[Any, _Layout]] = []
         self._group_header: dict[str, Any] | None = None
-        self._buf = {dt: np.empty(1, dtype=dt) for dt in (_I32, _F32)}
         self._mtypes = {dt: h5t.py_create(dt) for dt in (_I32, _F32)}
+        # dataset types and creation property lists seen so far (h5py objects kept
+        # alive for comparisons) with what they mean; a stack has one of each
+        self._types: list[Any] = []
+        self._dtypes: list[np.dtype] = []
+        self._plists: list[Any] = []
+        self._layouts: list[_Layout] = []
+        lib = h5direct.library()
+        self._direct = h5direct.Reader(lib) if lib is not None else None
 
     def _layout(self) -> tuple[h5py.Group, int]:
         if "num_dataset" in self._file.attrs:
@@ -562,7 +636,8 @@ class EmanHdfFile:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-        self._layouts.clear()
+        self._types.clear()
+        self._plists.clear()
         if self._file.id.valid:
             self._file.close()
 
@@ -597,19 +672,26 @@ class EmanHdfFile:
 
     def render_range(self, index: int) -> RenderRange | None:
         """The stored quantisation mapping of image ``index`` (None for float data)."""
-        self._dsid(index)
+        self._open(index)  # the image must exist
         return self._range(index)
 
     def _range(self, index: int) -> RenderRange | None:
         """The mapping, read with three attribute reads; general parser if unusual."""
         name = b"%d" % index
+        if self._direct is not None:
+            got = self._direct.read_scalars(self._images_id.id, name, _RANGE_DIRECT)
+            if got is False:
+                return None
+            if got is not None:
+                bits, rmin, rmax = got
+                return RenderRange(int(bits), rmin, rmax) if 0 < bits <= 16 else None
         values = []
         try:
             for attr, dtype in _RANGE_ATTRS:
                 aid = h5a.open(self._images_id, attr, obj_name=name)
                 if aid.get_storage_size() != 4:  # not one 4-byte number
                     return render_range(self._images[str(index)].attrs)
-                buf = self._buf[dtype]
+                buf = np.empty(1, dtype=dtype)
                 aid.read(buf, mtype=self._mtypes[dtype])
                 values.append(buf[0])
         except KeyError:
@@ -621,20 +703,54 @@ class EmanHdfFile:
             return None
         return RenderRange(bits, float(values[1]), float(values[2]))
 
-    def _layout_for(self, dsid: Any) -> _Layout:
-        """The chunk layout of ``dsid``; datasets of one stack share it, so it is cached."""
+    def _dtype(self, dsid: Any, known: int = -1) -> np.dtype:
+        """The dataset's element type (``known``: its position in ``self._types``)."""
+        if known >= 0:
+            return self._dtypes[known]
+        tid = dsid.get_type()
+        dtype: np.dtype = tid.dtype
+        if len(self._types) < _MAX_KNOWN:
+            self._types.append(tid)
+            self._dtypes.append(dtype)
+        return dtype
+
+    def _layout_for(self, dsid: Any, known: int = -1) -> _Layout:
+        """The dataset's chunk layout (``known``: its position in ``self._plists``)."""
+        if known >= 0:
+            return self._layouts[known]
         plist = dsid.get_create_plist()
-        for known, layout in self._layouts:
-            if plist.equal(known):
-                return layout
         layout = _layout_of(plist)
-        if len(self._layouts) < 8:
-            self._layouts.append((plist, layout))
+        if len(self._plists) < _MAX_KNOWN:
+            self._plists.append(plist)
+            self._layouts.append(layout)
         return layout
+
+    def _open(self, index: int) -> tuple[Any, tuple[int, ...], np.dtype, _Layout]:
+        """Image ``index``'s dataset, dims, element type and layout.
+
+        Direct HDF5 calls where possible (see :mod:`h5direct`), else h5py (which also
+        gives the errors).
+        """
+        self._check_index(index)
+        direct = self._direct
+        if direct is not None:
+            hid = direct.open_dataset(self._images_id.id, b"%d/image" % index)
+            if hid is not None:
+                dsid = h5direct.wrap_dataset(hid)
+                info = direct.info(hid, self._types, self._plists)
+                if info is not None:
+                    dtype = self._dtype(dsid, info.type_index)
+                    return dsid, info.dims, dtype, self._layout_for(dsid, info.plist_index)
+        dsid = self._dsid(index)
+        try:
+            shape = dsid.get_space().get_simple_extent_dims()
+            return dsid, shape, self._dtype(dsid), self._layout_for(dsid)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise InputError(f"image {index} is damaged ({_first_line(exc)})", self.path) from None
 
     def shape(self, index: int) -> tuple[int, ...]:
         """Shape of image ``index``: (ny, nx) or (nz, ny, nx)."""
-        return tuple(self._dsid(index).shape)
+        return self._open(index)[1]
 
     def raw_attrs(self, index: int) -> dict[str, Any]:
         """Attributes of image ``index`` as stored (names with their ``EMAN.`` prefix)."""
@@ -679,20 +795,21 @@ class EmanHdfFile:
         return out
 
     def _read(self, index: int, rng: RenderRange | None, decoded: bool) -> np.ndarray:
-        dsid = self._dsid(index)
+        dsid, shape, dtype, layout = self._open(index)
         try:
-            layout = self._layout_for(dsid)
-            dtype = dsid.dtype
-            pool = self._executor() if dsid.get_storage_size() >= POOL_MIN_BYTES else None
-            if not decoded:
-                return _read_values(dsid, layout, pool, None)
-            if rng is not None and dtype.kind == "u" and dtype.itemsize <= 2:
-                size = int(np.prod(dsid.shape))
-                if size >= code_max(rng.bits) + 1:  # a table is cheaper than per-pixel math
-                    return _read_values(dsid, layout, pool, decode_table(rng))
-            return decode(_read_values(dsid, layout, pool, None), rng)
+            size = math.prod(shape)
+            pool = self._executor() if size * dtype.itemsize >= POOL_MIN_BYTES else None
+            decoder = None
+            unsigned = dtype.kind == "u" and dtype.itemsize <= 2
+            # a table is cheaper than per-pixel arithmetic when there are more pixels
+            if decoded and rng is not None and unsigned and size > code_max(rng.bits):
+                decoder = _Decoder.of(rng, dtype)
+            values = _read_values(dsid, layout, shape, dtype, pool, decoder)
         except (OSError, RuntimeError, ValueError) as exc:
             raise InputError(f"cannot read image {index} ({_first_line(exc)})", self.path) from None
+        if not decoded or decoder is not None:
+            return values
+        return decode(values, rng)
 
     def read_codes(self, index: int) -> np.ndarray:
         """The stored values of image ``index`` without rescaling."""

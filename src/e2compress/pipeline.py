@@ -55,6 +55,7 @@ SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one w
 # threads only contend (measured: a 256x256 stack runs 1.3x faster inline).
 INLINE_IMAGE_BYTES = 1 << 20
 BATCH_BYTES = 1 << 20  # float32 bytes of small images of a stack encoded per task
+STACK_CHUNK_BYTES = 1 << 20  # stored bytes up to which a stack's image is one chunk
 DEFAULT_CHUNK_ROWS = 64  # measured: larger chunks gain little; 8 (EMAN2's) costs ratio and time
 TMP_SUFFIX = ".e2compress.tmp"
 STOP = threading.Event()  # set by the CLI's signal handlers; workers stop at the next task
@@ -180,6 +181,19 @@ def _chunk_shape(shape3: tuple[int, int, int], rows: int) -> tuple[int, ...]:
     return (1, min(rows, ny), nx) if rank == 3 else (min(rows, ny), nx)
 
 
+def _chunk_rows(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> int:
+    """Rows per chunk: ``opts.chunk_rows``, but a whole small image of a stack.
+
+    A stack is read an image at a time; one chunk per image means one index entry,
+    one chunk read and one deflate stream (measured: 128x128 reads 1.2x faster, and
+    the file is smaller).
+    """
+    _, ny, nx = shape3
+    if stacked and ny * nx * storage_dtype(opts.bits).itemsize <= STACK_CHUNK_BYTES:
+        return ny
+    return opts.chunk_rows
+
+
 def _blocks(shape3: tuple[int, int, int], chunk_rows: int) -> list[_Block]:
     nz, ny, nx = shape3
     rows = min(chunk_rows, ny)
@@ -288,7 +302,7 @@ class _Encoder:
         data = self.source.read(index, block.z, block.y0, block.y1)
         _, ny, nx = shape3
         rank = len(_dataset_shape(shape3))
-        rows = min(self.opts.chunk_rows, ny)
+        rows = min(self.rows(shape3), ny)
         dtype = storage_dtype(self.opts.bits)
         codes = np.zeros((rows, nx), dtype=dtype)  # one chunk, zero-padded at the edge
         work = np.empty(rows * nx, dtype=F32)
@@ -323,6 +337,10 @@ class _Encoder:
             chunks.append((offset, engine.compress(self._bytes(codes))))
         return _Encoded(truncated, chunks, stats, engine)
 
+    def rows(self, shape3: tuple[int, int, int]) -> int:
+        """Rows per chunk of an image of this file."""
+        return _chunk_rows(shape3, self.opts, self.stacked)
+
     def _bytes(self, codes: np.ndarray) -> memoryview:
         buf = codecs.shuffle(codes) if self.shuffle else codes.reshape(-1)
         return buf.data.cast("B")
@@ -330,7 +348,7 @@ class _Encoder:
     def whole_image(self, index: int, engine: codecs.Engine | None = None) -> _ImageJob:
         """Range and encoding of a small image, all in the calling thread."""
         shape3 = self.source.shape(index)
-        blocks = _blocks(shape3, self.opts.chunk_rows)
+        blocks = _blocks(shape3, self.rows(shape3))
         rng, st = self.choose(index, blocks, lambda fn, items: [fn(b) for b in items])
         job = _ImageJob(index, shape3, rng, st)
         for b in blocks:
@@ -548,7 +566,7 @@ def _write_job(
         shape,
         opts.bits,
         level=opts.level,
-        chunks=_chunk_shape(job.shape3, opts.chunk_rows),
+        chunks=_chunk_shape(job.shape3, _chunk_rows(job.shape3, opts, headers.stacked)),
         shuffle=opts.use_shuffle,
     )
     truncated = 0
@@ -581,7 +599,7 @@ def _stack_layout(source: ImageSource, opts: Options) -> StackLayout | None:
     if len(source) < 2:
         return None
     shape3 = source.shape(0)
-    chunk = _chunk_shape(shape3, opts.chunk_rows)
+    chunk = _chunk_shape(shape3, _chunk_rows(shape3, opts, stacked=True))
     grid = math.prod(-(-d // c) for d, c in zip(_dataset_shape(shape3), chunk, strict=True))
     return StackLayout(chunks_per_image=grid)
 
@@ -649,7 +667,7 @@ def _write_large(
     pool: Executor,
     width: int,
 ) -> ImageReport:
-    blocks = _blocks(shape3, enc.opts.chunk_rows)
+    blocks = _blocks(shape3, enc.rows(shape3))
 
     def run(fn: Callable[[_Block], Any], items: list[_Block]) -> list[Any]:
         with closing(_bounded(pool, fn, items, width + 1)) as results:
