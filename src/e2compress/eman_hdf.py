@@ -322,9 +322,13 @@ class EmanHdfWriter:
                 pass  # variable-length or exotic types EMAN2 cannot read either
 
     def write_group_header(self, header: Mapping[str, Any]) -> None:
-        """Store keys shared by every image on ``/MDF/images`` (EMAN2: ``Group.<key>``)."""
+        """Store keys shared by every image on ``/MDF/images`` (EMAN2: ``Group.<key>``).
+        Values HDF5 or EMAN2 cannot store are left out."""
         for key, value in header.items():
-            self._attrs.create(self._images.id, key, value)
+            try:
+                self._attrs.create(self._images.id, key, value)
+            except (TypeError, ValueError):
+                pass  # variable-length or exotic types EMAN2 cannot read either
 
     def close(self) -> None:
         """Record ``imageid_max`` and close the file."""
@@ -596,7 +600,7 @@ class EmanHdfFile:
         self._images_id = self._images.id
         self._threads = threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
-        self._group_header: dict[str, Any] | None = None
+        self._group_attrs: dict[str, Any] | None = None
         self._mtypes = {dt: h5t.py_create(dt) for dt in (_I32, _F32)}
         # dataset types and creation property lists seen so far (h5py objects kept
         # alive for comparisons) with what they mean; a stack has one of each
@@ -771,18 +775,27 @@ class EmanHdfFile:
                 continue
         return out
 
-    def group_header(self) -> dict[str, Any]:
-        """Keys stored once for all images (``/MDF/images`` attributes) as ``Group.<name>``."""
-        if self._group_header is None:
+    def group_attrs(self) -> dict[str, Any]:
+        """Attributes of ``/MDF/images`` other than ``imageid_max``, as stored: keys
+        shared by all images (EMAN2 shows them as ``Group.<name>``)."""
+        if self._group_attrs is None:
             out: dict[str, Any] = {}
-            for name in self._images.attrs:
+            try:
+                names = list(self._images.attrs)
+            except (OSError, RuntimeError, KeyError, ValueError):
+                names = []
+            for name in names:
                 if isinstance(name, str) and name != "imageid_max":
                     try:
-                        out[f"Group.{name}"] = _plain(self._images.attrs[name])
+                        out[name] = self._images.attrs[name]
                     except (OSError, RuntimeError, TypeError, ValueError):
                         continue
-            self._group_header = out
-        return dict(self._group_header)
+            self._group_attrs = out
+        return dict(self._group_attrs)
+
+    def group_header(self) -> dict[str, Any]:
+        """:meth:`group_attrs` as EMAN2 reports them: ``Group.<name>``, plain values."""
+        return {f"Group.{name}": _plain(value) for name, value in self.group_attrs().items()}
 
     def header(self, index: int) -> dict[str, Any]:
         """Header of image ``index`` as EMAN2 reports it (prefix stripped, ``Group.*``)."""

@@ -472,9 +472,12 @@ class _Headers:
             self.shared = frozenset(source.shared_keys()) - per_image
 
     def group(self) -> dict[str, Any]:
-        """Keys that are the same for every image (a stack's ``/MDF/images`` attributes)."""
-        out: dict[str, Any] = {"source_path": self.source.path.name}
-        out.update((k, v) for k, v in self.source.header(0).items() if k in self.shared)
+        """``/MDF/images`` attributes: those of an HDF source, and for a stack the keys
+        that are the same for every image."""
+        out = dict(self.source.group_attrs())
+        if self.stacked:
+            out["source_path"] = self.source.path.name
+            out.update((k, v) for k, v in self.source.header(0).items() if k in self.shared)
         return out
 
     def raw(self, index: int) -> dict[str, Any]:
@@ -619,8 +622,7 @@ def write_eman_hdf(
     width = _pool_width(pool)
     reports: list[ImageReport] = []
     with EmanHdfWriter(path, stack) as writer:
-        if stack is not None:
-            writer.write_group_header(headers.group())
+        writer.write_group_header(headers.group())
         window: deque[Future[list[_ImageJob]]] = deque()
         batch: list[int] = []
         batch_bytes = 0

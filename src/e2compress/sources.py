@@ -68,6 +68,10 @@ class ImageSource(abc.ABC):
         """Keys of :meth:`header` that have the same value for every image."""
         return frozenset()
 
+    def group_attrs(self) -> dict[str, Any]:
+        """Attributes the file stores once for all images (EMAN2 HDF: ``Group.*``)."""
+        return {}
+
     def dtype(self, index: int) -> np.dtype:
         """Element type :meth:`read` returns."""
         return np.dtype(np.float32)
@@ -452,6 +456,9 @@ class HdfSource(ImageSource):
                 continue
             out[name] = value
         return out
+
+    def group_attrs(self) -> dict[str, Any]:
+        return self._file.group_attrs()
 
     def close(self) -> None:
         self._file.close()
