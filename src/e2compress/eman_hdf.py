@@ -383,7 +383,7 @@ def decode(codes: np.ndarray, rng: RenderRange | None) -> np.ndarray:
     if codes.dtype.kind == "u" and codes.dtype.itemsize <= 2:
         if codes.size <= code_max(rng.bits):
             return decode_values(codes, rng)
-        return _Decoder.of(rng, codes.dtype)(np.ascontiguousarray(codes))
+        return _Decoder.of(rng, codes.dtype, codes.size)(np.ascontiguousarray(codes))
     c = codes.astype(np.float64)
     return (c / ((1 << rng.bits) - 1) * (rng.rmax - rng.rmin) + rng.rmin).astype(np.float32)
 
@@ -396,15 +396,19 @@ class _Decoder:
     table: np.ndarray
 
     @classmethod
-    def of(cls, rng: RenderRange, dtype: np.dtype) -> _Decoder:
-        """Table for every uint8 code, or for the 2**bits codes of uint16."""
-        n = 256 if dtype.itemsize == 1 else code_max(rng.bits) + 1
+    def of(cls, rng: RenderRange, dtype: np.dtype, size: int) -> _Decoder:
+        """Table for every code of ``dtype``, but only the 2**bits codes of uint16 for
+        images of fewer than 4 x 65536 pixels."""
+        n = 1 << 8 * dtype.itemsize
+        if size < 4 * n:
+            n = min(n, code_max(rng.bits) + 1)
         return cls(rng, decode_values(np.arange(n), rng))
 
     def into(self, codes: np.ndarray, out: np.ndarray) -> None:
         """``out[...] = values of codes``. Codes beyond the table (uint16 above 2**bits-1,
         which EMAN2 and we never write) get EMAN2's formula, not a clipped value."""
-        if codes.dtype.itemsize > 1 and codes.size and int(codes.max()) >= self.table.size:
+        full = self.table.size >= 1 << 8 * codes.dtype.itemsize
+        if not full and codes.size and int(codes.max()) >= self.table.size:
             out[...] = decode_values(codes, self.rng)
         else:
             np.take(self.table, codes, out=out, mode="clip")
@@ -816,7 +820,7 @@ class EmanHdfFile:
             unsigned = dtype.kind == "u" and dtype.itemsize <= 2
             # a table is cheaper than per-pixel arithmetic when there are more pixels
             if decoded and rng is not None and unsigned and size > code_max(rng.bits):
-                decoder = _Decoder.of(rng, dtype)
+                decoder = _Decoder.of(rng, dtype, size)
             values = _read_values(dsid, layout, shape, dtype, pool, decoder)
         except (OSError, RuntimeError, ValueError) as exc:
             raise InputError(f"cannot read image {index} ({_first_line(exc)})", self.path) from None

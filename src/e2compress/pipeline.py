@@ -204,6 +204,7 @@ def _blocks(shape3: tuple[int, int, int], chunk_rows: int) -> list[_Block]:
 
 
 _BlockMap = Callable[[Callable[[_Block], Any], list[_Block]], list[Any]]
+_Pixels = dict[_Block, np.ndarray] | None  # blocks already read
 
 
 @dataclass
@@ -237,28 +238,39 @@ class _Encoder:
         self.shuffle = opts.use_shuffle
         self.stacked = stacked
 
-    def stats(self, index: int, block: _Block, limits: tuple[float, float] | None) -> Stats:
-        _checkpoint()
-        data = self.source.read(index, block.z, block.y0, block.y1)
-        return block_stats(data, limits, with_moments=self.opts.sigrange is not None)
+    def read(self, index: int, block: _Block, data: _Pixels = None) -> np.ndarray:
+        """The pixels of ``block`` (from ``data`` when the caller has read them)."""
+        if data is not None:
+            return data[block]
+        return self.source.read(index, block.z, block.y0, block.y1)
 
-    def hist(self, index: int, block: _Block, h0: float, h1: float) -> np.ndarray:
-        return histogram(self.source.read(index, block.z, block.y0, block.y1), h0, h1)
+    def stats(
+        self, index: int, block: _Block, limits: tuple[float, float] | None, data: _Pixels = None
+    ) -> Stats:
+        _checkpoint()
+        pixels = self.read(index, block, data)
+        return block_stats(pixels, limits, with_moments=self.opts.sigrange is not None)
+
+    def hist(
+        self, index: int, block: _Block, h0: float, h1: float, data: _Pixels = None
+    ) -> np.ndarray:
+        return histogram(self.read(index, block, data), h0, h1)
 
     def choose(
-        self, index: int, blocks: list[_Block], run: _BlockMap
+        self, index: int, blocks: list[_Block], run: _BlockMap, data: _Pixels = None
     ) -> tuple[RenderRange | None, Stats]:
         """The image's stored range, and its unclamped min/max/integer test.
 
-        ``run(fn, blocks)`` applies ``fn`` to every block (inline or in the pool).
+        ``run(fn, blocks)`` applies ``fn`` to every block (inline or in the pool);
+        ``data``: the blocks' pixels, when already read.
         """
         opts = self.opts
 
         def stats_of(limits: tuple[float, float] | None) -> Stats:
-            return merge_stats(run(lambda b: self.stats(index, b, limits), blocks))
+            return merge_stats(run(lambda b: self.stats(index, b, limits, data), blocks))
 
         def hist_of(h0: float, h1: float) -> np.ndarray:
-            return _sum_hist(run(lambda b: self.hist(index, b, h0, h1), blocks))
+            return _sum_hist(run(lambda b: self.hist(index, b, h0, h1, data), blocks))
 
         if opts.bits == 0:
             return None, Stats()
@@ -293,13 +305,14 @@ class _Encoder:
         block: _Block,
         rng: RenderRange | None,
         engine: codecs.Engine | None = None,
+        pixels: _Pixels = None,
     ) -> _Encoded:
         """Quantise and deflate the chunks of one block (runs in a worker thread).
 
         The deflate engine is probed on the block's first chunk unless ``engine`` is given.
         """
         _checkpoint()
-        data = self.source.read(index, block.z, block.y0, block.y1)
+        data = self.read(index, block, pixels)
         _, ny, nx = shape3
         rank = len(_dataset_shape(shape3))
         rows = min(self.rows(shape3), ny)
@@ -346,13 +359,15 @@ class _Encoder:
         return buf.data.cast("B")
 
     def whole_image(self, index: int, engine: codecs.Engine | None = None) -> _ImageJob:
-        """Range and encoding of a small image, all in the calling thread."""
+        """Range and encoding of a small image, all in the calling thread (its pixels
+        are read once, for both passes)."""
         shape3 = self.source.shape(index)
         blocks = _blocks(shape3, self.rows(shape3))
-        rng, st = self.choose(index, blocks, lambda fn, items: [fn(b) for b in items])
+        data = {b: self.read(index, b) for b in blocks}
+        rng, st = self.choose(index, blocks, lambda fn, items: [fn(b) for b in items], data)
         job = _ImageJob(index, shape3, rng, st)
         for b in blocks:
-            job.encoded.append(self.encode(index, shape3, b, rng, engine))
+            job.encoded.append(self.encode(index, shape3, b, rng, engine, data))
             engine = job.encoded[-1].engine
         return job
 
