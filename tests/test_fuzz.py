@@ -1,7 +1,8 @@
 """Fuzzing the readers with hypothesis: mutated real files (MRC headers, TIFF headers and
 tag directories, EMAN2 HDF5 metadata, truncations) must either compress to a valid
-EMAN2 file with the right number of images or raise E2CompressError, quickly, without
-any other exception and without leaving an output or a temporary file behind.
+EMAN2 file with the right number of images or raise E2CompressError, without any
+other exception, without hanging (a 60 s guard, not a speed limit: speed is for the
+benchmarks) and without leaving an output or a temporary file behind.
 
 Runs are deterministic (``derandomize``); ``E2C_FUZZ_EXAMPLES`` scales the number of
 examples (default 1.0x) for longer local runs.
@@ -32,15 +33,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REAL, Mapping, eman_decode
-from e2compress import E2CompressError, compress_file, open_source, pipeline
+from conftest import REAL, Mapping, assert_within_half_step, eman_decode
+from e2compress import E2CompressError, compress_file, open_source
 
 pytestmark = pytest.mark.shared
 
 F32 = np.float32
 SCALE = float(os.environ.get("E2C_FUZZ_EXAMPLES", "1"))
-SOFT_SECONDS = 5.0  # every example must finish within this (absurd sizes rejected fast)
-HARD_SECONDS = 20  # SIGALRM: a hang fails the example instead of the whole run
+HANG_SECONDS = 60  # SIGALRM hang guard: a hang fails the example instead of the whole run
 MRC_SEEDS = ("EMD-3197.map", "smallStack.mrcs")
 TIFF_SEEDS = ("KLH.tif", "test_loading_image_saved_with_DM.tif")
 HDF_SEED = "synthetic.hdf"
@@ -90,13 +90,6 @@ def _seeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     SCRATCH.clear()
 
 
-@pytest.fixture(autouse=True)
-def _clear_stop() -> Iterator[None]:
-    pipeline.STOP.clear()
-    yield
-    pipeline.STOP.clear()
-
-
 # --------------------------------------------------------------------------- the property
 
 
@@ -121,20 +114,8 @@ def hard_timeout(seconds: int) -> Iterator[None]:
 def assert_holds(decoded: np.ndarray, mapping: Mapping, orig: np.ndarray) -> None:
     """``decoded`` is ``orig`` to within half a step inside the stored range; pixels
     outside it (EMAN2's integer rule may clamp) hold the end values and are counted."""
-    bits, rmin, rmax, truncated = mapping
-    assert bits == 5
-    orig = orig.astype(F32)
-    got = decoded.reshape(orig.shape)
-    below, above = orig < F32(rmin), orig > F32(rmax)
-    assert int(np.count_nonzero(below | above)) == truncated
-    assert (got[below] == got.min()).all()
-    assert (got[above] == got.max()).all()
-    inside = ~(below | above)
-    step = (rmax - rmin) / (2**bits - 1)
-    scale = max(abs(rmin), abs(rmax))
-    bound = step / 2 * (1 + 1e-4) + 8 * float(np.spacing(F32(scale)))
-    err = np.abs(got[inside].astype(np.float64) - orig[inside].astype(np.float64))
-    assert err.size == 0 or float(err.max()) <= bound
+    assert mapping[0] == 5
+    assert_within_half_step(orig, decoded, mapping)
 
 
 def check_compress(name: str, blob: bytes) -> str:
@@ -146,17 +127,14 @@ def check_compress(name: str, blob: bytes) -> str:
         src.write_bytes(blob)
         out = work / "out.hdf"
         error: E2CompressError | None = None
-        t0 = time.monotonic()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with hard_timeout(HARD_SECONDS):
+            with hard_timeout(HANG_SECONDS):
                 try:
                     compress_file(src, out, bits=5)
                 except E2CompressError as exc:
                     error = exc
-            elapsed = time.monotonic() - t0
             gc.collect()  # unclosed-file warnings surface here, not in a later example
-        assert elapsed < SOFT_SECONDS, f"took {elapsed:.1f} s"
         escaped = [w for w in caught if not _tolerated(w)]
         assert [str(w.message) for w in escaped] == [], "warnings escaped to the user"
         assert src.read_bytes() == blob, "the input was modified"

@@ -10,6 +10,7 @@ import pytest
 
 import e2compress
 from conftest import REAL
+from e2compress.provenance import RECORD_KEYS
 
 pytestmark = pytest.mark.shared
 
@@ -151,7 +152,9 @@ def _check_stack_image(group: h5py.Group, bits: int) -> None:
 def test_layout(name: str, n: int, shape: tuple[int, ...], bits: int, tmp_path: Path) -> None:
     out = _compress(name, tmp_path, bits=bits)
     with h5py.File(out, "r") as f:
-        assert len(f.attrs) == 0  # never num_dataset: EMAN2 would use its legacy reader
+        # never num_dataset (EMAN2 would use its legacy reader); only the record of what
+        # the file was made from, which EMAN2 ignores
+        assert set(f.attrs) == {f"e2compress.{k}" for k in RECORD_KEYS}
         assert list(f.keys()) == ["MDF"]
         assert isinstance(f["MDF"], h5py.Group)
         assert len(f["MDF"].attrs) == 0

@@ -18,14 +18,11 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import EMAN2_WRITTEN, REAL, REAL_FILES
-
-pytestmark = pytest.mark.shared
+from conftest import EMAN2_WRITTEN, REAL, assert_within_half_step, real_file_params
 
 F32 = np.float32
 BITS = [0, 5, 10, 16]
-CASES = [(p, b) for p in REAL_FILES for b in BITS]
-CASE_IDS = [f"{p.name}-bits{b}" for p, b in CASES]
+FILES = real_file_params()
 
 
 def _name(path: Path) -> str:
@@ -83,18 +80,15 @@ def _check_quantised(
     assert int(codes.max()) <= top
     o = orig.astype(np.float64)
     d = decoded.astype(np.float64)
-    step = (rmax - rmin) / top
     ulp = float(np.spacing(F32(max(abs(rmin), abs(rmax)))))
 
     below, above = o < F32(rmin), o > F32(rmax)
-    inside = ~(below | above)
     assert truncated == int(below.sum() + above.sum())
     assert np.all(np.abs(d[below] - rmin) <= 2 * ulp)
     assert np.all(np.abs(d[above] - rmax) <= 2 * ulp)
     assert np.all(codes[below] == 0)
     assert np.all(codes[above] == top)
-    err = np.abs(d[inside] - o[inside])
-    assert float(err.max()) <= step / 2 + 4 * ulp, (float(err.max()), step / 2)
+    assert_within_half_step(orig, decoded, (bits, rmin, rmax, truncated))
 
     if auto_range and _is_integer(orig):
         # integer rules of spec §2.2: reads return integers, exactly the originals if they fit
@@ -108,7 +102,8 @@ def _check_quantised(
     assert float(np.abs(eman2.astype(np.float64) - d).max()) <= 1e-5 * (rmax - rmin)
 
 
-@pytest.mark.parametrize(("path", "bits"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("bits", BITS, ids=lambda b: f"bits{b}")
+@pytest.mark.parametrize("path", FILES)
 def test_round_trip(path: Path, bits: int, tmp_path: Path) -> None:
     out = tmp_path / "out.hdf"
     report = e2compress.compress_file(path, out, bits=bits, threads=2)
@@ -146,7 +141,7 @@ def test_round_trip(path: Path, bits: int, tmp_path: Path) -> None:
                 )
 
 
-@pytest.mark.parametrize("path", REAL_FILES, ids=[p.name for p in REAL_FILES])
+@pytest.mark.parametrize("path", FILES)
 def test_open_source_matches_independent_read(path: Path) -> None:
     truth = _true_images(path)
     with e2compress.open_source(path) as src:
@@ -171,6 +166,7 @@ CLAMP_FILES = [
 ]
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("name", CLAMP_FILES)
 def test_round_trip_with_range_clamps(name: str, tmp_path: Path) -> None:
     """--range at the 10th/90th percentiles: clamped pixels are counted and hold end codes."""
@@ -189,6 +185,7 @@ def test_round_trip_with_range_clamps(name: str, tmp_path: Path) -> None:
     assert total > 0.05 * n  # about 20 % of the pixels lie outside the percentiles
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("bits", [0, 8, 10, 16], ids=lambda b: f"bits{b}")
 def test_tiff_rows_are_flipped(bits: int, tmp_path: Path) -> None:
     """EMAN2's TIFF reader flips rows; KLH.tif (uint8) fits losslessly at 8+ bits."""
@@ -202,6 +199,7 @@ def test_tiff_rows_are_flipped(bits: int, tmp_path: Path) -> None:
     assert not np.array_equal(decoded, tif)
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("bits", [0, 16], ids=lambda b: f"bits{b}")
 def test_permuted_axis_map(bits: int, tmp_path: Path) -> None:
     """5i55_tiny.ccp4 has mapc, mapr, maps = 2, 1, 3: columns are y, rows are x."""
@@ -227,6 +225,7 @@ def test_permuted_axis_map(bits: int, tmp_path: Path) -> None:
         assert (int(a["EMAN.nx"][0]), int(a["EMAN.ny"][0]), int(a["EMAN.nz"][0])) == (6, 8, 10)
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize(
     ("name", "apix"),
     [("EMD-3197.map", 11.4), ("EMD-3197.map.bz2", 11.4), ("empiar_10076_7.mrc", 1.0)],

@@ -18,13 +18,17 @@ import numpy as np
 
 from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError, OutputError, VerificationError
-from .pipeline import CompressReport, ImageReport, Options, compress_file, output_path
+from .executor import Cancel
+from .options import Options
+from .pipeline import compress_file, output_path
 from .quantize import RenderRange
+from .report import CompressReport, ImageReport
 from .sources import ImageSource, is_hdf5, open_source
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cancel",
     "CompressReport",
     "E2CompressError",
     "EmanHdfFile",

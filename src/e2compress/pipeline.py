@@ -7,27 +7,36 @@ file is exactly what HDF5's own deflate (+ shuffle) filter would decode.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import math
 import os
-import shutil
 import stat
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from . import codecs
+from .atomic import (
+    TMP_SUFFIX,
+    AtomicOutput,
+    check_output_dir,
+    check_replaceable,
+    os_error,
+    resolve_target,
+)
+from .blocks import Block, blocks, chunk_shape, dataset_shape
 from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter, StackLayout
-from .errors import E2CompressError, InputError, Interrupted, OutputError, VerificationError
+from .errors import E2CompressError, InputError, OutputError
+from .executor import Cancel, InlineExecutor, bounded, in_flight, make_pool, pool_width, settle
+from .options import DEFAULT_CHUNK_ROWS, Options
+from .provenance import Identity, Record, check_unchanged, read_record, value_options, write_record
 from .quantize import (
     F32,
     HIST_BINS,
@@ -35,8 +44,6 @@ from .quantize import (
     Stats,
     block_stats,
     choose_range,
-    code_max,
-    decode_table,
     header_moments,
     histogram,
     merge_stats,
@@ -46,102 +53,31 @@ from .quantize import (
     storage_dtype,
     valid_limits,
 )
-from .sources import ImageSource, open_source, strip_compression
+from .report import CompressReport, ImageReport
+from .sources import ImageSource, is_hdf5, open_source, strip_compression
+from .verify import verify_output
+
+__all__ = [
+    "TMP_SUFFIX",
+    "Cancel",
+    "CompressReport",
+    "ImageReport",
+    "Options",
+    "compress_file",
+    "make_pool",
+    "output_is_complete",
+    "output_path",
+    "verify_output",
+    "write_eman_hdf",
+]
 
 PathLike = str | os.PathLike[str]
-BLOCK_BYTES = 16 << 20  # float32 bytes of input per worker task (probe cost ~1/16)
 SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one worker
 # Below this, encoding an image is mostly Python and HDF5 calls that hold the GIL:
 # threads only contend (measured: a 256x256 stack runs 1.3x faster inline).
 INLINE_IMAGE_BYTES = 1 << 20
 BATCH_BYTES = 1 << 20  # float32 bytes of small images of a stack encoded per task
 STACK_CHUNK_BYTES = 1 << 20  # stored bytes up to which a stack's image is one chunk
-DEFAULT_CHUNK_ROWS = 64  # measured: larger chunks gain little; 8 (EMAN2's) costs ratio and time
-TMP_SUFFIX = ".e2compress.tmp"
-STOP = threading.Event()  # set by the CLI's signal handlers; workers stop at the next task
-
-
-def _checkpoint() -> None:
-    if STOP.is_set():
-        raise Interrupted(0)
-
-
-@dataclass(frozen=True)
-class Options:
-    """What to store: bits, deflate level and the range option (at most one)."""
-
-    bits: int = 10
-    level: int = 1
-    value_range: tuple[float, float] | None = None
-    sigrange: tuple[float, float] | None = None
-    nooutliers: bool = False
-    shuffle: bool | None = None
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
-    store_level: bool = False
-
-    def validate(self) -> None:
-        """Raise E2CompressError for impossible settings."""
-        if self.bits != 0 and not 2 <= self.bits <= 16:
-            raise E2CompressError(f"--bits must be 0 (lossless float) or 2..16, not {self.bits}")
-        if not 0 <= self.level <= 9:
-            raise E2CompressError(f"--compresslevel must be 0..9, not {self.level}")
-        chosen = [self.value_range is not None, self.sigrange is not None, self.nooutliers]
-        if sum(chosen) > 1:
-            raise E2CompressError("give only one of --nooutliers, --range and --sigrange")
-        if self.value_range is not None:
-            lo, hi = self.value_range
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-                raise E2CompressError(f"--range needs finite min < max, not {lo},{hi}")
-        if self.sigrange is not None:
-            a, b = self.sigrange
-            if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
-                raise E2CompressError(f"--sigrange needs two positive numbers, not {a},{b}")
-        if self.chunk_rows < 1:
-            raise E2CompressError(f"chunk rows must be >= 1, not {self.chunk_rows}")
-
-    @property
-    def use_shuffle(self) -> bool:
-        """Shuffle pays for multi-byte storage (float32, uint16); never for uint8."""
-        if self.shuffle is not None:
-            return self.shuffle
-        return storage_dtype(self.bits).itemsize > 1
-
-
-@dataclass
-class ImageReport:
-    """How one image was stored."""
-
-    index: int
-    shape: tuple[int, ...]
-    bits: int
-    rmin: float | None
-    rmax: float | None
-    truncated: int
-    rule: str
-
-
-@dataclass
-class CompressReport:
-    """The outcome of compressing one file."""
-
-    source: str
-    output: str
-    bytes_in: int = 0
-    bytes_out: int = 0
-    seconds: float = 0.0
-    engine: str = ""
-    verified: bool = False
-    images: list[ImageReport] = field(default_factory=list)
-
-    @property
-    def ratio(self) -> float:
-        """Input file size over output file size."""
-        return self.bytes_in / self.bytes_out if self.bytes_out else 0.0
-
-    @property
-    def truncated(self) -> int:
-        """Clamped pixels over all images."""
-        return sum(im.truncated for im in self.images)
 
 
 def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
@@ -154,31 +90,8 @@ def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
     return (Path(outpath) if outpath is not None else p.parent) / name
 
 
-# --------------------------------------------------------------------------- blocks
-
-
-@dataclass(frozen=True)
-class _Block:
-    z: int
-    y0: int
-    y1: int
-
-
-def _dataset_shape(shape3: tuple[int, int, int]) -> tuple[int, ...]:
-    nz, ny, nx = shape3
-    if nz > 1:
-        return shape3
-    if ny > 1:
-        return (ny, nx)
-    return (nx,)
-
-
-def _chunk_shape(shape3: tuple[int, int, int], rows: int) -> tuple[int, ...]:
-    _, ny, nx = shape3
-    rank = len(_dataset_shape(shape3))
-    if rank == 1:
-        return (nx,)
-    return (1, min(rows, ny), nx) if rank == 3 else (min(rows, ny), nx)
+BlockMap = Callable[[Callable[[Block], Any], list[Block]], list[Any]]
+_Pixels = dict[Block, np.ndarray] | None  # blocks already read
 
 
 def _chunk_rows(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> int:
@@ -192,19 +105,6 @@ def _chunk_rows(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> i
     if stacked and ny * nx * storage_dtype(opts.bits).itemsize <= STACK_CHUNK_BYTES:
         return ny
     return opts.chunk_rows
-
-
-def _blocks(shape3: tuple[int, int, int], chunk_rows: int) -> list[_Block]:
-    nz, ny, nx = shape3
-    rows = min(chunk_rows, ny)
-    per_block = rows * max(1, BLOCK_BYTES // max(1, rows * nx * 4))
-    return [
-        _Block(z, y0, min(y0 + per_block, ny)) for z in range(nz) for y0 in range(0, ny, per_block)
-    ]
-
-
-_BlockMap = Callable[[Callable[[_Block], Any], list[_Block]], list[Any]]
-_Pixels = dict[_Block, np.ndarray] | None  # blocks already read
 
 
 @dataclass
@@ -231,33 +131,40 @@ class _Encoder:
     (EMAN2 recomputes them on read), so none are computed while encoding.
     """
 
-    def __init__(self, source: ImageSource, opts: Options, *, stacked: bool = False) -> None:
+    def __init__(
+        self, source: ImageSource, opts: Options, cancel: Cancel, *, stacked: bool = False
+    ) -> None:
         self.source = source
         self.opts = opts
+        self.cancel = cancel
         self.engines = codecs.candidates(opts.level)
         self.shuffle = opts.use_shuffle
         self.stacked = stacked
 
-    def read(self, index: int, block: _Block, data: _Pixels = None) -> np.ndarray:
+    def rows(self, shape3: tuple[int, int, int]) -> int:
+        """Rows per chunk of an image of this file."""
+        return _chunk_rows(shape3, self.opts, self.stacked)
+
+    def read(self, index: int, block: Block, data: _Pixels = None) -> np.ndarray:
         """The pixels of ``block`` (from ``data`` when the caller has read them)."""
         if data is not None:
             return data[block]
         return self.source.read(index, block.z, block.y0, block.y1)
 
     def stats(
-        self, index: int, block: _Block, limits: tuple[float, float] | None, data: _Pixels = None
+        self, index: int, block: Block, limits: tuple[float, float] | None, data: _Pixels = None
     ) -> Stats:
-        _checkpoint()
+        self.cancel.check()
         pixels = self.read(index, block, data)
         return block_stats(pixels, limits, with_moments=self.opts.sigrange is not None)
 
     def hist(
-        self, index: int, block: _Block, h0: float, h1: float, data: _Pixels = None
+        self, index: int, block: Block, h0: float, h1: float, data: _Pixels = None
     ) -> np.ndarray:
         return histogram(self.read(index, block, data), h0, h1)
 
     def choose(
-        self, index: int, blocks: list[_Block], run: _BlockMap, data: _Pixels = None
+        self, index: int, blocks: list[Block], run: BlockMap, data: _Pixels = None
     ) -> tuple[RenderRange | None, Stats]:
         """The image's stored range, and its unclamped min/max/integer test.
 
@@ -296,13 +203,21 @@ class _Encoder:
             F32(limits[0]) <= F32(st.minimum) and F32(st.maximum) <= F32(limits[1])
         ):
             clamped = stats_of(limits)
-        return choose_range(clamped, opts.bits, limits), st
+        rng = choose_range(clamped, opts.bits, limits)
+        if not rng.is_finite:
+            raise InputError(
+                f"image {index}: values span {st.minimum:.3g}..{st.maximum:.3g}, too wide for "
+                "a quantised range (corrupt or uninitialised data?); give a range option "
+                "or use bits 0 to keep them exactly",
+                self.source.path,
+            )
+        return rng, st
 
     def encode(
         self,
         index: int,
         shape3: tuple[int, int, int],
-        block: _Block,
+        block: Block,
         rng: RenderRange | None,
         engine: codecs.Engine | None = None,
         pixels: _Pixels = None,
@@ -311,10 +226,10 @@ class _Encoder:
 
         The deflate engine is probed on the block's first chunk unless ``engine`` is given.
         """
-        _checkpoint()
+        self.cancel.check()
         data = self.read(index, block, pixels)
         _, ny, nx = shape3
-        rank = len(_dataset_shape(shape3))
+        rank = len(dataset_shape(shape3))
         rows = min(self.rows(shape3), ny)
         dtype = storage_dtype(self.opts.bits)
         codes = np.zeros((rows, nx), dtype=dtype)  # one chunk, zero-padded at the edge
@@ -350,10 +265,6 @@ class _Encoder:
             chunks.append((offset, engine.compress(self._bytes(codes))))
         return _Encoded(truncated, chunks, stats, engine)
 
-    def rows(self, shape3: tuple[int, int, int]) -> int:
-        """Rows per chunk of an image of this file."""
-        return _chunk_rows(shape3, self.opts, self.stacked)
-
     def _bytes(self, codes: np.ndarray) -> memoryview:
         buf = codecs.shuffle(codes) if self.shuffle else codes.reshape(-1)
         return buf.data.cast("B")
@@ -362,11 +273,11 @@ class _Encoder:
         """Range and encoding of a small image, all in the calling thread (its pixels
         are read once, for both passes)."""
         shape3 = self.source.shape(index)
-        blocks = _blocks(shape3, self.rows(shape3))
-        data = {b: self.read(index, b) for b in blocks}
-        rng, st = self.choose(index, blocks, lambda fn, items: [fn(b) for b in items], data)
+        parts = blocks(shape3, self.rows(shape3))
+        data = {b: self.read(index, b) for b in parts}
+        rng, st = self.choose(index, parts, lambda fn, items: [fn(b) for b in items], data)
         job = _ImageJob(index, shape3, rng, st)
-        for b in blocks:
+        for b in parts:
             job.encoded.append(self.encode(index, shape3, b, rng, engine, data))
             engine = job.encoded[-1].engine
         return job
@@ -390,52 +301,6 @@ def _sum_hist(parts: Iterable[np.ndarray]) -> np.ndarray:
     for part in parts:
         total += part
     return total
-
-
-class _InlineExecutor(Executor):
-    """Runs tasks in the calling thread (``threads=1``)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        fut: Future[Any] = Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # delivered through the future, as a pool would
-            fut.set_exception(exc)
-        return fut
-
-
-def make_pool(threads: int | None) -> Executor:
-    """A worker pool of ``threads`` (default: all cores); 1 runs inline."""
-    n = threads or os.cpu_count() or 1
-    return _InlineExecutor() if n <= 1 else ThreadPoolExecutor(max_workers=n)
-
-
-def _pool_width(pool: Executor) -> int:
-    return getattr(pool, "_max_workers", 1)
-
-
-def _bounded(
-    pool: Executor, fn: Callable[..., Any], items: Iterable[Any], window: int
-) -> Generator[Any, None, None]:
-    """``pool.map`` in order, with at most ``window`` tasks in flight (bounded memory)."""
-    pending: deque[Future[Any]] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        _settle(pending)
-
-
-def _settle(futures: Iterable[Future[Any]]) -> None:
-    """Cancel what has not started and wait for what has (nothing may outlive its file)."""
-    pending = list(futures)
-    for fut in pending:
-        fut.cancel()
-    wait(pending)
 
 
 # Header keys a stack does not store per image: statistics, which EMAN2 recomputes from
@@ -576,21 +441,22 @@ def _write_job(
     headers: _Headers,
     job: _ImageJob,
     encoded: Iterable[_Encoded],
+    cancel: Cancel,
 ) -> ImageReport:
     opts = headers.opts
-    shape = _dataset_shape(job.shape3)
+    shape = dataset_shape(job.shape3)
     dsid = writer.create_image(
         job.index,
         shape,
         opts.bits,
         level=opts.level,
-        chunks=_chunk_shape(job.shape3, _chunk_rows(job.shape3, opts, headers.stacked)),
+        chunks=chunk_shape(job.shape3, _chunk_rows(job.shape3, opts, headers.stacked)),
         shuffle=opts.use_shuffle,
     )
     truncated = 0
     written = Stats()
     for enc in encoded:
-        _checkpoint()
+        cancel.check()
         truncated += enc.truncated
         written = written.merge(enc.stats)
         for offset, data in enc.chunks:
@@ -617,24 +483,30 @@ def _stack_layout(source: ImageSource, opts: Options) -> StackLayout | None:
     if len(source) < 2:
         return None
     shape3 = source.shape(0)
-    chunk = _chunk_shape(shape3, _chunk_rows(shape3, opts, stacked=True))
-    grid = math.prod(-(-d // c) for d, c in zip(_dataset_shape(shape3), chunk, strict=True))
+    chunk = chunk_shape(shape3, _chunk_rows(shape3, opts, stacked=True))
+    grid = math.prod(-(-d // c) for d, c in zip(dataset_shape(shape3), chunk, strict=True))
     return StackLayout(chunks_per_image=grid)
 
 
 def write_eman_hdf(
-    source: ImageSource, path: PathLike, opts: Options, pool: Executor
+    source: ImageSource,
+    path: PathLike,
+    opts: Options,
+    pool: Executor,
+    cancel: Cancel | None = None,
 ) -> list[ImageReport]:
     """Compress every image of ``source`` into a new EMAN2 HDF file at ``path``.
 
+    ``pool`` runs the chunk tasks; ``cancel``, when set, stops them at the next block.
     Small images are encoded in batches of about ``BATCH_BYTES`` (one task each, in
     ``pool`` or inline, see ``INLINE_IMAGE_BYTES``) while this thread writes the
-    finished ones; large images are split into blocks across the pool.
+    finished ones; large images are split into blocks across the pool. A source of
+    several images is written in the stack layout (see :mod:`~e2compress.eman_hdf`).
     """
     stack = _stack_layout(source, opts)
-    enc = _Encoder(source, opts, stacked=stack is not None)
+    enc = _Encoder(source, opts, cancel or Cancel(), stacked=stack is not None)
     headers = _Headers(source, opts, stacked=stack is not None)
-    width = _pool_width(pool)
+    width = pool_width(pool)
     reports: list[ImageReport] = []
     with EmanHdfWriter(path, stack) as writer:
         writer.write_group_header(headers.group())
@@ -645,15 +517,15 @@ def write_eman_hdf(
         def drain(keep: int) -> None:
             while len(window) > keep:
                 for job in window.popleft().result():
-                    reports.append(_write_job(writer, headers, job, job.encoded))
+                    reports.append(_write_job(writer, headers, job, job.encoded, enc.cancel))
 
         def submit() -> None:
             nonlocal batch, batch_bytes
             if batch:
-                run = _InlineExecutor() if batch_bytes <= INLINE_IMAGE_BYTES else pool
+                run = InlineExecutor() if batch_bytes <= INLINE_IMAGE_BYTES else pool
                 window.append(run.submit(enc.whole_images, batch))
+                drain(in_flight(width, 3 * batch_bytes))
                 batch, batch_bytes = [], 0
-                drain(width + 1)
 
         try:
             for index in range(len(source)):
@@ -671,7 +543,7 @@ def write_eman_hdf(
             submit()
             drain(0)
         finally:
-            _settle(window)
+            settle(window)
     return reports
 
 
@@ -684,222 +556,141 @@ def _write_large(
     pool: Executor,
     width: int,
 ) -> ImageReport:
-    blocks = _blocks(shape3, enc.rows(shape3))
+    parts = blocks(shape3, enc.rows(shape3))
+    window = in_flight(width)
 
-    def run(fn: Callable[[_Block], Any], items: list[_Block]) -> list[Any]:
-        with closing(_bounded(pool, fn, items, width + 1)) as results:
+    def run(fn: Callable[[Block], Any], items: list[Block]) -> list[Any]:
+        with closing(bounded(pool, fn, items, window)) as results:
             return list(results)
 
-    rng, st = enc.choose(index, blocks, run)
+    rng, st = enc.choose(index, parts, run)
     job = _ImageJob(index, shape3, rng, st)
-    encoded = _bounded(pool, lambda b: enc.encode(index, shape3, b, rng), blocks, width + 1)
+    encoded = bounded(pool, lambda b: enc.encode(index, shape3, b, rng), parts, window)
     with closing(encoded):
-        return _write_job(writer, headers, job, encoded)
+        return _write_job(writer, headers, job, encoded, enc.cancel)
 
 
-# --------------------------------------------------------------------------- verification
+def output_is_complete(src: PathLike, target: PathLike, options: Options | int) -> bool:
+    """True when ``target`` already holds what compressing ``src`` would write
+    (``--skip-existing``).
 
+    A separate output counts only when its record (see :mod:`~e2compress.provenance`)
+    names ``src`` with its current size and modification time and the same value
+    options (bits, range option and numbers), and every image is present, readable
+    and stored at ``bits``. An ``.hdf`` replaced in place counts when every image is
+    already deflate-compressed at the requested bits and, if the file carries a
+    record, with the same range option (an EMAN2-compressed file at those bits is
+    skipped: compressing it again could only add rounding).
 
-def verify_output(
-    source: ImageSource,
-    path: PathLike,
-    opts: Options,
-    reports: list[ImageReport],
-    pool: Executor | None = None,
-) -> None:
-    """Decode every image of ``path`` and check it against ``source``, block by block.
-
-    Inside [rmin, rmax] the error must be at most half a quantisation step; clamped
-    pixels must hold the end codes and be counted; lossless (bits 0) output must be
-    bit-identical (NaN included).
+    Args:
+        src: the input file.
+        target: its output (a symbolic link is followed).
+        options: the :class:`~e2compress.options.Options` of the run (or just bits).
     """
-    workers = pool or _InlineExecutor()
-    width = _pool_width(workers)
-    with EmanHdfFile(path, locking=False, threads=1) as out:
-        if len(out) != len(source):
-            raise VerificationError(f"wrote {len(out)} images, source has {len(source)}", path)
-        for rep in reports:
-            i = rep.index
-            shape3 = source.shape(i)
-            rng = out.render_range(i)
-            rank = len(out.shape(i))
-
-            def check(
-                block: _Block, i: int = i, rng: RenderRange | None = rng, rank: int = rank
-            ) -> int:
-                _checkpoint()
-                rows = slice(block.y0, block.y1)
-                region = (block.z, rows) if rank == 3 else (rows,) if rank == 2 else (slice(None),)
-                orig = source.read(i, block.z, block.y0, block.y1).astype(np.float32)
-                got = out.read_region(i, region).reshape(orig.shape)
-                if rng is None:
-                    same = (got == orig) | (np.isnan(got) & np.isnan(orig))
-                    if not same.all():
-                        raise VerificationError(f"image {i}: lossless data differ", path)
-                    return 0
-                return _check_quantised(orig, got, rng, path, i)
-
-            blocks = _blocks(shape3, opts.chunk_rows)
-            with closing(_bounded(workers, check, blocks, width + 1)) as results:
-                clamped = sum(results)
-            if rng is not None and clamped != rep.truncated:
-                raise VerificationError(
-                    f"image {i}: {clamped} pixels lie outside the stored range, "
-                    f"stored_truncated says {rep.truncated}",
-                    path,
-                )
-
-
-def _check_quantised(
-    orig: np.ndarray, got: np.ndarray, rng: RenderRange, path: PathLike, index: int
-) -> int:
-    """Check one block; returns the number of clamped pixels in it."""
-    rmin, rmax = F32(rng.rmin), F32(rng.rmax)
-    table = decode_table(rng)
-    below, above = orig < rmin, orig > rmax
-    if (got[below] != table[0]).any() or (got[above] != table[-1]).any():
-        raise VerificationError(f"image {index}: clamped pixels do not hold the end codes", path)
-    inside = ~(below | above)
-    step = (float(rmax) - float(rmin)) / code_max(rng.bits)
-    scale = max(abs(float(rmin)), abs(float(rmax)), 1e-30)
-    bound = step / 2 * (1 + 1e-4) + 4 * float(np.spacing(F32(scale)))
-    err = np.abs(got[inside].astype(np.float64) - orig[inside].astype(np.float64))
-    if err.size and float(err.max()) > bound:
-        raise VerificationError(
-            f"image {index}: decoded error {float(err.max()):.3g} exceeds half a step "
-            f"({step / 2:.3g})",
-            path,
-        )
-    return int(np.count_nonzero(below) + np.count_nonzero(above))
-
-
-# --------------------------------------------------------------------------- atomic output
-
-
-class AtomicOutput:
-    """A locked temporary file beside ``target`` that replaces it only on commit.
-
-    The temporary name is deterministic, so a file left by a killed run is found and
-    reused by the next run on the same output; ``flock`` tells a live writer from a
-    dead one.
-    """
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.path = target.parent / f".{target.name}{TMP_SUFFIX}"
-        self.stale = False
-        self._fd: int | None = None
-
-    def __enter__(self) -> AtomicOutput:
-        for _ in range(10):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise OutputError(
-                    f"cannot create a file in {self.target.parent}: {exc.strerror or exc}",
-                    self.target,
-                ) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise OutputError(
-                    "another e2compress process is writing this output", self.target
-                ) from None
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.stale = os.fstat(fd).st_size > 0
-                self._fd = fd
-                return self
-            os.close(fd)  # lost a race with a writer that just renamed it; retry
-        raise OutputError("could not lock the temporary output file", self.target)
-
-    def commit(self) -> None:
-        """Flush the temporary file to disk and rename it onto the target."""
-        assert self._fd is not None
-        os.fsync(self._fd)
-        if self.target.exists():  # a replaced file keeps its permissions and owner
-            try:
-                shutil.copymode(self.target, self.path)
-                old = self.target.stat()
-                if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
-                    os.chown(self.path, old.st_uid, old.st_gid)
-            except OSError:
-                pass
-        os.replace(self.path, self.target)
-        try:
-            dirfd = os.open(self.target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
-        except OSError:
-            pass
-        os.close(self._fd)
-        self._fd = None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is None:
-            return
-        try:
-            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
-                os.unlink(self.path)
-        except OSError:
-            pass
-        os.close(self._fd)
-        self._fd = None
-
-
-def _check_output_dir(target: Path) -> None:
-    parent = target.parent
-    if not parent.exists():
-        raise OutputError(f"output directory {parent} does not exist", target)
-    if not parent.is_dir():
-        raise OutputError(f"output directory {parent} is not a directory", target)
-    if target.is_dir():
-        raise OutputError("output path is a directory", target)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {parent} is not writable", target)
-
-
-def _os_error(exc: OSError | RuntimeError, target: Path) -> E2CompressError:
-    text = str(exc)
-    code = getattr(exc, "errno", None)
-    if code == errno.ENOSPC or "No space" in text or "errno = 28" in text:
-        return OutputError("no space left on device while writing", target)
-    if code == errno.EFBIG or "File too large" in text or "errno = 27" in text:
-        return OutputError("file size limit exceeded while writing (File too large)", target)
-    if code == errno.EDQUOT or "quota" in text.lower():
-        return OutputError("disk quota exceeded while writing", target)
-    first = text.splitlines()[0] if text else repr(exc)
-    return OutputError(f"write failed: {first}", target)
-
-
-def output_is_complete(src: PathLike, target: PathLike, bits: int) -> bool:
-    """True when ``target`` is a complete EMAN2 file for ``src`` (``--skip-existing``).
-
-    An in-place target counts as complete only if it already holds ``bits``.
-    """
+    opts = options if isinstance(options, Options) else Options(bits=options)
     target = Path(target)
-    if not target.is_file():
+    ident = Identity.of(src)
+    if ident is None or not target.is_file():
         return False
     try:
-        with open_source(src) as source, EmanHdfFile(target) as out:
-            if len(out) != len(source):
+        in_place = os.path.samefile(src, target)
+        record = read_record(target)
+        if record is None:
+            if not in_place:
                 return False
+        elif in_place:
+            if record.value_options != value_options(opts):
+                return False
+        elif not record.matches(src, ident, opts):
+            return False
+        with EmanHdfFile(target, locking=False, threads=1) as out:
+            if record is not None and not in_place and len(out) != record.source_images:
+                return False
+            size = target.stat().st_size
             for i in range(len(out)):
-                shape = tuple(d for d in source.shape(i) if d > 1) or (1,)
-                got = tuple(d for d in out.shape(i) if d > 1) or (1,)
-                if got != shape:
-                    return False
                 rng = out.render_range(i)
-                if os.path.samefile(src, target) and (rng.bits if rng else 0) != bits:
+                if (rng.bits if rng else 0) != opts.bits:
                     return False
-            return True
-    except (E2CompressError, OSError, KeyError, ValueError):
+                if not _stored_whole(out.dataset(i), size, need_deflate=in_place):
+                    return False
+            return len(out) > 0
+    except (E2CompressError, OSError, KeyError, ValueError, RuntimeError):
+        return False
+
+
+def _stored_whole(ds: h5py.Dataset, file_size: int, *, need_deflate: bool) -> bool:
+    """True when every chunk of ``ds`` is written and lies inside the file (no decoding)."""
+    if ds.chunks is None:
+        if need_deflate:
+            return False
+        offset = ds.id.get_offset()
+        return offset is not None and offset + ds.id.get_storage_size() <= file_size
+    if need_deflate and h5py.h5z.FILTER_DEFLATE not in _filter_ids(ds):
+        return False
+    expected = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True))
+    found = 0
+    inside = True
+
+    def visit(info: Any) -> None:
+        nonlocal found, inside
+        found += 1
+        inside = inside and info.byte_offset + info.size <= file_size
+
+    if hasattr(ds.id, "chunk_iter"):
+        ds.id.chunk_iter(visit)
+    else:  # HDF5 before 1.12.3
+        for k in range(ds.id.get_num_chunks()):
+            visit(ds.id.get_chunk_info(k))
+    return found == expected and inside
+
+
+def _filter_ids(ds: h5py.Dataset) -> list[int]:
+    plist = ds.id.get_create_plist()
+    return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing
+        return False
+
+
+def _requantise_warning(source: ImageSource, opts: Options) -> str | None:
+    """A warning when ``source`` holds quantised images and ``opts`` asks for more bits."""
+    if source.kind != "hdf":
+        return None
+    try:
+        with EmanHdfFile(source.path, threads=1) as f:  # locking as the source opened it
+            stored = [f.render_range(i) for i in range(len(f))]
+    except E2CompressError:
+        return None
+    wanted = opts.bits or 33  # float32 holds more than any quantised code
+    lower = sorted({r.bits for r in stored if r is not None and r.bits < wanted})
+    if not lower:
+        return None
+    n = sum(1 for r in stored if r is not None and r.bits < wanted)
+    at = f"{lower[0]}" if len(lower) == 1 else f"{lower[0]}..{lower[-1]}"
+    into = "as float32" if opts.bits == 0 else f"at {opts.bits} bits"
+    if len(stored) == 1:
+        return f"{source.path}: image stored at {at} bits; storing it {into} gains nothing"
+    return (
+        f"{source.path}: {n} of {len(stored)} images stored at {at} bits; "
+        f"storing them {into} gains nothing"
+    )
+
+
+def _foreign_hdf5(target: Path) -> bool:
+    """True when ``target`` is a readable HDF5 file without EMAN2's ``/MDF/images``.
+
+    A damaged HDF5 file (say, a copy cut short) is not foreign: it may be replaced.
+    """
+    if not target.is_file() or not is_hdf5(target):
+        return False
+    try:
+        with h5py.File(target, "r", locking=False) as f:
+            return not isinstance(f.get("MDF/images"), h5py.Group)
+    except (OSError, RuntimeError, KeyError, ValueError):
         return False
 
 
@@ -917,47 +708,129 @@ def compress_file(
     shuffle: bool | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     store_level: bool = False,
+    force: bool = False,
+    options: Options | None = None,
     pool: Executor | None = None,
+    cancel: Cancel | None = None,
 ) -> CompressReport:
     """Compress ``src`` (MRC, TIFF or EMAN2 HDF) into EMAN2 compressed HDF at ``dst``.
 
-    ``dst`` defaults to EMAN2's naming (see :func:`output_path`). The output appears
-    atomically; on any error the input and any previous output are untouched. ``verify``
-    (default: only when replacing the input in place) decodes the written file and
-    checks it against the source before the rename.
+    Args:
+        src: the input file.
+        dst: the output file; default EMAN2's naming (see :func:`output_path`). A
+            symbolic link is followed: its target is replaced and the link kept.
+        bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level:
+            what to store (see :class:`~e2compress.options.Options`); ignored when
+            ``options`` is given.
+        threads: worker threads when no ``pool`` is given (default: all cores).
+        verify: decode the written file and check every pixel against the source before
+            the rename; default only when replacing the input in place.
+        force: replace an output that is write-protected or has several hard links,
+            and replace an input in place even when the result is larger.
+        options: a prepared :class:`~e2compress.options.Options`.
+        pool: an executor shared between files (the caller shuts it down).
+        cancel: a :class:`~e2compress.executor.Cancel` token; setting it stops the work
+            at the next block and raises :class:`~e2compress.errors.Interrupted`.
+
+    The output appears atomically; on any error the input and any previous output are
+    untouched. The source must not change while it is read: its size, times and inode
+    are checked after the last read and again just before the rename. The output
+    records what it was made from (see :func:`output_is_complete`).
+
+    Compressing an already quantised EMAN2 file again (e.g. 10 -> 5 bits) rounds values
+    that were already rounded: the error bound is the sum of both half steps. Asking
+    for more bits than an image holds gains nothing; ``report.warnings`` says so. An
+    ``.hdf`` replaced in place whose result would be larger is kept as it was (unless
+    ``force``): the report then has a warning, ``bytes_out == bytes_in`` and no images.
+
+    Raises:
+        InputError: the input cannot be read, holds values that cannot be stored, or
+            changed while it was being compressed.
+        OutputError: the output cannot be written, or must not be replaced (another
+            kind of file, the input itself when it is not HDF, write-protected or
+            hard-linked without ``force``).
+        VerificationError: the written file does not decode to the source.
+        E2CompressError: impossible options.
     """
-    opts = Options(bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level)
-    opts.validate()
+    if options is None:
+        options = Options(
+            bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level
+        )
+    opts = options.validate()
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise E2CompressError(f"threads must be a positive integer, not {threads!r}")
+    cancel = cancel or Cancel()
     source_path = Path(src)
-    target = Path(dst) if dst is not None else output_path(source_path)
-    in_place = target.exists() and source_path.exists() and os.path.samefile(source_path, target)
-    do_verify = in_place if verify is None else verify
+    named = Path(dst) if dst is not None else output_path(source_path)
+    ident = Identity.of(source_path)  # before the first read
     t0 = time.perf_counter()
     own_pool = pool is None
     workers = pool or make_pool(threads)
+    warnings: list[str] = []
     try:
-        with open_source(source_path) as source:
-            _check_output_dir(target)
-            bytes_in = source_path.stat().st_size
+        target = resolve_target(named)
+        check_output_dir(target)
+        # a .gz/.bz2 input is decompressed into a nameless file beside the output
+        with open_source(source_path, scratch_dir=target.parent) as source:
+            in_place = _same_file(source_path, target)
+            if in_place and source.kind != "hdf":
+                raise OutputError(
+                    f"the output would replace this {source.kind.upper()} input with HDF5 "
+                    "data under the same name; choose another output name",
+                    named,
+                )
+            warnings += check_replaceable(target, force=force)
+            if not in_place and not force and _foreign_hdf5(target):
+                raise OutputError(
+                    "output exists and is an HDF5 file with no EMAN2 images (someone "
+                    "else's data?); not replaced (--force, or force=True, replaces it)",
+                    target,
+                )
+            do_verify = in_place if verify is None else verify
+            note = _requantise_warning(source, opts)
+            warnings += [note] if note else []
+            bytes_in = ident.size if ident is not None else 0
+
+            def unchanged() -> None:
+                check_unchanged(source_path, ident)
+
             with AtomicOutput(target) as out:
                 try:
-                    images = write_eman_hdf(source, out.path, opts, workers)
+                    images = write_eman_hdf(source, out.path, opts, workers, cancel)
+                    if ident is not None:
+                        write_record(out.path, Record.make(src, ident, len(images), opts))
                     if do_verify:
-                        verify_output(source, out.path, opts, images, workers)
-                    out.commit()
+                        verify_output(source, out.path, opts, images, workers, cancel)
+                    unchanged()
+                    grown = os.stat(out.path).st_size
+                    if in_place and grown > bytes_in and not force:
+                        warnings.append(
+                            f"{named}: kept as it was: the new file would be larger "
+                            f"({grown} bytes, now {bytes_in})"
+                        )
+                        images = []
+                    else:
+                        out.commit(before_replace=unchanged)
                 except (OSError, RuntimeError) as exc:  # h5py reports failed writes as either
-                    raise _os_error(exc, target) from None
+                    unchanged()  # a source changed under us is the cause to report
+                    raise os_error(exc, target) from None
+                except E2CompressError:
+                    unchanged()
+                    raise
     finally:
         if own_pool:
             workers.shutdown(wait=True, cancel_futures=True)
     mode = target.stat()
     return CompressReport(
         source=str(source_path),
-        output=str(target),
+        output=str(named),
         bytes_in=bytes_in,
         bytes_out=mode.st_size if stat.S_ISREG(mode.st_mode) else 0,
         seconds=time.perf_counter() - t0,
         engine=codecs.engine_names(level),
         verified=do_verify,
         images=images,
+        warnings=warnings,
     )

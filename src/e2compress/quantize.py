@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -208,6 +209,51 @@ class RenderRange:
         """Data units per code."""
         return (float(F32(self.rmax)) - float(F32(self.rmin))) / code_max(self.bits)
 
+    @property
+    def is_finite(self) -> bool:
+        """True when every reader can decode it: finite limits, and a span and step
+        that do not overflow float32 (EMAN2 and plain-h5py readers decode in float32)."""
+        rmin, rmax = F32(self.rmin), F32(self.rmax)
+        with np.errstate(over="ignore", invalid="ignore"):
+            span = rmax - rmin
+            step = span / F32(code_max(self.bits))
+        return bool(
+            np.isfinite(rmin) and np.isfinite(rmax) and np.isfinite(span) and np.isfinite(step)
+        )
+
+
+def half_step_bound(rng: RenderRange) -> float:
+    """The tolerance rule: a decoded value inside [rmin, rmax] lies within this of the
+    original: half a step, plus the float32 rounding of the quantiser and of any reader's
+    decode (EMAN2's and plain h5py's float32 formula included): 1e-4 of the half step and
+    8 float32 units in the last place of the range's larger end.
+
+    This is the one rule the verifier and the tests use.
+    """
+    rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
+    scale = max(abs(rmin), abs(rmax), 1e-30)
+    return rng.step / 2 * (1 + 1e-4) + 8 * float(np.spacing(F32(scale)))
+
+
+def within_half_step(
+    original: npt.ArrayLike, decoded: npt.ArrayLike, rng: RenderRange
+) -> np.ndarray:
+    """Per pixel: ``decoded`` is within :func:`half_step_bound` of ``original``.
+
+    Pixels outside [rmin, rmax] must instead decode to the end values (clamped). A NaN
+    or infinite decoded value never passes where the original was finite.
+    """
+    orig = np.asarray(original).astype(np.float64)
+    got = np.asarray(decoded).astype(np.float64)
+    rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
+    table = decode_table(rng)
+    below, above = orig < rmin, orig > rmax
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = np.abs(got - orig) <= half_step_bound(rng)
+    ok[below] = got[below] == float(table[0])
+    ok[above] = got[above] == float(table[-1])
+    return ok
+
 
 def choose_range(stats: Stats, bits: int, limits: tuple[float, float] | None = None) -> RenderRange:
     """EMAN2's decision chain (spec §2.2) on statistics of the (clamped) data.
@@ -221,22 +267,43 @@ def choose_range(stats: Stats, bits: int, limits: tuple[float, float] | None = N
     lo, hi = F32(stats.minimum), F32(stats.maximum)
     if stats.count == 0:
         return RenderRange(bits, 0.0, 0.0, "empty")
-    if hi - lo == F32(1.0):
+    with np.errstate(over="ignore", invalid="ignore"):
+        rng = _choose_range(stats, bits, limits, lo, hi, levels, rmaxcode)
+        if not rng.is_finite:  # float32 overflowed (values near +-3.4e38): redo in float64
+            wide = _choose_range(
+                stats, bits, limits, np.float64(lo), np.float64(hi), levels, np.float64(rmaxcode)
+            )
+            rng = RenderRange(bits, float(F32(wide.rmin)), float(F32(wide.rmax)), wide.rule)
+    return rng
+
+
+def _choose_range(
+    stats: Stats,
+    bits: int,
+    limits: tuple[float, float] | None,
+    lo: np.floating[Any],
+    hi: np.floating[Any],
+    levels: int,
+    rmaxcode: np.floating[Any],
+) -> RenderRange:
+    """The decision chain in the float type of ``lo``/``hi``/``rmaxcode``."""
+    ft = type(lo)
+    if hi - lo == ft(1.0):
         return RenderRange(bits, float(lo), float(hi), "unit_range")
     if stats.all_int:
         span = int(hi) - int(lo)
         if span < levels:
             return RenderRange(bits, float(lo), float(lo + rmaxcode), "integer_lossless")
         needed = span.bit_length()
-        step = F32(2.0 ** (needed - bits))
-        rmin = F32(_round_half_away(float(lo / step))) * step if lo < 0 < hi else lo
+        step = ft(2.0 ** (needed - bits))
+        rmin = ft(_round_half_away(float(lo / step))) * step if lo < 0 < hi else lo
         return RenderRange(bits, float(rmin), float(rmin + step * rmaxcode), "integer_step")
     if lo < 0 < hi:
         step1 = (hi - lo) / rmaxcode
-        if lo == F32(np.floor(lo / step1)) * step1:
+        if lo == ft(np.floor(lo / step1)) * step1:
             return RenderRange(bits, float(lo), float(hi), "zero_straddle_on_grid")
-        step = (hi - lo) / F32(levels - 2)
-        rmin = F32(np.floor(lo / step)) * step
+        step = (hi - lo) / ft(levels - 2)
+        rmin = ft(np.floor(lo / step)) * step
         return RenderRange(bits, float(rmin), float(rmin + step * rmaxcode), "zero_straddle_grid")
     if limits is not None and valid_limits(*limits):
         return RenderRange(
@@ -321,17 +388,17 @@ def quantize(
         x = np.empty(arr.shape, dtype=F32)
     else:
         x = work.reshape(-1)[: arr.size].reshape(arr.shape)
-    if arr.dtype == F32:
-        np.subtract(arr, rmin, out=x)
-    else:
-        np.copyto(x, arr, casting="unsafe")  # EMAN2 converts every pixel to float32 first
-        np.subtract(x, rmin, out=x)
-    with np.errstate(over="ignore"):  # far-out pixels overflow to inf, then clamp
+    with np.errstate(over="ignore", invalid="ignore"):  # far-out pixels: inf, then clamped
+        if arr.dtype == F32:
+            np.subtract(arr, rmin, out=x)
+        else:
+            np.copyto(x, arr, casting="unsafe")  # EMAN2 converts every pixel to float32 first
+            np.subtract(x, rmin, out=x)
         np.divide(x, rmax - rmin, out=x)
         np.multiply(x, rmaxcode, out=x)
-    np.clip(x, F32(0.0), rmaxcode, out=x)
-    np.add(x, _HALF_DOWN, out=x)
-    out[...] = x  # truncation of non-negative values == floor
+        np.clip(x, F32(0.0), rmaxcode, out=x)
+        np.add(x, _HALF_DOWN, out=x)
+        out[...] = x  # truncation of non-negative values == floor
     return out, truncated
 
 

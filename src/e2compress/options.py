@@ -1,0 +1,107 @@
+"""What to store: one validated, picklable description of a compression's settings.
+
+The CLI maps its flags onto :class:`Options`; the library validates it once, and its
+messages name the parameters (``bits``, ``value_range`` ...), not command-line flags.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import E2CompressError
+from .quantize import storage_dtype
+
+FIELD_NAMES = {
+    f: f for f in ("bits", "level", "value_range", "sigrange", "nooutliers", "chunk_rows")
+}
+DEFAULT_CHUNK_ROWS = 64  # measured: larger chunks gain little; 8 (EMAN2's) costs ratio and time
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pair_ok(pair: object) -> bool:
+    return (
+        isinstance(pair, tuple)
+        and len(pair) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to store: bits, deflate level and the range option (at most one).
+
+    Attributes:
+        bits: 0 (lossless float32) or 2..16 bits per stored value.
+        level: deflate level 0..9 (size and time only, never the values).
+        value_range: keep values in [min, max] (``--range``).
+        sigrange: keep mean - a*sigma .. mean + b*sigma (``--sigrange``).
+        nooutliers: EMAN2's histogram clamp of the extreme tails (``--nooutliers``).
+        shuffle: HDF5 shuffle filter; None chooses it for multi-byte storage.
+        chunk_rows: rows per HDF5 chunk.
+        store_level: record the deflate level in each image header, as EMAN2 does
+            when ``--compresslevel`` is given.
+    """
+
+    bits: int = 10
+    level: int = 1
+    value_range: tuple[float, float] | None = None
+    sigrange: tuple[float, float] | None = None
+    nooutliers: bool = False
+    shuffle: bool | None = None
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    store_level: bool = False
+
+    def validate(self, names: Mapping[str, str] | None = None) -> Options:
+        """Return ``self`` if the settings are possible.
+
+        Args:
+            names: how to name each field in messages (the CLI passes its flags).
+
+        Raises:
+            E2CompressError: a value is out of range or of the wrong type, or more
+                than one range option is given.
+        """
+        n = dict(FIELD_NAMES)
+        n.update(names or {})
+        if not _is_int(self.bits) or (self.bits != 0 and not 2 <= self.bits <= 16):
+            raise E2CompressError(
+                f"{n['bits']} must be 0 (lossless float) or an integer 2..16, not {self.bits!r}"
+            )
+        if not _is_int(self.level) or not 0 <= self.level <= 9:
+            raise E2CompressError(f"{n['level']} must be an integer 0..9, not {self.level!r}")
+        chosen = [self.value_range is not None, self.sigrange is not None, bool(self.nooutliers)]
+        if sum(chosen) > 1:
+            raise E2CompressError(
+                f"give only one of {n['nooutliers']}, {n['value_range']} and {n['sigrange']}"
+            )
+        if self.value_range is not None:
+            if not _pair_ok(self.value_range):
+                raise E2CompressError(
+                    f"{n['value_range']} must be two numbers, not {self.value_range!r}"
+                )
+            lo, hi = self.value_range
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+                raise E2CompressError(f"{n['value_range']} needs finite min < max, not {lo},{hi}")
+        if self.sigrange is not None:
+            if not _pair_ok(self.sigrange):
+                raise E2CompressError(f"{n['sigrange']} must be two numbers, not {self.sigrange!r}")
+            a, b = self.sigrange
+            if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
+                raise E2CompressError(f"{n['sigrange']} needs two positive numbers, not {a},{b}")
+        if not _is_int(self.chunk_rows) or self.chunk_rows < 1:
+            raise E2CompressError(
+                f"{n['chunk_rows']} must be an integer >= 1, not {self.chunk_rows!r}"
+            )
+        return self
+
+    @property
+    def use_shuffle(self) -> bool:
+        """Shuffle pays for multi-byte storage (float32, uint16); never for uint8."""
+        if self.shuffle is not None:
+            return self.shuffle
+        return storage_dtype(self.bits).itemsize > 1

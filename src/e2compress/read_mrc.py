@@ -1,0 +1,492 @@
+"""MRC/CCP4 input, plain or ``.gz``/``.bz2``: mrcfile parses the header, rows are pread.
+
+Sizes first. The 1024-byte header is parsed by mrcfile (permissively, with its
+machine-stamp and byte-order logic) and its nx, ny, nz, mode and nsymbt are checked
+against the file before the extended header or any pixel is read: the file must hold
+exactly ``1024 + nsymbt + nx*ny*nz*itemsize`` bytes. Shorter means truncated, longer
+means a wrong header or trailing data (e.g. a section appended before nz was
+updated); both are errors, so every image the file holds is in the output.
+
+Compressed files are decompressed once, streaming, into an anonymous temporary file
+in ``scratch_dir`` (unlinked at once: a killed run leaves nothing) and then read like a
+plain file. Decompression stops as soon as the stream holds more than its header
+says, so a gzip bomb cannot fill the disk.
+
+Mode 0 (8-bit) signedness: MRC2014 says signed bytes, IMOD writes unsigned bytes
+unless bit 0 of its ``imodFlags`` is set, and EMAN2 reads every mode 0 file as
+unsigned. We read mode 0 as signed only when the file says so: the IMOD stamp
+(1146047817 as int32 at byte 152) is present and bit 0 of the flags (int32 at byte
+156) is set, or there is no IMOD stamp and ``nversion`` is 20140 or 20141 (an MRC2014
+writer). Otherwise the bytes are unsigned.
+
+As in EMAN2, a ``.mrcs`` file is a stack of 2-D images and any other MRC with nz > 1 is
+one 3-D image. Axis orders other than 1,2,3 are transposed to x, y, z in memory.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import os
+import shutil
+import tempfile
+import warnings
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+import mrcfile.utils
+import numpy as np
+from mrcfile.mrcinterpreter import MrcInterpreter
+
+from .errors import InputError, OutputError
+from .sources import BZIP2_MAGIC, GZIP_MAGIC, ImageSource, PathLike, reason, strip_compression
+
+_gzip: Any
+_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, zlib.error)
+try:  # ISA-L inflates gzip several times faster than the standard library
+    from isal import igzip as _gzip
+    from isal.isal_zlib import error as _isal_error
+
+    _DECOMPRESS_ERRORS += (cast("type[BaseException]", _isal_error),)  # a class; stubs say not
+except ImportError:  # pragma: no cover - exercised only without the wheel
+    import gzip as _gzip
+
+HEADER_BYTES = 1024
+IMOD_STAMP = 1146047817
+MRC2014_VERSIONS = (20140, 20141)
+_CHUNK = 4 << 20  # bytes decompressed per step
+
+
+class _HeaderOnly(Exception):
+    """Raised by :class:`_HeaderParser` to stop mrcfile before the extended header."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a header says about the file: pixel type, dimensions and total size."""
+
+    mode: int
+    dtype: np.dtype
+    nx: int
+    ny: int
+    nz: int
+    nsymbt: int
+
+    @property
+    def total(self) -> int:
+        return HEADER_BYTES + self.nsymbt + self.nx * self.ny * self.nz * self.dtype.itemsize
+
+    def describe(self) -> str:
+        return f"nx={self.nx} ny={self.ny} nz={self.nz} mode {self.mode} nsymbt={self.nsymbt}"
+
+
+class _HeaderParser(MrcInterpreter):  # type: ignore[misc]
+    """mrcfile's permissive header parser over ``stream``, holding the file to its size.
+
+    mrcfile allocates as many bytes as the header's nsymbt asks for before reading the
+    extended header. Overriding its documented read hook, the header is checked
+    against ``size`` (all of it: dimensions, mode, nsymbt) before that allocation.
+    With ``size`` None only the 1024-byte header is parsed (:class:`_HeaderOnly`).
+    """
+
+    def __init__(self, stream: IO[bytes], path: Path, size: int | None) -> None:
+        super().__init__(permissive=True)
+        self._read_only = True  # mrcfile's hook: never write the header back on close
+        self._path = path
+        self._size = size
+        self.layout: _Layout | None = None
+        self._iostream = stream
+        try:
+            self._read(header_only=True)
+        except _HeaderOnly:
+            pass
+
+    def _read_bytearray_from_stream(self, number_of_bytes: int) -> tuple[bytearray, int]:
+        if self._header is None:  # the 1024-byte main header
+            return super()._read_bytearray_from_stream(number_of_bytes)  # type: ignore[no-any-return]
+        self.layout = _layout(self._header, self._path)
+        if self._size is None:
+            raise _HeaderOnly
+        _check_size(self.layout, self._size, self._path)
+        return super()._read_bytearray_from_stream(number_of_bytes)  # type: ignore[no-any-return]
+
+
+def _layout(header: Any, path: Path) -> _Layout:
+    """Pixel type, dimensions and sizes from a parsed header, validated."""
+    mode = int(header.mode)
+    if mode in (3, 4):
+        raise InputError("complex MRC data (mode 3/4) is not supported", path)
+    try:
+        dtype = mrcfile.utils.data_dtype_from_header(header)
+    except ValueError:
+        raise InputError(f"unsupported MRC mode {mode}", path) from None
+    if mode == 0 and not mode0_is_signed(header):
+        dtype = np.dtype(np.uint8)
+    nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+    if min(nx, ny, nz) < 1:
+        raise InputError(f"invalid MRC dimensions nx={nx} ny={ny} nz={nz}", path)
+    nsymbt = int(header.nsymbt)
+    if nsymbt < 0:
+        raise InputError(f"invalid extended header size nsymbt={nsymbt}", path)
+    return _Layout(mode, dtype, nx, ny, nz, nsymbt)
+
+
+def mode0_is_signed(header: Any) -> bool:
+    """True when an MRC header says its mode 0 bytes are signed (see the module docstring).
+
+    Args:
+        header: the header as mrcfile parses it (a record array in the file's byte order).
+    """
+    int32 = header.mode.dtype
+    stamp, flags = (int(v) for v in np.frombuffer(header.tobytes(), int32, 2, 152))
+    if stamp == IMOD_STAMP:
+        return bool(flags & 1)
+    return int(header.nversion) in MRC2014_VERSIONS
+
+
+def _check_size(layout: _Layout, size: int, path: Path) -> None:
+    if HEADER_BYTES + layout.nsymbt > size:
+        raise InputError(
+            f"extended header size nsymbt={layout.nsymbt} exceeds the file ({size} bytes)", path
+        )
+    if size < layout.total:
+        raise InputError(
+            f"file is truncated: header says {layout.total} bytes "
+            f"({layout.describe()}), file has {size}",
+            path,
+        )
+    if size > layout.total:
+        raise InputError(
+            f"file has {size - layout.total} bytes more than its header says "
+            f"({layout.total} bytes: {layout.describe()}); wrong header or trailing data",
+            path,
+        )
+
+
+def _free_bytes(directory: str) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _decompress(path: Path, opener: Callable[..., Any], scratch_dir: PathLike | None) -> int:
+    """Stream ``path`` into an anonymous file in ``scratch_dir``; return its descriptor.
+
+    Raises:
+        InputError: corrupt stream, or more or fewer bytes than the MRC header says.
+        OutputError: the scratch directory has no room or cannot be written.
+    """
+    directory = os.fspath(scratch_dir) if scratch_dir is not None else tempfile.gettempdir()
+    try:
+        stream = opener(path, "rb")
+    except _DECOMPRESS_ERRORS as exc:
+        raise InputError(f"corrupt compressed file: {reason(exc)}", path) from None
+    with stream:
+        try:
+            first = _read_full(stream, HEADER_BYTES)
+        except _DECOMPRESS_ERRORS as exc:
+            raise InputError(f"corrupt compressed file: {reason(exc)}", path) from None
+        if not first:
+            raise InputError("compressed file holds no data", path)
+        if len(first) < HEADER_BYTES:
+            raise InputError(
+                f"decompressed data ({len(first)} bytes) is too short for an MRC header", path
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported when the full file is parsed
+            parser = _HeaderParser(io.BytesIO(first), path, None)
+        assert parser.layout is not None
+        expected = parser.layout.total
+        free = _free_bytes(directory)
+        if free is not None and expected > free:
+            raise OutputError(
+                f"decompressing needs {expected} bytes (header: {parser.layout.describe()}), "
+                f"{directory} has {free} free",
+                path,
+            )
+        with _scratch_file(directory, path) as tmp:
+            written = _copy(stream, tmp, first, expected, path, directory)
+            if written < expected:
+                raise InputError(
+                    f"decompressed data is truncated: header says {expected} bytes "
+                    f"({parser.layout.describe()}), stream holds {written}",
+                    path,
+                )
+            return os.dup(tmp.fileno())
+
+
+def _scratch_file(directory: str, path: Path) -> IO[bytes]:
+    """An anonymous file in ``directory``: it has no name, so nothing outlives the run."""
+    try:
+        return tempfile.TemporaryFile(dir=directory)
+    except OSError as exc:
+        msg = f"cannot create a scratch file in {directory}: {reason(exc)}"
+        raise OutputError(msg, path) from None
+
+
+def _read_full(stream: Any, size: int) -> bytes:
+    """Up to ``size`` bytes from ``stream``, fewer only at its end."""
+    out = b""
+    while len(out) < size:
+        more = stream.read(size - len(out))
+        if not more:
+            break
+        out += more
+    return out
+
+
+def _copy(stream: Any, tmp: IO[bytes], first: bytes, limit: int, path: Path, directory: str) -> int:
+    """Copy ``first`` and then ``stream`` to ``tmp``, never more than ``limit`` + 1 bytes."""
+    written = 0
+    chunk = first
+    while chunk:
+        try:
+            tmp.write(chunk)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write scratch file in {directory}: {reason(exc)}", path
+            ) from None
+        written += len(chunk)
+        if written > limit:
+            raise InputError(
+                f"decompressed data is longer than its header says ({limit} bytes); "
+                "wrong header or trailing data",
+                path,
+            )
+        try:
+            chunk = stream.read(min(_CHUNK, limit - written + 1))
+        except _DECOMPRESS_ERRORS as exc:
+            raise InputError(f"corrupt compressed file: {reason(exc)}", path) from None
+    try:
+        tmp.flush()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write scratch file in {directory}: {reason(exc)}", path
+        ) from None
+    return written
+
+
+class MrcSource(ImageSource):
+    """An MRC/CCP4 file (module docstring): ``.mrcs`` stacks of 2-D images, others one.
+
+    Args:
+        path: the file.
+        magic: its first bytes (gzip/bzip2 signatures select decompression).
+        scratch_dir: where a compressed file is decompressed to (default: system temp).
+
+    Raises:
+        InputError: unreadable, unsupported mode, or sizes that disagree with the file.
+        OutputError: no room in ``scratch_dir`` for a compressed file's data.
+    """
+
+    kind = "mrc"
+
+    def __init__(self, path: Path, magic: bytes, *, scratch_dir: PathLike | None = None) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._data: np.ndarray | None = None
+        self._header_keys: dict[str, Any] | None = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                self._open(path, magic, scratch_dir)
+            except BaseException:
+                self.close()
+                raise
+        self.warnings = [str(w.message) for w in caught]
+
+    def _open(self, path: Path, magic: bytes, scratch_dir: PathLike | None) -> None:
+        if magic.startswith(GZIP_MAGIC):
+            self._fd = _decompress(path, _gzip.open, scratch_dir)
+        elif magic.startswith(BZIP2_MAGIC):
+            self._fd = _decompress(path, bz2.open, scratch_dir)
+        else:
+            try:
+                self._fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                raise InputError(f"cannot open: {reason(exc)}", path) from None
+        try:
+            size = os.fstat(self._fd).st_size
+            if size < HEADER_BYTES:
+                raise InputError(f"file is too short for an MRC header ({size} bytes)", path)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            with open(self._fd, "rb", closefd=False) as stream:
+                parser = _HeaderParser(stream, path, size)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read MRC file: {reason(exc)}", path) from None
+        layout = parser.layout
+        if layout is None:  # mrcfile read no extended header: cannot happen, but be sure
+            raise InputError("cannot read MRC header", path)
+        header = parser.header
+        self._header = header
+        self._ext_type = bytes(header.exttyp).decode("ascii", "replace").strip("\0 ")
+        self._fei = _fei_keys(parser) if self._ext_type in ("FEI1", "FEI2") else {}
+        self._dtype = layout.dtype
+        self._offset = HEADER_BYTES + layout.nsymbt
+        nx, ny, nz = layout.nx, layout.ny, layout.nz
+        self._file_shape = (nz, ny, nx)
+        axes = (int(header.mapc), int(header.mapr), int(header.maps))
+        shape: tuple[int, ...] = self._file_shape
+        if axes != (1, 2, 3) and sorted(axes) == [1, 2, 3]:
+            file_axes = [axes[2], axes[1], axes[0]]  # numpy axis 0 = sections
+            perm = tuple(file_axes.index(t) for t in (3, 2, 1))
+            whole = self._read_file_rows(0, nz * ny).reshape(nz, ny, nx)
+            self._data = np.ascontiguousarray(whole.transpose(perm))
+            shape = self._data.shape
+        self._stack = strip_compression(path.name).lower().endswith(".mrcs")
+        self._image_shape = (1, shape[1], shape[2]) if self._stack else tuple(shape)
+        self._count = shape[0] if self._stack else 1
+
+    def _read_file_rows(self, row0: int, row1: int) -> np.ndarray:
+        fd = self._fd
+        if fd is None:
+            raise InputError("file is closed", self.path)
+        nx = self._file_shape[2]
+        size = (row1 - row0) * nx * self._dtype.itemsize
+        try:
+            buf = os.pread(fd, size, self._offset + row0 * nx * self._dtype.itemsize)
+        except OSError as exc:
+            raise InputError(f"cannot read pixel data: {reason(exc)}", self.path) from None
+        if len(buf) != size:
+            raise InputError("file ended while reading pixel data", self.path)
+        arr = np.frombuffer(buf, dtype=self._dtype).reshape(row1 - row0, nx)
+        return arr.astype(self._dtype.newbyteorder("="), copy=False)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def shape(self, index: int) -> tuple[int, int, int]:
+        nz, ny, nx = self._image_shape
+        return int(nz), int(ny), int(nx)
+
+    def dtype(self, index: int) -> np.dtype:
+        native: np.dtype = self._dtype.newbyteorder("=")
+        return native
+
+    def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        section = index if self._stack else z
+        if self._data is not None:
+            return self._data[section, y0:y1]
+        ny = self._file_shape[1]
+        return self._read_file_rows(section * ny + y0, section * ny + y1)
+
+    def header(self, index: int) -> dict[str, Any]:
+        if self._header_keys is None:
+            self._header_keys = self._mrc_keys()
+        return dict(self._header_keys)
+
+    def shared_keys(self) -> frozenset[str]:
+        """All of them: an MRC file has one header for all its images."""
+        return frozenset(self.header(0))
+
+    def _mrc_keys(self) -> dict[str, Any]:
+        h = self._header
+        f32 = np.float32
+        cella = [float(h.cella[k]) for k in ("x", "y", "z")]
+        grid = [int(h.mx), int(h.my), int(h.mz)]
+        out: dict[str, Any] = {}
+        for axis, length, m in zip("xyz", cella, grid, strict=True):
+            apix = length / m if m > 0 else 0.0
+            out[f"apix_{axis}"] = f32(apix if 0.01 < apix < 1000 else 1.0)
+        for axis in "xyz":
+            out[f"origin_{axis}"] = f32(h.origin[axis])
+        ints = {
+            "nx": h.nx,
+            "ny": h.ny,
+            "nz": h.nz,
+            "nxstart": h.nxstart,
+            "nystart": h.nystart,
+            "nzstart": h.nzstart,
+            "mx": h.mx,
+            "my": h.my,
+            "mz": h.mz,
+            "mode": h.mode,
+            "mapc": h.mapc,
+            "mapr": h.mapr,
+            "maps": h.maps,
+            "ispg": h.ispg,
+            "nsymbt": h.nsymbt,
+            "nversion": h.nversion,
+            "nlabels": h.nlabl,
+        }
+        for key, value in ints.items():
+            out[f"MRC.{key}"] = int(value)
+        out["MRC.machinestamp"] = int(np.frombuffer(bytes(h.machst), dtype="<u2")[0])
+        floats = {
+            "xlen": h.cella.x,
+            "ylen": h.cella.y,
+            "zlen": h.cella.z,
+            "alpha": h.cellb.alpha,
+            "beta": h.cellb.beta,
+            "gamma": h.cellb.gamma,
+            "minimum": h.dmin,
+            "maximum": h.dmax,
+            "mean": h.dmean,
+            "rms": h.rms,
+        }
+        for key, value in floats.items():
+            out[f"MRC.{key}"] = f32(value)
+        out["MRC.map"] = _text(bytes(h.map))
+        out["MRC.exttyp"] = self._ext_type
+        for k in range(max(0, min(int(h.nlabl), 10))):
+            out[f"MRC.label{k}"] = _text(bytes(h.label[k]))
+        out.update(self._fei)
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def _clean_text(raw: bytes) -> str | None:
+    """The text before the first NUL, or None when it is not printable ASCII."""
+    text = raw.split(b"\0", 1)[0]
+    if all(0x20 <= b < 0x7F for b in text):
+        return text.decode("ascii")
+    return None
+
+
+def _fei_keys(mrc: MrcInterpreter) -> dict[str, Any]:
+    """Fields of the first FEI extended-header record as ``FEIMRC.<name>``.
+
+    Types follow mrcfile's FEI dtypes: 32-bit unsigned bitmasks stay ``np.uint32``,
+    32-bit ints are ints, 64-bit ints (time stamps) and doubles are float64, booleans
+    0/1; strings are the printable ASCII before the first NUL (other strings and the
+    reserved "Unused range" bytes are left out).
+    """
+    try:
+        records = mrc.indexed_extended_header
+    except (AttributeError, ValueError):
+        return {}
+    if records is None or len(records) == 0:
+        return {}
+    first = records[0]
+    out: dict[str, Any] = {}
+    for name in first.dtype.names or ():
+        if name.startswith("Unused"):
+            continue
+        field: np.dtype = first.dtype.fields[name][0]
+        value = first[name]
+        key = f"FEIMRC.{name}"
+        if field.kind == "S":
+            text = _clean_text(bytes(value))
+            if text is not None:
+                out[key] = text
+        elif field.kind == "b":
+            out[key] = int(value)
+        elif field.kind == "u" and field.itemsize <= 4:
+            out[key] = np.uint32(value)
+        elif field.kind in "iu":
+            out[key] = int(value) if field.itemsize <= 4 else np.float64(value)
+        elif field.kind == "f":
+            out[key] = np.float64(value) if field.itemsize == 8 else np.float32(value)
+    return out
