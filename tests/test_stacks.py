@@ -287,3 +287,28 @@ def test_eman2_reads_our_stack(bits: int, tmp_path: Path) -> None:
         assert h["Group.MRC.nz"] == len(data)
         assert h["Group.source_path"] == "s.mrcs"
         assert (h.get("stored_renderbits", 0)) == bits
+
+
+def test_image_reports_are_compact_and_exact() -> None:
+    """Per-image reports kept in columns give back exactly what was stored (float32
+    limits, None for lossless images, shapes, rules), index like a list, and compare
+    equal to the list of the same reports."""
+    from e2compress.report import ImageReport, ImageReports
+
+    items = [
+        ImageReport(0, (32, 32), 5, float(F32(-1.25)), float(F32(3.1)), 7, "zero_straddle_grid"),
+        ImageReport(1, (32, 32), 0, None, None, 0, ""),
+        ImageReport(
+            2**31 - 1, (4, 8, 8), 12, float(F32(1e-3)), float(F32(2e9)), 2**40, "data_range"
+        ),
+    ]
+    reports = ImageReports(items)
+    assert len(reports) == 3
+    assert list(reports) == items
+    assert reports == items
+    assert reports[-1] == items[2]
+    assert reports[1:] == items[1:]
+    with pytest.raises(IndexError):
+        reports[3]
+    assert reports[1].rmin is None
+    assert reports[1].rmax is None

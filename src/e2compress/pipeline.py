@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -53,7 +53,7 @@ from .quantize import (
     storage_dtype,
     valid_limits,
 )
-from .report import CompressReport, ImageReport
+from .report import CompressReport, ImageReport, ImageReports
 from .sources import ImageSource, is_hdf5, open_source, strip_compression
 from .verify import verify_output
 
@@ -494,7 +494,7 @@ def write_eman_hdf(
     opts: Options,
     pool: Executor,
     cancel: Cancel | None = None,
-) -> list[ImageReport]:
+) -> Sequence[ImageReport]:
     """Compress every image of ``source`` into a new EMAN2 HDF file at ``path``.
 
     ``pool`` runs the chunk tasks; ``cancel``, when set, stops them at the next block.
@@ -507,7 +507,7 @@ def write_eman_hdf(
     enc = _Encoder(source, opts, cancel or Cancel(), stacked=stack is not None)
     headers = _Headers(source, opts, stacked=stack is not None)
     width = pool_width(pool)
-    reports: list[ImageReport] = []
+    reports = ImageReports()  # compact: memory does not grow with the image count
     with EmanHdfWriter(path, stack) as writer:
         writer.write_group_header(headers.group())
         window: deque[Future[list[_ImageJob]]] = deque()
