@@ -143,7 +143,8 @@ class StackBench:
                 case.note = "FAILED"
                 break
             case.runs.append(result["seconds"])
-            case.rss_mb = max(case.rss_mb or 0.0, rss or 0.0)
+            if rss is not None:  # None: real EMAN2, not a worker child of ours
+                case.rss_mb = max(case.rss_mb or 0.0, rss)
             if "images" in result:  # real EMAN2: a prefix of the stack
                 images, pixels = result["images"], result["pixels"]
         if case.runs:
