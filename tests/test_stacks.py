@@ -88,6 +88,8 @@ def test_stack_metadata_is_small(tmp_path: Path) -> None:
     the file is well under the float32 input: the per-image header and HDF5 structures
     (an old-style group, a 64-entry chunk index node, ~58 attributes) once cost 9 KB
     per image, more than the compressed pixels of a 32x32 particle."""
+    if h5direct.library() is None:  # test_h5py_fallback_... checks where it must exist
+        pytest.skip("small chunk-index nodes need the direct HDF5 calls (POSIX dlsym)")
     n = 300
     src = _write_mrcs(tmp_path / "s.mrcs", _stack(n))
     out = tmp_path / "s.hdf"

@@ -14,8 +14,6 @@ See the README's "Stack layout" for the measurements behind each setting.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import itertools
 import math
 import os
@@ -126,34 +124,7 @@ def write_attr(group: h5py.Group, name: str, value: Any) -> None:
     _AttrMaker().create(group.id, name, value)
 
 
-# --------------------------------------------------------------------------- HDF5 settings
-
-
-@functools.cache
-def _hdf5_function(name: str) -> Any:
-    """A function of the HDF5 library h5py runs on, or None.
-
-    For the few property-list settings h5py does not wrap. Looked up through one of
-    h5py's extension modules, whose dependencies include that library (POSIX ``dlsym``).
-    """
-    try:
-        fn = getattr(ctypes.PyDLL(h5py.h5p.__file__), name)
-    except (OSError, AttributeError):
-        return None
-    fn.restype = ctypes.c_int  # herr_t
-    fn.argtypes = [ctypes.c_int64, ctypes.c_uint]  # hid_t, unsigned / hbool_t
-    return fn
-
-
-def set_plist(plist: Any, function: str, value: int) -> bool:
-    """Call ``function(plist, value)`` of the HDF5 C API; False where unavailable."""
-    fn = _hdf5_function(function)
-    if fn is None:
-        return False
-    from h5py._objects import phil  # h5py's lock around every HDF5 call
-
-    with phil:
-        return int(fn(plist.id, value)) >= 0
+# --------------------------------------------------------------------------- writing
 
 
 @dataclass(frozen=True)
@@ -217,7 +188,7 @@ class EmanHdfWriter:
     @staticmethod
     def _create_stack_file(path: str, stack: StackLayout) -> h5py.File:
         fcpl = h5p.create(h5p.FILE_CREATE)
-        set_plist(fcpl, "H5Pset_istore_k", stack.istore_k)
+        h5direct.set_property(fcpl, "H5Pset_istore_k", stack.istore_k)
         fapl = h5p.create(h5p.FILE_ACCESS)
         fapl.set_libver_bounds(h5f.LIBVER_V18, h5f.LIBVER_V18)  # readable by HDF5 >= 1.8
         # HDF5's metadata cache may grow to 32 MB; a stack's images are written once and
@@ -253,7 +224,7 @@ class EmanHdfWriter:
             dcpl.set_deflate(level)
             dcpl.set_obj_track_times(False)
             # no attributes go on the dataset: a minimal object header (HDF5 >= 1.10.5)
-            set_plist(dcpl, "H5Pset_dset_no_attrs_hint", 1)
+            h5direct.set_property(dcpl, "H5Pset_dset_no_attrs_hint", 1)
             self._dcpls[key] = dcpl
         return dcpl
 
@@ -535,14 +506,6 @@ def _read_all(dsid: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if out.size:
         dsid.read(h5s.ALL, h5s.ALL, out)
     return out
-
-
-def read_dataset(ds: h5py.Dataset, pool: Executor | None = None) -> np.ndarray:
-    """The dataset's values. Chunks are read raw (``read_direct_chunk``) in this thread
-    and inflated in ``pool``; anything other than deflate/shuffle goes through HDF5."""
-    dsid = ds.id
-    layout = _layout_of(dsid.get_create_plist())
-    return _read_values(dsid, layout, tuple(dsid.shape), dsid.dtype, pool, None)
 
 
 def _read_values(

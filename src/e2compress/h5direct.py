@@ -54,6 +54,14 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
+# Property-list settings h5py does not wrap; each may be missing from older libraries
+# (H5Pset_dset_no_attrs_hint: HDF5 >= 1.10.5) without disabling the rest.
+_OPTIONAL: dict[str, tuple[Any, list[Any]]] = {
+    "H5Pset_istore_k": (HERR, [HID, ctypes.c_uint]),
+    "H5Pset_dset_no_attrs_hint": (HERR, [HID, ctypes.c_bool]),
+}
+
+
 @dataclass(frozen=True)
 class Library:
     """The HDF5 functions above, bound to h5py's library, and h5py's lock."""
@@ -82,7 +90,23 @@ def library() -> Library | None:
             setattr(funcs, name, fn)
     except (ImportError, OSError, AttributeError):
         return None
+    for name, (restype, argtypes) in _OPTIONAL.items():
+        fn = getattr(dll, name, None)
+        if fn is not None:
+            fn.restype, fn.argtypes = restype, argtypes
+        setattr(funcs, name, fn)
     return Library(funcs, phil)
+
+
+def set_property(plist: Any, name: str, value: int) -> bool:
+    """``name(plist, value)`` for a property-list setting h5py does not wrap (see
+    ``_OPTIONAL``); False where the function is unavailable or fails."""
+    lib = library()
+    fn = getattr(lib.f, name, None) if lib is not None else None
+    if lib is None or fn is None:
+        return False
+    with lib.lock:
+        return int(fn(plist.id, value)) >= 0
 
 
 def wrap_dataset(hid: int) -> Any:
