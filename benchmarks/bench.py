@@ -1,6 +1,7 @@
 """e2compress benchmark: throughput, ratio, peak memory and decode speed in one run.
 
     python benchmarks/bench.py [--quick] [--out DIR]
+    python benchmarks/bench.py --stacks [--quick] [--baseline SRC] [--eman2 DIR]
 
 Generates deterministic synthetic cryo-EM data in a temporary directory, runs every
 writer/reader case in a fresh subprocess (``bench_worker.py``), and prints markdown
@@ -132,14 +133,25 @@ class Runner:
         self.timeout = timeout
         self.count = 0
 
-    def run(self, spec: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
-        """Run one task; returns (result, peak RSS MB from ``os.wait4``)."""
+    def run(
+        self, spec: dict[str, Any], pythonpath: str | None = None
+    ) -> tuple[dict[str, Any], float | None]:
+        """Run one task; returns (result, peak RSS MB from ``os.wait4``).
+
+        ``pythonpath`` runs the child with that source tree first on its path (the
+        ``--baseline`` e2compress).
+        """
         self.count += 1
         spec_path = self.workdir / f"spec{self.count}.json"
         result_path = self.workdir / f"result{self.count}.json"
         spec_path.write_text(json.dumps(spec))
         result_path.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, str(WORKER), str(spec_path), str(result_path)])
+        env = None
+        if pythonpath is not None:
+            env = dict(os.environ, PYTHONPATH=pythonpath)
+        proc = subprocess.Popen(
+            [sys.executable, str(WORKER), str(spec_path), str(result_path)], env=env
+        )
         deadline = time.monotonic() + self.timeout
         timed_out = False
         while True:
@@ -721,6 +733,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run each case N times and keep the fastest (default 1)",
     )
     p.add_argument(
+        "--stacks",
+        action="store_true",
+        help="the particle-stack benchmark instead (benchmarks/bench_stacks.py)",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="--stacks: also run the e2compress cases with this source tree (e.g. "
+        "another checkout's src/) for a before/after comparison in one run",
+    )
+    p.add_argument(
+        "--eman2",
+        type=Path,
+        default=Path(os.environ["E2C_EMAN2"]) if os.environ.get("E2C_EMAN2") else None,
+        help="--stacks: an EMAN2 install (its venv/bin/python runs eman2_timed.py) to "
+        "time real EMAN2 (default: $E2C_EMAN2; without it those cases are skipped)",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=1200,
@@ -733,6 +764,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.repeat < 1:
         raise SystemExit("--repeat must be >= 1")
+    if args.stacks:
+        from bench_stacks import run_stacks
+
+        return run_stacks(args)
     t_start = time.perf_counter()
     load_start = loadavg()
     reuse = args.data is not None

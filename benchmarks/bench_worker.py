@@ -29,7 +29,8 @@ import numpy as np
 NY, NX = 3838, 3710  # K2 Summit frame: rows x columns
 BOX = 256  # particle box
 GAIN_SEED = 20240101
-SEEDS = {"k2": 101, "k2_24": 124, "counts": 202, "micrograph": 303, "particles": 404}
+SEEDS = {"k2": 101, "k2_24": 124, "counts": 202, "micrograph": 303, "particles": 404, "stack": 505}
+STACK_APIX = 1.06  # A/px of the synthetic particle stacks (any value but 1 tests apix)
 MICROGRAPH_FRAMES = 40
 BLUR_SIGMA = 1.0  # px, Gaussian low-pass of the micrograph
 MASK_RADIUS = 110  # px, particles are zero outside
@@ -278,8 +279,37 @@ def generate_particles(path: str, count: int, seed: int) -> dict[str, Any]:
     return {"shape": [count, BOX, BOX], "pixels": count * BOX * BOX, "mrc_mode": 2}
 
 
+def generate_stack(path: str, count: int, box: int, seed: int) -> dict[str, Any]:
+    """RELION-like particle stack: one Gaussian blob + N(0, 1) noise per image, no mask.
+
+    Images are drawn in batches of 1000 from one generator, so the first N images of a
+    larger stack equal a stack of N.
+    """
+    rng = np.random.default_rng(seed)
+    axis = np.arange(box, dtype=np.float32) - (box - 1) / 2
+    stats = _HeaderStats()
+    batch = 1000
+    with _new_mrc(path, (count, box, box), 2, stack=True) as mrc:
+        mrc.voxel_size = STACK_APIX
+        for start in range(0, count, batch):
+            n = min(batch, count - start)
+            imgs = rng.standard_normal((n, box, box), dtype=np.float32)
+            cy, cx = rng.uniform(-box / 8, box / 8, size=(2, n, 1)).astype(np.float32)
+            sig = rng.uniform(box / 10, box / 5, size=(n, 1)).astype(np.float32)
+            amp = rng.uniform(1.0, 3.0, size=(n, 1, 1)).astype(np.float32)
+            gy = np.exp(-0.5 * ((axis[None, :] - cy) / sig) ** 2)
+            gx = np.exp(-0.5 * ((axis[None, :] - cx) / sig) ** 2)
+            imgs += amp * gy[:, :, None] * gx[:, None, :]
+            mrc.data[start : start + n] = imgs
+            stats.add(imgs)
+        stats.store(mrc)
+    return {"shape": [count, box, box], "pixels": count * box * box, "mrc_mode": 2}
+
+
 def task_generate(spec: dict[str, Any]) -> dict[str, Any]:
     kind, path = spec["dataset"], spec["path"]
+    if kind.startswith("stack"):
+        return generate_stack(path, spec["count"], spec["box"], SEEDS["stack"])
     seed = SEEDS[kind]
     if kind in ("k2", "k2_24"):
         return generate_movie(path, spec["frames"], seed)
@@ -571,6 +601,59 @@ def task_decode(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "pixels": int(sum(a.size for a in images))}
 
 
+def task_stackmeta(spec: dict[str, Any]) -> dict[str, Any]:
+    """Image count, file size and the bytes of all chunks (the pixels) of an EMAN2 HDF."""
+    import h5py
+    from h5py import h5d
+
+    path = spec["path"]
+    chunk_bytes = 0
+    with h5py.File(path, "r") as f:
+        images = f["MDF/images"]
+        count = int(np.asarray(images.attrs["imageid_max"]).reshape(-1)[0]) + 1
+        gid = images.id
+        for i in range(count):
+            ds = h5d.open(gid, b"%d/image" % i)
+            if ds.get_create_plist().get_layout() == h5d.CHUNKED:
+                chunk_bytes += sum(ds.get_chunk_info(k).size for k in range(ds.get_num_chunks()))
+            else:
+                chunk_bytes += ds.get_storage_size()
+        apix = float(np.asarray(images[str(count - 1)].attrs["EMAN.apix_x"]).reshape(-1)[0])
+    return {
+        "images": count,
+        "file_bytes": os.path.getsize(path),
+        "chunk_bytes": chunk_bytes,
+        "apix": apix,
+    }
+
+
+def _rchar() -> int | None:
+    """Bytes this process has read through read()-like calls so far (Linux)."""
+    try:
+        with open("/proc/self/io") as fh:
+            for line in fh:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def task_open_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """``e2compress.open(path)[i]`` on a large stack: seconds and bytes read."""
+    import e2compress
+
+    before = _rchar()
+    t0 = time.perf_counter()
+    with e2compress.open(spec["path"]) as f:
+        count = len(f)
+        img = f[spec["index"]]
+    seconds = time.perf_counter() - t0
+    after = _rchar()
+    read = after - before if after is not None and before is not None else None
+    return {"seconds": seconds, "images": count, "pixels": int(img.size), "bytes_read": read}
+
+
 def task_histogram(spec: dict[str, Any]) -> dict[str, Any]:
     """Order-0 entropy of the stored codes of an EMAN2 HDF file (all images pooled)."""
     hist: np.ndarray | None = None
@@ -665,6 +748,8 @@ TASKS: dict[str, tuple[Task, tuple[str, ...]]] = {
     "tiff": (write_tiff, ("tifffile", "mrcfile")),
     "decode": (task_decode, ("e2compress", "h5py")),
     "histogram": (task_histogram, ("h5py",)),
+    "stackmeta": (task_stackmeta, ("h5py",)),
+    "open_one": (task_open_one, ("e2compress",)),
     "info": (task_info, ("h5py", "e2compress")),
 }
 

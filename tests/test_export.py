@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
 import mrcfile
 import numpy as np
 import pytest
@@ -173,7 +174,7 @@ def test_a_stack_of_volumes_is_an_mrc_volume_stack_and_no_tiff(tmp_path: Path) -
     vols = np.arange(2 * 4 * 5 * 6, dtype=np.float32).reshape(2, 4, 5, 6) / 7
     with EmanHdfWriter(tmp_path / "v.hdf") as w:
         for i in range(2):
-            w.create_image(i, (4, 5, 6), 0, chunks=(1, 5, 6))[...] = vols[i]
+            h5py.Dataset(w.create_image(i, (4, 5, 6), 0, chunks=(1, 5, 6)))[...] = vols[i]
             w.write_header(i, {"apix_x": np.float32(2.5), "apix_y": np.float32(2.5)})
     export_file(tmp_path / "v.hdf", tmp_path / "v.mrc")
     with mrcfile.open(tmp_path / "v.mrc") as m:

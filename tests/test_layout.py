@@ -79,6 +79,75 @@ def _check_attr_types(group: h5py.Group) -> None:
             assert len(space.shape) == 1, name
 
 
+# Keys of an MRC header EMAN2 carries into an image header (spec §5.1); a stack stores
+# them once, on /MDF/images (EMAN2 reads them as Group.MRC.<key>).
+MRC_INTS = [
+    "nx",
+    "ny",
+    "nz",
+    "nxstart",
+    "nystart",
+    "nzstart",
+    "mx",
+    "my",
+    "mz",
+    "mode",
+    "mapc",
+    "mapr",
+    "maps",
+    "ispg",
+    "nsymbt",
+    "nversion",
+    "nlabels",
+    "machinestamp",
+]
+MRC_FLOATS = ["xlen", "ylen", "zlen", "alpha", "beta", "gamma", "minimum", "maximum", "mean", "rms"]
+
+
+def _check_stack_group(images: h5py.Group, name: str) -> None:
+    """A stack's /MDF/images: imageid_max, the source name, the zero origin and the MRC
+    header, each once for all images, typed as EMAN2 types image attributes."""
+    nlabels = int(images.attrs["MRC.nlabels"][0])
+    expected = {"imageid_max", "source_path", "origin_x", "origin_y", "origin_z"}
+    expected |= {f"MRC.{k}" for k in (*MRC_INTS, *MRC_FLOATS, "map", "exttyp")}
+    expected |= {f"MRC.label{k}" for k in range(nlabels)}
+    assert set(images.attrs) == expected
+    _check_attr_types(images)
+    assert images.attrs["source_path"] == name.encode()
+    assert images.attrs["MRC.map"] == b"MAP "
+    for key in MRC_INTS:
+        assert images.attrs[f"MRC.{key}"].dtype == np.int32
+    for key in (*MRC_FLOATS, "origin_x", "origin_y", "origin_z"):
+        assert images.attrs[key if key.startswith("origin") else f"MRC.{key}"].dtype == np.float32
+    for axis in "xyz":
+        assert float(images.attrs[f"origin_{axis}"][0]) == 0.0
+    # EMAN2 opens these attributes by creation order (HdfIO2::init)
+    order = images.id.get_create_plist().get_attr_creation_order()
+    assert order == h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED
+
+
+def _check_stack_image(group: h5py.Group, bits: int) -> None:
+    """An image group of a stack holds only what EMAN2 needs per image: the stored
+    mapping and the pixel size (nx/ny/nz and datatype come from the dataset, statistics
+    are recomputed on read)."""
+    expected = {"EMAN.apix_x", "EMAN.apix_y", "EMAN.apix_z"}
+    if bits:
+        expected |= {f"EMAN.{k}" for k in ("stored_rendermin", "stored_rendermax")}
+        expected |= set(STORED_INT)
+    assert set(group.attrs) == expected
+    _check_attr_types(group)
+    for key in STORED if bits else ():
+        assert group.attrs[key].dtype == np.float32
+    for key in STORED_INT if bits else ():
+        assert group.attrs[key].dtype == np.int32
+    if bits:
+        assert int(group.attrs["EMAN.stored_renderbits"][0]) == bits
+        assert int(group["image"][...].max()) <= (1 << bits) - 1
+    for axis in "xyz":
+        assert group.attrs[f"EMAN.apix_{axis}"].dtype == np.float32
+        assert group.attrs[f"EMAN.apix_{axis}"].shape == (1,)
+
+
 @pytest.mark.parametrize(("name", "n", "shape", "bits"), CASES, ids=CASE_IDS)
 def test_layout(name: str, n: int, shape: tuple[int, ...], bits: int, tmp_path: Path) -> None:
     out = _compress(name, tmp_path, bits=bits)
@@ -92,7 +161,14 @@ def test_layout(name: str, n: int, shape: tuple[int, ...], bits: int, tmp_path: 
         assert list(f["MDF"].keys()) == ["images"]
         images = f["MDF/images"]
         assert isinstance(images, h5py.Group)
-        assert set(images.attrs) == {"imageid_max"}
+        # superblock 0 = HDF5's earliest format (what EMAN2 writes); 2 = HDF5 1.8's
+        superblock = f.id.get_create_plist().get_version()[0]
+        if n == 1:
+            assert superblock == 0
+            assert set(images.attrs) == {"imageid_max"}
+        else:
+            assert superblock == 2
+            _check_stack_group(images, name)
         idmax = images.attrs["imageid_max"]
         assert idmax.dtype == np.int32
         assert idmax.shape == (1,)
@@ -130,6 +206,9 @@ def test_layout(name: str, n: int, shape: tuple[int, ...], bits: int, tmp_path: 
                 assert codes == [h5py.h5z.FILTER_DEFLATE]
 
             a = group.attrs
+            if n > 1:
+                _check_stack_image(group, bits)
+                continue
             nz = shape[0] if len(shape) == 3 else 1
             for key, value in (("nx", shape[-1]), ("ny", shape[-2]), ("nz", nz)):
                 assert a[f"EMAN.{key}"].dtype == np.int32

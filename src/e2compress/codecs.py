@@ -118,12 +118,23 @@ def engine_names(level: int) -> str:
 
 
 def inflate(data: Buffer, size: int) -> bytes:
-    """Decode one zlib stream of known decoded ``size`` (ISA-L: fastest on literal-only)."""
-    if _isal is not None:
-        return bytes(_isal.decompress(data))
-    if _libdeflate is not None:
-        return bytes(_libdeflate.zlib_decompress(bytes(data), size))
-    return zlib.decompress(data)
+    """Decode one zlib stream of known decoded ``size`` (ISA-L: fastest on literal-only).
+
+    Raises:
+        ValueError: the stream is damaged or does not decode to ``size`` bytes.
+    """
+    try:
+        if _isal is not None:
+            out = bytes(_isal.decompress(data))
+        elif _libdeflate is not None:
+            out = bytes(_libdeflate.zlib_decompress(bytes(data), size))
+        else:
+            out = zlib.decompress(data)
+    except Exception as exc:  # each engine has its own error class
+        raise ValueError(f"damaged deflate stream ({exc})") from None
+    if len(out) != size:
+        raise ValueError(f"deflate stream holds {len(out)} bytes, the chunk {size}")
+    return out
 
 
 def shuffle(codes: np.ndarray) -> np.ndarray:

@@ -2,21 +2,33 @@
 
 Layout: ``/MDF/images/<i>/image`` datasets, per-image attributes ``EMAN.<key>`` on the
 image group, ``imageid_max`` (int32, shape (1,)) on ``/MDF/images``.
+
+Files of one image (movies, micrographs, maps) are written as EMAN2 writes them:
+the earliest HDF5 file format and the whole header on the image group. Stacks (more
+than one image) use the :class:`StackLayout`: the HDF5 1.8 file format (compact
+groups, small object headers, one small chunk-index node per image) and, on each image
+group, only the keys EMAN2 needs per image; keys that are the same for every image are
+stored once, as attributes of ``/MDF/images`` (EMAN2 reads them as ``Group.<key>``).
+See the README's "Stack layout" for the measurements behind each setting.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5a, h5d, h5f, h5g, h5p, h5s, h5t
 
-from . import codecs
+from . import codecs, h5direct
 from .errors import InputError
-from .quantize import RenderRange, decode_table, dequantize, storage_dtype
+from .quantize import RenderRange, code_max, decode_values, storage_dtype
 
 PathLike = str | os.PathLike[str]
 STORED_KEYS = ("stored_rendermin", "stored_rendermax", "stored_renderbits", "stored_truncated")
@@ -25,16 +37,19 @@ NEVER_COPIED = frozenset(
 )
 DATATYPE = {0: 7, 1: 2, 2: 4}  # EMAN2 EMDataType for float / uchar / ushort storage
 _DEFLATE, _SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
+_I32, _F32 = np.dtype("<i4"), np.dtype("<f4")
+# Images up to this many bytes are decoded in the calling thread (a pool task costs more).
+POOL_MIN_BYTES = 1 << 20
 
 
-def _string_attr(gid: h5py.h5g.GroupID, name: str, text: str | bytes) -> None:
+def _string_attr(gid: Any, name: bytes, text: str | bytes) -> None:
     raw = text if isinstance(text, bytes) else text.encode("ascii", "replace")
     raw = raw.split(b"\0", 1)[0]
-    tid = h5py.h5t.C_S1.copy()
+    tid = h5t.C_S1.copy()
     tid.set_size(len(raw) + 1)
-    tid.set_strpad(h5py.h5t.STR_NULLTERM)
-    space = h5py.h5s.create(h5py.h5s.SCALAR)
-    attr = h5py.h5a.create(gid, name.encode(), tid, space)
+    tid.set_strpad(h5t.STR_NULLTERM)
+    space = h5s.create(h5s.SCALAR)
+    attr = h5a.create(gid, name, tid, space)
     attr.write(np.array(raw, dtype=f"S{len(raw) + 1}"))
 
 
@@ -61,51 +76,157 @@ def _attr_array(value: Any) -> np.ndarray | None:
     return None
 
 
+class _AttrMaker:
+    """Creates attributes with the low-level API, reusing dataspaces and types.
+
+    With ``direct`` (see :mod:`h5direct`), one-number attributes, which are most of an
+    image header, are created with direct HDF5 calls (3x faster than through h5py).
+    """
+
+    def __init__(self, direct: h5direct.Writer | None = None) -> None:
+        self._spaces: dict[tuple[int, ...], Any] = {}
+        self._types: dict[np.dtype, Any] = {}
+        self._direct = direct
+        self._scalars: dict[np.dtype, tuple[np.ndarray, int]] = {}
+
+    def create(self, gid: Any, name: str, value: Any) -> None:
+        """Create attribute ``name`` (which must not exist) with EMAN2's type for ``value``."""
+        arr = _attr_array(value)
+        if arr is None:
+            if isinstance(value, np.ndarray):
+                value = value.reshape(-1)[0]
+            if not isinstance(value, (str, bytes)):
+                raise TypeError(f"cannot store header value {name}={value!r}")
+            _string_attr(gid, name.encode(), value)
+            return
+        arr = np.ascontiguousarray(arr)
+        space = self._spaces.get(arr.shape)
+        if space is None:
+            space = self._spaces.setdefault(arr.shape, h5s.create_simple(arr.shape))
+        tid = self._types.get(arr.dtype)
+        if tid is None:
+            tid = self._types.setdefault(arr.dtype, h5t.py_create(arr.dtype))
+        if self._direct is not None and arr.shape == (1,):
+            scalar = self._scalars.get(arr.dtype)
+            if scalar is None:
+                buf = np.zeros(1, dtype=arr.dtype)
+                scalar = self._scalars.setdefault(arr.dtype, (buf, buf.ctypes.data))
+            scalar[0][0] = arr[0]
+            self._direct.create_attr(gid.id, name.encode(), tid.id, space.id, scalar[1])
+            return
+        h5a.create(gid, name.encode(), tid, space).write(arr, mtype=tid)
+
+
 def write_attr(group: h5py.Group, name: str, value: Any) -> None:
     """Write one attribute with the HDF5 type EMAN2 uses for it (spec §1.5)."""
     if name in group.attrs:
         del group.attrs[name]
-    _create_attr(group.id, name, value)
+    _AttrMaker().create(group.id, name, value)
 
 
-_SPACES: dict[tuple[int, ...], Any] = {}
-_TYPES: dict[np.dtype, Any] = {}
+# --------------------------------------------------------------------------- writing
 
 
-def _create_attr(gid: Any, name: str, value: Any) -> None:
-    """Create attribute ``name`` (which must not exist) with the low-level API (fast)."""
-    arr = _attr_array(value)
-    if arr is None:
-        if isinstance(value, np.ndarray):
-            value = value.reshape(-1)[0]
-        if not isinstance(value, (str, bytes)):
-            raise TypeError(f"cannot store header value {name}={value!r}")
-        _string_attr(gid, name, value)
-        return
-    arr = np.ascontiguousarray(arr)
-    space = _SPACES.get(arr.shape)
-    if space is None:
-        space = _SPACES.setdefault(arr.shape, h5py.h5s.create_simple(arr.shape))
-    tid = _TYPES.get(arr.dtype)
-    if tid is None:
-        tid = _TYPES.setdefault(arr.dtype, h5py.h5t.py_create(arr.dtype))
-    h5py.h5a.create(gid, name.encode(), tid, space).write(arr)
+@dataclass(frozen=True)
+class StackLayout:
+    """How a stack (many images) is stored; see the module docstring.
+
+    ``chunks_per_image`` sizes each image's chunk-index B-tree node (HDF5's
+    ``istore_k``): one node of 2k entries per image instead of the default 64.
+    """
+
+    chunks_per_image: int = 1
+
+    @property
+    def istore_k(self) -> int:
+        """Half the number of entries of one chunk-index node (HDF5: 1..32 here)."""
+        return max(1, min(32, -(-self.chunks_per_image // 2)))
+
+
+# Attribute counts beyond which HDF5 moves attributes into a separate heap and B-tree
+# ("dense" storage: ~1.5 KB more per image group; measured). An image header is small.
+_IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE = 64, 48
+_STACK_MDC_BYTES = 4 << 20  # HDF5 metadata cache of a stack being written
+_STACK_META_BLOCK = 32 << 10  # HDF5 metadata aggregation block of a stack
 
 
 class EmanHdfWriter:
-    """Writes images into a new file in EMAN2's layout."""
+    """Writes images into a new file in EMAN2's layout.
 
-    def __init__(self, path: PathLike) -> None:
-        self._file = h5py.File(path, "w", libver="earliest", locking=False)
-        self._images = self._file.create_group("MDF").create_group("images")
+    ``stack`` selects the stack layout (see the module docstring); without it the file
+    is what EMAN2 itself writes.
+    """
+
+    def __init__(self, path: PathLike, stack: StackLayout | None = None) -> None:
+        self.stack = stack
+        self._attrs = _AttrMaker()
+        self._direct: h5direct.Writer | None = None
         self._max_id = -1
-        write_attr(self._images, "imageid_max", np.array([-1], dtype=np.int32))
+        self._current: tuple[int, Any] | None = None
+        self._dcpls: dict[tuple[Any, ...], Any] = {}
+        self._types: dict[np.dtype, Any] = {}
+        self._spaces: dict[tuple[int, ...], Any] = {}
+        if stack is None:
+            self._file = h5py.File(path, "w", libver="earliest", locking=False)
+            self._images = self._file.create_group("MDF").create_group("images")
+            self._gcpl: Any = None
+        else:
+            lib = h5direct.library()
+            self._direct = h5direct.Writer(lib) if lib is not None else None
+            self._attrs = _AttrMaker(self._direct)
+            self._file = self._create_stack_file(os.fspath(path), stack)
+            gcpl = h5p.create(h5p.GROUP_CREATE)
+            # EMAN2 opens /MDF/images attributes by creation order: keep it on record.
+            gcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED)
+            mdf = h5g.create(self._file.id, b"MDF")
+            self._images = h5py.Group(h5g.create(mdf, b"images", gcpl=gcpl))
+            self._gcpl = h5p.create(h5p.GROUP_CREATE)
+            self._gcpl.set_obj_track_times(False)
+            self._gcpl.set_attr_phase_change(_IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE)
+        self._attrs.create(self._images.id, "imageid_max", np.array([-1], dtype=np.int32))
+
+    @staticmethod
+    def _create_stack_file(path: str, stack: StackLayout) -> h5py.File:
+        fcpl = h5p.create(h5p.FILE_CREATE)
+        h5direct.set_property(fcpl, "H5Pset_istore_k", stack.istore_k)
+        fapl = h5p.create(h5p.FILE_ACCESS)
+        fapl.set_libver_bounds(h5f.LIBVER_V18, h5f.LIBVER_V18)  # readable by HDF5 >= 1.8
+        # HDF5's metadata cache may grow to 32 MB; a stack's images are written once and
+        # not revisited, so a small cache keeps memory flat in the image count
+        mdc = fapl.get_mdc_config()
+        mdc.max_size = _STACK_MDC_BYTES
+        mdc.initial_size = min(mdc.initial_size, _STACK_MDC_BYTES)
+        mdc.min_size = min(mdc.min_size, _STACK_MDC_BYTES)
+        fapl.set_mdc_config(mdc)
+        # metadata is allocated from blocks of this size; with HDF5's 2 KB the leftover
+        # of each block around the variable-size chunks is lost: ~100 bytes per image
+        # in the file, and held in memory by the free-space manager (measured)
+        fapl.set_meta_block_size(_STACK_META_BLOCK)
+        if hasattr(fapl, "set_file_locking"):
+            fapl.set_file_locking(False, True)
+        fid = h5f.create(path.encode(), h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
+        return h5py.File(fid)
 
     def __enter__(self) -> EmanHdfWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _dcpl(self, dtype: np.dtype, chunks: tuple[int, ...], level: int, shuffle: bool) -> Any:
+        key = (dtype, chunks, level, shuffle)
+        dcpl = self._dcpls.get(key)
+        if dcpl is None:
+            dcpl = h5p.create(h5p.DATASET_CREATE)
+            dcpl.set_chunk(chunks)
+            if shuffle:
+                dcpl.set_shuffle()
+            dcpl.set_deflate(level)
+            dcpl.set_obj_track_times(False)
+            # no attributes go on the dataset: a minimal object header (HDF5 >= 1.10.5)
+            h5direct.set_property(dcpl, "H5Pset_dset_no_attrs_hint", 1)
+            self._dcpls[key] = dcpl
+        return dcpl
 
     def create_image(
         self,
@@ -116,32 +237,92 @@ class EmanHdfWriter:
         level: int = 1,
         chunks: tuple[int, ...] | None = None,
         shuffle: bool = False,
-    ) -> h5py.Dataset:
-        """Create ``/MDF/images/<index>/image``, chunked with deflate (and shuffle)."""
-        group = self._images.create_group(str(index))
-        ds = group.create_dataset(
-            "image",
-            shape=shape,
-            dtype=storage_dtype(bits),
-            chunks=chunks,
-            compression="gzip",
-            compression_opts=level,
-            shuffle=shuffle,
-        )
-        self._max_id = max(self._max_id, index)
-        return ds
+    ) -> Any:
+        """Create ``/MDF/images/<index>/image``, chunked with deflate (and shuffle).
 
-    def write_header(self, index: int, header: Mapping[str, Any]) -> None:
-        """Write ``EMAN.<key>`` attributes on image ``index``'s group."""
-        gid = self._images[str(index)].id  # created empty by create_image
+        Returns the low-level dataset (``write_direct_chunk`` writes its chunks).
+        """
+        dtype = storage_dtype(bits)
+        if self.stack is None:
+            group = self._images.create_group(str(index))
+            ds = group.create_dataset(
+                "image",
+                shape=shape,
+                dtype=dtype,
+                chunks=chunks,
+                compression="gzip",
+                compression_opts=level,
+                shuffle=shuffle,
+            )
+            gid, dsid = group.id, ds.id
+        else:
+            name = str(index).encode()
+            dcpl = self._dcpl(dtype, chunks or shape, level, shuffle)
+            tid, space = self._h5type(dtype), self._space(shape)
+            hid = None
+            if self._direct is not None:
+                hid = self._direct.create_group(self._images.id.id, name, self._gcpl.id)
+            gid = h5g.GroupID(hid) if hid is not None else None
+            if gid is None:  # h5py: the same call, or its error
+                gid = h5g.create(self._images.id, name, gcpl=self._gcpl)
+            hid = None
+            if self._direct is not None:
+                hid = self._direct.create_dataset(gid.id, b"image", tid.id, space.id, dcpl.id)
+            if hid is not None:
+                dsid = h5direct.wrap_dataset(hid)
+            else:
+                dsid = h5d.create(gid, b"image", tid, space, dcpl=dcpl)
+        self._current = (index, gid)
+        self._max_id = max(self._max_id, index)
+        return dsid
+
+    def _h5type(self, dtype: np.dtype) -> Any:
+        tid = self._types.get(dtype)
+        if tid is None:
+            tid = self._types.setdefault(dtype, h5t.py_create(dtype))
+        return tid
+
+    def _space(self, shape: tuple[int, ...]) -> Any:
+        space = self._spaces.get(shape)
+        if space is None:
+            space = self._spaces.setdefault(shape, h5s.create_simple(shape))
+        return space
+
+    def write_header(
+        self, index: int, header: Mapping[str, Any], raw: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write ``EMAN.<key>`` attributes (and ``raw`` ones under their own names) on
+        image ``index``'s group. Raw values HDF5 or EMAN2 cannot store are left out."""
+        if self._current is not None and self._current[0] == index:
+            gid = self._current[1]
+        else:
+            gid = self._images[str(index)].id
         for key, value in header.items():
-            _create_attr(gid, f"EMAN.{key}", value)
+            self._attrs.create(gid, f"EMAN.{key}", value)
+        for name, value in (raw or {}).items():
+            try:
+                self._attrs.create(gid, name, value)
+            except (TypeError, ValueError):
+                pass  # variable-length or exotic types EMAN2 cannot read either
+
+    def write_group_header(self, header: Mapping[str, Any]) -> None:
+        """Store keys shared by every image on ``/MDF/images`` (EMAN2: ``Group.<key>``).
+        Values HDF5 or EMAN2 cannot store are left out."""
+        for key, value in header.items():
+            try:
+                self._attrs.create(self._images.id, key, value)
+            except (TypeError, ValueError):
+                pass  # variable-length or exotic types EMAN2 cannot read either
 
     def close(self) -> None:
         """Record ``imageid_max`` and close the file."""
         if self._file.id.valid:
+            self._current = None
             write_attr(self._images, "imageid_max", np.array([self._max_id], dtype=np.int32))
             self._file.close()
+
+
+# --------------------------------------------------------------------------- reading
 
 
 def _plain(value: Any) -> Any:
@@ -184,18 +365,66 @@ def decode(codes: np.ndarray, rng: RenderRange | None) -> np.ndarray:
     if rng is None:
         return codes.astype(np.float32, copy=False)
     if codes.dtype.kind == "u" and codes.dtype.itemsize <= 2:
-        return dequantize(codes, rng)
+        if codes.size <= code_max(rng.bits):
+            return decode_values(codes, rng)
+        return _Decoder.of(rng, codes.dtype, codes.size)(np.ascontiguousarray(codes))
     c = codes.astype(np.float64)
     return (c / ((1 << rng.bits) - 1) * (rng.rmax - rng.rmin) + rng.rmin).astype(np.float32)
 
 
-def _filters(ds: h5py.Dataset) -> list[int]:
-    plist = ds.id.get_create_plist()
-    return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
+@dataclass(frozen=True)
+class _Decoder:
+    """Stored codes to values through a table (many pixels, few codes)."""
+
+    rng: RenderRange
+    table: np.ndarray
+
+    @classmethod
+    def of(cls, rng: RenderRange, dtype: np.dtype, size: int) -> _Decoder:
+        """Table for every code of ``dtype``, but only the 2**bits codes of uint16 for
+        images of fewer than 4 x 65536 pixels."""
+        n = 1 << 8 * dtype.itemsize
+        if size < 4 * n:
+            n = min(n, code_max(rng.bits) + 1)
+        return cls(rng, decode_values(np.arange(n), rng))
+
+    def into(self, codes: np.ndarray, out: np.ndarray) -> None:
+        """``out[...] = values of codes``. Codes beyond the table (uint16 above 2**bits-1,
+        which EMAN2 and we never write) get EMAN2's formula, not a clipped value."""
+        full = self.table.size >= 1 << 8 * codes.dtype.itemsize
+        if not full and codes.size and int(codes.max()) >= self.table.size:
+            out[...] = decode_values(codes, self.rng)
+        else:
+            np.take(self.table, codes, out=out, mode="clip")
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        out = np.empty(codes.shape, dtype=np.float32)
+        self.into(codes, out)
+        return out
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a dataset's creation properties say about reading its chunks raw."""
+
+    chunks: tuple[int, ...] | None
+    filters: tuple[int, ...]
+
+    @property
+    def raw_readable(self) -> bool:
+        """Chunked with only deflate and shuffle: chunks can be decoded here."""
+        return self.chunks is not None and all(f in (_DEFLATE, _SHUFFLE) for f in self.filters)
+
+
+def _layout_of(plist: Any) -> _Layout:
+    if plist.get_layout() != h5d.CHUNKED:
+        return _Layout(None, ())
+    filters = tuple(plist.get_filter(k)[0] for k in range(plist.get_nfilters()))
+    return _Layout(tuple(plist.get_chunk()), filters)
 
 
 def _decode_chunk(
-    raw: bytes, mask: int, filters: list[int], nbytes: int, dtype: np.dtype
+    raw: bytes, mask: int, filters: tuple[int, ...], nbytes: int, dtype: np.dtype
 ) -> np.ndarray:
     data: bytes = raw
     for k in reversed(range(len(filters))):
@@ -208,56 +437,92 @@ def _decode_chunk(
     return np.frombuffer(data, dtype=dtype)
 
 
-def read_dataset(
-    ds: h5py.Dataset, pool: Executor | None = None, table: np.ndarray | None = None
-) -> np.ndarray:
-    """The dataset's values, or ``table[values]`` when a decode table is given.
+class _Unallocated(Exception):
+    """A chunk was never written (HDF5 returns the fill value for it)."""
 
-    Chunks are read raw (``read_direct_chunk``) in this thread and inflated and
-    decoded in ``pool``; anything other than deflate/shuffle falls back to h5py.
-    """
-    filters = _filters(ds) if ds.chunks is not None else []
-    chunks = ds.chunks
-    grid = [-(-s // c) for s, c in zip(ds.shape, chunks or ds.shape, strict=True)]
-    if (
-        chunks is None
-        or ds.size == 0
-        or not all(f in (_DEFLATE, _SHUFFLE) for f in filters)
-        or ds.dtype.byteorder == ">"
-        or (table is not None and ds.dtype.kind != "u")
-        or ds.id.get_num_chunks() != int(np.prod(grid))  # unwritten chunks: fill value
-    ):
-        data = np.asarray(ds[...])
-        return data if table is None else np.asarray(table[data])
-    dtype = ds.dtype
-    nbytes = int(np.prod(chunks)) * dtype.itemsize
-    out = np.empty(ds.shape, dtype=dtype if table is None else table.dtype)
+
+def _read_chunks(
+    dsid: Any,
+    layout: _Layout,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    pool: Executor | None,
+    decoder: _Decoder | None,
+) -> np.ndarray:
+    """Decode every chunk of ``dsid`` here (raw reads, our inflate), then the codes."""
+    chunks = layout.chunks
+    assert chunks is not None
+    nbytes = math.prod(chunks) * dtype.itemsize
+    out = np.empty(shape, dtype=dtype if decoder is None else np.float32)
+    if chunks == shape:  # one chunk (small images): no regions to cut
+        mask, raw = _raw_chunk(dsid, (0,) * len(shape))
+        block = _decode_chunk(raw, mask, layout.filters, nbytes, dtype).reshape(shape)
+        if decoder is None:
+            out[...] = block
+        else:
+            decoder.into(block, out)
+        return out
 
     def work(offset: tuple[int, ...], mask: int, raw: bytes) -> None:
-        block = _decode_chunk(raw, mask, filters, nbytes, dtype).reshape(chunks)
+        block = _decode_chunk(raw, mask, layout.filters, nbytes, dtype).reshape(chunks)
         region = tuple(
-            slice(o, min(o + c, s)) for o, c, s in zip(offset, chunks, ds.shape, strict=True)
+            slice(o, min(o + c, s)) for o, c, s in zip(offset, chunks, shape, strict=True)
         )
         part = block[tuple(slice(0, r.stop - r.start) for r in region)]
         target = out[region]
-        if table is None:
+        if decoder is None:
             target[...] = part
         elif target.flags.c_contiguous:
-            np.take(table, part, out=target)
+            decoder.into(part, target)
         else:
-            target[...] = np.take(table, part)
+            target[...] = decoder(np.ascontiguousarray(part))
 
-    futures = []
-    for index in np.ndindex(*grid):
-        offset = tuple(i * c for i, c in zip(index, chunks, strict=True))
-        mask, raw = ds.id.read_direct_chunk(offset)
-        if pool is None:
-            work(offset, mask, raw)
-        else:
-            futures.append(pool.submit(work, offset, mask, raw))
-    for fut in futures:
-        fut.result()
+    futures: list[Future[None]] = []
+    try:
+        grid = (range(0, s, c) for s, c in zip(shape, chunks, strict=True))
+        for offset in itertools.product(*grid):
+            mask, raw = _raw_chunk(dsid, offset)
+            if pool is None:
+                work(offset, mask, raw)
+            else:
+                futures.append(pool.submit(work, offset, mask, raw))
+    finally:
+        for fut in futures:
+            fut.result()
     return out
+
+
+def _raw_chunk(dsid: Any, offset: tuple[int, ...]) -> tuple[int, bytes]:
+    try:
+        mask, raw = dsid.read_direct_chunk(offset)
+    except RuntimeError:  # "chunk storage is not allocated"
+        raise _Unallocated from None
+    return int(mask), raw
+
+
+def _read_all(dsid: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The whole dataset through HDF5's own filters (fill values included)."""
+    out = np.empty(shape, dtype=dtype.newbyteorder("="))
+    if out.size:
+        dsid.read(h5s.ALL, h5s.ALL, out)
+    return out
+
+
+def _read_values(
+    dsid: Any,
+    layout: _Layout,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    pool: Executor | None,
+    decoder: _Decoder | None,
+) -> np.ndarray:
+    if layout.raw_readable and 0 not in shape and dtype.byteorder != ">":
+        try:
+            return _read_chunks(dsid, layout, shape, dtype, pool, decoder)
+        except _Unallocated:
+            pass
+    data = _read_all(dsid, shape, dtype)
+    return data if decoder is None else decoder(data)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -277,8 +542,21 @@ def _open_h5(path: str, locking: bool | None) -> h5py.File:
         return h5py.File(path, "r", locking=False)
 
 
+_RANGE_ATTRS = (
+    (b"EMAN.stored_renderbits", _I32),
+    (b"EMAN.stored_rendermin", _F32),
+    (b"EMAN.stored_rendermax", _F32),
+)
+_RANGE_DIRECT = tuple((name, "i" if dt == _I32 else "f") for name, dt in _RANGE_ATTRS)
+_MAX_KNOWN = 16  # dataset types / creation property lists remembered per file
+
+
 class EmanHdfFile:
-    """A lazily read EMAN2 HDF file: ``len()``, ``f[i]`` (decoded), ``f.header(i)``."""
+    """A lazily read EMAN2 HDF file: ``len()``, ``f[i]`` (decoded), ``f.header(i)``.
+
+    Reading an image opens only that image's dataset and its three mapping attributes
+    (low-level h5py calls); nothing is read for the other images.
+    """
 
     def __init__(
         self, path: PathLike, *, threads: int | None = None, locking: bool | None = None
@@ -299,8 +577,19 @@ class EmanHdfFile:
             raise InputError(
                 f"damaged EMAN2 HDF structure ({_first_line(exc)})", self.path
             ) from None
+        self._images_id = self._images.id
         self._threads = threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
+        self._group_attrs: dict[str, Any] | None = None
+        self._mtypes = {dt: h5t.py_create(dt) for dt in (_I32, _F32)}
+        # dataset types and creation property lists seen so far (h5py objects kept
+        # alive for comparisons) with what they mean; a stack has one of each
+        self._types: list[Any] = []
+        self._dtypes: list[np.dtype] = []
+        self._plists: list[Any] = []
+        self._layouts: list[_Layout] = []
+        lib = h5direct.library()
+        self._direct = h5direct.Reader(lib) if lib is not None else None
 
     def _layout(self) -> tuple[h5py.Group, int]:
         if "num_dataset" in self._file.attrs:
@@ -331,6 +620,8 @@ class EmanHdfFile:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        self._types.clear()
+        self._plists.clear()
         if self._file.id.valid:
             self._file.close()
 
@@ -341,29 +632,109 @@ class EmanHdfFile:
         for i in range(len(self)):
             yield self[i]
 
-    def _group(self, index: int) -> h5py.Group:
+    def _check_index(self, index: int) -> None:
         if not 0 <= index < self._count:
             raise IndexError(f"image {index} out of range (file has {self._count})")
+
+    def _dsid(self, index: int) -> Any:
+        """The low-level dataset of image ``index``."""
+        self._check_index(index)
         try:
-            group = self._images.get(str(index))
-            ds = group.get("image") if isinstance(group, h5py.Group) else None
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            return h5d.open(self._images_id, b"%d/image" % index)
+        except KeyError:
+            raise InputError(f"image {index} does not exist", self.path) from None
+        except (OSError, RuntimeError, ValueError) as exc:
             raise InputError(f"image {index} is damaged ({_first_line(exc)})", self.path) from None
-        if not isinstance(ds, h5py.Dataset):
-            raise InputError(f"image {index} does not exist", self.path)
-        return group
+
+    def _group(self, index: int) -> h5py.Group:
+        self._dsid(index)  # the image must exist
+        return self._images[str(index)]
 
     def dataset(self, index: int) -> h5py.Dataset:
         """The raw h5py dataset of image ``index``."""
-        return self._group(index)["image"]
+        return h5py.Dataset(self._dsid(index))
 
     def render_range(self, index: int) -> RenderRange | None:
         """The stored quantisation mapping of image ``index`` (None for float data)."""
-        return render_range(self._group(index).attrs)
+        self._open(index)  # the image must exist
+        return self._range(index)
+
+    def _range(self, index: int) -> RenderRange | None:
+        """The mapping, read with three attribute reads; general parser if unusual."""
+        name = b"%d" % index
+        if self._direct is not None:
+            got = self._direct.read_scalars(self._images_id.id, name, _RANGE_DIRECT)
+            if got is False:
+                return None
+            if got is not None:
+                bits, rmin, rmax = got
+                return RenderRange(int(bits), rmin, rmax) if 0 < bits <= 16 else None
+        values = []
+        try:
+            for attr, dtype in _RANGE_ATTRS:
+                aid = h5a.open(self._images_id, attr, obj_name=name)
+                if aid.get_storage_size() != 4:  # not one 4-byte number
+                    return render_range(self._images[str(index)].attrs)
+                buf = np.empty(1, dtype=dtype)
+                aid.read(buf, mtype=self._mtypes[dtype])
+                values.append(buf[0])
+        except KeyError:
+            return None
+        except (OSError, RuntimeError, TypeError, ValueError):
+            return render_range(self._images[str(index)].attrs)
+        bits = int(values[0])
+        if bits <= 0 or bits > 16:
+            return None
+        return RenderRange(bits, float(values[1]), float(values[2]))
+
+    def _dtype(self, dsid: Any, known: int = -1) -> np.dtype:
+        """The dataset's element type (``known``: its position in ``self._types``)."""
+        if known >= 0:
+            return self._dtypes[known]
+        tid = dsid.get_type()
+        dtype: np.dtype = tid.dtype
+        if len(self._types) < _MAX_KNOWN:
+            self._types.append(tid)
+            self._dtypes.append(dtype)
+        return dtype
+
+    def _layout_for(self, dsid: Any, known: int = -1) -> _Layout:
+        """The dataset's chunk layout (``known``: its position in ``self._plists``)."""
+        if known >= 0:
+            return self._layouts[known]
+        plist = dsid.get_create_plist()
+        layout = _layout_of(plist)
+        if len(self._plists) < _MAX_KNOWN:
+            self._plists.append(plist)
+            self._layouts.append(layout)
+        return layout
+
+    def _open(self, index: int) -> tuple[Any, tuple[int, ...], np.dtype, _Layout]:
+        """Image ``index``'s dataset, dims, element type and layout.
+
+        Direct HDF5 calls where possible (see :mod:`h5direct`), else h5py (which also
+        gives the errors).
+        """
+        self._check_index(index)
+        direct = self._direct
+        if direct is not None:
+            hid = direct.open_dataset(self._images_id.id, b"%d/image" % index)
+            if hid is not None:
+                dsid = h5direct.wrap_dataset(hid)
+                info = direct.info(hid, self._types, self._plists)
+                if info is not None:
+                    dtype = self._dtype(dsid, info.type_index)
+                    return dsid, info.dims, dtype, self._layout_for(dsid, info.plist_index)
+        dsid = self._dsid(index)
+        try:
+            shape = dsid.get_space().get_simple_extent_dims()
+            return dsid, shape, self._dtype(dsid), self._layout_for(dsid)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise InputError(f"image {index} is damaged ({_first_line(exc)})", self.path) from None
 
     def shape(self, index: int) -> tuple[int, ...]:
         """Shape of image ``index``: (ny, nx) or (nz, ny, nx)."""
-        return tuple(self.dataset(index).shape)
+        return self._open(index)[1]
 
     def raw_attrs(self, index: int) -> dict[str, Any]:
         """Attributes of image ``index`` as stored (names with their ``EMAN.`` prefix)."""
@@ -384,12 +755,31 @@ class EmanHdfFile:
                 continue
         return out
 
+    def group_attrs(self) -> dict[str, Any]:
+        """Attributes of ``/MDF/images`` other than ``imageid_max``, as stored: keys
+        shared by all images (EMAN2 shows them as ``Group.<name>``)."""
+        if self._group_attrs is None:
+            out: dict[str, Any] = {}
+            try:
+                names = list(self._images.attrs)
+            except (OSError, RuntimeError, KeyError, ValueError):
+                names = []
+            for name in names:
+                if isinstance(name, str) and name != "imageid_max":
+                    try:
+                        out[name] = self._images.attrs[name]
+                    except (OSError, RuntimeError, TypeError, ValueError):
+                        continue
+            self._group_attrs = out
+        return dict(self._group_attrs)
+
+    def group_header(self) -> dict[str, Any]:
+        """:meth:`group_attrs` as EMAN2 reports them: ``Group.<name>``, plain values."""
+        return {f"Group.{name}": _plain(value) for name, value in self.group_attrs().items()}
+
     def header(self, index: int) -> dict[str, Any]:
         """Header of image ``index`` as EMAN2 reports it (prefix stripped, ``Group.*``)."""
-        out: dict[str, Any] = {}
-        for name in self._images.attrs:
-            if isinstance(name, str) and name != "imageid_max":
-                out[f"Group.{name}"] = _plain(self._images.attrs[name])
+        out = self.group_header()
         for name, value in self.raw_attrs(index).items():
             key = name[5:] if name.startswith("EMAN.") else name
             out[key] = _plain(value)
@@ -397,9 +787,26 @@ class EmanHdfFile:
         out["nx"], out["ny"], out["nz"] = [*shape[::-1], 1, 1][:3]
         return out
 
+    def _read(self, index: int, rng: RenderRange | None, decoded: bool) -> np.ndarray:
+        dsid, shape, dtype, layout = self._open(index)
+        try:
+            size = math.prod(shape)
+            pool = self._executor() if size * dtype.itemsize >= POOL_MIN_BYTES else None
+            decoder = None
+            unsigned = dtype.kind == "u" and dtype.itemsize <= 2
+            # a table is cheaper than per-pixel arithmetic when there are more pixels
+            if decoded and rng is not None and unsigned and size > code_max(rng.bits):
+                decoder = _Decoder.of(rng, dtype, size)
+            values = _read_values(dsid, layout, shape, dtype, pool, decoder)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise InputError(f"cannot read image {index} ({_first_line(exc)})", self.path) from None
+        if not decoded or decoder is not None:
+            return values
+        return decode(values, rng)
+
     def read_codes(self, index: int) -> np.ndarray:
         """The stored values of image ``index`` without rescaling."""
-        return read_dataset(self.dataset(index), self._executor())
+        return self._read(index, None, decoded=False)
 
     def _executor(self) -> Executor | None:
         if self._pool is None and self._threads > 1:
@@ -409,13 +816,17 @@ class EmanHdfFile:
     def __getitem__(self, index: int) -> np.ndarray:
         if index < 0:
             index += self._count
-        rng = self.render_range(index)
-        ds = self.dataset(index)
-        if rng is not None and ds.dtype.kind == "u" and ds.dtype.itemsize <= 2:
-            return read_dataset(ds, self._executor(), decode_table(rng))
-        return decode(read_dataset(ds, self._executor()), rng)
+        self._check_index(index)
+        return self._read(index, self._range(index), decoded=True)
 
     def read_region(self, index: int, region: tuple[int | slice, ...]) -> np.ndarray:
         """Decoded values of a slice of image ``index`` (reads only the chunks needed)."""
+        shape = self.shape(index)
+        whole = len(region) <= len(shape) and all(
+            isinstance(r, slice) and r.indices(s) == (0, s, 1)
+            for r, s in zip(region, shape, strict=False)
+        )
+        if whole:
+            return self[index]
         ds = self.dataset(index)
-        return decode(np.asarray(ds[region]), self.render_range(index))
+        return decode(np.asarray(ds[region]), self._range(index))

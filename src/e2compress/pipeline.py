@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -32,7 +32,7 @@ from .atomic import (
     resolve_target,
 )
 from .blocks import Block, blocks, chunk_shape, dataset_shape
-from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter
+from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter, StackLayout
 from .errors import E2CompressError, InputError, OutputError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, make_pool, pool_width, settle
 from .fidelity import (
@@ -64,7 +64,7 @@ from .quantize import (
     storage_dtype,
     valid_limits,
 )
-from .report import CompressReport, ImageReport, quality_warning
+from .report import CompressReport, ImageReport, ImageReports, quality_warning
 from .sources import ImageSource, is_hdf5, open_source, strip_compression
 from .verify import verify_output
 
@@ -90,6 +90,8 @@ INLINE_IMAGE_BYTES = 1 << 20
 # The image noise (quality check, bits="auto") is estimated from about this many pixels
 # per image, spread over its blocks: ~500 tiles, ~5 ms, whatever the image size.
 NOISE_SAMPLE_PIXELS = 1 << 19
+BATCH_BYTES = 1 << 20  # float32 bytes of small images of a stack encoded per task
+STACK_CHUNK_BYTES = 1 << 20  # stored bytes up to which a stack's image is one chunk
 
 
 def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
@@ -104,6 +106,22 @@ def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
 
 BlockMap = Callable[[Callable[[Block], Any], list[Block]], list[Any]]
 Progress = Callable[[int, int], None]  # (pixels encoded so far, pixels in the file)
+_Pixels = dict[Block, np.ndarray] | None  # blocks already read
+
+
+def _chunk_rows(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> int:
+    """Rows per chunk: ``opts.chunk_rows``, but a whole small image of a stack.
+
+    A stack is read an image at a time; one chunk per image means one index entry,
+    one chunk read and one deflate stream (measured: 128x128 reads 1.2x faster, and
+    the file is smaller). With ``bits="auto"`` the storage is not known yet: the
+    widest (float32) is assumed.
+    """
+    _, ny, nx = shape3
+    itemsize = 4 if opts.auto else storage_dtype(opts.bits).itemsize
+    if stacked and ny * nx * itemsize <= STACK_CHUNK_BYTES:
+        return ny
+    return opts.chunk_rows
 
 
 @dataclass
@@ -111,6 +129,7 @@ class _Encoded:
     truncated: int
     chunks: list[tuple[tuple[int, ...], bytes | bytearray]]
     stats: Stats
+    engine: codecs.Engine | None = None
 
 
 @dataclass
@@ -153,55 +172,79 @@ class _ImageJob:
 
 
 class _Encoder:
-    """Per-file state shared by the worker tasks."""
+    """Per-file state shared by the worker tasks.
 
-    def __init__(self, source: ImageSource, opts: Options, cancel: Cancel) -> None:
+    ``stacked``: the images go into a stack, whose image headers carry no statistics
+    (EMAN2 recomputes them on read), so none are computed while encoding.
+    """
+
+    def __init__(
+        self, source: ImageSource, opts: Options, cancel: Cancel, *, stacked: bool = False
+    ) -> None:
         self.source = source
         self.opts = opts
         self.cancel = cancel
         self.engines = codecs.candidates(opts.level)
+        self.stacked = stacked
 
-    def survey(self, index: int, block: Block, rows: int) -> tuple[Stats, _NoiseSample]:
+    def survey(
+        self, index: int, block: Block, rows: int, data: _Pixels = None
+    ) -> tuple[Stats, _NoiseSample]:
         """Statistics of a block, and noise tiles of its first ``rows`` rows (one read)."""
         self.cancel.check()
-        data = self.source.read(index, block.z, block.y0, block.y1)
-        st = block_stats(data, None, with_moments=self.opts.sigrange is not None)
+        pixels = self.read(index, block, data)
+        st = block_stats(pixels, None, with_moments=self.opts.sigrange is not None)
         if st.nonfinite:  # refused by choose(); nothing to measure
             return st, _NoiseSample(np.empty(0), 0.0, 0)
-        band = data[:rows]
+        band = pixels[:rows]
         return st, _NoiseSample(
             residual_tiles(band), float(np.sum(band, dtype=np.float64)), band.size
         )
 
-    def stats(self, index: int, block: Block, limits: tuple[float, float] | None) -> Stats:
-        self.cancel.check()
-        data = self.source.read(index, block.z, block.y0, block.y1)
-        return block_stats(data, limits, with_moments=self.opts.sigrange is not None)
+    def rows(self, shape3: tuple[int, int, int]) -> int:
+        """Rows per chunk of an image of this file."""
+        return _chunk_rows(shape3, self.opts, self.stacked)
 
-    def hist(self, index: int, block: Block, h0: float, h1: float) -> np.ndarray:
-        return histogram(self.source.read(index, block.z, block.y0, block.y1), h0, h1)
+    def read(self, index: int, block: Block, data: _Pixels = None) -> np.ndarray:
+        """The pixels of ``block`` (from ``data`` when the caller has read them)."""
+        if data is not None:
+            return data[block]
+        return self.source.read(index, block.z, block.y0, block.y1)
+
+    def stats(
+        self, index: int, block: Block, limits: tuple[float, float] | None, data: _Pixels = None
+    ) -> Stats:
+        self.cancel.check()
+        pixels = self.read(index, block, data)
+        return block_stats(pixels, limits, with_moments=self.opts.sigrange is not None)
+
+    def hist(
+        self, index: int, block: Block, h0: float, h1: float, data: _Pixels = None
+    ) -> np.ndarray:
+        return histogram(self.read(index, block, data), h0, h1)
 
     def choose(
-        self, index: int, blocks: list[Block], run: BlockMap
+        self, index: int, blocks: list[Block], run: BlockMap, data: _Pixels = None
     ) -> tuple[RenderRange | None, Stats, _Quality | None]:
         """The image's stored range, its unclamped min/max/integer test, and its quality.
 
-        ``run(fn, blocks)`` applies ``fn`` to every block (inline or in the pool). With
-        ``bits="auto"`` the bits are the fewest that pass the noise rule (None: lossless).
+        ``run(fn, blocks)`` applies ``fn`` to every block (inline or in the pool);
+        ``data``: the blocks' pixels, when already read. With ``bits="auto"`` the bits
+        are the fewest that pass the noise rule (None: lossless).
         """
         opts = self.opts
 
         def stats_of(limits: tuple[float, float] | None) -> Stats:
-            return merge_stats(run(lambda b: self.stats(index, b, limits), blocks))
+            return merge_stats(run(lambda b: self.stats(index, b, limits, data), blocks))
 
         def hist_of(h0: float, h1: float) -> np.ndarray:
-            return _sum_hist(run(lambda b: self.hist(index, b, h0, h1), blocks))
+            return _sum_hist(run(lambda b: self.hist(index, b, h0, h1, data), blocks))
 
         if opts.bits == 0:
             return None, Stats(), None
         nx = self.source.shape(index)[2]
         rows = _noise_rows(len(blocks), nx)
-        surveyed = run(lambda b: self.survey(index, b, rows), blocks)
+        surveyed = run(lambda b: self.survey(index, b, rows, data), blocks)
         st = merge_stats(p[0] for p in surveyed)
         if st.nonfinite:
             raise InputError(
@@ -254,31 +297,42 @@ class _Encoder:
         return rng, st, quality
 
     def encode(
-        self, index: int, shape3: tuple[int, int, int], block: Block, rng: RenderRange | None
+        self,
+        index: int,
+        shape3: tuple[int, int, int],
+        block: Block,
+        rng: RenderRange | None,
+        engine: codecs.Engine | None = None,
+        pixels: _Pixels = None,
     ) -> _Encoded:
-        """Quantise and deflate the chunks of one block (runs in a worker thread)."""
+        """Quantise and deflate the chunks of one block (runs in a worker thread).
+
+        The deflate engine is probed on the block's first chunk unless ``engine`` is given.
+        """
         self.cancel.check()
-        data = self.source.read(index, block.z, block.y0, block.y1)
+        data = self.read(index, block, pixels)
         _, ny, nx = shape3
         rank = len(dataset_shape(shape3))
-        rows = min(self.opts.chunk_rows, ny)
+        rows = min(self.rows(shape3), ny)
         bits = rng.bits if rng is not None else 0
         dtype = storage_dtype(bits)
         shuffle = self.opts.shuffle_for(bits)
         codes = np.zeros((rows, nx), dtype=dtype)  # one chunk, zero-padded at the edge
         work = np.empty(rows * nx, dtype=F32)
-        engine: codecs.Engine | None = None
         truncated = 0
         stats = Stats()
+        moments = not self.stacked
         chunks: list[tuple[tuple[int, ...], bytes | bytearray]] = []
         for r in range(0, data.shape[0], rows):
             piece = data[r : r + rows]
             n = piece.shape[0]
             if rng is None:
                 codes[:n] = piece
-                stats = stats.merge(block_stats(codes[:n]))
+                if moments:
+                    stats = stats.merge(block_stats(codes[:n]))
             else:
-                stats = stats.merge(header_moments(piece, work))
+                if moments:
+                    stats = stats.merge(header_moments(piece, work))
                 truncated += quantize(piece, rng, out=codes[:n], work=work)[1]
             if n < rows:
                 codes[n:] = 0
@@ -295,20 +349,38 @@ class _Encoder:
                     chunks.append((offset, sample))
                     continue
             chunks.append((offset, engine.compress(self._bytes(codes, shuffle))))
-        return _Encoded(truncated, chunks, stats)
+        return _Encoded(truncated, chunks, stats, engine)
 
     def _bytes(self, codes: np.ndarray, shuffle: bool) -> memoryview:
         buf = codecs.shuffle(codes) if shuffle else codes.reshape(-1)
         return buf.data.cast("B")
 
-    def whole_image(self, index: int) -> _ImageJob:
-        """Range and encoding of a small image, all in the calling thread."""
+    def whole_image(self, index: int, engine: codecs.Engine | None = None) -> _ImageJob:
+        """Range and encoding of a small image, all in the calling thread (its pixels
+        are read once, for both passes)."""
         shape3 = self.source.shape(index)
-        parts = blocks(shape3, self.opts.chunk_rows)
-        rng, st, quality = self.choose(index, parts, lambda fn, items: [fn(b) for b in items])
+        parts = blocks(shape3, self.rows(shape3))
+        data = {b: self.read(index, b) for b in parts}
+        run: BlockMap = lambda fn, items: [fn(b) for b in items]  # noqa: E731
+        rng, st, quality = self.choose(index, parts, run, data)
         job = _ImageJob(index, shape3, rng, st, quality)
-        job.encoded = [self.encode(index, shape3, b, rng) for b in parts]
+        for b in parts:
+            job.encoded.append(self.encode(index, shape3, b, rng, engine, data))
+            engine = job.encoded[-1].engine
         return job
+
+    def whole_images(self, indices: list[int]) -> list[_ImageJob]:
+        """:meth:`whole_image` for a batch of small images of a stack.
+
+        The deflate engine is probed on the batch's first image only: the images of a
+        stack are alike, and probing costs more than coding a small image.
+        """
+        jobs: list[_ImageJob] = []
+        engine: codecs.Engine | None = None
+        for index in indices:
+            jobs.append(self.whole_image(index, engine))
+            engine = jobs[-1].encoded[-1].engine if jobs[-1].encoded else None
+        return jobs
 
 
 def _noise_rows(nblocks: int, nx: int) -> int:
@@ -325,9 +397,99 @@ def _sum_hist(parts: Iterable[np.ndarray]) -> np.ndarray:
     return total
 
 
+# Header keys a stack does not store per image: statistics, which EMAN2 recomputes from
+# the pixels on read; keys EMAN2 sets itself on read (size and type from the dataset,
+# source_n, endianness); EMAN2's defaults for real images. (spec §5.3)
+STACK_DROPPED = frozenset(
+    (
+        "minimum",
+        "maximum",
+        "mean",
+        "sigma",
+        "square_sum",
+        "mean_nonzero",
+        "sigma_nonzero",
+        "all_int",
+        "nx",
+        "ny",
+        "nz",
+        "datatype",
+        "source_n",
+        "source_path",
+        "HostEndian",
+        "ImageEndian",
+        "is_complex",
+        "is_complex_x",
+        "is_complex_ri",
+        "changecount",
+    )
+)
+# Kept on every image of a stack even when the same for all: to EMAN2 a ``Group.*`` key
+# is not a pixel size. So is a non-zero origin (EMAN2 reads an absent origin as 0).
+STACK_APIX = ("apix_x", "apix_y", "apix_z")
+STACK_ORIGIN = ("origin_x", "origin_y", "origin_z")
+
+
+class _Headers:
+    """The EMAN2 header of each image, and for a stack the keys stored once for all."""
+
+    def __init__(self, source: ImageSource, opts: Options, *, stacked: bool) -> None:
+        self.source = source
+        self.opts = opts
+        self.stacked = stacked
+        self.shared: frozenset[str] = frozenset()
+        if stacked:
+            first = source.header(0)
+            per_image = set(STACK_APIX)
+            if any(float(first.get(k, 0.0)) != 0.0 for k in STACK_ORIGIN):
+                per_image.update(STACK_ORIGIN)
+            self.shared = frozenset(source.shared_keys()) - per_image
+
+    def group(self) -> dict[str, Any]:
+        """``/MDF/images`` attributes: those of an HDF source, and for a stack the keys
+        that are the same for every image."""
+        out = dict(self.source.group_attrs())
+        if self.stacked:
+            out["source_path"] = self.source.path.name
+            out.update((k, v) for k, v in self.source.header(0).items() if k in self.shared)
+        return out
+
+    def raw(self, index: int) -> dict[str, Any]:
+        """Attributes of an HDF source's image without the ``EMAN.`` prefix, copied as is."""
+        return {
+            name: value
+            for name, value in self.source.raw_attrs(index).items()
+            if not name.startswith("EMAN.")
+        }
+
+    def image(self, job: _ImageJob, truncated: int) -> dict[str, Any]:
+        """The ``EMAN.*`` keys of one image."""
+        if not self.stacked:
+            return _image_header(self.source, job, self.opts, truncated)
+        header: dict[str, Any] = {}
+        if job.rng is not None:  # first: the reader looks these up by name
+            header["stored_renderbits"] = job.rng.bits
+            header["stored_rendermin"] = F32(job.rng.rmin)
+            header["stored_rendermax"] = F32(job.rng.rmax)
+            header["stored_truncated"] = truncated
+        header.update(apix_x=F32(1.0), apix_y=F32(1.0), apix_z=F32(1.0))
+        for name, value in self.source.raw_attrs(job.index).items():
+            if name.startswith("EMAN.") and name[5:] not in STACK_DROPPED:
+                header[name[5:]] = value
+        for key, value in self.source.header(job.index).items():
+            if key not in self.shared and key not in STACK_DROPPED:
+                header[key] = value
+        if self.opts.apix is not None:
+            header.update({f"apix_{axis}": F32(self.opts.apix) for axis in "xyz"})
+        if self.opts.store_level:
+            header["render_compress_level"] = self.opts.level
+        return header
+
+
 def _image_header(
     source: ImageSource, job: _ImageJob, opts: Options, truncated: int
 ) -> dict[str, Any]:
+    """The full header EMAN2 writes for an image (files of one image)."""
     nz, ny, nx = job.shape3
     st = job.stats
     header: dict[str, Any] = {
@@ -375,20 +537,20 @@ def _image_header(
 
 def _write_job(
     writer: EmanHdfWriter,
-    source: ImageSource,
-    opts: Options,
+    headers: _Headers,
     job: _ImageJob,
     encoded: Iterable[_Encoded],
     cancel: Cancel,
     advance: Callable[[int], None] | None = None,
 ) -> ImageReport:
+    opts = headers.opts
     shape = dataset_shape(job.shape3)
-    ds = writer.create_image(
+    dsid = writer.create_image(
         job.index,
         shape,
         job.bits,
         level=opts.level,
-        chunks=chunk_shape(job.shape3, opts.chunk_rows),
+        chunks=chunk_shape(job.shape3, _chunk_rows(job.shape3, opts, headers.stacked)),
         shuffle=opts.shuffle_for(job.bits),
     )
     truncated = 0
@@ -398,17 +560,14 @@ def _write_job(
         truncated += enc.truncated
         written = written.merge(enc.stats)
         for offset, data in enc.chunks:
-            ds.id.write_direct_chunk(offset, data)
+            dsid.write_direct_chunk(offset, data)
         if advance is not None:
             advance(enc.stats.count)
     if job.rng is not None:  # min/max/integer test come from the range pass
         written.minimum, written.maximum = job.stats.minimum, job.stats.maximum
         written.all_int = job.stats.all_int
     job.stats = written
-    for name, value in source.raw_attrs(job.index).items():
-        if not name.startswith("EMAN."):
-            _copy_attr(ds.parent, name, value)
-    writer.write_header(job.index, _image_header(source, job, opts, truncated))
+    writer.write_header(job.index, headers.image(job, truncated), headers.raw(job.index))
     rng = job.rng
     report = ImageReport(
         job.index,
@@ -431,13 +590,14 @@ def _write_job(
     return report
 
 
-def _copy_attr(group: h5py.Group, name: str, value: Any) -> None:
-    from .eman_hdf import write_attr
-
-    try:
-        write_attr(group, name, value)
-    except (TypeError, ValueError):
-        pass  # variable-length or exotic types EMAN2 cannot read either
+def _stack_layout(source: ImageSource, opts: Options) -> StackLayout | None:
+    """The stack layout for a source of several images (None: one image)."""
+    if len(source) < 2:
+        return None
+    shape3 = source.shape(0)
+    chunk = chunk_shape(shape3, _chunk_rows(shape3, opts, stacked=True))
+    grid = math.prod(-(-d // c) for d, c in zip(dataset_shape(shape3), chunk, strict=True))
+    return StackLayout(chunks_per_image=grid)
 
 
 def _counter(progress: Progress, source: ImageSource) -> Callable[[int], None]:
@@ -460,37 +620,59 @@ def write_eman_hdf(
     pool: Executor,
     cancel: Cancel | None = None,
     progress: Progress | None = None,
-) -> list[ImageReport]:
+) -> Sequence[ImageReport]:
     """Compress every image of ``source`` into a new EMAN2 HDF file at ``path``.
 
     ``pool`` runs the chunk tasks; ``cancel``, when set, stops them at the next block;
     ``progress(done, total)`` is called with pixel counts after each block is written.
+    Small images are encoded in batches of about ``BATCH_BYTES`` (one task each, in
+    ``pool`` or inline, see ``INLINE_IMAGE_BYTES``) while this thread writes the
+    finished ones; large images are split into blocks across the pool. A source of
+    several images is written in the stack layout (see :mod:`~e2compress.eman_hdf`).
     """
-    enc = _Encoder(source, opts, cancel or Cancel())
+    stack = _stack_layout(source, opts)
+    enc = _Encoder(source, opts, cancel or Cancel(), stacked=stack is not None)
+    headers = _Headers(source, opts, stacked=stack is not None)
     width = pool_width(pool)
-    reports: list[ImageReport] = []
+    reports = ImageReports()  # compact: memory does not grow with the image count
     advance = None if progress is None else _counter(progress, source)
-    with EmanHdfWriter(path) as writer:
-        window: deque[Future[_ImageJob]] = deque()
+    with EmanHdfWriter(path, stack) as writer:
+        writer.write_group_header(headers.group())
+        window: deque[Future[list[_ImageJob]]] = deque()
+        batch: list[int] = []
+        batch_bytes = 0
 
         def drain(keep: int) -> None:
             while len(window) > keep:
-                job = window.popleft().result()
-                reports.append(
-                    _write_job(writer, source, opts, job, job.encoded, enc.cancel, advance)
-                )
+                for job in window.popleft().result():
+                    reports.append(
+                        _write_job(writer, headers, job, job.encoded, enc.cancel, advance)
+                    )
+
+        def submit() -> None:
+            nonlocal batch, batch_bytes
+            if batch:
+                run = InlineExecutor() if batch_bytes <= INLINE_IMAGE_BYTES else pool
+                window.append(run.submit(enc.whole_images, batch))
+                drain(in_flight(width, 3 * batch_bytes))
+                batch, batch_bytes = [], 0
 
         try:
             for index in range(len(source)):
                 shape3 = source.shape(index)
                 nbytes = math.prod(shape3) * 4
                 if nbytes <= SMALL_IMAGE_BYTES:
-                    run = InlineExecutor() if nbytes <= INLINE_IMAGE_BYTES else pool
-                    window.append(run.submit(enc.whole_image, index))
-                    drain(in_flight(width, 3 * nbytes))
+                    batch.append(index)
+                    batch_bytes += nbytes
+                    if batch_bytes >= BATCH_BYTES:
+                        submit()
                     continue
+                submit()
                 drain(0)
-                reports.append(_write_large(writer, enc, index, shape3, pool, width, advance))
+                reports.append(
+                    _write_large(writer, enc, headers, index, shape3, pool, width, advance)
+                )
+            submit()
             drain(0)
         finally:
             settle(window)
@@ -500,13 +682,14 @@ def write_eman_hdf(
 def _write_large(
     writer: EmanHdfWriter,
     enc: _Encoder,
+    headers: _Headers,
     index: int,
     shape3: tuple[int, int, int],
     pool: Executor,
     width: int,
     advance: Callable[[int], None] | None = None,
 ) -> ImageReport:
-    parts = blocks(shape3, enc.opts.chunk_rows)
+    parts = blocks(shape3, enc.rows(shape3))
     window = in_flight(width)
 
     def run(fn: Callable[[Block], Any], items: list[Block]) -> list[Any]:
@@ -517,7 +700,7 @@ def _write_large(
     job = _ImageJob(index, shape3, rng, st, quality)
     encoded = bounded(pool, lambda b: enc.encode(index, shape3, b, rng), parts, window)
     with closing(encoded):
-        return _write_job(writer, enc.source, enc.opts, job, encoded, enc.cancel, advance)
+        return _write_job(writer, headers, job, encoded, enc.cancel, advance)
 
 
 def output_is_complete(src: PathLike, target: PathLike, options: Options | int) -> bool:

@@ -432,19 +432,23 @@ def integer_step(rng: RenderRange) -> int | None:
 
 def decode_table(rng: RenderRange) -> np.ndarray:
     """Float32 value of every code: EMAN2's formula, with exact zero and integers."""
-    n = code_max(rng.bits) + 1
+    return decode_values(np.arange(code_max(rng.bits) + 1), rng)
+
+
+def decode_values(codes: npt.ArrayLike, rng: RenderRange) -> np.ndarray:
+    """``decode_table(rng)[codes]`` computed per element (cheaper for few pixels)."""
+    c = np.asarray(codes)
     rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
-    codes = np.arange(n, dtype=np.float64)
     if rmax == rmin:
-        return np.full(n, F32(rmin), dtype=F32)
+        return np.full(c.shape, F32(rmin), dtype=F32)
     step = integer_step(rng)
     if step is not None:
-        return (rmin + codes * step).astype(F32)
-    table = rmin + codes * ((rmax - rmin) / code_max(rng.bits))
+        return (rmin + c * float(step)).astype(F32)
+    values = rmin + c * ((rmax - rmin) / code_max(rng.bits))
     z = zero_code(rng)
     if z is not None:
-        table[z] = 0.0
-    return table.astype(F32)
+        values[c == z] = 0.0
+    return values.astype(F32)
 
 
 def dequantize(codes: npt.ArrayLike, rng: RenderRange) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .eman_hdf import NEVER_COPIED, EmanHdfFile, decode
+from .eman_hdf import NEVER_COPIED, EmanHdfFile
 from .errors import InputError
 from .sources import ImageSource, reason
 
@@ -47,19 +47,19 @@ class HdfSource(ImageSource):
         return np.dtype(np.float32)
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
-        ds = self._file.dataset(index)
+        rank = len(self._file.shape(index))
         region: tuple[Any, ...]
-        if ds.ndim == 3:
+        if rank == 3:
             region = (z, slice(y0, y1))
-        elif ds.ndim == 2:
+        elif rank == 2:
             region = (slice(y0, y1),)
         else:
             region = (slice(None),)
         try:
-            data = np.asarray(ds[region])
+            data = self._file.read_region(index, region)
         except (OSError, RuntimeError, ValueError) as exc:
             raise InputError(f"cannot read image {index}: {reason(exc)}", self.path) from None
-        return decode(data.reshape(y1 - y0, -1), self._file.render_range(index))
+        return data.reshape(y1 - y0, -1)
 
     def raw_attrs(self, index: int) -> dict[str, Any]:
         out = {}
@@ -69,6 +69,9 @@ class HdfSource(ImageSource):
                 continue
             out[name] = value
         return out
+
+    def group_attrs(self) -> dict[str, Any]:
+        return self._file.group_attrs()
 
     def close(self) -> None:
         self._file.close()

@@ -379,6 +379,10 @@ class MrcSource(ImageSource):
             self._header_keys = self._mrc_keys()
         return dict(self._header_keys)
 
+    def shared_keys(self) -> frozenset[str]:
+        """All of them: an MRC file has one header for all its images."""
+        return frozenset(self.header(0))
+
     def _mrc_keys(self) -> dict[str, Any]:
         h = self._header
         f32 = np.float32

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from .fidelity import DEFAULT_NOISE_FRACTION
 
@@ -31,6 +34,110 @@ class ImageReport:
     passing_bits: int | None = None  # fewest bits within the noise fraction (0: lossless)
 
 
+def _opt(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _unopt(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+class ImageReports(Sequence[ImageReport]):
+    """Many :class:`ImageReport` in compact columns (about 60 bytes an image instead of
+    about 400 as objects: a 100,000-image stack's reports take 6 MB, not 40), built
+    again on access. ``rmin``/``rmax`` must be float32 values (the stored limits are)."""
+
+    def __init__(self, reports: Iterable[ImageReport] = ()) -> None:
+        self._index = array("i")  # EMAN2 counts images in an int32
+        self._bits = array("b")
+        self._rmin = array("f")  # the stored float32 limits, exactly
+        self._rmax = array("f")
+        self._mapped = array("b")  # 0: rmin/rmax are None
+        self._truncated = array("q")
+        self._shape = array("I")  # positions in self._shapes
+        self._rule = array("I")  # positions in self._rules
+        self._shapes: list[tuple[int, ...]] = []  # the distinct values
+        self._rules: list[str] = []
+        self._positions: dict[tuple[int, ...] | str, int] = {}
+        self._auto = array("b")
+        self._noise = array("d")  # NaN: None
+        self._method = array("I")  # positions in self._rules
+        self._quant = array("d")
+        self._ratio = array("d")
+        self._passing = array("b")  # -1: None
+        for rep in reports:
+            self.append(rep)
+
+    def append(self, rep: ImageReport) -> None:
+        """Add one report."""
+        self._index.append(rep.index)
+        self._bits.append(rep.bits)
+        mapped = rep.rmin is not None and rep.rmax is not None
+        self._mapped.append(int(mapped))
+        self._rmin.append(rep.rmin if rep.rmin is not None else 0.0)
+        self._rmax.append(rep.rmax if rep.rmax is not None else 0.0)
+        self._truncated.append(rep.truncated)
+        shape = tuple(rep.shape)
+        if shape not in self._positions:
+            self._positions[shape] = len(self._shapes)
+            self._shapes.append(shape)
+        for text in (rep.rule, rep.noise_method):
+            if text not in self._positions:
+                self._positions[text] = len(self._rules)
+                self._rules.append(text)
+        self._shape.append(self._positions[shape])
+        self._rule.append(self._positions[rep.rule])
+        self._auto.append(int(rep.auto))
+        self._noise.append(_opt(rep.noise))
+        self._method.append(self._positions[rep.noise_method])
+        self._quant.append(_opt(rep.quant_noise))
+        self._ratio.append(_opt(rep.noise_ratio))
+        self._passing.append(-1 if rep.passing_bits is None else rep.passing_bits)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @overload
+    def __getitem__(self, i: int) -> ImageReport: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[ImageReport]: ...
+
+    def __getitem__(self, i: int | slice) -> ImageReport | list[ImageReport]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"image report {i} out of range ({len(self)})")
+        mapped = bool(self._mapped[i])
+        return ImageReport(
+            self._index[i],
+            self._shapes[self._shape[i]],
+            self._bits[i],
+            self._rmin[i] if mapped else None,
+            self._rmax[i] if mapped else None,
+            self._truncated[i],
+            self._rules[self._rule[i]],
+            auto=bool(self._auto[i]),
+            noise=_unopt(self._noise[i]),
+            noise_method=self._rules[self._method[i]],
+            quant_noise=_unopt(self._quant[i]),
+            noise_ratio=_unopt(self._ratio[i]),
+            passing_bits=None if self._passing[i] < 0 else self._passing[i],
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ImageReports({list(self)!r})"
+
+
 @dataclass
 class CompressReport:
     """The outcome of compressing one file."""
@@ -42,7 +149,7 @@ class CompressReport:
     seconds: float = 0.0
     engine: str = ""
     verified: bool = False
-    images: list[ImageReport] = field(default_factory=list)
+    images: Sequence[ImageReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # one line each, naming the file
     noise_fraction: float = DEFAULT_NOISE_FRACTION
 

@@ -66,6 +66,14 @@ class ImageSource(abc.ABC):
         """Attributes to copy verbatim (HDF inputs only)."""
         return {}
 
+    def shared_keys(self) -> frozenset[str]:
+        """Keys of :meth:`header` that have the same value for every image."""
+        return frozenset()
+
+    def group_attrs(self) -> dict[str, Any]:
+        """Attributes the file stores once for all images (EMAN2 HDF: ``Group.*``)."""
+        return {}
+
     def dtype(self, index: int) -> np.dtype:
         """Element type :meth:`read` returns."""
         return np.dtype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from contextlib import closing
 
@@ -26,7 +27,7 @@ def verify_output(
     source: ImageSource,
     path: PathLike,
     opts: Options,
-    reports: list[ImageReport],
+    reports: Sequence[ImageReport],
     pool: Executor | None = None,
     cancel: Cancel | None = None,
 ) -> None:
