@@ -147,7 +147,9 @@ class _Quality:
 
     noise: NoiseEstimate
     quant_rms: float
-    passing_bits: int  # fewest bits that pass the noise rule (0: only lossless)
+    # fewest bits that pass the noise rule (0: only lossless); found only for images that
+    # fail it at their bits (None otherwise: searching costs more than a small image)
+    passing_bits: int | None
 
     def ratio(self) -> float | None:
         """Quantisation noise over image noise; None when the image has no measurable noise."""
@@ -289,11 +291,13 @@ class _Encoder:
                 "or use bits 0 to keep them exactly",
                 self.source.path,
             )
-        quality = _Quality(
-            noise,
-            quantisation_rms(rng, clamped.all_int),
-            bits_needed(clamped, sigma, opts.noise_fraction, limits),
-        )
+        quant = quantisation_rms(rng, clamped.all_int)
+        quality = _Quality(noise, quant, None)
+        ratio = quality.ratio()
+        if opts.auto:
+            quality.passing_bits = bits
+        elif ratio is not None and ratio > opts.noise_fraction:  # only failures need advice
+            quality.passing_bits = bits_needed(clamped, sigma, opts.noise_fraction, limits)
         return rng, st, quality
 
     def encode(

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 F32 = np.float32
 HIST_BINS = 1024
+_F32_MAX = float(np.finfo(np.float32).max)
 _HALF_DOWN = np.nextafter(F32(0.5), F32(0.0))  # 0.49999997: trunc(x + this) == roundf(x)
 
 
@@ -213,13 +214,8 @@ class RenderRange:
     def is_finite(self) -> bool:
         """True when every reader can decode it: finite limits, and a span and step
         that do not overflow float32 (EMAN2 and plain-h5py readers decode in float32)."""
-        rmin, rmax = F32(self.rmin), F32(self.rmax)
-        with np.errstate(over="ignore", invalid="ignore"):
-            span = rmax - rmin
-            step = span / F32(code_max(self.bits))
-        return bool(
-            np.isfinite(rmin) and np.isfinite(rmax) and np.isfinite(span) and np.isfinite(step)
-        )
+        rmin, rmax = float(self.rmin), float(self.rmax)  # float32 values (see choose_range)
+        return abs(rmin) <= _F32_MAX and abs(rmax) <= _F32_MAX and abs(rmax - rmin) < _F32_MAX
 
 
 def half_step_bound(rng: RenderRange) -> float:

@@ -31,7 +31,9 @@ class ImageReport:
     noise_method: str = ""  # "differences", "poisson" or "none"
     quant_noise: float | None = None  # expected RMS error inside the stored range
     noise_ratio: float | None = None  # quant_noise / noise
-    passing_bits: int | None = None  # fewest bits within the noise fraction (0: lossless)
+    # fewest bits within the noise fraction (0: lossless); only for an image that fails
+    # the rule at its bits (and the bits auto chose); None where the stored bits pass
+    passing_bits: int | None = None
 
 
 def _opt(value: float | None) -> float:
