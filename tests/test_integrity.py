@@ -62,16 +62,34 @@ def test_verification_catches_non_finite_decode_on_its_own(
 ) -> None:
     """With the range check disabled, the verifier alone must refuse the output of
     EMAN2's overflow (a NaN stored range, every pixel decoding to NaN)."""
-    monkeypatch.setattr(RenderRange, "is_finite", property(lambda self: True))
     monkeypatch.setattr(
         pipeline,
         "choose_range",
         lambda stats, bits, limits=None: RenderRange(bits, np.nan, np.nan, "eman2-overflow"),
     )
     src = write_mrc(tmp_path / "huge.mrc", _huge())
-    with pytest.raises(VerificationError, match="NaN or infinity"):
+    # with the range check and the layout read-back both off, --verify alone catches it
+    monkeypatch.setattr(RenderRange, "is_finite", property(lambda self: True))
+    monkeypatch.setattr(pipeline, "check_complete", lambda *args: None)
+    with pytest.raises(VerificationError, match="decode to NaN or infinity"):
         compress_file(src, tmp_path / "huge.hdf", bits=5, verify=True)
     assert not (tmp_path / "huge.hdf").exists()
+
+
+def test_layout_read_back_refuses_a_nan_stored_range(tmp_path: Path) -> None:
+    """Without --verify, the fresh read-back of the written file refuses a NaN range."""
+    import h5py
+
+    from e2compress.verify import check_complete
+
+    src = write_mrc(tmp_path / "a.mrc", np.random.default_rng(2).normal(size=(20, 30)).astype(F32))
+    report = compress_file(src, tmp_path / "a.hdf", bits=5)
+    check_complete(tmp_path / "a.hdf", report.images, 1)
+    with h5py.File(tmp_path / "a.hdf", "r+") as f:
+        for key in ("EMAN.stored_rendermin", "EMAN.stored_rendermax"):
+            f["MDF/images/0"].attrs[key] = np.array([np.nan], dtype=F32)
+    with pytest.raises(VerificationError, match=r"stored range nan\.\.nan holds NaN"):
+        check_complete(tmp_path / "a.hdf", report.images, 1)
 
 
 def test_within_half_step_rejects_nan_where_source_is_finite() -> None:
@@ -199,3 +217,58 @@ def test_compressed_input_is_decompressed_beside_the_output(
     (back,) = e2compress.read_images(out / "m.hdf")
     (orig,) = e2compress.read_images(DATA / "EMD-3197.map")
     assert np.array_equal(back, orig)
+
+
+# ------------------------------------------------ the written file, checked without --verify
+
+
+def _movie(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    img = np.random.default_rng(8).normal(size=(3, 200, 64)).astype(F32)
+    return write_mrc(tmp_path / "m.mrc", img), img
+
+
+def test_a_chunk_never_written_fails_the_file_without_verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unwritten chunk reads back as zeros with no HDF5 error: the fresh read-back of
+    the file's layout after writing must catch it, with --verify off."""
+    src, _ = _movie(tmp_path)
+    real = pipeline._Encoder.encode
+
+    def drop_last_chunk(self: object, *args: object, **kwargs: object) -> object:
+        enc = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        enc.chunks.pop()
+        return enc
+
+    monkeypatch.setattr(pipeline._Encoder, "encode", drop_last_chunk)
+    with pytest.raises(VerificationError, match="chunks missing"):
+        compress_file(src, tmp_path / "m.hdf", bits=8, verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mrc"]
+
+
+def test_a_stored_mapping_other_than_the_one_used_fails_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, _ = _movie(tmp_path)
+    real = pipeline._image_header
+
+    def wrong_max(*args: object, **kwargs: object) -> dict[str, object]:
+        header = real(*args, **kwargs)  # type: ignore[arg-type]
+        header["stored_rendermax"] = F32(header["stored_rendermax"]) * F32(2)
+        return header
+
+    monkeypatch.setattr(pipeline, "_image_header", wrong_max)
+    with pytest.raises(VerificationError, match="stored mapping"):
+        compress_file(src, tmp_path / "m.hdf", bits=8, verify=False)
+    assert not (tmp_path / "m.hdf").exists()
+
+
+def test_check_complete_counts_images_against_the_source(tmp_path: Path) -> None:
+    from e2compress.verify import check_complete
+
+    stack = np.random.default_rng(9).normal(size=(70, 16, 16)).astype(F32)
+    src = write_mrc(tmp_path / "s.mrcs", stack)
+    report = compress_file(src, tmp_path / "s.hdf", bits=6)
+    check_complete(tmp_path / "s.hdf", report.images, 70)  # 64 sampled of 70: passes
+    with pytest.raises(VerificationError, match="holds 70 images"):
+        check_complete(tmp_path / "s.hdf", report.images, 71)

@@ -66,7 +66,7 @@ from .quantize import (
 )
 from .report import CompressReport, ImageReport, ImageReports, quality_warning
 from .sources import ImageSource, is_hdf5, open_source, strip_compression
-from .verify import verify_output
+from .verify import check_complete, stored_whole, verify_output
 
 __all__ = [
     "TMP_SUFFIX",
@@ -754,42 +754,11 @@ def output_is_complete(src: PathLike, target: PathLike, options: Options | int) 
                         return False
                 elif stored != opts.bits:
                     return False
-                if not _stored_whole(out.dataset(i), size, need_deflate=in_place):
+                if not stored_whole(out.dataset(i), size, need_deflate=in_place):
                     return False
             return len(out) > 0
     except (E2CompressError, OSError, KeyError, ValueError, RuntimeError):
         return False
-
-
-def _stored_whole(ds: h5py.Dataset, file_size: int, *, need_deflate: bool) -> bool:
-    """True when every chunk of ``ds`` is written and lies inside the file (no decoding)."""
-    if ds.chunks is None:
-        if need_deflate:
-            return False
-        offset = ds.id.get_offset()
-        return offset is not None and offset + ds.id.get_storage_size() <= file_size
-    if need_deflate and h5py.h5z.FILTER_DEFLATE not in _filter_ids(ds):
-        return False
-    expected = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True))
-    found = 0
-    inside = True
-
-    def visit(info: Any) -> None:
-        nonlocal found, inside
-        found += 1
-        inside = inside and info.byte_offset + info.size <= file_size
-
-    if hasattr(ds.id, "chunk_iter"):
-        ds.id.chunk_iter(visit)
-    else:  # HDF5 before 1.12.3
-        for k in range(ds.id.get_num_chunks()):
-            visit(ds.id.get_chunk_info(k))
-    return found == expected and inside
-
-
-def _filter_ids(ds: h5py.Dataset) -> list[int]:
-    plist = ds.id.get_create_plist()
-    return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -959,6 +928,7 @@ def compress_file(
                     images = write_eman_hdf(source, out.path, opts, workers, cancel, progress)
                     if ident is not None:
                         write_record(out.path, Record.make(src, ident, len(images), opts))
+                    check_complete(out.path, images, len(source))
                     if do_verify:
                         verify_output(source, out.path, opts, images, workers, cancel)
                     unchanged()

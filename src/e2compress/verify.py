@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from contextlib import closing
+from typing import Any
 
+import h5py
 import numpy as np
 
 from .blocks import Block, blocks
-from .eman_hdf import EmanHdfFile
+from .eman_hdf import EmanHdfFile, render_range
 from .errors import VerificationError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, pool_width
 from .options import Options
-from .quantize import F32, RenderRange, within_half_step
+from .quantize import F32, RenderRange, storage_dtype, within_half_step
 from .report import ImageReport
 from .sources import ImageSource
 
@@ -99,3 +102,100 @@ def _check_quantised(
             path,
         )
     return int(np.count_nonzero(below) + np.count_nonzero(above))
+
+
+def _filter_ids(ds: h5py.Dataset) -> list[int]:
+    plist = ds.id.get_create_plist()
+    return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
+
+
+def stored_whole(ds: h5py.Dataset, file_size: int, *, need_deflate: bool) -> bool:
+    """True when every chunk of ``ds`` is written and lies inside the file (no decoding).
+
+    An unwritten chunk would read back as the fill value (zeros) without any error.
+    """
+    if ds.chunks is None:
+        if need_deflate:
+            return False
+        offset = ds.id.get_offset()
+        return offset is not None and offset + ds.id.get_storage_size() <= file_size
+    if need_deflate and h5py.h5z.FILTER_DEFLATE not in _filter_ids(ds):
+        return False
+    expected = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True))
+    found = 0
+    inside = True
+
+    def visit(info: Any) -> None:
+        nonlocal found, inside
+        found += 1
+        inside = inside and info.byte_offset + info.size <= file_size
+
+    if hasattr(ds.id, "chunk_iter"):
+        ds.id.chunk_iter(visit)
+    else:  # HDF5 before 1.12.3
+        for k in range(ds.id.get_num_chunks()):
+            visit(ds.id.get_chunk_info(k))
+    return found == expected and inside
+
+
+SAMPLED_IMAGES = 64  # images of a stack whose layout is checked (first, last, spread)
+
+
+def _sample(count: int) -> list[int]:
+    if count <= SAMPLED_IMAGES:
+        return list(range(count))
+    return sorted({round(k * (count - 1) / (SAMPLED_IMAGES - 1)) for k in range(SAMPLED_IMAGES)})
+
+
+def check_complete(path: PathLike, images: Sequence[ImageReport], count: int) -> None:
+    """Open the written file afresh with plain h5py (not through the writer) and check
+    that it holds what was written: ``count`` images (``imageid_max`` and groups), and
+    for every image of a file of up to SAMPLED_IMAGES (else a spread sample, first and
+    last included): its shape, storage type and stored mapping as reported, and every
+    chunk written and inside the file. Cheap: nothing is decoded.
+
+    Raises:
+        VerificationError: the file is not complete or not as reported.
+    """
+    size = os.stat(path).st_size
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            group = f.get("MDF/images")
+            if not isinstance(group, h5py.Group):
+                raise VerificationError("written file has no /MDF/images group", path)
+            stored = int(np.ravel(group.attrs["imageid_max"])[0]) + 1
+            if not stored == len(group) == len(images) == count:
+                raise VerificationError(
+                    f"written file holds {stored} images ({len(group)} groups), "
+                    f"the source has {count}",
+                    path,
+                )
+            for k in _sample(count):
+                _check_image(group[str(k)], images[k], size, path)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise VerificationError(f"written file cannot be read back ({exc})", path) from None
+
+
+def _check_image(group: h5py.Group, rep: ImageReport, size: int, path: PathLike) -> None:
+    ds = group["image"]
+    where = f"image {rep.index}"
+    if tuple(ds.shape) != tuple(rep.shape) or ds.dtype != storage_dtype(rep.bits):
+        raise VerificationError(
+            f"{where}: stored as {ds.dtype} {ds.shape}, written as "
+            f"{storage_dtype(rep.bits)} {tuple(rep.shape)}",
+            path,
+        )
+    rng = render_range(group.attrs)
+    if rng is not None and not rng.is_finite:
+        raise VerificationError(
+            f"{where}: stored range {rng.rmin:g}..{rng.rmax:g} holds NaN or infinity", path
+        )
+    if rep.bits and (
+        rng is None
+        or rng.bits != rep.bits
+        or F32(rng.rmin) != F32(rep.rmin)
+        or F32(rng.rmax) != F32(rep.rmax)
+    ):
+        raise VerificationError(f"{where}: stored mapping {rng} is not the one used", path)
+    if not stored_whole(ds, size, need_deflate=False):
+        raise VerificationError(f"{where}: chunks missing or beyond the end of the file", path)
