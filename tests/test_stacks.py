@@ -4,9 +4,6 @@ documented formula, by e2compress (direct HDF5 calls and the h5py fallback) and,
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import h5py
@@ -15,7 +12,7 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import eman_decode
+from conftest import eman2_home, eman2_read, eman_decode
 from e2compress import InputError, h5direct
 
 F32 = np.float32
@@ -249,14 +246,6 @@ def test_threads_do_not_change_the_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real EMAN2
 
 
-def _eman2() -> tuple[Path, Path]:
-    root = Path(os.environ.get("E2C_EMAN2", ""))
-    python, oracle = root / "venv" / "bin" / "python", root / "eman2_oracle.py"
-    if not os.environ.get("E2C_EMAN2") or not python.exists() or not oracle.exists():
-        pytest.skip("E2C_EMAN2 does not point at an EMAN2 install with eman2_oracle.py")
-    return python, oracle
-
-
 @pytest.mark.parametrize("bits", [0, 5, 12], ids=lambda b: f"bits{b}")
 def test_eman2_reads_our_stack(bits: int, tmp_path: Path) -> None:
     """Real EMAN2 reads every image of a stack to the values read_images gives, with the
@@ -265,17 +254,13 @@ def test_eman2_reads_our_stack(bits: int, tmp_path: Path) -> None:
     Command: ``$E2C_EMAN2/venv/bin/python $E2C_EMAN2/eman2_oracle.py read s.hdf s.npy
     --json s.json`` (run from a neutral directory; never with h5py in the process).
     """
-    python, oracle = _eman2()
+    eman2_home()
     data = _stack(24, 32)
     src = _write_mrcs(tmp_path / "s.mrcs", data, ORIGIN)
     out = tmp_path / "s.hdf"
     e2compress.compress_file(src, out, bits=bits)
     ours = np.stack(e2compress.read_images(out))
-    cmd = [str(python), str(oracle), "read", str(out), "s.npy", "--json", "s.json"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    eman2 = np.load(tmp_path / "s.npy")
-    headers = json.loads((tmp_path / "s.json").read_text())
+    eman2, headers = eman2_read(out, tmp_path)
     assert eman2.shape == ours.shape
     # EMAN2 decodes with float32 arithmetic: a few ulp of the range from our values
     # (which put 0 and integers exactly); lossless bits 0 is bit-identical
