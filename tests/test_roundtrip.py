@@ -18,35 +18,20 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import EMAN2_WRITTEN, REAL, assert_within_half_step, real_file_params
+from conftest import (
+    EMAN2_WRITTEN,
+    REAL,
+    assert_within_half_step,
+    real_file_params,
+    true_images,
+)
 
 F32 = np.float32
 BITS = [0, 5, 10, 16]
 FILES = real_file_params()
 
 
-def _name(path: Path) -> str:
-    """File name without a .bz2/.gz suffix."""
-    return path.name.removesuffix(".bz2").removesuffix(".gz")
-
-
-@functools.lru_cache(maxsize=2)
-def _true_images(path: Path) -> tuple[np.ndarray, ...]:
-    """The images of ``path`` read with mrcfile/tifffile, as EMAN2 sees them."""
-    if _name(path).endswith((".tif", ".tiff")):
-        data = tifffile.imread(path)
-        pages = data[None] if data.ndim == 2 else data
-        return tuple(np.ascontiguousarray(p[::-1]) for p in pages)  # EMAN2 flips TIFF rows
-    with mrcfile.open(path, permissive=True) as mrc:
-        data = np.array(mrc.data)
-        axes = (int(mrc.header.mapc), int(mrc.header.mapr), int(mrc.header.maps))
-    if axes != (1, 2, 3):
-        # numpy axes 0, 1, 2 hold the file's sections, rows, columns = axes maps, mapr, mapc
-        held = (axes[2], axes[1], axes[0])
-        data = np.ascontiguousarray(data.transpose([held.index(a) for a in (3, 2, 1)]))
-    if _name(path).endswith(".mrcs"):
-        return tuple(data)
-    return (data,)
+_true_images = functools.lru_cache(maxsize=2)(true_images)
 
 
 def _is_integer(a: np.ndarray) -> bool:
