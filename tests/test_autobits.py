@@ -243,3 +243,22 @@ def test_eman2_reads_a_stack_with_bits_chosen_per_image(tmp_path: Path) -> None:
         scale = max(abs(float(mine.min())), abs(float(mine.max())))
         eman = theirs.reshape(len(ours), *mine.shape)[k]
         assert float(np.max(np.abs(mine.astype(np.float64) - eman))) <= 2e-6 * scale
+
+
+def test_a_long_stack_is_sampled_for_the_warning_and_auto_measures_every_image(
+    tmp_path: Path,
+) -> None:
+    """With fixed bits, a stack of more than 256 images has its noise measured on every
+    k-th image (k = n // 256) and the warning says so; --bits auto measures them all."""
+    from e2compress.pipeline import NOISE_SAMPLED_IMAGES
+
+    n = 2 * NOISE_SAMPLED_IMAGES + 10
+    stack = np.stack([_noisy((16, 16), 0.2, 50.0, seed=k) for k in range(n)])
+    src = write_mrc(tmp_path / "s.mrcs", stack)
+    report = e2compress.compress_file(src, tmp_path / "s.hdf", bits=4)
+    measured = [im.index for im in report.images if im.noise is not None]
+    assert measured == list(range(0, n, 2))
+    (warning,) = report.warnings
+    assert f"of {len(measured)} sampled fail)" in warning
+    auto = e2compress.compress_file(src, tmp_path / "a.hdf", bits="auto")  # type: ignore[arg-type]
+    assert all(im.noise is not None for im in auto.images)

@@ -90,6 +90,7 @@ INLINE_IMAGE_BYTES = 1 << 20
 # The image noise (quality check, bits="auto") is estimated from about this many pixels
 # per image, spread over its blocks: ~500 tiles, ~5 ms, whatever the image size.
 NOISE_SAMPLE_PIXELS = 1 << 19
+NOISE_SAMPLED_IMAGES = 256  # images of a stack whose noise is measured (fixed bits)
 BATCH_BYTES = 1 << 20  # float32 bytes of small images of a stack encoded per task
 STACK_CHUNK_BYTES = 1 << 20  # stored bytes up to which a stack's image is one chunk
 
@@ -188,6 +189,11 @@ class _Encoder:
         self.cancel = cancel
         self.engines = codecs.candidates(opts.level)
         self.stacked = stacked
+        # With fixed bits the quality check of a long stack samples its images: the
+        # noise estimate costs more than encoding a small image (a third of the time of
+        # a 128x128 stack), and the images of a stack are alike. Auto measures them all.
+        count = len(source)
+        self.noise_stride = 1 if opts.auto else max(1, count // NOISE_SAMPLED_IMAGES)
 
     def survey(
         self, index: int, block: Block, rows: int, data: _Pixels = None
@@ -244,10 +250,14 @@ class _Encoder:
 
         if opts.bits == 0:
             return None, Stats(), None
-        nx = self.source.shape(index)[2]
-        rows = _noise_rows(len(blocks), nx)
-        surveyed = run(lambda b: self.survey(index, b, rows, data), blocks)
-        st = merge_stats(p[0] for p in surveyed)
+        measure = index % self.noise_stride == 0
+        surveyed: list[tuple[Stats, _NoiseSample]] = []
+        if measure:
+            rows = _noise_rows(len(blocks), self.source.shape(index)[2])
+            surveyed = run(lambda b: self.survey(index, b, rows, data), blocks)
+            st = merge_stats(p[0] for p in surveyed)
+        else:
+            st = stats_of(None)
         if st.nonfinite:
             raise InputError(
                 f"image {index}: {st.nonfinite} pixels are NaN or infinite; quantised "
@@ -269,6 +279,8 @@ class _Encoder:
             F32(limits[0]) <= F32(st.minimum) and F32(st.maximum) <= F32(limits[1])
         ):
             clamped = stats_of(limits)
+        if not measure:
+            return self._range(index, clamped, st, opts.bits, limits), st, None
         samples = [p[1] for p in surveyed]
         count = sum(p.count for p in samples)
         noise = estimate_noise(
@@ -283,14 +295,7 @@ class _Encoder:
             bits = choose_bits(clamped, sigma, opts.noise_fraction, limits).bits
             if bits == 0:  # no bits up to 16 keep the noise rule: store float32 exactly
                 return None, Stats(), _Quality(noise, 0.0, 0)
-        rng = choose_range(clamped, bits, limits)
-        if not rng.is_finite:
-            raise InputError(
-                f"image {index}: values span {st.minimum:.3g}..{st.maximum:.3g}, too wide for "
-                "a quantised range (corrupt or uninitialised data?); give a range option "
-                "or use bits 0 to keep them exactly",
-                self.source.path,
-            )
+        rng = self._range(index, clamped, st, bits, limits)
         quant = quantisation_rms(rng, clamped.all_int)
         quality = _Quality(noise, quant, None)
         ratio = quality.ratio()
@@ -299,6 +304,25 @@ class _Encoder:
         elif ratio is not None and ratio > opts.noise_fraction:  # only failures need advice
             quality.passing_bits = bits_needed(clamped, sigma, opts.noise_fraction, limits)
         return rng, st, quality
+
+    def _range(
+        self,
+        index: int,
+        clamped: Stats,
+        st: Stats,
+        bits: int,
+        limits: tuple[float, float] | None,
+    ) -> RenderRange:
+        """The stored range for ``bits``; refused when no float32 reader could decode it."""
+        rng = choose_range(clamped, bits, limits)
+        if not rng.is_finite:
+            raise InputError(
+                f"image {index}: values span {st.minimum:.3g}..{st.maximum:.3g}, too wide for "
+                "a quantised range (corrupt or uninitialised data?); give a range option "
+                "or use bits 0 to keep them exactly",
+                self.source.path,
+            )
+        return rng
 
     def encode(
         self,

@@ -191,9 +191,9 @@ def quality_warning(
         return None
     worst = max(failing, key=lambda im: im.noise_ratio or 0.0)
     noise, quant = worst.noise or 0.0, worst.quant_noise or 0.0
-    where = (
-        f"image {worst.index} ({len(failing)} of {len(images)} fail): " if len(images) > 1 else ""
-    )
+    measured = sum(im.noise_method != "" for im in images)  # a long stack is sampled
+    of = f"{measured} sampled" if measured < len(images) else f"{len(images)}"
+    where = f"image {worst.index} ({len(failing)} of {of} fail): " if len(images) > 1 else ""
     passing = [im.passing_bits for im in images if im.passing_bits is not None]
     if any(b == 0 for b in passing):
         advice = "only bits 0 (lossless float32) would pass"
