@@ -72,7 +72,7 @@ def main() -> None:
         common = ["--bits", "5", *files]
         with (
             LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
             ) as cluster,
             Client(cluster),
         ):

@@ -154,54 +154,28 @@ def _bits(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and 0 < value <= 10):
-        raise argparse.ArgumentTypeError(f"expected a number > 0 and <= 10, not {text!r}")
-    return value
+def _number(
+    cast: Callable[[str], float], ok: Callable[[float], bool], expected: str
+) -> Callable[[str], Any]:
+    """An argparse type: ``cast(text)`` when ``ok`` accepts it, else "expected ..."."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}")
+        return value
+
+    return parse
 
 
-def _apix(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive pixel size, not {text!r}")
-    return value
-
-
-def _level(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 9:
-        raise argparse.ArgumentTypeError(f"expected an integer 0..9, not {text!r}")
-    return value
-
-
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
-    return value
+_fraction = _number(float, lambda v: 0 < v <= 10, "a number > 0 and <= 10")
+_apix = _number(float, lambda v: v > 0, "a positive pixel size")
+_level = _number(int, lambda v: 0 <= v <= 9, "an integer 0..9")
+_threads = _number(int, lambda v: v >= 1, "a positive integer")
+_positive = _number(float, lambda v: v > 0, "a positive number of seconds")
 
 
 def build_parser(watch: bool = False) -> argparse.ArgumentParser:
