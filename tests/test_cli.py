@@ -858,7 +858,8 @@ def freeze_mid_write(proc: subprocess.Popen[str], temp: Path) -> None:
     guard = time.monotonic() + 60  # hang guard only
     while not temp.exists():
         assert proc.poll() is None, f"exited ({proc.returncode}) before {temp.name} was seen"
-        assert time.monotonic() < guard, f"hang: no {temp.name} after 60 s"
+        if time.monotonic() > guard:
+            pytest.fail(f"hang: no {temp.name} after 60 s")
         time.sleep(0.001)
     os.kill(proc.pid, signal.SIGSTOP)
     os.waitpid(proc.pid, os.WUNTRACED)  # returns once it is stopped
