@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import signal
@@ -154,28 +153,11 @@ def _bits(text: str) -> int:
     return value
 
 
-def _number(
-    cast: Callable[[str], float], ok: Callable[[float], bool], expected: str
-) -> Callable[[str], Any]:
-    """An argparse type: ``cast(text)`` when ``ok`` accepts it, else "expected ..."."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = cast(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}")
-        return value
-
-    return parse
-
-
-_fraction = _number(float, lambda v: 0 < v <= 10, "a number > 0 and <= 10")
-_apix = _number(float, lambda v: v > 0, "a positive pixel size")
-_level = _number(int, lambda v: 0 <= v <= 9, "an integer 0..9")
-_threads = _number(int, lambda v: v >= 1, "a positive integer")
-_positive = _number(float, lambda v: v > 0, "a positive number of seconds")
+_fraction = commands.number(float, lambda v: 0 < v <= 10, "a number > 0 and <= 10")
+_apix = commands.number(float, lambda v: v > 0, "a positive pixel size")
+_level = commands.number(int, lambda v: 0 <= v <= 9, "an integer 0..9")
+_threads = commands.number(int, lambda v: v >= 1, "a positive integer")
+_positive = commands.number(float, lambda v: v > 0, "a positive number of seconds")
 
 
 def build_parser(watch: bool = False) -> argparse.ArgumentParser:

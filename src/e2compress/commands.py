@@ -11,7 +11,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
@@ -25,21 +25,26 @@ def is_command(argv: Sequence[str]) -> bool:
     return bool(argv) and argv[0] in VERBS
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
-    return value
+def number(
+    cast: Callable[[str], float], ok: Callable[[float], bool], expected: str
+) -> Callable[[str], Any]:
+    """An argparse type: ``cast(text)`` when it is finite and ``ok`` accepts it, else
+    "expected ..." (shared by the compression command line and the subcommands)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}")
+        return value
+
+    return parse
 
 
-def _threshold(text: str) -> float:
-    value = _positive(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"threshold must be between 0 and 1, not {text!r}")
-    return value
+_positive = number(float, lambda v: v > 0, "a positive number")
+_threshold = number(float, lambda v: 0 < v < 1, "a threshold between 0 and 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
