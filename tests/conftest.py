@@ -167,6 +167,30 @@ def write_mrc(path: Path, data: np.ndarray) -> Path:
     return path
 
 
+def write_mrc_4bit(path: Path, data: np.ndarray, voxel_size: float = 1.0) -> Path:
+    """Write uint8 ``data`` (values 0..15, (ny, nx) or (nz, ny, nx)) as SerialEM's mode 101
+    MRC: the header from mrcfile, then each row packed pixel by pixel as SerialEM's
+    documentation says (first pixel of a pair in the low 4 bits, ``(nx + 1) // 2`` bytes
+    a row, the last high nibble of an odd row zero)."""
+    data = np.asarray(data, dtype=np.uint8)
+    vol = data[None] if data.ndim == 2 else data
+    assert vol.max(initial=0) <= 15
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.zeros(vol.shape if data.ndim == 3 else vol.shape[1:], np.uint8))
+        m.voxel_size = voxel_size
+        m.header.mode = 101
+    packed = bytearray()
+    for row in vol.reshape(-1, vol.shape[2]):
+        for x in range(0, len(row), 2):
+            high = int(row[x + 1]) if x + 1 < len(row) else 0
+            packed.append(int(row[x]) | high << 4)
+    with open(path, "r+b") as fh:
+        fh.truncate(1024)
+        fh.seek(1024)
+        fh.write(bytes(packed))
+    return path
+
+
 def plain_name(path: Path) -> str:
     """File name without a .bz2/.gz suffix."""
     return path.name.removesuffix(".bz2").removesuffix(".gz")

@@ -3,7 +3,8 @@
 Sizes first. The 1024-byte header is parsed by mrcfile (permissively, with its
 machine-stamp and byte-order logic) and its nx, ny, nz, mode and nsymbt are checked
 against the file before the extended header or any pixel is read: the file must hold
-exactly ``1024 + nsymbt + nx*ny*nz*itemsize`` bytes. Shorter means truncated, longer
+exactly ``1024 + nsymbt + nx*ny*nz*itemsize`` bytes (mode 101: ``(nx+1)//2`` bytes a
+row). Shorter means truncated, longer
 means a wrong header or trailing data (e.g. a section appended before nz was
 updated); both are errors, so every image the file holds is in the output.
 
@@ -18,6 +19,13 @@ unsigned. We read mode 0 as signed only when the file says so: the IMOD stamp
 (1146047817 as int32 at byte 152) is present and bit 0 of the flags (int32 at byte
 156) is set, or there is no IMOD stamp and ``nversion`` is 20140 or 20141 (an MRC2014
 writer). Otherwise the bytes are unsigned.
+
+Mode 101 (SerialEM's packed 4-bit counts; mrcfile does not read it): two unsigned
+4-bit values a byte, the first pixel of each pair in the low nibble, each row padded to
+whole bytes (``(nx + 1) // 2`` bytes a row), as SerialEM and IMOD document. The values
+0..15 are returned as uint8, exactly. EMAN2 reads the same values for even nx; for odd
+nx it drops the padding nibble of each row's byte count and unpacks the rows as one
+stream, which shifts every row after the first (see docs/inputs.md).
 
 As in EMAN2, a ``.mrcs`` file is a stack of 2-D images and any other MRC with nz > 1 is
 one 3-D image. Axis orders other than 1,2,3 are transposed to x, y, z in memory.
@@ -57,6 +65,7 @@ except ImportError:  # pragma: no cover - exercised only without the wheel
 HEADER_BYTES = 1024
 IMOD_STAMP = 1146047817
 MRC2014_VERSIONS = (20140, 20141)
+MODE_4BIT = 101  # SerialEM: two unsigned 4-bit values a byte, low nibble first
 _CHUNK = 4 << 20  # bytes decompressed per step
 
 
@@ -76,8 +85,15 @@ class _Layout:
     nsymbt: int
 
     @property
+    def row_bytes(self) -> int:
+        """Bytes of one stored row (mode 101: two pixels a byte, odd nx padded)."""
+        if self.mode == MODE_4BIT:
+            return (self.nx + 1) // 2
+        return self.nx * self.dtype.itemsize
+
+    @property
     def total(self) -> int:
-        return HEADER_BYTES + self.nsymbt + self.nx * self.ny * self.nz * self.dtype.itemsize
+        return HEADER_BYTES + self.nsymbt + self.row_bytes * self.ny * self.nz
 
     def describe(self) -> str:
         return f"nx={self.nx} ny={self.ny} nz={self.nz} mode {self.mode} nsymbt={self.nsymbt}"
@@ -120,7 +136,11 @@ def _layout(header: Any, path: Path) -> _Layout:
     if mode in (3, 4):
         raise InputError("complex MRC data (mode 3/4) is not supported", path)
     try:
-        dtype = mrcfile.utils.data_dtype_from_header(header)
+        dtype = (
+            np.dtype(np.uint8)
+            if mode == MODE_4BIT
+            else mrcfile.utils.data_dtype_from_header(header)
+        )
     except ValueError:
         raise InputError(f"unsupported MRC mode {mode}", path) from None
     if mode == 0 and not mode0_is_signed(header):
@@ -326,6 +346,8 @@ class MrcSource(ImageSource):
         self._ext_type = bytes(header.exttyp).decode("ascii", "replace").strip("\0 ")
         self._fei = _fei_keys(parser) if self._ext_type in ("FEI1", "FEI2") else {}
         self._dtype = layout.dtype
+        self._packed = layout.mode == MODE_4BIT
+        self._row_bytes = layout.row_bytes
         self._offset = HEADER_BYTES + layout.nsymbt
         nx, ny, nz = layout.nx, layout.ny, layout.nz
         self._file_shape = (nz, ny, nx)
@@ -346,13 +368,15 @@ class MrcSource(ImageSource):
         if fd is None:
             raise InputError("file is closed", self.path)
         nx = self._file_shape[2]
-        size = (row1 - row0) * nx * self._dtype.itemsize
+        size = (row1 - row0) * self._row_bytes
         try:
-            buf = os.pread(fd, size, self._offset + row0 * nx * self._dtype.itemsize)
+            buf = os.pread(fd, size, self._offset + row0 * self._row_bytes)
         except OSError as exc:
             raise InputError(f"cannot read pixel data: {reason(exc)}", self.path) from None
         if len(buf) != size:
             raise InputError("file ended while reading pixel data", self.path)
+        if self._packed:
+            return unpack_4bit(buf, row1 - row0, nx)
         arr = np.frombuffer(buf, dtype=self._dtype).reshape(row1 - row0, nx)
         return arr.astype(self._dtype.newbyteorder("="), copy=False)
 
@@ -441,6 +465,23 @@ class MrcSource(ImageSource):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def unpack_4bit(buf: bytes, rows: int, nx: int) -> np.ndarray:
+    """Rows of mode 101 data: two 4-bit values a byte, low nibble first, each row
+    ``(nx + 1) // 2`` bytes (the high nibble of an odd row's last byte is padding).
+
+    Args:
+        buf: the stored bytes of ``rows`` rows.
+        rows: how many rows ``buf`` holds.
+        nx: pixels a row.
+    """
+    packed = np.frombuffer(buf, dtype=np.uint8).reshape(rows, (nx + 1) // 2)
+    out = np.empty((rows, packed.shape[1], 2), dtype=np.uint8)
+    np.bitwise_and(packed, 15, out=out[:, :, 0])
+    np.right_shift(packed, 4, out=out[:, :, 1])
+    flat = out.reshape(rows, -1)
+    return flat if flat.shape[1] == nx else np.ascontiguousarray(flat[:, :nx])
 
 
 def _text(raw: bytes) -> str:
