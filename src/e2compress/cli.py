@@ -95,6 +95,7 @@ FLAGS = {
     "nooutliers": "--nooutliers",
     "noise_fraction": "--noise-fraction",
     "apix": "--apix",
+    "eer_grouping": "--eer-grouping",
 }
 
 
@@ -197,6 +198,14 @@ def build_parser(watch: bool = False) -> argparse.ArgumentParser:
         metavar="A",
         help="pixel size in Angstrom for every input (default: from each file's header; "
         "TIFF: ImageJ description or resolution tags)",
+    )
+    p.add_argument(
+        "--eer-grouping",
+        type=_threads,
+        default=1,
+        metavar="N",
+        help="EER movies: sum every N frames into one image (default 1: one image a "
+        "frame, as EMAN2; about 1,000 mostly empty 4K images a movie)",
     )
     p.add_argument(
         "--compresslevel",
@@ -508,6 +517,7 @@ def _options(args: argparse.Namespace, console: _Console) -> Options | None:
             store_level=args.compresslevel is not None,
             noise_fraction=args.noise_fraction,
             apix=args.apix,
+            eer_grouping=args.eer_grouping,
         ).validate(FLAGS)
     except E2CompressError as exc:
         console.err(f"e2compress: error: {exc}")

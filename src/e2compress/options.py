@@ -25,6 +25,7 @@ FIELD_NAMES = {
         "chunk_rows",
         "noise_fraction",
         "apix",
+        "eer_grouping",
     )
 }
 AUTO_BITS = -1  # ``bits="auto"``: the fewest bits that pass the noise rule, per image
@@ -64,6 +65,8 @@ class Options:
             checks.
         apix: pixel size in Angstrom written for every image (x, y and z), overriding
             what the input's header says (``--apix``); None keeps the input's.
+        eer_grouping: EER frames summed into each stored image (1: every frame is an
+            image, as EMAN2 reads EER); no effect on other inputs.
     """
 
     bits: int = 10
@@ -76,6 +79,7 @@ class Options:
     store_level: bool = False
     noise_fraction: float = DEFAULT_NOISE_FRACTION
     apix: float | None = None
+    eer_grouping: int = 1
 
     def validate(self, names: Mapping[str, str] | None = None) -> Options:
         """Return ``self`` if the settings are possible.
@@ -131,6 +135,10 @@ class Options:
             or not (math.isfinite(apix) and apix > 0)
         ):
             raise E2CompressError(f"{n['apix']} must be a positive number, not {apix!r}")
+        if not _is_int(self.eer_grouping) or self.eer_grouping < 1:
+            raise E2CompressError(
+                f"{n['eer_grouping']} must be an integer >= 1, not {self.eer_grouping!r}"
+            )
         if not _is_int(self.chunk_rows) or self.chunk_rows < 1:
             raise E2CompressError(
                 f"{n['chunk_rows']} must be an integer >= 1, not {self.chunk_rows!r}"

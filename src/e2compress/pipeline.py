@@ -846,6 +846,7 @@ def compress_file(
     store_level: bool = False,
     noise_fraction: float = DEFAULT_NOISE_FRACTION,
     apix: float | None = None,
+    eer_grouping: int = 1,
     force: bool = False,
     options: Options | None = None,
     pool: Executor | None = None,
@@ -859,7 +860,7 @@ def compress_file(
         dst: the output file; default EMAN2's naming (see :func:`output_path`). A
             symbolic link is followed: its target is replaced and the link kept.
         bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level,
-        noise_fraction, apix: what to store (see :class:`~e2compress.options.Options`;
+        noise_fraction, apix, eer_grouping: what to store (see :class:`~e2compress.options.Options`;
             ``bits="auto"`` chooses per image by the noise rule); ignored when
             ``options`` is given.
         threads: worker threads when no ``pool`` is given (default: all cores).
@@ -906,6 +907,7 @@ def compress_file(
             store_level,
             noise_fraction,
             apix,
+            eer_grouping,
         )
     opts = options.validate()
     if threads is not None and (
@@ -920,11 +922,14 @@ def compress_file(
     own_pool = pool is None
     workers = pool or make_pool(threads)
     warnings: list[str] = []
+    notes: list[str] = []
     try:
         target = resolve_target(named)
         check_output_dir(target)
         # a .gz/.bz2 input is decompressed into a nameless file beside the output
-        with open_source(source_path, scratch_dir=target.parent) as source:
+        with open_source(
+            source_path, scratch_dir=target.parent, eer_grouping=opts.eer_grouping
+        ) as source:
             in_place = _same_file(source_path, target)
             if in_place and source.kind != "hdf":
                 raise OutputError(
@@ -956,6 +961,7 @@ def compress_file(
                     if do_verify:
                         verify_output(source, out.path, opts, images, workers, cancel)
                     unchanged()
+                    notes = source.notes()
                     grown = os.stat(out.path).st_size
                     if in_place and grown > bytes_in and not force:
                         warnings.append(
@@ -986,6 +992,7 @@ def compress_file(
         images=images,
         noise_fraction=opts.noise_fraction,
         warnings=warnings,
+        notes=notes,
     )
     warning = quality_warning(str(source_path), images, opts.noise_fraction)
     if warning is not None:

@@ -153,6 +153,7 @@ class CompressReport:
     verified: bool = False
     images: Sequence[ImageReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # one line each, naming the file
+    notes: list[str] = field(default_factory=list)  # facts worth a line (an EER's dose)
     noise_fraction: float = DEFAULT_NOISE_FRACTION
 
     @property

@@ -67,7 +67,8 @@ class FileResult:
     ``rmin``/``rmax`` are the lowest and highest stored limits over the file's images
     (None for lossless ``bits`` 0); ``truncated`` counts clamped pixels. ``bits`` is a
     text such as ``"7-9"`` when the images of a file were stored at different bits
-    (``--bits auto``); ``note`` says what ``--bits auto`` chose.
+    (``--bits auto``); ``note`` says what ``--bits auto`` chose and holds the report's
+    notes (an EER movie's dose), one a line.
     """
 
     given: str
@@ -166,7 +167,7 @@ def from_report(job: Job, report: CompressReport, worker: str) -> FileResult:
         seconds=report.seconds,
         worker=worker,
         warnings=list(report.warnings),
-        note=auto_note(job.given, report) if job.options.auto else "",
+        note="\n".join(([auto_note(job.given, report)] if job.options.auto else []) + report.notes),
     )
 
 

@@ -25,6 +25,7 @@ from .errors import InputError
 PathLike = str | os.PathLike[str]
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st", ".ali", ".rec", ".ccp4", ".mrcz", ".preali")
 TIFF_SUFFIXES = (".tif", ".tiff")
+EER_SUFFIXES = (".eer",)
 HDF_SUFFIXES = (".hdf", ".h5", ".hdf5", ".hd5")
 COMPRESSED_SUFFIXES = (".gz", ".bz2")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -81,6 +82,10 @@ class ImageSource(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release the file."""
 
+    def notes(self) -> list[str]:
+        """Lines to report once the file is compressed (an EER movie's dose)."""
+        return []
+
     def image(self, index: int) -> np.ndarray:
         """Image ``index`` in full, (ny, nx) or (nz, ny, nx)."""
         nz, ny, _ = self.shape(index)
@@ -120,14 +125,17 @@ def reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def open_source(path: PathLike, *, scratch_dir: PathLike | None = None) -> ImageSource:
+def open_source(
+    path: PathLike, *, scratch_dir: PathLike | None = None, eer_grouping: int = 1
+) -> ImageSource:
     """Open ``path`` as an image source, choosing the reader by content and name.
 
     Args:
-        path: an MRC/CCP4 (plain, ``.gz`` or ``.bz2``), TIFF or EMAN2 HDF file.
+        path: an MRC/CCP4 (plain, ``.gz`` or ``.bz2``), TIFF, EER or EMAN2 HDF file.
         scratch_dir: where a compressed MRC is decompressed to (an anonymous file,
             gone when the source is closed or the process dies); default: the
             system's temporary directory.
+        eer_grouping: EER frames summed into each image (1: one image a frame).
 
     Raises:
         InputError: the file is missing, unreadable, of no supported kind, or
@@ -148,22 +156,24 @@ def open_source(path: PathLike, *, scratch_dir: PathLike | None = None) -> Image
     if magic == HDF5_MAGIC:
         return HdfSource(p)
     if magic[:4] in TIFF_MAGICS:
-        return TiffSource(p)
+        return EerSource(p, eer_grouping) if name.endswith(EER_SUFFIXES) else TiffSource(p)
     if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)) or name.endswith(MRC_SUFFIXES):
         return MrcSource(p, magic, scratch_dir=scratch_dir)
     if name.endswith(HDF_SUFFIXES):
         raise InputError("not an HDF5 file (bad signature)", p)
-    if name.endswith(TIFF_SUFFIXES):
+    if name.endswith(TIFF_SUFFIXES + EER_SUFFIXES):
         raise InputError("not a TIFF file (bad signature)", p)
     raise InputError("unrecognised file type (expected MRC, TIFF or EMAN2 HDF)", p)
 
 
 # Re-exported: code and tests import the readers from here.
+from .read_eer import EerSource  # noqa: E402
 from .read_hdf import HdfSource  # noqa: E402
 from .read_mrc import MrcSource  # noqa: E402
 from .read_tiff import TiffSource  # noqa: E402
 
 __all__ = [
+    "EerSource",
     "HdfSource",
     "ImageSource",
     "MrcSource",
