@@ -23,6 +23,12 @@ is ``sensorPixelSize`` in metres times 1e10 (1.0 when it is 0 or absent), as in 
 With grouping, ``EER.grouping``, ``EER.first_frame`` and ``EER.frames`` say which frames
 each image sums.
 
+Decoding. imagecodecs' ``eer_decode`` reads a code only when at least one bit follows
+it: a strip that ends exactly where its last event's code ends (possible when the
+frame's last pixel has an event) would lose that event. Two zero bytes are appended to
+each strip before decoding; a well-formed stream stops at the frame's end before
+reading them (EMAN2's reader reads past the strip's end in the same way).
+
 Integrity. The TIFF structure is checked as for any TIFF (the IFD chain must end
 properly, every strip must lie inside the file); every page must be an EER frame of one
 strip and of the first frame's size; the number of frames must equal the metadata's
@@ -48,6 +54,10 @@ from .sources import reason
 EER_CODINGS = {65000: (8, 2, 2), 65001: (7, 2, 2)}
 EER_VARIABLE = 65002  # bit sizes in tags 65007, 65008, 65009 (default 7, 2, 2)
 ACQUISITION_TAG = 65001
+# imagecodecs reads a code only when at least one more bit follows it, so a strip that
+# ends exactly after its last event's code would lose that event; two zero bytes (a run
+# of 0, never read once the runs have reached the frame's end) keep it
+_PAD = b"\0\0"
 
 
 @dataclass(frozen=True)
@@ -232,8 +242,8 @@ class EerSource(TiffSource):
             raise InputError(f"cannot read EER frame {frame}: {reason(exc)}", self.path) from None
         if len(buf) != strip.size:
             raise InputError(f"file ended while reading EER frame {frame}", self.path)
-        try:
-            decoded = imagecodecs.eer_decode(buf, self._frame_shape, *strip.coding)
+        try:  # the padding: see the module docstring
+            decoded = imagecodecs.eer_decode(buf + _PAD, self._frame_shape, *strip.coding)
         except Exception as exc:  # imagecodecs raises EerError/ValueError on bad streams
             raise InputError(f"cannot decode EER frame {frame}: {reason(exc)}", self.path) from None
         return np.asarray(decoded)
