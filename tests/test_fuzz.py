@@ -33,7 +33,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REAL, Mapping, assert_within_half_step, eman_decode, write_mrc_4bit
+from conftest import (
+    REAL,
+    Mapping,
+    assert_within_half_step,
+    eman_decode,
+    write_eer,
+    write_mrc_4bit,
+)
 from e2compress import E2CompressError, compress_file, open_source
 
 pytestmark = pytest.mark.shared
@@ -43,7 +50,8 @@ SCALE = float(os.environ.get("E2C_FUZZ_EXAMPLES", "1"))
 HANG_SECONDS = 60  # SIGALRM hang guard: a hang fails the example instead of the whole run
 MODE101_SEED = "k2_4bit.mrcs"  # generated: SerialEM's packed 4-bit MRC, odd nx
 MRC_SEEDS = ("EMD-3197.map", "smallStack.mrcs", MODE101_SEED)
-TIFF_SEEDS = ("KLH.tif", "test_loading_image_saved_with_DM.tif")
+EER_SEED = "falcon.eer"  # generated: an EER movie (3 frames of 24 x 40)
+TIFF_SEEDS = ("KLH.tif", "test_loading_image_saved_with_DM.tif", EER_SEED)
 HDF_SEED = "synthetic.hdf"
 
 
@@ -81,11 +89,13 @@ SCRATCH: list[Path] = []
 def _seeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     if not REAL.is_dir():
         pytest.skip("../shared/data is not present beside the repo")
-    real = [name for name in (*MRC_SEEDS, *TIFF_SEEDS) if name != MODE101_SEED]
+    real = [name for name in (*MRC_SEEDS, *TIFF_SEEDS) if name not in (MODE101_SEED, EER_SEED)]
     SEEDS.update({name: (REAL / name).read_bytes() for name in real})
     hdf = tmp_path_factory.mktemp("seed") / HDF_SEED
     counts = np.random.default_rng(6).integers(0, 16, (3, 20, 33)).astype(np.uint8)
     SEEDS[MODE101_SEED] = write_mrc_4bit(hdf.parent / MODE101_SEED, counts).read_bytes()
+    events = (np.random.default_rng(7).random((3, 24, 40)) < 0.05).astype(np.uint8)
+    SEEDS[EER_SEED] = write_eer(hdf.parent / EER_SEED, events, bigtiff=False).read_bytes()
     _synthetic_hdf(hdf)
     SEEDS[HDF_SEED] = hdf.read_bytes()
     SCRATCH.append(tmp_path_factory.mktemp("fuzz"))
