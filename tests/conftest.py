@@ -214,20 +214,15 @@ def eer_encode(
     full = 2**run_bits - 1
     gaps = np.diff(np.concatenate([[-1], flat])) - 1  # empty pixels before each event
     tail = size - (int(flat[-1]) + 1 if len(flat) else 0)
-    values: list[np.ndarray] = []
-    widths: list[np.ndarray] = []
-    for gap, sub in zip(gaps.tolist(), np.asarray(subpix).tolist(), strict=True):
-        values.append(np.full(gap // full, full))
-        widths.append(np.full(gap // full, run_bits))
-        values.append(np.array([gap % full | int(sub) << run_bits]))
-        widths.append(np.array([run_bits + sub_bits]))
-    values.append(np.full(tail // full, full))
-    widths.append(np.full(tail // full, run_bits))
-    if tail % full:
-        values.append(np.array([tail % full]))
-        widths.append(np.array([run_bits]))
-    v = np.concatenate(values).astype(np.int64)
-    w = np.concatenate(widths).astype(np.int64)
+    per = gaps // full + 1  # "more run" codes, then the event's code
+    last = np.cumsum(per) - 1
+    v = np.full(int(per.sum()), full, np.int64)
+    w = np.full(len(v), run_bits, np.int64)
+    v[last] = gaps % full | np.asarray(subpix, np.int64) << run_bits
+    w[last] = run_bits + sub_bits
+    ends = [full] * (tail // full) + ([tail % full] if tail % full else [])
+    v = np.concatenate([v, np.array(ends, np.int64)])
+    w = np.concatenate([w, np.full(len(ends), run_bits, np.int64)])
     bit = np.arange(w.max(initial=1))
     bits = ((v[:, None] >> bit) & 1).astype(np.uint8)[bit[None, :] < w[:, None]]
     raw = np.packbits(bits, bitorder="little").tobytes()

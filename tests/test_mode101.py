@@ -143,7 +143,7 @@ def test_eman2_odd_nx_differs_as_documented(tmp_path: Path) -> None:
     """For odd nx EMAN2 reads ny * (nx // 2) bytes from the start of the data, as if rows
     were not padded, and unpacks them as one stream: its pixel k is nibble k of those
     bytes. The first row's first nx - 1 pixels agree; every later pixel is shifted. We
-    follow SerialEM (docs/inputs.md)."""
+    follow SerialEM (docs/counting_inputs.md)."""
     ny, nx = 6, 9
     data = _counts((ny, nx), seed=4)
     path = write_mrc_4bit(tmp_path / "odd.mrc", data)

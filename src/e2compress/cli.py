@@ -665,8 +665,8 @@ def _print_result(batch: _Batch, r: FileResult) -> None:
         else:
             console.err(f"WARNING: {r.message}")
     elif r.status == "done" and verbose:
-        if r.note:
-            console.out(r.note)
+        for line in r.note.splitlines():
+            console.out(line)
         if verbose < 2:
             return
         console.out(

@@ -8,7 +8,7 @@ the sensor grid (4096 x 4096 on a Falcon); a pixel holds at most one event a fra
 single frames are 0/1.
 
 Images. By default each frame is one image, as EMAN2 reads EER (about 1,000 mostly
-empty images per movie; see docs/inputs.md for what that costs). With ``grouping`` N,
+empty images per movie; see docs/counting_inputs.md for what that costs). With ``grouping`` N,
 each image is the sum of N consecutive frames (frames 0..N-1, N..2N-1, ...), integer
 counts as RELION renders EER fractions; when the frame count is not a multiple of N
 the last image sums the remaining frames (RELION drops them; an archive must not).
@@ -290,7 +290,8 @@ class EerSource(TiffSource):
         ny, nx = self._frame_shape
         per_px = np.array([self._electrons[i] for i in sorted(self._electrons)]) / (ny * nx)
         what = (
-            f"{self.frames} EER frames summed {self._grouping} at a time into {len(self)} images"
+            f"{self.frames} EER frames summed {self._grouping} at a time into {len(self)} "
+            + ("image" if len(self) == 1 else "images")
             if self._grouping > 1
             else f"{self.frames} EER frames, one image each"
         )

@@ -25,7 +25,7 @@ Mode 101 (SerialEM's packed 4-bit counts; mrcfile does not read it): two unsigne
 whole bytes (``(nx + 1) // 2`` bytes a row), as SerialEM and IMOD document. The values
 0..15 are returned as uint8, exactly. EMAN2 reads the same values for even nx; for odd
 nx it drops the padding nibble of each row's byte count and unpacks the rows as one
-stream, which shifts every row after the first (see docs/inputs.md).
+stream, which shifts every row after the first (see docs/counting_inputs.md).
 
 As in EMAN2, a ``.mrcs`` file is a stack of 2-D images and any other MRC with nz > 1 is
 one 3-D image. Axis orders other than 1,2,3 are transposed to x, y, z in memory.
