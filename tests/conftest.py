@@ -269,7 +269,7 @@ def write_eer(
             tw.write(
                 iter([strip]),
                 shape=(ny, nx),
-                dtype=np.uint8,
+                dtype=bool,  # BitsPerSample 1: the TIFF default, which Falcon files leave unset
                 compression="zlib",
                 rowsperstrip=ny,
                 extratags=extra,
