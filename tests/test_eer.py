@@ -147,12 +147,15 @@ def test_grouping_option_checked(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "--eer-grouping" in err
 
 
-def test_skip_existing_knows_the_grouping(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [5, -1, 0])
+def test_skip_existing_knows_the_grouping(tmp_path: Path, bits: int) -> None:
+    """An output made with one grouping is not the output of another (bits -1: auto)."""
     path = write_eer(tmp_path / "s.eer", _frames(4, 8, 8, 0.2))
     out = tmp_path / "s.hdf"
-    compress_file(path, out, bits=5, eer_grouping=2)
-    assert output_is_complete(path, out, Options(bits=5, eer_grouping=2))
-    assert not output_is_complete(path, out, Options(bits=5))
+    compress_file(path, out, options=Options(bits=bits, eer_grouping=2))
+    assert output_is_complete(path, out, Options(bits=bits, eer_grouping=2))
+    assert not output_is_complete(path, out, Options(bits=bits))
+    assert not output_is_complete(path, out, Options(bits=bits, eer_grouping=4))
 
 
 # ------------------------------------------------------------------ bad files

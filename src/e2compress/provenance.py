@@ -81,9 +81,14 @@ def value_options(opts: Options) -> str:
     Level, shuffle and chunking change only size and speed, so they are left out; with
     ``bits`` 0 no range option has any effect. EER grouping is named when it is not 1.
     """
-    text = f"bits={opts.bits}"
+    text = _value_text(opts)
     if opts.eer_grouping != 1:  # changes the images themselves
         text += f" eer_grouping={opts.eer_grouping}"
+    return text
+
+
+def _value_text(opts: Options) -> str:
+    text = f"bits={opts.bits}"
     if opts.bits == 0:
         return text
     if opts.auto:  # the bits follow the noise rule: its fraction decides them
