@@ -125,6 +125,20 @@ def test_stored_exactly_with_header(tmp_path: Path, grouping: int, bits: int | s
     assert f"dose per image {mean:.4g} e/px" in note
 
 
+def test_large_frames_in_blocks_verified(tmp_path: Path) -> None:
+    """Frames large enough to be split into blocks across threads (each image decoded
+    once, its blocks read from the cache by two workers), then verified against the
+    source."""
+    movie = _frames(3, 1600, 1700, 0.01, seed=5)
+    path = write_eer(tmp_path / "big.eer", movie)
+    out = tmp_path / "big.hdf"
+    report = compress_file(path, out, bits=5, eer_grouping=2, threads=2, verify=True)
+    assert report.verified
+    decoded = eman_decode(out)
+    for (img, _), want in zip(decoded, [movie[:2].sum(0), movie[2]], strict=True):
+        np.testing.assert_array_equal(img.reshape(want.shape), want.astype(np.float32))
+
+
 def test_dose_note_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     movie = _frames(4, 20, 30, 0.1, seed=9)
     path = write_eer(tmp_path / "d.eer", movie)
