@@ -128,7 +128,8 @@ def test_complex_still_refused(tmp_path: Path) -> None:
 
 
 def test_eman2_reads_the_same_even_nx(tmp_path: Path) -> None:
-    """EMAN2's MrcIO (MRC_UHEX) reads the same values as we do when nx is even."""
+    """EMAN2's MrcIO (MRC_UHEX) reads the same values as we do when nx is even, and
+    reads our 4-bit output back exactly."""
     data = _counts((2, 40, 64), seed=3)
     path = write_mrc_4bit(tmp_path / "even.mrcs", data, voxel_size=1.25)
     theirs, headers = eman2_read(path, tmp_path)
@@ -137,6 +138,10 @@ def test_eman2_reads_the_same_even_nx(tmp_path: Path) -> None:
     np.testing.assert_array_equal(theirs.reshape(ours.shape), ours.astype(np.float32))
     np.testing.assert_array_equal(ours, data)
     assert headers[0]["apix_x"] == pytest.approx(1.25, rel=1e-6)
+    out = tmp_path / "even.hdf"
+    compress_file(path, out, bits=4)
+    back, _ = eman2_read(out, tmp_path)
+    np.testing.assert_array_equal(back.reshape(data.shape), data.astype(np.float32))
 
 
 def test_eman2_odd_nx_differs_as_documented(tmp_path: Path) -> None:
