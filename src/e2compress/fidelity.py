@@ -169,6 +169,16 @@ def quantisation_rms(rng: RenderRange | None, integer: bool = False) -> float:
     return step / math.sqrt(12.0)
 
 
+def mean_change_limit(noise: NoiseEstimate, mean: float, fraction: float) -> float | None:
+    """The largest change of an image's mean (from clamping) the noise rule allows:
+    ``fraction**2`` of the mean for counting data (1 % of the dose at F = 0.1), of the
+    image's noise otherwise. None when the image has no measurable noise."""
+    if noise.method == "none" or noise.sigma <= 0:
+        return None
+    scale = abs(mean) if noise.method == "poisson" else noise.sigma
+    return fraction * fraction * scale
+
+
 def noise_ratio(quant_rms: float, sigma: float) -> float:
     """Quantisation noise over image noise (inf when the image has no measurable noise)."""
     if quant_rms == 0.0:
