@@ -166,6 +166,9 @@ def quantisation_rms(rng: RenderRange | None, integer: bool = False) -> float:
         s = integer_step(rng)
         if s is not None:
             return math.sqrt(integer_rounding_ms(s))
+        rmin, rmax = float(np.float32(rng.rmin)), float(np.float32(rng.rmax))
+        if rmin.is_integer() and rmax - rmin == 1.0:  # EMAN2's unit range: both ends exact
+            return 0.0
     return step / math.sqrt(12.0)
 
 
