@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .quantize import RenderRange, Stats, choose_range, integer_step
+from .quantize import RenderRange, Stats, choose_range, integer_step, range_limits
 
 NOISE_TILE = 32
 DEFAULT_NOISE_FRACTION = 0.1
@@ -478,7 +478,7 @@ def error_stats(
     if rng is None:
         out.inside, out.inside_max, out.inside_sumsq = n, out.max_abs, out.sumsq
         return out
-    lo, hi = float(np.float32(rng.rmin)), float(np.float32(rng.rmax))
+    lo, hi = range_limits(rng)
     inside = (x >= lo) & (x <= hi)
     out.truncated = n - int(np.count_nonzero(inside))
     din = d[inside]
