@@ -49,7 +49,8 @@ __all__ = [
 
 
 def open(path: str | os.PathLike[str], *, threads: int | None = None) -> EmanHdfFile:
-    """Open an EMAN2 HDF file lazily: ``len(f)``, ``f[i]`` (decoded float32), ``f.header(i)``."""
+    """Open an EMAN2 HDF file lazily: ``len(f)``, ``f[i]`` (decoded float32; float64
+    where float32 cannot hold the stored values), ``f.header(i)``."""
     return EmanHdfFile(path, threads=threads)
 
 

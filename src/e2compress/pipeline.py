@@ -221,10 +221,8 @@ class _Encoder:
 
     @property
     def moments(self) -> bool:
-        """Whether the range pass sums the pixels: for a range option (``sigrange``
-        needs the mean and sigma; any clamping is judged by how it moves the mean)."""
-        o = self.opts
-        return o.sigrange is not None or o.value_range is not None or o.nooutliers
+        """Whether the range pass sums the pixels (``sigrange`` needs mean and sigma)."""
+        return self.opts.sigrange is not None
 
     def rows(self, shape3: tuple[int, int, int]) -> int:
         """Rows per chunk of an image of this file."""
@@ -312,8 +310,7 @@ class _Encoder:
             integer=st.all_int,
         )
         sigma = noise.sigma if noise.method != "none" else 0.0
-        mean = st.mean if st.count and self.moments else (noise_mean if count else 0.0)
-        mean_limit = mean_change_limit(noise, mean, opts.noise_fraction)
+        mean_limit = mean_change_limit(noise, noise_mean, opts.noise_fraction)
         bits = opts.bits
         if opts.auto:
             bits = choose_bits(clamped, sigma, opts.noise_fraction, limits).bits

@@ -591,16 +591,21 @@ def _count_outside(arr: np.ndarray, rng: RenderRange) -> int:
 def clamp_shift(a: npt.ArrayLike, rng: RenderRange) -> float:
     """Sum over the pixels beyond the mapping's ends of (end value - pixel): how far
     clamping moves the image's sum (float64, against the source's own values)."""
-    arr = np.asarray(a)
+    x = np.asarray(a).reshape(-1)
+    if not x.size:
+        return 0.0
     lo, hi = range_limits(rng)
     ends = _values64(np.array([0, code_max(rng.bits)]), rng)
-    x = arr.reshape(-1)
+    if x.dtype == F32 and float(F32(lo)) == lo and float(F32(hi)) == hi:
+        low_end, high_end = F32(lo), F32(hi)  # exact: compare without a float64 copy
+    else:
+        x = x.astype(np.float64, copy=False)
+        low_end, high_end = np.float64(lo), np.float64(hi)
     total = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        low = x[x.astype(np.float64, copy=False) < lo] if x.size and x.min() < lo else x[:0]
-        high = x[x.astype(np.float64, copy=False) > hi] if x.size and x.max() > hi else x[:0]
-        total += float(np.sum(ends[0] - low.astype(np.float64)))
-        total += float(np.sum(ends[1] - high.astype(np.float64)))
+    if x.min() < low_end:
+        total += float(np.sum(ends[0] - x[x < low_end].astype(np.float64)))
+    if x.max() > high_end:
+        total += float(np.sum(ends[1] - x[x > high_end].astype(np.float64)))
     return total
 
 
