@@ -69,6 +69,7 @@ from .quantize import (
     sigrange_limits,
     storage_dtype,
     valid_limits,
+    window_stats,
 )
 from .report import CompressReport, ImageReport, ImageReports, mean_warning, quality_warning
 from .sources import ImageSource, is_hdf5, open_source, strip_compression
@@ -289,6 +290,7 @@ class _Encoder:
         elif opts.nooutliers and st.maximum > st.minimum:
             hist = hist_of(st.minimum, st.maximum)
             limits = nooutliers_limits(hist, st.minimum, st.maximum, st.count)
+            limits = self._refine(index, st, limits, blocks, run, data)
         if limits is not None and st.all_int:  # keep integers integers (an integer mapping)
             limits = integer_limits(limits)
         if limits is not None and not valid_limits(*limits):
@@ -327,6 +329,45 @@ class _Encoder:
         elif ratio is not None and ratio > opts.noise_fraction:  # only failures need advice
             quality.passing_bits = bits_needed(clamped, sigma, opts.noise_fraction, limits)
         return rng, st, quality
+
+    def _refine(
+        self,
+        index: int,
+        st: Stats,
+        limits: tuple[float, float],
+        blocks: list[Block],
+        run: BlockMap,
+        data: _Pixels,
+    ) -> tuple[float, float]:
+        """``nooutliers`` beside values near +-3.4e38: EMAN2's 1024 bins over that span
+        cannot see the data between (its limits land beyond 1e28 and are ignored), so
+        look again at the pixels inside the limits, with the room left at each tail."""
+        maxout = max(st.count // 20000, 8)
+        clipped = [0, 0]
+        for _ in range(8):
+            if valid_limits(*limits) or not limits[0] < limits[1]:
+                break
+            lo, hi = limits
+
+            def window(b: Block, lo: float = lo, hi: float = hi) -> tuple[int, int, Stats]:
+                return window_stats(self.read(index, b, data), lo, hi)
+
+            parts = run(window, blocks)
+            clipped = [sum(p[0] for p in parts), sum(p[1] for p in parts)]
+            inside = merge_stats(p[2] for p in parts)
+            if not inside.maximum > inside.minimum:
+                break
+            h0, h1 = inside.minimum, inside.maximum
+
+            def hist(
+                b: Block, lo: float = lo, hi: float = hi, h0: float = h0, h1: float = h1
+            ) -> np.ndarray:
+                x = self.read(index, b, data)
+                return histogram(x[(x >= lo) & (x <= hi)], h0, h1)
+
+            room = (max(0, maxout - clipped[0]), max(0, maxout - clipped[1]))
+            limits = nooutliers_limits(_sum_hist(run(hist, blocks)), h0, h1, st.count, room)
+        return limits
 
     def _range(
         self,

@@ -484,18 +484,34 @@ def histogram(a: npt.ArrayLike, h0: float, h1: float, bins: int = HIST_BINS) -> 
     return np.bincount(idx, minlength=bins).astype(np.int64)
 
 
-def nooutliers_limits(hist: np.ndarray, h0: float, h1: float, count: int) -> tuple[float, float]:
-    """``--nooutliers``: clip at most max(n // 20000, 8) pixels from each tail."""
+def nooutliers_limits(
+    hist: np.ndarray, h0: float, h1: float, count: int, room: tuple[int, int] | None = None
+) -> tuple[float, float]:
+    """``--nooutliers``: clip at most max(n // 20000, 8) pixels from each tail (``room``:
+    that many at the low and high tail instead)."""
     bins = len(hist)
     maxout = max(count // 20000, 8)
+    low_room, high_room = room if room is not None else (maxout, maxout)
     hs = (float(h1) - float(h0)) / (bins - 1)
     low_cum = np.cumsum(hist[: bins // 2])
-    over = np.nonzero(low_cum > maxout)[0]
+    over = np.nonzero(low_cum > low_room)[0]
     sl = int(over[0]) if over.size else bins // 2 - 1
     high_cum = np.cumsum(hist[::-1][: bins // 2 - 1])
-    over = np.nonzero(high_cum > maxout)[0]
+    over = np.nonzero(high_cum > high_room)[0]
     sh = bins - 1 - int(over[0]) if over.size else bins // 2 + 1
     return float(h0) + sl * hs, float(h0) + sh * hs
+
+
+def window_stats(a: npt.ArrayLike, lo: float, hi: float) -> tuple[int, int, Stats]:
+    """Pixels below ``lo``, above ``hi``, and min/max of those between (finite only)."""
+    x = np.asarray(a).reshape(-1).astype(np.float64)
+    x = x[np.isfinite(x)]
+    below, above = int(np.count_nonzero(x < lo)), int(np.count_nonzero(x > hi))
+    inside = x[(x >= lo) & (x <= hi)]
+    st = Stats(count=inside.size)
+    if inside.size:
+        st.minimum, st.maximum = float(inside.min()), float(inside.max())
+    return below, above, st
 
 
 def integer_limits(limits: tuple[float, float]) -> tuple[float, float]:
