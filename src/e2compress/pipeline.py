@@ -384,6 +384,8 @@ class _Encoder:
             fix = "give a value range that holds the real data"
             if self.opts.nooutliers and limits is None:
                 fix = "nooutliers cannot narrow them (EMAN2's limits must lie within 1e28); " + fix
+            elif limits is None:
+                fix = "clamp a few such pixels with nooutliers, or " + fix
             if abs(lo) <= F32_MAX and abs(hi) <= F32_MAX:
                 fix += ", or use bits 0 to keep them exactly"
             raise InputError(
