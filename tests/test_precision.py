@@ -56,6 +56,8 @@ def _tiff(path: Path, data: np.ndarray) -> np.ndarray:
 
 
 def _exact_in_f32(a: np.ndarray) -> bool:
+    if a.dtype.kind in "iu":  # exactly, in Python integers
+        return all(int(F32(int(v))) == int(v) for v in a.ravel())
     with np.errstate(over="ignore"):
         return bool(np.array_equal(a.astype(F32).astype(np.float64), a.astype(np.float64)))
 
@@ -93,9 +95,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 @SETTINGS
-@given(data=sources(), bits=st.sampled_from([0, 2, 5, 8, 10, 16]), nooutliers=st.booleans())
+@given(
+    data=sources(),
+    bits=st.sampled_from([0, 2, 5, 8, 10, 16, "auto"]),
+    nooutliers=st.booleans(),
+)
 def test_every_value_in_native_precision(
-    tmp_path_factory: pytest.TempPathFactory, data: np.ndarray, bits: int, nooutliers: bool
+    tmp_path_factory: pytest.TempPathFactory, data: np.ndarray, bits: int | str, nooutliers: bool
 ) -> None:
     tmp = tmp_path_factory.mktemp("p")
     truth = _tiff(tmp / "in.tif", data)
@@ -113,11 +119,11 @@ def test_every_value_in_native_precision(
         return
     ours = e2compress.read_images(out)[0]
     (eman, mapping), *_ = eman_decode(out)
-    if bits == 0:
+    if mapping is None:  # float32 storage (bits 0, or auto for noiseless data): bit for bit
+        assert bits in (0, "auto")
         assert np.array_equal(ours.astype(np.float64), truth.astype(np.float64))
         assert np.array_equal(eman.astype(np.float64), truth.astype(np.float64))
         return
-    assert mapping is not None
     clamped = assert_within_half_step(truth, ours, mapping)
     assert assert_within_half_step(truth, eman, mapping) == clamped
     assert report.images[0].truncated == clamped
@@ -372,3 +378,24 @@ def test_eman2_reads_an_integer_mapping_past_2_24(tmp_path: Path) -> None:
     (_, mapping), *_ = eman_decode(out)
     assert mapping is not None
     assert_within_half_step(truth, got, mapping)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.integers(-(2**63), 2**63 - 1),
+            st.integers(-(2**26), 2**26),
+            st.sampled_from([2**63 - 1, -(2**63), 2**24 + 1, 2**53 + 1, 2**62 + 2**38]),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_inexact_in_float32_counts_exactly(values: list[int]) -> None:
+    """Counted in exact integer arithmetic (float64 equality called 2**63 - 1 exact)."""
+    from e2compress.quantize import inexact_in_float32, integer_inexact
+
+    a = np.array(values, dtype=np.int64)
+    assert inexact_in_float32(a) == sum(int(F32(v)) != v for v in values)
+    assert list(integer_inexact(a, 53)) == [int(float(v)) != v for v in values]

@@ -46,12 +46,30 @@ def inexact_in_float32(a: npt.ArrayLike) -> int:
     if flat.dtype.kind in "iu":
         if int(flat.min()) >= -_F32_INT and int(flat.max()) <= _F32_INT:
             return 0
-        wide = flat.astype(np.float64)
-    else:
-        wide = flat.astype(np.float64, copy=False)
+        return int(np.count_nonzero(integer_inexact(flat, 24)))
+    wide = flat.astype(np.float64, copy=False)
     with np.errstate(over="ignore", invalid="ignore"):
         narrow = wide.astype(F32).astype(np.float64)
         return int(np.count_nonzero((narrow != wide) & np.isfinite(wide)))
+
+
+def integer_inexact(a: npt.ArrayLike, mantissa: int) -> np.ndarray:
+    """Per integer: True when a float with ``mantissa`` significant bits (24: float32,
+    53: float64) cannot hold it exactly (exact integer arithmetic, any 64-bit value)."""
+    x = np.asarray(a)
+    if x.dtype.kind == "u":
+        mag = x.astype(np.uint64)
+    else:
+        wide = x.astype(np.int64)
+        neg = wide < 0
+        mag = np.where(neg, ~wide, wide).astype(np.uint64) + neg.astype(np.uint64)
+    # bit length (float64 may round it up by one just below a power of two; such values
+    # are not exact in the narrower float either, so the test only gets stricter there)
+    length = np.frexp(mag.astype(np.float64))[1]
+    shift = np.maximum(length - mantissa, 0).astype(np.uint64)
+    low = (np.left_shift(np.uint64(1), shift) - np.uint64(1)).astype(np.uint64)
+    out: np.ndarray = (mag & low) != 0
+    return out
 
 
 def code_max(bits: int) -> int:
@@ -426,6 +444,9 @@ def _wide_range(stats: Stats, bits: int, limits: tuple[float, float] | None) -> 
     cmax = levels - 1
     if stats.all_int and math.isfinite(stats.minimum) and math.isfinite(stats.maximum):
         lo, hi = int(stats.minimum), int(stats.maximum)
+        if max(abs(lo), abs(hi)) > 1 << 53:  # float64 statistics round 64-bit integers
+            lo -= int(np.spacing(float(abs(lo))))
+            hi += int(np.spacing(float(abs(hi))))
         rmin = _floor32(lo)
         if not math.isfinite(rmin):
             return RenderRange(bits, rmin, rmin, "integer_step")

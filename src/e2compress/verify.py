@@ -17,7 +17,14 @@ from .eman_hdf import EmanHdfFile, render_range
 from .errors import VerificationError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, pool_width
 from .options import Options
-from .quantize import F32, RenderRange, range_limits, storage_dtype, within_half_step
+from .quantize import (
+    F32,
+    RenderRange,
+    integer_inexact,
+    range_limits,
+    storage_dtype,
+    within_half_step,
+)
 from .report import ImageReport
 from .sources import ImageSource
 
@@ -82,10 +89,8 @@ def _same_values(orig: np.ndarray, got: np.ndarray) -> bool:
     a = orig.astype(np.float64)
     b = got.astype(np.float64)
     same = (a == b) | (np.isnan(a) & np.isnan(b))
-    if orig.dtype.kind in "iu" and orig.dtype.itemsize == 8:  # past 2**53: as integers
-        whole = np.isfinite(b) & (np.abs(b) < 2.0**63)
-        same &= whole
-        same[whole] &= b[whole].astype(np.int64) == orig[whole].astype(np.int64)
+    if orig.dtype.kind in "iu" and orig.dtype.itemsize == 8:  # float64 equality is exact
+        same &= ~integer_inexact(orig, 53)  # only for integers float64 holds
     return bool(same.all())
 
 
