@@ -192,6 +192,19 @@ def _float_hdf(path: Path, values: np.ndarray, attrs: dict[str, int]) -> None:
             g.attrs[f"EMAN.{key}"] = np.array([value], dtype=np.int32)
 
 
+def test_compare_sees_native_values(tmp_path: Path) -> None:
+    """compare reads both sides in their own precision: the integer mapping past 2**24 is
+    exact (the float32 decode showed errors of 1)."""
+    from e2compress.compare import compare_files
+
+    _tiff(tmp_path / "a.tif", _near_2_24("i4"))
+    out = tmp_path / "a.hdf"
+    e2compress.compress_file(tmp_path / "a.tif", out, bits=16)
+    result = compare_files(tmp_path / "a.tif", out)
+    assert result.images[0].errors.max_abs == 0.0
+    assert result.images[0].errors.truncated == 0
+
+
 def test_export_does_not_call_rounded_integers_exact(tmp_path: Path) -> None:
     """A float32-stored int32 image past 2**24 (as the old bits 0 wrote it) was exported
     as "int32 (exact)"."""
