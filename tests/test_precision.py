@@ -243,6 +243,10 @@ def test_float64_keeps_its_distinct_values(tmp_path: Path) -> None:
     assert mapping is not None
     step = RenderRange(*mapping[:3]).step
     assert np.abs(got - truth).max() <= step / 2 * (1 + 1e-4)
+    rep = export_file(out, tmp_path / "back.tif")  # TIFF holds float64: the decoded values
+    assert rep.dtype == "float64"
+    assert np.array_equal(tifffile.imread(tmp_path / "back.tif")[::-1], got)
+    assert not export_file(out, tmp_path / "back.mrc").exact  # MRC rounds them to float32
 
 
 def test_within_half_step_sees_float32_rounding_of_integers() -> None:

@@ -130,6 +130,8 @@ def _export(
     dtype = np.dtype(np.float32)
     if scan.exact and scan.integer and not as_float and scan.count:
         dtype = _integer_dtype(source, hdf, headers[0], fmt, scan)
+    if fmt == "tiff" and dtype.kind == "f" and scan.inexact and not as_float:
+        dtype = np.dtype(np.float64)  # values float32 cannot hold (decoded in float64)
     exact = scan.exact and _holds(dtype, scan, hdf)
     apix = _apix(headers[0])
     with AtomicOutput(target) as out:
@@ -154,7 +156,7 @@ def _holds(dtype: np.dtype, scan: _Scan, hdf: EmanHdfFile | None) -> bool:
     original's precision: float32 cannot hold integers past 2**24 or float64 values,
     and float32 storage of integers past 2**24 may already have rounded them."""
     if dtype.kind == "f":
-        return scan.inexact == 0
+        return scan.inexact == 0 or dtype.itemsize == 8
     big = max(abs(scan.minimum), abs(scan.maximum)) > _F32_EXACT
     return not (hdf is not None and not scan.mapped and big)
 
