@@ -127,7 +127,7 @@ def _export(
         raise InputError("a stack of 3-D images cannot be written as one TIFF; use .mrc", src)
     headers = [hdf.header(i) if hdf is not None else source.header(i) for i in range(n)]
     scan = _scan(source, hdf, n, (nz, ny, nx))
-    dtype = np.dtype(np.float32)
+    dtype: np.dtype = np.dtype(np.float32)
     if scan.exact and scan.integer and not as_float and scan.count:
         dtype = _integer_dtype(source, hdf, headers[0], fmt, scan)
     if fmt == "tiff" and dtype.kind == "f" and scan.inexact and not as_float:
