@@ -17,7 +17,7 @@ import pytest
 import tifffile
 
 from e2compress.cli import main
-from e2compress.quantize import RenderRange, within_half_step
+from e2compress.quantize import RenderRange, range_limits, within_half_step
 
 F32 = np.float32
 REPO = Path(__file__).resolve().parent.parent
@@ -135,14 +135,16 @@ def assert_within_half_step(
     pixel: within half a step inside the stored range, end values outside it. Checks the
     stored clamped count when ``mapping`` carries one; returns the clamped count."""
     rng = mapping if isinstance(mapping, RenderRange) else RenderRange(*mapping[:3])
-    orig = np.asarray(orig, dtype=np.float32)
+    orig = np.asarray(orig)  # the source's own dtype, never a float32 view
     got = np.asarray(decoded).reshape(orig.shape)
     ok = within_half_step(orig, got, rng)
     bad = np.argwhere(~ok)
     if bad.size:
         first = tuple(bad[0])
         raise AssertionError(f"{len(bad)} pixels off, first {first}: {got[first]} vs {orig[first]}")
-    clamped = int(np.count_nonzero((orig < F32(rng.rmin)) | (orig > F32(rng.rmax))))
+    lo, hi = range_limits(rng)
+    wide = orig.astype(np.float64)
+    clamped = int(np.count_nonzero((wide < lo) | (wide > hi)))
     if not isinstance(mapping, RenderRange):
         assert clamped == mapping[3]
     return clamped

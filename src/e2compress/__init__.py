@@ -21,7 +21,7 @@ from .errors import E2CompressError, InputError, OutputError, VerificationError
 from .executor import Cancel
 from .options import Options
 from .pipeline import compress_file, output_path
-from .quantize import RenderRange
+from .quantize import RenderRange, inexact_in_float32
 from .report import CompressReport, ImageReport
 from .sources import ImageSource, is_hdf5, open_source
 
@@ -49,12 +49,15 @@ __all__ = [
 
 
 def open(path: str | os.PathLike[str], *, threads: int | None = None) -> EmanHdfFile:
-    """Open an EMAN2 HDF file lazily: ``len(f)``, ``f[i]`` (decoded float32), ``f.header(i)``."""
+    """Open an EMAN2 HDF file lazily: ``len(f)``, ``f[i]`` (decoded float32; float64
+    where float32 cannot hold the stored values), ``f.header(i)``."""
     return EmanHdfFile(path, threads=threads)
 
 
 def read_images(path: str | os.PathLike[str]) -> list[np.ndarray]:
-    """Every image of ``path`` as float32 arrays, like EMAN2's ``EMData.read_images``.
+    """Every image of ``path`` as float32 arrays, like EMAN2's ``EMData.read_images``,
+    but float64 where float32 cannot hold the values (integers past 2**24, float64
+    data; see docs/precision.md).
 
     EMAN2 HDF values are rescaled with the stored mapping (exact 0.0 and integers);
     MRC and TIFF files are read as EMAN2 sees them (``.mrcs`` sections and TIFF pages
@@ -64,4 +67,9 @@ def read_images(path: str | os.PathLike[str]) -> list[np.ndarray]:
         with EmanHdfFile(path) as f:
             return [f[i] for i in range(len(f))]
     with open_source(path) as src:
-        return [np.asarray(src.image(i), dtype=np.float32) for i in range(len(src))]
+        out = []
+        for i in range(len(src)):
+            image = np.asarray(src.image(i))
+            wide = inexact_in_float32(image) > 0
+            out.append(image.astype(np.float64 if wide else np.float32, copy=False))
+        return out

@@ -28,7 +28,7 @@ from h5py import h5a, h5d, h5f, h5g, h5p, h5s, h5t
 
 from . import codecs, h5direct
 from .errors import InputError
-from .quantize import RenderRange, code_max, decode_values, storage_dtype
+from .quantize import RenderRange, code_max, decode_dtype, decode_values, is_wide, storage_dtype
 
 PathLike = str | os.PathLike[str]
 STORED_KEYS = ("stored_rendermin", "stored_rendermax", "stored_renderbits", "stored_truncated")
@@ -360,16 +360,27 @@ def render_range(attrs: Mapping[str, Any]) -> RenderRange | None:
     return RenderRange(bits, rmin, rmax)
 
 
+def value_dtype(stored: np.dtype, rng: RenderRange | None) -> np.dtype:
+    """The type image values are decoded to: float32 (as EMAN2), but float64 where
+    float32 cannot hold them (see :func:`~e2compress.quantize.decode_dtype`; plain
+    32/64-bit integer or float64 datasets)."""
+    if rng is not None:
+        return decode_dtype(rng)
+    return np.dtype(np.float64) if is_wide(stored) else np.dtype(np.float32)
+
+
 def decode(codes: np.ndarray, rng: RenderRange | None) -> np.ndarray:
-    """Stored dataset values to float32 image values (EMAN2 §2.4, exact 0 and integers)."""
+    """Stored dataset values to image values (EMAN2 §2.4, exact 0 and integers), in
+    :func:`value_dtype`."""
     if rng is None:
-        return codes.astype(np.float32, copy=False)
+        return codes.astype(value_dtype(codes.dtype, None), copy=False)
     if codes.dtype.kind == "u" and codes.dtype.itemsize <= 2:
         if codes.size <= code_max(rng.bits):
             return decode_values(codes, rng)
         return _Decoder.of(rng, codes.dtype, codes.size)(np.ascontiguousarray(codes))
     c = codes.astype(np.float64)
-    return (c / ((1 << rng.bits) - 1) * (rng.rmax - rng.rmin) + rng.rmin).astype(np.float32)
+    values = c / ((1 << rng.bits) - 1) * (rng.rmax - rng.rmin) + rng.rmin
+    return values.astype(decode_dtype(rng))
 
 
 @dataclass(frozen=True)
@@ -398,7 +409,7 @@ class _Decoder:
             np.take(self.table, codes, out=out, mode="clip")
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
-        out = np.empty(codes.shape, dtype=np.float32)
+        out = np.empty(codes.shape, dtype=self.table.dtype)
         self.into(codes, out)
         return out
 
@@ -453,7 +464,7 @@ def _read_chunks(
     chunks = layout.chunks
     assert chunks is not None
     nbytes = math.prod(chunks) * dtype.itemsize
-    out = np.empty(shape, dtype=dtype if decoder is None else np.float32)
+    out = np.empty(shape, dtype=dtype if decoder is None else decoder.table.dtype)
     if chunks == shape:  # one chunk (small images): no regions to cut
         mask, raw = _raw_chunk(dsid, (0,) * len(shape))
         block = _decode_chunk(raw, mask, layout.filters, nbytes, dtype).reshape(shape)
@@ -658,6 +669,12 @@ class EmanHdfFile:
         """The stored quantisation mapping of image ``index`` (None for float data)."""
         self._open(index)  # the image must exist
         return self._range(index)
+
+    def value_dtype(self, index: int) -> np.dtype:
+        """The type ``f[index]`` returns: float32, or float64 where float32 cannot hold
+        the stored values (:func:`value_dtype`)."""
+        _, _, dtype, _ = self._open(index)
+        return value_dtype(dtype, self._range(index))
 
     def _range(self, index: int) -> RenderRange | None:
         """The mapping, read with three attribute reads; general parser if unusual."""

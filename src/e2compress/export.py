@@ -22,7 +22,7 @@ import numpy as np
 from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error
 from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError, OutputError
-from .quantize import integer_step
+from .quantize import inexact_in_float32, integer_step
 from .sources import MRC_SUFFIXES, TIFF_SUFFIXES, ImageSource, is_hdf5, open_source
 
 PathLike = str | os.PathLike[str]
@@ -58,6 +58,7 @@ class _Scan:
     total: float = 0.0
     sumsq: float = 0.0
     count: int = 0
+    inexact: int = 0  # values float32 cannot hold (decoded in float64)
 
 
 def output_format(path: PathLike) -> str:
@@ -126,9 +127,12 @@ def _export(
         raise InputError("a stack of 3-D images cannot be written as one TIFF; use .mrc", src)
     headers = [hdf.header(i) if hdf is not None else source.header(i) for i in range(n)]
     scan = _scan(source, hdf, n, (nz, ny, nx))
-    dtype = np.dtype(np.float32)
+    dtype: np.dtype = np.dtype(np.float32)
     if scan.exact and scan.integer and not as_float and scan.count:
         dtype = _integer_dtype(source, hdf, headers[0], fmt, scan)
+    if fmt == "tiff" and dtype.kind == "f" and scan.inexact and not as_float:
+        dtype = np.dtype(np.float64)  # values float32 cannot hold (decoded in float64)
+    exact = scan.exact and _holds(dtype, scan, hdf)
     apix = _apix(headers[0])
     with AtomicOutput(target) as out:
         if fmt == "mrc":
@@ -142,9 +146,19 @@ def _export(
         fmt,
         shape,
         str(dtype),
-        scan.exact,
+        exact,
         apix,
     )
+
+
+def _holds(dtype: np.dtype, scan: _Scan, hdf: EmanHdfFile | None) -> bool:
+    """Whether writing the decoded values as ``dtype`` keeps them exactly, in the
+    original's precision: float32 cannot hold integers past 2**24 or float64 values,
+    and float32 storage of integers past 2**24 may already have rounded them."""
+    if dtype.kind == "f":
+        return scan.inexact == 0 or dtype.itemsize == 8
+    big = max(abs(scan.minimum), abs(scan.maximum)) > _F32_EXACT
+    return not (hdf is not None and not scan.mapped and big)
 
 
 def _commit(out: AtomicOutput, target: Path, force: bool) -> None:
@@ -199,6 +213,7 @@ def _scan(
         scan.maximum = max(scan.maximum, float(section.max()))
         if scan.integer and section.dtype.kind == "f":
             scan.integer = bool(np.all(np.trunc(section) == section))
+        scan.inexact += inexact_in_float32(section)
         scan.total += float(np.sum(section, dtype=np.float64))
         scan.sumsq += float(np.sum(np.square(section, dtype=np.float64)))
         scan.count += section.size

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .quantize import RenderRange, Stats, choose_range, integer_step
+from .quantize import RenderRange, Stats, choose_range, integer_step, range_limits
 
 NOISE_TILE = 32
 DEFAULT_NOISE_FRACTION = 0.1
@@ -166,7 +166,20 @@ def quantisation_rms(rng: RenderRange | None, integer: bool = False) -> float:
         s = integer_step(rng)
         if s is not None:
             return math.sqrt(integer_rounding_ms(s))
+        rmin, rmax = float(np.float32(rng.rmin)), float(np.float32(rng.rmax))
+        if rmin.is_integer() and rmax - rmin == 1.0:  # EMAN2's unit range: both ends exact
+            return 0.0
     return step / math.sqrt(12.0)
+
+
+def mean_change_limit(noise: NoiseEstimate, mean: float, fraction: float) -> float | None:
+    """The largest change of an image's mean (from clamping) the noise rule allows:
+    ``fraction**2`` of the mean for counting data (1 % of the dose at F = 0.1), of the
+    image's noise otherwise. None when the image has no measurable noise."""
+    if noise.method == "none" or noise.sigma <= 0:
+        return None
+    scale = abs(mean) if noise.method == "poisson" else noise.sigma
+    return fraction * fraction * scale
 
 
 def noise_ratio(quant_rms: float, sigma: float) -> float:
@@ -465,7 +478,7 @@ def error_stats(
     if rng is None:
         out.inside, out.inside_max, out.inside_sumsq = n, out.max_abs, out.sumsq
         return out
-    lo, hi = float(np.float32(rng.rmin)), float(np.float32(rng.rmax))
+    lo, hi = range_limits(rng)
     inside = (x >= lo) & (x <= hi)
     out.truncated = n - int(np.count_nonzero(inside))
     din = d[inside]

@@ -42,6 +42,9 @@ class ImageInfo:
     stored_bytes: int | None
     ratio: float | None  # float32 size over stored bytes
     apix: list[float] | None  # x, y, z in Angstrom as stored (1.0: EMAN2's "unknown")
+    # the type e2compress decodes to: "float32" (as EMAN2), or "float64" where float32
+    # cannot hold the stored values (EMAN2 then reads them rounded to float32)
+    decoded: str | None = None
 
 
 @dataclass
@@ -109,6 +112,7 @@ def _hdf_images(path: PathLike) -> list[ImageInfo]:
                     rmin=float(np.float32(rng.rmin)) if rng is not None else None,
                     rmax=float(np.float32(rng.rmax)) if rng is not None else None,
                     step=rng.step if rng is not None else None,
+                    decoded=str(f.value_dtype(i)),
                     truncated=int(truncated) if truncated is not None else None,
                     filters=filters,
                     chunks=[int(c) for c in ds.chunks] if ds.chunks else None,
@@ -175,5 +179,7 @@ def format_info(info: FileInfo) -> str:
         if im.ratio is not None:
             text += f" ({im.ratio:.2f}x)"
         text += f"  apix {apix}"
+        if im.decoded == "float64":
+            text += "  values float32 cannot hold: e2compress decodes float64, EMAN2 rounds them"
         lines.append(text)
     return "\n".join(lines)

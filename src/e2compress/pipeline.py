@@ -37,11 +37,13 @@ from .errors import E2CompressError, InputError, OutputError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, make_pool, pool_width, settle
 from .fidelity import (
     DEFAULT_NOISE_FRACTION,
+    MAX_BITS,
     NOISE_TILE,
     NoiseEstimate,
     bits_needed,
     choose_bits,
     estimate_noise,
+    mean_change_limit,
     noise_ratio,
     quantisation_rms,
     residual_tiles,
@@ -55,16 +57,21 @@ from .quantize import (
     Stats,
     block_stats,
     choose_range,
+    clamp_shift,
     header_moments,
     histogram,
+    integer_limits,
+    integer_step,
+    is_wide,
     merge_stats,
     nooutliers_limits,
     quantize,
     sigrange_limits,
     storage_dtype,
     valid_limits,
+    window_stats,
 )
-from .report import CompressReport, ImageReport, ImageReports, quality_warning
+from .report import CompressReport, ImageReport, ImageReports, mean_warning, quality_warning
 from .sources import ImageSource, is_hdf5, open_source, strip_compression
 from .verify import check_complete, stored_whole, verify_output
 
@@ -93,6 +100,7 @@ NOISE_SAMPLE_PIXELS = 1 << 19
 NOISE_SAMPLED_IMAGES = 256  # images of a stack whose noise is measured (fixed bits)
 BATCH_BYTES = 1 << 20  # float32 bytes of small images of a stack encoded per task
 STACK_CHUNK_BYTES = 1 << 20  # stored bytes up to which a stack's image is one chunk
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
@@ -131,6 +139,7 @@ class _Encoded:
     chunks: list[tuple[tuple[int, ...], bytes | bytearray]]
     stats: Stats
     engine: codecs.Engine | None = None
+    shift: float = 0.0  # sum of (decoded - source) over the clamped pixels
 
 
 @dataclass
@@ -151,6 +160,8 @@ class _Quality:
     # fewest bits that pass the noise rule (0: only lossless); found only for images that
     # fail it at their bits (None otherwise: searching costs more than a small image)
     passing_bits: int | None
+    # the largest change of the image's mean the noise rule allows (None: no noise)
+    mean_limit: float | None = None
 
     def ratio(self) -> float | None:
         """Quantisation noise over image noise; None when the image has no measurable noise."""
@@ -201,13 +212,18 @@ class _Encoder:
         """Statistics of a block, and noise tiles of its first ``rows`` rows (one read)."""
         self.cancel.check()
         pixels = self.read(index, block, data)
-        st = block_stats(pixels, None, with_moments=self.opts.sigrange is not None)
+        st = block_stats(pixels, None, with_moments=self.moments)
         if st.nonfinite:  # refused by choose(); nothing to measure
             return st, _NoiseSample(np.empty(0), 0.0, 0)
         band = pixels[:rows]
         return st, _NoiseSample(
             residual_tiles(band), float(np.sum(band, dtype=np.float64)), band.size
         )
+
+    @property
+    def moments(self) -> bool:
+        """Whether the range pass sums the pixels (``sigrange`` needs mean and sigma)."""
+        return self.opts.sigrange is not None
 
     def rows(self, shape3: tuple[int, int, int]) -> int:
         """Rows per chunk of an image of this file."""
@@ -224,7 +240,7 @@ class _Encoder:
     ) -> Stats:
         self.cancel.check()
         pixels = self.read(index, block, data)
-        return block_stats(pixels, limits, with_moments=self.opts.sigrange is not None)
+        return block_stats(pixels, limits, with_moments=self.moments)
 
     def hist(
         self, index: int, block: Block, h0: float, h1: float, data: _Pixels = None
@@ -249,6 +265,8 @@ class _Encoder:
             return _sum_hist(run(lambda b: self.hist(index, b, h0, h1, data), blocks))
 
         if opts.bits == 0:
+            if is_wide(self.source.dtype(index)):
+                self._lossless(index, stats_of(None))
             return None, Stats(), None
         measure = index % self.noise_stride == 0
         surveyed: list[tuple[Stats, _NoiseSample]] = []
@@ -272,6 +290,9 @@ class _Encoder:
         elif opts.nooutliers and st.maximum > st.minimum:
             hist = hist_of(st.minimum, st.maximum)
             limits = nooutliers_limits(hist, st.minimum, st.maximum, st.count)
+            limits = self._refine(index, st, limits, blocks, run, data)
+        if limits is not None and st.all_int:  # keep integers integers (an integer mapping)
+            limits = integer_limits(limits)
         if limits is not None and not valid_limits(*limits):
             limits = None
         clamped = st
@@ -283,27 +304,70 @@ class _Encoder:
             return self._range(index, clamped, st, opts.bits, limits), st, None
         samples = [p[1] for p in surveyed]
         count = sum(p.count for p in samples)
+        noise_mean = sum(p.total for p in samples) / count if count else 0.0
         noise = estimate_noise(
             [p.tiles for p in samples],
-            mean=sum(p.total for p in samples) / count if count else None,
+            mean=noise_mean if count else None,
             minimum=st.minimum,
             integer=st.all_int,
         )
         sigma = noise.sigma if noise.method != "none" else 0.0
+        mean_limit = mean_change_limit(noise, noise_mean, opts.noise_fraction)
         bits = opts.bits
         if opts.auto:
             bits = choose_bits(clamped, sigma, opts.noise_fraction, limits).bits
+            if bits == 0 and st.inexact:  # float32 cannot hold them: the finest grid
+                bits = MAX_BITS
             if bits == 0:  # no bits up to 16 keep the noise rule: store float32 exactly
                 return None, Stats(), _Quality(noise, 0.0, 0)
         rng = self._range(index, clamped, st, bits, limits)
         quant = quantisation_rms(rng, clamped.all_int)
-        quality = _Quality(noise, quant, None)
+        quality = _Quality(noise, quant, None, mean_limit)
         ratio = quality.ratio()
         if opts.auto:
             quality.passing_bits = bits
         elif ratio is not None and ratio > opts.noise_fraction:  # only failures need advice
             quality.passing_bits = bits_needed(clamped, sigma, opts.noise_fraction, limits)
         return rng, st, quality
+
+    def _refine(
+        self,
+        index: int,
+        st: Stats,
+        limits: tuple[float, float],
+        blocks: list[Block],
+        run: BlockMap,
+        data: _Pixels,
+    ) -> tuple[float, float]:
+        """``nooutliers`` beside values near +-3.4e38: EMAN2's 1024 bins over that span
+        cannot see the data between (its limits land beyond 1e28 and are ignored), so
+        look again at the pixels inside the limits, with the room left at each tail."""
+        maxout = max(st.count // 20000, 8)
+        clipped = [0, 0]
+        for _ in range(8):
+            if valid_limits(*limits) or not limits[0] < limits[1]:
+                break
+            lo, hi = limits
+
+            def window(b: Block, lo: float = lo, hi: float = hi) -> tuple[int, int, Stats]:
+                return window_stats(self.read(index, b, data), lo, hi)
+
+            parts = run(window, blocks)
+            clipped = [sum(p[0] for p in parts), sum(p[1] for p in parts)]
+            inside = merge_stats(p[2] for p in parts)
+            if not inside.maximum > inside.minimum:
+                break
+            h0, h1 = inside.minimum, inside.maximum
+
+            def hist(
+                b: Block, lo: float = lo, hi: float = hi, h0: float = h0, h1: float = h1
+            ) -> np.ndarray:
+                x = self.read(index, b, data)
+                return histogram(x[(x >= lo) & (x <= hi)], h0, h1)
+
+            room = (max(0, maxout - clipped[0]), max(0, maxout - clipped[1]))
+            limits = nooutliers_limits(_sum_hist(run(hist, blocks)), h0, h1, st.count, room)
+        return limits
 
     def _range(
         self,
@@ -316,13 +380,42 @@ class _Encoder:
         """The stored range for ``bits``; refused when no float32 reader could decode it."""
         rng = choose_range(clamped, bits, limits)
         if not rng.is_finite:
+            lo, hi = (clamped.minimum, clamped.maximum) if limits else (st.minimum, st.maximum)
+            fix = "give a value range that holds the real data"
+            if self.opts.nooutliers and limits is None:
+                fix = "nooutliers cannot narrow them (EMAN2's limits must lie within 1e28); " + fix
+            elif limits is None:
+                fix = "clamp a few such pixels with nooutliers, or " + fix
+            if abs(lo) <= F32_MAX and abs(hi) <= F32_MAX:
+                fix += ", or use bits 0 to keep them exactly"
             raise InputError(
-                f"image {index}: values span {st.minimum:.3g}..{st.maximum:.3g}, too wide for "
-                "a quantised range (corrupt or uninitialised data?); give a range option "
-                "or use bits 0 to keep them exactly",
+                f"image {index}: values span {lo:.3g}..{hi:.3g}, too wide for a quantised "
+                f"range in float32 (corrupt or uninitialised data?); {fix}",
                 self.source.path,
             )
         return rng
+
+    def _lossless(self, index: int, st: Stats) -> None:
+        """Refuse bits 0 for values float32 (EMAN2's only lossless storage) cannot hold,
+        saying which bits would store them."""
+        if not st.inexact:
+            return
+        dtype = self.source.dtype(index)
+        head = (
+            f"image {index}: {st.inexact} of {st.count} {dtype} values are not exact in "
+            "float32, EMAN2's only lossless storage (bits 0)"
+        )
+        rng = choose_range(st, MAX_BITS)
+        if not rng.is_finite:
+            fix = "no EMAN2 storage holds them; scale the data into float32's range"
+        elif integer_step(rng) == 1:
+            fix = (
+                f"bits {MAX_BITS} stores them exactly (an integer mapping; EMAN2 itself "
+                "decodes it to float32, rounded)"
+            )
+        else:
+            fix = f"bits {MAX_BITS} stores them within half a step of {rng.step:.3g}"
+        raise InputError(f"{head}; {fix}", self.source.path)
 
     def encode(
         self,
@@ -348,6 +441,7 @@ class _Encoder:
         codes = np.zeros((rows, nx), dtype=dtype)  # one chunk, zero-padded at the edge
         work = np.empty(rows * nx, dtype=F32)
         truncated = 0
+        shift = 0.0
         stats = Stats()
         moments = not self.stacked
         chunks: list[tuple[tuple[int, ...], bytes | bytearray]] = []
@@ -361,7 +455,10 @@ class _Encoder:
             else:
                 if moments:
                     stats = stats.merge(header_moments(piece, work))
-                truncated += quantize(piece, rng, out=codes[:n], work=work)[1]
+                clamped = quantize(piece, rng, out=codes[:n], work=work)[1]
+                if clamped:
+                    truncated += clamped
+                    shift += clamp_shift(piece, rng)
             if n < rows:
                 codes[n:] = 0
             y = block.y0 + r
@@ -377,7 +474,7 @@ class _Encoder:
                     chunks.append((offset, sample))
                     continue
             chunks.append((offset, engine.compress(self._bytes(codes, shuffle))))
-        return _Encoded(truncated, chunks, stats, engine)
+        return _Encoded(truncated, chunks, stats, engine, shift)
 
     def _bytes(self, codes: np.ndarray, shuffle: bool) -> memoryview:
         buf = codecs.shuffle(codes) if shuffle else codes.reshape(-1)
@@ -582,10 +679,12 @@ def _write_job(
         shuffle=opts.shuffle_for(job.bits),
     )
     truncated = 0
+    shift = 0.0
     written = Stats()
     for enc in encoded:
         cancel.check()
         truncated += enc.truncated
+        shift += enc.shift
         written = written.merge(enc.stats)
         for offset, data in enc.chunks:
             dsid.write_direct_chunk(offset, data)
@@ -615,6 +714,9 @@ def _write_job(
         report.quant_noise = q.quant_rms
         report.noise_ratio = q.ratio()
         report.passing_bits = q.passing_bits if report.noise is not None else None
+        if rng is not None:
+            report.mean_change = shift / max(1, math.prod(shape))
+            report.mean_limit = q.mean_limit
     return report
 
 
@@ -995,6 +1097,9 @@ def compress_file(
         notes=notes,
     )
     warning = quality_warning(str(source_path), images, opts.noise_fraction)
+    if warning is not None:
+        report.warnings.append(warning)
+    warning = mean_warning(str(source_path), images)
     if warning is not None:
         report.warnings.append(warning)
     return report

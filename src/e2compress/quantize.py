@@ -7,10 +7,15 @@ All range arithmetic follows EMAN2's ``EMUtil::getRenderMinMax`` in IEEE float32
   data's own min/max (EMAN2 stores 0, 0 and reads back zeros);
 * every pixel is clamped before the statistics are taken (EMAN2 seeds min/max with
   the first, unclamped pixel).
+
+Sources wider than float32 (32/64-bit integers beyond 2**24, float64) are handled in
+their own precision: statistics and quantisation in float64 or exact integers, the
+range chosen in float64 and rounded outward to float32 limits (see docs/precision.md).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +28,48 @@ F32 = np.float32
 HIST_BINS = 1024
 _F32_MAX = float(np.finfo(np.float32).max)
 _HALF_DOWN = np.nextafter(F32(0.5), F32(0.0))  # 0.49999997: trunc(x + this) == roundf(x)
+_F32_INT = 1 << 24  # every integer up to this magnitude is exact in float32
+
+
+def is_wide(dtype: npt.DTypeLike) -> bool:
+    """True for element types whose values float32 may not hold exactly (32/64-bit
+    integers, float64): they are handled in float64 or exact integer arithmetic."""
+    dt = np.dtype(dtype)
+    return (dt.kind in "iu" and dt.itemsize >= 4) or (dt.kind == "f" and dt.itemsize > 4)
+
+
+def inexact_in_float32(a: npt.ArrayLike) -> int:
+    """How many (finite) values of ``a`` float32 cannot hold exactly."""
+    flat = np.asarray(a).reshape(-1)
+    if not flat.size or not is_wide(flat.dtype):
+        return 0
+    if flat.dtype.kind in "iu":
+        if int(flat.min()) >= -_F32_INT and int(flat.max()) <= _F32_INT:
+            return 0
+        return int(np.count_nonzero(integer_inexact(flat, 24)))
+    wide = flat.astype(np.float64, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = wide.astype(F32).astype(np.float64)
+        return int(np.count_nonzero((narrow != wide) & np.isfinite(wide)))
+
+
+def integer_inexact(a: npt.ArrayLike, mantissa: int) -> np.ndarray:
+    """Per integer: True when a float with ``mantissa`` significant bits (24: float32,
+    53: float64) cannot hold it exactly (exact integer arithmetic, any 64-bit value)."""
+    x = np.asarray(a)
+    if x.dtype.kind == "u":
+        mag = x.astype(np.uint64)
+    else:
+        wide = x.astype(np.int64)
+        neg = wide < 0
+        mag = np.where(neg, ~wide, wide).astype(np.uint64) + neg.astype(np.uint64)
+    # bit length (float64 may round it up by one just below a power of two; such values
+    # are not exact in the narrower float either, so the test only gets stricter there)
+    length = np.frexp(mag.astype(np.float64))[1]
+    shift = np.maximum(length - mantissa, 0).astype(np.uint64)
+    low = (np.left_shift(np.uint64(1), shift) - np.uint64(1)).astype(np.uint64)
+    out: np.ndarray = (mag & low) != 0
+    return out
 
 
 def code_max(bits: int) -> int:
@@ -52,6 +99,7 @@ class Stats:
     sumsq: float = 0.0
     all_int: bool = True
     nonfinite: int = 0
+    inexact: int = 0  # values float32 cannot hold exactly (wide sources only)
 
     def merge(self, other: Stats) -> Stats:
         """Combine two partial results."""
@@ -63,6 +111,7 @@ class Stats:
             sumsq=self.sumsq + other.sumsq,
             all_int=self.all_int and other.all_int,
             nonfinite=self.nonfinite + other.nonfinite,
+            inexact=self.inexact + other.inexact,
         )
 
     @property
@@ -151,20 +200,27 @@ def block_stats(
     """Statistics of one block; with ``limits``, of the block clamped to them.
 
     Non-finite pixels are counted in ``nonfinite`` and left out of everything else.
-    ``with_moments=False`` skips the sums (min, max and the integer test only).
+    ``with_moments=False`` skips the sums (min, max and the integer test only). Values
+    are taken in their own precision: float32 for types it holds (clamped at float32
+    limits, as EMAN2 does), float64 or exact integers for wider ones (``inexact``
+    counts the values float32 cannot hold).
     """
     arr = np.asarray(a)
     if arr.size == 0:
         return Stats()
     flat = arr.reshape(-1)
+    wide = is_wide(flat.dtype)
+    ft: type[np.floating[Any]] = np.float64 if wide else F32
+    inexact = 0
     if _is_integer_dtype(arr):
         if limits is None:
             base = moments(flat) if with_moments else Stats(count=flat.size)
             base.minimum, base.maximum = float(flat.min()), float(flat.max())
+            base.inexact = inexact_in_float32(flat) if wide else 0
             return base
-        flat = flat.astype(F32)
-    elif flat.dtype != F32:
-        flat = flat.astype(F32)
+        flat = flat.astype(ft)
+    elif flat.dtype != ft:
+        flat = flat.astype(ft)
     nonfinite = 0
     lo, hi = flat.min(), flat.max()
     if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -175,12 +231,16 @@ def block_stats(
             return Stats(nonfinite=nonfinite)
         lo, hi = flat.min(), flat.max()
     if limits is not None:
-        flat = np.clip(flat, F32(limits[0]), F32(limits[1]))
+        with np.errstate(over="ignore"):
+            flat = np.clip(flat, ft(limits[0]), ft(limits[1]))
         lo, hi = flat.min(), flat.max()
+    if wide:
+        inexact = inexact_in_float32(flat)
     out = moments(flat) if with_moments else Stats(count=flat.size)
     out.minimum, out.maximum = float(lo), float(hi)
     out.all_int = _all_integer(flat)
     out.nonfinite = nonfinite
+    out.inexact = inexact
     return out
 
 
@@ -207,7 +267,10 @@ class RenderRange:
 
     @property
     def step(self) -> float:
-        """Data units per code."""
+        """Data units per code (an integer mapping's exact integer step)."""
+        whole = integer_step(self)
+        if whole is not None:
+            return float(whole)
         return (float(F32(self.rmax)) - float(F32(self.rmin))) / code_max(self.bits)
 
     @property
@@ -218,36 +281,76 @@ class RenderRange:
         return abs(rmin) <= _F32_MAX and abs(rmax) <= _F32_MAX and abs(rmax - rmin) < _F32_MAX
 
 
-def half_step_bound(rng: RenderRange) -> float:
-    """The tolerance rule: a decoded value inside [rmin, rmax] lies within this of the
-    original: half a step, plus the float32 rounding of the quantiser and of any reader's
-    decode (EMAN2's and plain h5py's float32 formula included): 1e-4 of the half step and
-    8 float32 units in the last place of the range's larger end.
+def range_limits(rng: RenderRange) -> tuple[float, float]:
+    """The values codes 0 and 2**bits-1 stand for: the stored float32 limits, except
+    that an integer mapping ends exactly at rmin + step * (2**bits - 1) (beyond 2**24
+    float32 may round the stored rmax by a unit or two)."""
+    rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
+    step = integer_step(rng)
+    if step is not None:
+        return rmin, rmin + step * code_max(rng.bits)
+    return rmin, rmax
 
-    This is the one rule the verifier and the tests use.
+
+def _spacing(dtype: npt.DTypeLike, x: npt.ArrayLike) -> np.ndarray:
+    """Units in the last place of ``x`` in the float type ``dtype`` (0 for integer types)."""
+    dt = np.dtype(dtype)
+    v = np.abs(np.asarray(x, dtype=np.float64))
+    if dt.kind != "f":
+        return np.zeros_like(v)
+    with np.errstate(over="ignore"):
+        out: np.ndarray = np.spacing(v.astype(dt)).astype(np.float64)
+    return out
+
+
+def half_step_bound(rng: RenderRange, dtype: npt.DTypeLike = F32) -> float:
+    """The tolerance rule for a value decoded to the float type ``dtype``: half a step,
+    plus 1e-4 of it, plus the larger of the rounding of any reader's decode to ``dtype``
+    (EMAN2's and plain h5py's float32 formula included: 8 units in the last place of the
+    range's larger end in ``dtype``) and the quantiser's float32 arithmetic (4 units of
+    2**-24 of the span; the first is always larger for float32).
+
+    This is the one rule the verifier and the tests use (see :func:`within_half_step`).
     """
     rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
     scale = max(abs(rmin), abs(rmax), 1e-30)
-    return rng.step / 2 * (1 + 1e-4) + 8 * float(np.spacing(F32(scale)))
+    arithmetic = 4 * 2.0**-24 * (rmax - rmin)
+    return rng.step / 2 * (1 + 1e-4) + max(arithmetic, 8 * float(_spacing(dtype, scale)))
 
 
 def within_half_step(
     original: npt.ArrayLike, decoded: npt.ArrayLike, rng: RenderRange
 ) -> np.ndarray:
-    """Per pixel: ``decoded`` is within :func:`half_step_bound` of ``original``.
+    """Per pixel: ``decoded`` is within :func:`half_step_bound` of ``original``, both
+    compared in float64 (never a float32 view of the source).
 
-    Pixels outside [rmin, rmax] must instead decode to the end values (clamped). A NaN
-    or infinite decoded value never passes where the original was finite.
+    Integer values on an integer mapping of step s must decode to within s/2 exactly
+    (s = 1: the value itself) wherever the decoded type holds the integers; beyond that
+    (float32 past 2**24, i.e. EMAN2's own decode) within s/2 plus one unit in the last
+    place. Pixels outside the mapping's ends (:func:`range_limits`) must decode to the
+    end values (clamped). A NaN or infinite decoded value never passes where the
+    original was finite.
     """
-    orig = np.asarray(original).astype(np.float64)
-    got = np.asarray(decoded).astype(np.float64)
-    rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
-    table = decode_table(rng)
-    below, above = orig < rmin, orig > rmax
+    orig_arr = np.asarray(original)
+    got_arr = np.asarray(decoded)
+    dtype = got_arr.dtype if got_arr.dtype.kind == "f" else np.dtype(np.float64)
+    orig = orig_arr.astype(np.float64)
+    got = got_arr.astype(np.float64)
+    lo, hi = range_limits(rng)
+    ends = decode_values(np.array([0, code_max(rng.bits)]), rng).astype(np.float64)
+    below, above = orig < lo, orig > hi
     with np.errstate(invalid="ignore", over="ignore"):
-        ok = np.abs(got - orig) <= half_step_bound(rng)
-    ok[below] = got[below] == float(table[0])
-    ok[above] = got[above] == float(table[-1])
+        ok = np.abs(got - orig) <= half_step_bound(rng, dtype)
+        step = integer_step(rng)
+        if step is not None:
+            whole = orig == np.trunc(orig)
+            ulp = _spacing(dtype, got)
+            slack = np.where(ulp > 1, ulp, 0.0)
+            exact = np.abs(got - orig) <= step / 2 + slack
+            ok = np.where(whole, exact, ok)
+        end_slack = 8 * float(_spacing(dtype, max(abs(lo), abs(hi))))
+        ok[below] = np.abs(got[below] - ends[0]) <= end_slack
+        ok[above] = np.abs(got[above] - ends[1]) <= end_slack
     return ok
 
 
@@ -263,6 +366,8 @@ def choose_range(stats: Stats, bits: int, limits: tuple[float, float] | None = N
     lo, hi = F32(stats.minimum), F32(stats.maximum)
     if stats.count == 0:
         return RenderRange(bits, 0.0, 0.0, "empty")
+    if stats.inexact:
+        return _wide_range(stats, bits, limits)
     with np.errstate(over="ignore", invalid="ignore"):
         rng = _choose_range(stats, bits, limits, lo, hi, levels, rmaxcode)
         if not rng.is_finite:  # float32 overflowed (values near +-3.4e38): redo in float64
@@ -309,6 +414,68 @@ def _choose_range(
     return RenderRange(bits, float(lo), float(hi), "data_range")
 
 
+def _floor32(x: float) -> float:
+    """The largest float32 value <= ``x`` (-inf below float32's range)."""
+    with np.errstate(over="ignore"):
+        f = F32(x)
+    if float(f) > x:
+        f = np.nextafter(f, F32(-np.inf))
+    return float(f)
+
+
+def _ceil32(x: float) -> float:
+    """The smallest float32 value >= ``x`` (inf above float32's range)."""
+    with np.errstate(over="ignore"):
+        f = F32(x)
+    if float(f) < x:
+        f = np.nextafter(f, F32(np.inf))
+    return float(f)
+
+
+def _wide_range(stats: Stats, bits: int, limits: tuple[float, float] | None) -> RenderRange:
+    """The range for data float32 cannot hold (32/64-bit integers past 2**24, float64).
+
+    Integers: an integer mapping from the largest float32 integer <= min, with the
+    smallest power-of-two step that covers max and that the stored float32 rmax still
+    identifies (:func:`integer_step`), so every reader decodes integers. Other data:
+    EMAN2's rules in float64, the limits rounded outward to float32.
+    """
+    levels = 1 << bits
+    cmax = levels - 1
+    if stats.all_int and math.isfinite(stats.minimum) and math.isfinite(stats.maximum):
+        lo, hi = int(stats.minimum), int(stats.maximum)
+        if max(abs(lo), abs(hi)) > 1 << 53:  # float64 statistics round 64-bit integers
+            lo -= int(np.spacing(float(abs(lo))))
+            hi += int(np.spacing(float(abs(hi))))
+        rmin = _floor32(lo)
+        if not math.isfinite(rmin):
+            return RenderRange(bits, rmin, rmin, "integer_step")
+        base = int(rmin)
+        step = 1 << max(0, (hi - base).bit_length() - bits)
+        while step < 1 << 140:
+            top = base + step * cmax
+            with np.errstate(over="ignore"):
+                rmax = float(F32(top))
+            rule = "integer_lossless" if step == 1 else "integer_step"
+            found = RenderRange(bits, rmin, rmax, rule)
+            if top >= hi and found.is_finite and integer_step(found) == step:
+                return found
+            step *= 2
+        return RenderRange(bits, rmin, math.inf, "integer_step")
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = _choose_range(
+            stats,
+            bits,
+            limits,
+            np.float64(stats.minimum),
+            np.float64(stats.maximum),
+            levels,
+            np.float64(cmax),
+        )
+    rmin, rmax = _floor32(wide.rmin), _ceil32(wide.rmax)
+    return RenderRange(bits, rmin, rmax, wide.rule)
+
+
 def sigrange_limits(stats: Stats, below: float, above: float) -> tuple[float, float]:
     """``--sigrange a,b``: mean - a*sigma, mean + b*sigma with EMAN2's float32 header stats."""
     mean = float(F32(stats.mean))
@@ -317,28 +484,66 @@ def sigrange_limits(stats: Stats, below: float, above: float) -> tuple[float, fl
 
 
 def histogram(a: npt.ArrayLike, h0: float, h1: float, bins: int = HIST_BINS) -> np.ndarray:
-    """EMAN2 ``calc_hist``: bin = round((v - h0) * (bins-1)/(h1 - h0)), ends clamped."""
-    v = np.asarray(a).astype(F32, copy=False).ravel()
+    """EMAN2 ``calc_hist``: bin = round((v - h0) * (bins-1)/(h1 - h0)), ends clamped.
+
+    In float32 as EMAN2, but in float64 for sources float32 cannot hold and for spans
+    float32 cannot (values near +-3.4e38, where EMAN2's arithmetic overflows).
+    """
+    v = np.asarray(a).ravel()
+    with np.errstate(over="ignore"):
+        span32 = F32(h1) - F32(h0)
+    ft: type[np.floating[Any]] = F32
+    if is_wide(v.dtype) or not np.isfinite(span32):
+        ft = np.float64
+    v = v.astype(ft, copy=False)
     v = v[np.isfinite(v)]
-    scale = F32(bins - 1) / (F32(h1) - F32(h0))
-    x = (v - F32(h0)) * scale
-    idx = np.floor(np.abs(x) + _HALF_DOWN) * np.sign(x)
+    scale = ft(bins - 1) / (ft(h1) - ft(h0))
+    x = (v - ft(h0)) * scale
+    half = _HALF_DOWN if ft is F32 else np.nextafter(0.5, 0.0)
+    idx = np.floor(np.abs(x) + half) * np.sign(x)
     idx = np.clip(idx, 0, bins - 1).astype(np.intp)
     return np.bincount(idx, minlength=bins).astype(np.int64)
 
 
-def nooutliers_limits(hist: np.ndarray, h0: float, h1: float, count: int) -> tuple[float, float]:
-    """``--nooutliers``: clip at most max(n // 20000, 8) pixels from each tail."""
+def nooutliers_limits(
+    hist: np.ndarray, h0: float, h1: float, count: int, room: tuple[int, int] | None = None
+) -> tuple[float, float]:
+    """``--nooutliers``: clip at most max(n // 20000, 8) pixels from each tail (``room``:
+    that many at the low and high tail instead)."""
     bins = len(hist)
     maxout = max(count // 20000, 8)
+    low_room, high_room = room if room is not None else (maxout, maxout)
     hs = (float(h1) - float(h0)) / (bins - 1)
     low_cum = np.cumsum(hist[: bins // 2])
-    over = np.nonzero(low_cum > maxout)[0]
+    over = np.nonzero(low_cum > low_room)[0]
     sl = int(over[0]) if over.size else bins // 2 - 1
     high_cum = np.cumsum(hist[::-1][: bins // 2 - 1])
-    over = np.nonzero(high_cum > maxout)[0]
+    over = np.nonzero(high_cum > high_room)[0]
     sh = bins - 1 - int(over[0]) if over.size else bins // 2 + 1
     return float(h0) + sl * hs, float(h0) + sh * hs
+
+
+def window_stats(a: npt.ArrayLike, lo: float, hi: float) -> tuple[int, int, Stats]:
+    """Pixels below ``lo``, above ``hi``, and min/max of those between (finite only)."""
+    x = np.asarray(a).reshape(-1).astype(np.float64)
+    x = x[np.isfinite(x)]
+    below, above = int(np.count_nonzero(x < lo)), int(np.count_nonzero(x > hi))
+    inside = x[(x >= lo) & (x <= hi)]
+    st = Stats(count=inside.size)
+    if inside.size:
+        st.minimum, st.maximum = float(inside.min()), float(inside.max())
+    return below, above, st
+
+
+def integer_limits(limits: tuple[float, float]) -> tuple[float, float]:
+    """Range-option limits for all-integer data, widened outward to integers, so the
+    clamped data stay integers and keep an integer mapping (EMAN2 keeps the limits as
+    they are, so its clamped ends are fractions and single counts decode as 0.97)."""
+    lo, hi = limits
+    return (
+        float(math.floor(lo)) if math.isfinite(lo) else lo,
+        float(math.ceil(hi)) if math.isfinite(hi) else hi,
+    )
 
 
 def quantize(
@@ -349,6 +554,9 @@ def quantize(
 ) -> tuple[np.ndarray, int]:
     """Codes for ``a`` (EMAN2 ``Renderer``, float32) and the count of clamped pixels.
 
+    Sources float32 cannot hold (:func:`is_wide`) are quantised in float64, or exactly
+    in integers on an integer mapping.
+
     ``out`` receives the codes and ``work`` (float32, at least ``a.size``) is scratch
     space; both are allocated when not given. Non-finite pixels must have been
     rejected by the caller.
@@ -357,6 +565,8 @@ def quantize(
     dtype = storage_dtype(rng.bits)
     if out is None:
         out = np.empty(arr.shape, dtype=dtype)
+    if is_wide(arr.dtype):  # 32/64-bit integers, float64: in their own precision
+        return _quantize_wide(arr, rng, out), _count_outside(arr, rng)
     rmin, rmax = F32(rng.rmin), F32(rng.rmax)
     truncated = 0
     lo = hi = rmin
@@ -398,6 +608,94 @@ def quantize(
     return out, truncated
 
 
+def _count_outside(arr: np.ndarray, rng: RenderRange) -> int:
+    """Pixels beyond the mapping's ends (:func:`range_limits`), compared exactly."""
+    if not arr.size:
+        return 0
+    lo, hi = range_limits(rng)
+    if arr.dtype.kind in "iu":
+        low, high = int(arr.min()), int(arr.max())
+        n = 0
+        if low < lo:
+            n += int(np.count_nonzero(arr.astype(np.float64) < lo))
+        if high > hi:
+            n += int(np.count_nonzero(arr.astype(np.float64) > hi))
+        return n
+    x = arr.astype(np.float64, copy=False)
+    return int(np.count_nonzero(x < lo) + np.count_nonzero(x > hi))
+
+
+def clamp_shift(a: npt.ArrayLike, rng: RenderRange) -> float:
+    """Sum over the pixels beyond the mapping's ends of (end value - pixel): how far
+    clamping moves the image's sum (float64, against the source's own values)."""
+    x = np.asarray(a).reshape(-1)
+    if not x.size:
+        return 0.0
+    lo, hi = range_limits(rng)
+    ends = _values64(np.array([0, code_max(rng.bits)]), rng)
+    if x.dtype == F32 and float(F32(lo)) == lo and float(F32(hi)) == hi:
+        low_end, high_end = F32(lo), F32(hi)  # exact: compare without a float64 copy
+    else:
+        x = x.astype(np.float64, copy=False)
+        low_end, high_end = np.float64(lo), np.float64(hi)
+    total = 0.0
+    if x.min() < low_end:
+        total += float(np.sum(ends[0] - x[x < low_end].astype(np.float64)))
+    if x.max() > high_end:
+        total += float(np.sum(ends[1] - x[x > high_end].astype(np.float64)))
+    return total
+
+
+def _quantize_wide(arr: np.ndarray, rng: RenderRange, out: np.ndarray) -> np.ndarray:
+    """Codes for a source float32 cannot hold: exact integer arithmetic on an integer
+    mapping of integer data, float64 otherwise (round half away from zero)."""
+    lo, hi = range_limits(rng)
+    if hi == lo:
+        out[...] = 0
+        return out
+    step = integer_step(rng)
+    fits = arr.dtype != np.uint64 or int(arr.max()) < 2**63
+    if step is not None and arr.dtype.kind in "iu" and lo > -(2**63) and hi < 2**63 and fits:
+        wide = arr.astype(np.int64)
+        np.clip(wide, int(lo), int(hi), out=wide)
+        wide -= int(lo)
+        if step > 1:
+            wide += step // 2
+            wide //= step
+        out[...] = wide
+        return out
+    x = arr.astype(np.float64)
+    np.clip(x, lo, hi, out=x)
+    x -= lo
+    x *= code_max(rng.bits) / (hi - lo)
+    np.floor(x + 0.5, out=x)
+    np.clip(x, 0, code_max(rng.bits), out=x)
+    out[...] = x
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def decode_dtype(rng: RenderRange) -> np.dtype:
+    """float32, or float64 when float32 cannot hold the mapping's values: an integer
+    mapping past 2**24, or values float32 would move by more than 1/16 of a step (a
+    range far from zero for its span). EMAN2 always decodes to float32."""
+    lo, hi = range_limits(rng)
+    if hi == lo:
+        return np.dtype(F32)
+    table = _table64(rng)
+    with np.errstate(over="ignore"):
+        narrow = table.astype(F32).astype(np.float64)
+    if integer_step(rng) is not None:
+        exact = bool(np.array_equal(narrow, table))
+    else:
+        exact = bool(np.max(np.abs(narrow - table)) <= (hi - lo) / code_max(rng.bits) / 16)
+    return np.dtype(F32) if exact else np.dtype(np.float64)
+
+
+def _table64(rng: RenderRange) -> np.ndarray:
+    return _values64(np.arange(code_max(rng.bits) + 1), rng)
+
+
 def zero_code(rng: RenderRange) -> int | None:
     """The code meant to represent exact 0.0, if the mapping puts 0 on a level."""
     rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
@@ -432,19 +730,26 @@ def decode_table(rng: RenderRange) -> np.ndarray:
 
 
 def decode_values(codes: npt.ArrayLike, rng: RenderRange) -> np.ndarray:
-    """``decode_table(rng)[codes]`` computed per element (cheaper for few pixels)."""
+    """``decode_table(rng)[codes]`` computed per element (cheaper for few pixels), in
+    :func:`decode_dtype`."""
+    return _values64(codes, rng).astype(decode_dtype(rng))
+
+
+def _values64(codes: npt.ArrayLike, rng: RenderRange) -> np.ndarray:
+    """The values of ``codes`` in float64: rmin + code * step, exact 0 and integers."""
     c = np.asarray(codes)
     rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
     if rmax == rmin:
-        return np.full(c.shape, F32(rmin), dtype=F32)
+        return np.full(c.shape, rmin, dtype=np.float64)
     step = integer_step(rng)
     if step is not None:
-        return (rmin + c * float(step)).astype(F32)
-    values = rmin + c * ((rmax - rmin) / code_max(rng.bits))
+        exact: np.ndarray = rmin + c * float(step)
+        return exact
+    values: np.ndarray = rmin + c * ((rmax - rmin) / code_max(rng.bits))
     z = zero_code(rng)
     if z is not None:
         values[c == z] = 0.0
-    return values.astype(F32)
+    return values
 
 
 def dequantize(codes: npt.ArrayLike, rng: RenderRange) -> np.ndarray:

@@ -44,7 +44,7 @@ class HdfSource(ImageSource):
         return int(full[0]), int(full[1]), int(full[2])
 
     def dtype(self, index: int) -> np.dtype:
-        return np.dtype(np.float32)
+        return self._file.value_dtype(index)
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
         rank = len(self._file.shape(index))

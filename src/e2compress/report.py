@@ -34,6 +34,19 @@ class ImageReport:
     # fewest bits within the noise fraction (0: lossless); only for an image that fails
     # the rule at its bits (and the bits auto chose); None where the stored bits pass
     passing_bits: int | None = None
+    # how much clamping moved the image's mean (decoded - source), and the most the
+    # noise rule allows (None: not measured)
+    mean_change: float | None = None
+    mean_limit: float | None = None
+
+    @property
+    def mean_fails(self) -> bool:
+        """Clamping moved the mean by more than the noise rule allows."""
+        return (
+            self.mean_change is not None
+            and self.mean_limit is not None
+            and abs(self.mean_change) > self.mean_limit
+        )
 
 
 def _opt(value: float | None) -> float:
@@ -67,6 +80,8 @@ class ImageReports(Sequence[ImageReport]):
         self._quant = array("d")
         self._ratio = array("d")
         self._passing = array("b")  # -1: None
+        self._mean_change = array("d")  # NaN: None
+        self._mean_limit = array("d")
         for rep in reports:
             self.append(rep)
 
@@ -95,6 +110,8 @@ class ImageReports(Sequence[ImageReport]):
         self._quant.append(_opt(rep.quant_noise))
         self._ratio.append(_opt(rep.noise_ratio))
         self._passing.append(-1 if rep.passing_bits is None else rep.passing_bits)
+        self._mean_change.append(_opt(rep.mean_change))
+        self._mean_limit.append(_opt(rep.mean_limit))
 
     def __len__(self) -> int:
         return len(self._index)
@@ -127,6 +144,8 @@ class ImageReports(Sequence[ImageReport]):
             quant_noise=_unopt(self._quant[i]),
             noise_ratio=_unopt(self._ratio[i]),
             passing_bits=None if self._passing[i] < 0 else self._passing[i],
+            mean_change=_unopt(self._mean_change[i]),
+            mean_limit=_unopt(self._mean_limit[i]),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -204,4 +223,19 @@ def quality_warning(
         f"{source}: {where}bits {worst.bits} add quantisation noise {_fmt(quant)}"
         f" = {worst.noise_ratio:.2f} x the image noise {_fmt(noise)}"
         f" (limit {fraction:g}); {advice}"
+    )
+
+
+def mean_warning(source: str, images: Sequence[ImageReport]) -> str | None:
+    """One line when clamping (a range option) moved an image's mean by more than the
+    noise rule allows (:func:`~e2compress.fidelity.mean_change_limit`), else None."""
+    failing = [im for im in images if im.mean_fails]
+    if not failing:
+        return None
+    worst = max(failing, key=lambda im: abs(im.mean_change or 0.0) / (im.mean_limit or 1.0))
+    where = f"image {worst.index} ({len(failing)} of {len(images)}): " if len(images) > 1 else ""
+    return (
+        f"{source}: {where}{worst.truncated} clamped pixels move the mean by "
+        f"{_fmt(worst.mean_change or 0.0)} (limit {_fmt(worst.mean_limit or 0.0)}); "
+        "the range option costs more than it saves"
     )

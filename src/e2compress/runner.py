@@ -179,9 +179,13 @@ def auto_note(given: str, report: CompressReport) -> str:
         worst = max(noisy, key=lambda im: im.noise_ratio or 0.0)
         ratio = worst.noise_ratio or 0.0
         text += f" (image noise {worst.noise:.3g}, "
-        text += f"quantisation noise {ratio:.3g} x that" if ratio else "stored exactly"
+        exact = "exact inside the range" if report.truncated else "stored exactly"
+        text += f"quantisation noise {ratio:.3g} x that" if ratio else exact
         if len(report.images) > 1:
             text += f" in the worst of {len(report.images)} images"
+        if report.truncated:  # clamped by a range option: not exact, and it moves the mean
+            change = max((abs(im.mean_change or 0.0) for im in report.images), default=0.0)
+            text += f"; {report.truncated} pixels clamped, mean moved by up to {change:.3g}"
         text += ")"
     return text
 

@@ -17,7 +17,14 @@ from .eman_hdf import EmanHdfFile, render_range
 from .errors import VerificationError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, pool_width
 from .options import Options
-from .quantize import F32, RenderRange, storage_dtype, within_half_step
+from .quantize import (
+    F32,
+    RenderRange,
+    integer_inexact,
+    range_limits,
+    storage_dtype,
+    within_half_step,
+)
 from .report import ImageReport
 from .sources import ImageSource
 
@@ -58,11 +65,10 @@ def verify_output(
                 token.check()
                 rows = slice(block.y0, block.y1)
                 region = (block.z, rows) if rank == 3 else (rows,) if rank == 2 else (slice(None),)
-                orig = source.read(i, block.z, block.y0, block.y1).astype(np.float32)
+                orig = source.read(i, block.z, block.y0, block.y1)  # native: never a float32 view
                 got = out.read_region(i, region).reshape(orig.shape)
                 if rng is None:
-                    same = (got == orig) | (np.isnan(got) & np.isnan(orig))
-                    if not same.all():
+                    if not _same_values(orig, got):
                         raise VerificationError(f"image {i}: lossless data differ", path)
                     return 0
                 return _check_quantised(orig, got, rng, path, i)
@@ -78,12 +84,24 @@ def verify_output(
                 )
 
 
+def _same_values(orig: np.ndarray, got: np.ndarray) -> bool:
+    """Every value equal, compared in float64 (NaN matching NaN)."""
+    a = orig.astype(np.float64)
+    b = got.astype(np.float64)
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    if orig.dtype.kind in "iu" and orig.dtype.itemsize == 8:  # float64 equality is exact
+        same &= ~integer_inexact(orig, 53)  # only for integers float64 holds
+    return bool(same.all())
+
+
 def _check_quantised(
     orig: np.ndarray, got: np.ndarray, rng: RenderRange, path: PathLike, index: int
 ) -> int:
-    """Check one block; returns the number of clamped pixels in it."""
-    rmin, rmax = F32(rng.rmin), F32(rng.rmax)
-    below, above = orig < rmin, orig > rmax
+    """Check one block against the source in its own dtype; returns the number of
+    clamped pixels in it."""
+    lo, hi = range_limits(rng)
+    wide = orig.astype(np.float64)
+    below, above = wide < lo, wide > hi
     ok = within_half_step(orig, got, rng)
     clamped_ok = ok[below].all() and ok[above].all()
     if not clamped_ok:
@@ -96,7 +114,7 @@ def _check_quantised(
                 "infinity where the source is finite",
                 path,
             )
-        worst = float(np.max(np.abs(got[bad].astype(np.float64) - orig[bad])))
+        worst = float(np.max(np.abs(got[bad].astype(np.float64) - wide[bad])))
         raise VerificationError(
             f"image {index}: decoded error {worst:.3g} exceeds half a step ({rng.step / 2:.3g})",
             path,
