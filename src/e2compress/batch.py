@@ -26,15 +26,24 @@ import numpy as np
 from .atomic import TMP_SUFFIX
 from .errors import E2CompressError
 from .pipeline import output_path
-from .sources import COMPRESSED_SUFFIXES, MRC_SUFFIXES, TIFF_SUFFIXES, strip_compression
+from .sources import (
+    COMPRESSED_SUFFIXES,
+    DM_SUFFIXES,
+    MRC_SUFFIXES,
+    SPIDER_SUFFIXES,
+    TIFF_SUFFIXES,
+    input_key,
+    strip_compression,
+)
 
 PathLike = str | os.PathLike[str]
-# What --recursive picks up without --include: the MRC family and TIFF, plain or .gz/.bz2.
+# What --recursive picks up without --include: the MRC family and TIFF, plain or .gz/.bz2,
+# SPIDER, DM3/DM4 and IMAGIC pairs (by their .hed, so that a pair is compressed once).
 # EMAN2 HDF files are left out on purpose: they would be recompressed in place (and a
 # tree holding earlier outputs would have them all rewritten); include them explicitly.
 DEFAULT_PATTERNS = tuple(
     f"*{s}{c}" for s in MRC_SUFFIXES + TIFF_SUFFIXES for c in ("", *COMPRESSED_SUFFIXES)
-)
+) + tuple(f"*{s}" for s in (".hed", *SPIDER_SUFFIXES, *DM_SUFFIXES))
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,8 @@ class _Keys:
         head, name = os.path.split(raw.given)
         src_dir = self.realdir(head or ".")
         dst_dir = src_dir if raw.out_dir is None else self.realdir(raw.out_dir)
-        return os.path.join(src_dir, name), os.path.join(dst_dir, output_name(name))
+        src = os.path.join(src_dir, input_key(name))
+        return src, os.path.join(dst_dir, output_name(name))
 
 
 class Inputs:

@@ -1,7 +1,8 @@
 """Input images: the :class:`ImageSource` interface and :func:`open_source` dispatch.
 
 One reader module per input format: :mod:`.read_mrc` (MRC/CCP4, plain or
-``.gz``/``.bz2``), :mod:`.read_tiff` and :mod:`.read_hdf` (EMAN2 HDF). Each presents
+``.gz``/``.bz2``), :mod:`.read_tiff`, :mod:`.read_hdf` (EMAN2 HDF), :mod:`.read_imagic`,
+:mod:`.read_spider` and :mod:`.read_dm` (Gatan DM3/DM4). Each presents
 a file as EMAN2 sees it: a list of images, each (nz, ny, nx) with nz == 1 for 2-D
 images, read a block of rows at a time (safely from several threads), and the header
 keys EMAN2 carries over. Every size or count a file's header claims is checked
@@ -26,6 +27,9 @@ PathLike = str | os.PathLike[str]
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st", ".ali", ".rec", ".ccp4", ".mrcz", ".preali")
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF_SUFFIXES = (".hdf", ".h5", ".hdf5", ".hd5")
+IMAGIC_SUFFIXES = (".hed", ".img")  # a pair: header and data
+SPIDER_SUFFIXES = (".spi", ".spider")
+DM_SUFFIXES = (".dm3", ".dm4")
 COMPRESSED_SUFFIXES = (".gz", ".bz2")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -101,6 +105,14 @@ def strip_compression(name: str) -> str:
     return name
 
 
+def input_key(name: str) -> str:
+    """The name that identifies an input file: an IMAGIC ``x.img`` is its pair's ``x.hed``
+    (both name the same images, compressed once into ``x.hdf``)."""
+    if name.lower().endswith(".img"):
+        return name[:-4] + (".HED" if name[-4:].isupper() else ".hed")
+    return name
+
+
 def is_hdf5(path: PathLike) -> bool:
     """True when ``path`` is a readable file starting with the HDF5 signature."""
     try:
@@ -124,7 +136,8 @@ def open_source(path: PathLike, *, scratch_dir: PathLike | None = None) -> Image
     """Open ``path`` as an image source, choosing the reader by content and name.
 
     Args:
-        path: an MRC/CCP4 (plain, ``.gz`` or ``.bz2``), TIFF or EMAN2 HDF file.
+        path: an MRC/CCP4 (plain, ``.gz`` or ``.bz2``), TIFF, EMAN2 HDF, IMAGIC
+            (``.hed`` or ``.img`` of a pair), SPIDER or DM3/DM4 file.
         scratch_dir: where a compressed MRC is decompressed to (an anonymous file,
             gone when the source is closed or the process dies); default: the
             system's temporary directory.
@@ -151,23 +164,38 @@ def open_source(path: PathLike, *, scratch_dir: PathLike | None = None) -> Image
         return TiffSource(p)
     if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)) or name.endswith(MRC_SUFFIXES):
         return MrcSource(p, magic, scratch_dir=scratch_dir)
+    if name.endswith(IMAGIC_SUFFIXES):
+        return ImagicSource(p)
+    if name.endswith(SPIDER_SUFFIXES):
+        return SpiderSource(p)
+    if name.endswith(DM_SUFFIXES):
+        return DmSource(p)
     if name.endswith(HDF_SUFFIXES):
         raise InputError("not an HDF5 file (bad signature)", p)
     if name.endswith(TIFF_SUFFIXES):
         raise InputError("not a TIFF file (bad signature)", p)
-    raise InputError("unrecognised file type (expected MRC, TIFF or EMAN2 HDF)", p)
+    raise InputError(
+        "unrecognised file type (expected MRC, TIFF, EMAN2 HDF, IMAGIC, SPIDER or DM3/DM4)", p
+    )
 
 
 # Re-exported: code and tests import the readers from here.
+from .read_dm import DmSource  # noqa: E402
 from .read_hdf import HdfSource  # noqa: E402
+from .read_imagic import ImagicSource  # noqa: E402
 from .read_mrc import MrcSource  # noqa: E402
+from .read_spider import SpiderSource  # noqa: E402
 from .read_tiff import TiffSource  # noqa: E402
 
 __all__ = [
+    "DmSource",
     "HdfSource",
     "ImageSource",
+    "ImagicSource",
     "MrcSource",
+    "SpiderSource",
     "TiffSource",
+    "input_key",
     "is_hdf5",
     "open_source",
     "strip_compression",
