@@ -23,9 +23,17 @@ for k in range(3):
     image(k, 16, 12).write_image("stack.hed", k)
     image(k, 16, 12).write_image("stack.spi", k)
 for k in range(2):  # big-endian (use_host_endian=False on a little-endian machine)
-    image(k, 8, 8).write_image("square_be.hed", k, EMUtil.ImageType.IMAGE_IMAGIC, False, None,
-                               EMUtil.EMDataType.EM_FLOAT, False)
+    image(k, 8, 8).write_image(
+        "square_be.hed",
+        k,
+        EMUtil.ImageType.IMAGE_IMAGIC,
+        False,
+        None,
+        EMUtil.EMDataType.EM_FLOAT,
+        False,
+    )
 image(0, 10, 6, 4).write_image("volume.hed", 0)
 image(0, 10, 6).write_image("single.spi", 0, SINGLE)
-image(0, 10, 6, 4).write_image("volume_be.spi", 0, SINGLE, False, None,
-                               EMUtil.EMDataType.EM_FLOAT, False)
+image(0, 10, 6, 4).write_image(
+    "volume_be.spi", 0, SINGLE, False, None, EMUtil.EMDataType.EM_FLOAT, False
+)
