@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -387,3 +388,51 @@ def write_dm(
     else:
         header = np.array([3, size - 16], ">u4").tobytes()
     path.write_bytes(header + np.array([1], ">u4").tobytes() + root + b"\0" * 8)
+
+
+_SER_CODES = {"u1": 1, "<u2": 2, "<u4": 3, "i1": 4, "<i2": 5, "<i4": 6, "<f4": 7, "<f8": 8}
+
+
+def write_ser(
+    path: Path, images: np.ndarray, delta: float = 2e-10, valid: int | None = None
+) -> None:
+    """A TIA series file (version 0x0210) of ``images`` (n, ny, nx), or of spectra when
+    ``images`` is (n, nx), in file row order, with ``delta`` metres per pixel; ``valid``
+    elements (default all) are marked as written."""
+    n = len(images)
+    spectra = images.ndim == 2
+    dtype = images.dtype.newbyteorder("<") if images.dtype.itemsize > 1 else images.dtype
+    code = _SER_CODES[dtype.str.lstrip("|")]
+    dims = struct.pack("<iddii", n, 0.0, 1.0, 0, 6) + b"Number" + struct.pack("<i", 0)
+    head_size = 30 + len(dims)
+    elements = []
+    for img in images:
+        if spectra:
+            meta = struct.pack("<ddihi", 0.0, delta, 0, code, img.shape[0])
+        else:
+            ny, nx = img.shape
+            meta = struct.pack("<ddiddihii", 0.0, delta, 0, 0.0, delta, 0, code, nx, ny)
+        elements.append(meta + img.astype(dtype).tobytes())
+    table = head_size
+    first = table + 8 * n
+    data_offsets, pos = [], first
+    for e in elements:
+        data_offsets.append(pos)
+        pos += len(e)
+    tag_offsets = [pos + 6 * k for k in range(n)]
+    kind = 0x4120 if spectra else 0x4122
+    head = struct.pack(
+        "<hhhiiiiii",
+        0x4949,
+        0x0197,
+        0x0210,
+        kind,
+        0x4152,
+        n,
+        n if valid is None else valid,
+        table,
+        1,
+    )
+    offsets = struct.pack(f"<{n}i", *data_offsets) + struct.pack(f"<{n}i", *tag_offsets)
+    tags = b"".join(struct.pack("<hi", 0x4152, 1000 + k) for k in range(n))
+    path.write_bytes(head + dims + offsets + b"".join(elements) + tags)

@@ -1,4 +1,4 @@
-"""IMAGIC, SPIDER and DM3/DM4 against real EMAN2 (``E2C_EMAN2``; skipped without it):
+"""IMAGIC, SPIDER, DM3/DM4 and SER against real EMAN2 (``E2C_EMAN2``; skipped without it):
 EMAN2 reads the bundled EMAN2-written files and the test writers' files with the values,
 image counts and header keys e2compress reads, except where docs/inputs.md says why we
 differ (asserted here exactly: EMAN2's IMAGIC rows of non-square images, its DM3 stacks
@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import EMAN2_DATA, eman2_read, run_cli, write_dm, write_imagic, write_spider
+from conftest import (
+    EMAN2_DATA,
+    eman2_read,
+    run_cli,
+    write_dm,
+    write_imagic,
+    write_ser,
+    write_spider,
+)
 from e2compress import open_source
 
 
@@ -131,6 +139,22 @@ def test_dm_writer(tmp_path: Path, version: int, dtype: str, nz: int) -> None:
         np.testing.assert_array_equal(theirs, as_eman2(images))
     assert_same_keys(mine[0], headers[0], f"DM{version}.")
     assert headers[0]["apix_x"] == pytest.approx(10000 * 5.0 / 40000.0)
+    assert mine[0]["apix_x"] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i1", "<u2", "<i2", "<u4", "<i4", "<f4", "<f8"])
+def test_ser_writer(tmp_path: Path, dtype: str) -> None:
+    """EMAN2 reads the same images, in file row order; its pixel size is always 1.0."""
+    pytest.importorskip("ncempy")
+    data = (np.random.default_rng(5).random((3, 6, 9)) * 100).astype(dtype)
+    write_ser(tmp_path / "w.ser", data, delta=3e-10)
+    theirs, headers = eman2_read(tmp_path / "w.ser", tmp_path)
+    images, mine = ours(tmp_path / "w.ser")
+    np.testing.assert_array_equal(theirs, as_eman2(images))
+    np.testing.assert_array_equal(theirs, data.astype(np.float32))
+    for key in ("SER.DataTypeID", "SER.ValidNumberElements", "SER.DataType"):
+        assert mine[0][key] == headers[0][key]
+    assert headers[0]["apix_x"] == 1.0
     assert mine[0]["apix_x"] == pytest.approx(3.0)
 
 

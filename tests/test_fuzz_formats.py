@@ -1,4 +1,4 @@
-"""Fuzzing the IMAGIC, SPIDER and DM readers as test_fuzz.py fuzzes the others: byte flips
+"""Fuzzing the IMAGIC, SPIDER, DM and SER readers as test_fuzz.py fuzzes the others: byte flips
 in the headers and tag trees, overwritten size words and truncations of real EMAN2-written
 files (tests/data/eman2) and of test-writer DM files must either compress to a valid file
 with the reader's image count or raise E2CompressError on one line naming the file,
@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import EMAN2_DATA, eman_decode, write_dm
+from conftest import EMAN2_DATA, eman_decode, write_dm, write_ser
 from e2compress import E2CompressError, compress_file, open_source
 
 SCALE = float(os.environ.get("E2C_FUZZ_EXAMPLES", "1"))
@@ -187,16 +187,19 @@ def dm_seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     for version in (3, 4):
         write_dm(work / f"s.dm{version}", data, version, tags=DM_TAGS)
         out[f"s.dm{version}"] = (work / f"s.dm{version}").read_bytes()
+    write_ser(work / "s.ser", data)
+    out["s.ser"] = (work / "s.ser").read_bytes()
     return out
 
 
-@pytest.mark.parametrize("name", ["s.dm3", "s.dm4"])
+@pytest.mark.parametrize("name", ["s.dm3", "s.dm4", "s.ser"])
 @fuzz_settings(40)
 @given(data=st.data())
 def test_mutated_dm(dm_seeds: dict[str, bytes], name: str, data: st.DataObject) -> None:
-    """Byte flips anywhere in the tag tree (the pixels are the end of the data array)."""
+    """Byte flips anywhere in a DM tag tree or a SER header and element headers."""
     blob = dm_seeds[name]
-    anywhere = st.tuples(st.integers(0, len(blob) - 1), st.integers(1, 255))
+    end = len(blob) - 1 if name != "s.ser" else 400
+    anywhere = st.tuples(st.integers(0, end), st.integers(1, 255))
     flips = data.draw(st.lists(anywhere, min_size=1, max_size=6), label="flips")
     check({name: flip(blob, flips)}, name)
 
@@ -221,17 +224,18 @@ def test_truncated(seed: str, cut: str, fraction: float) -> None:
     assert check(files, "s.hed" if seed.endswith(".hed") else "s.spi") == "error"
 
 
-@pytest.mark.parametrize("name", ["s.dm3", "s.dm4"])
+@pytest.mark.parametrize("name", ["s.dm3", "s.dm4", "s.ser"])
 @fuzz_settings(15)
 @given(fraction=st.floats(0, 1, exclude_max=True))
 @example(fraction=0.0)
 @example(fraction=0.5)
 def test_truncated_dm(dm_seeds: dict[str, bytes], name: str, fraction: float) -> None:
-    """A cut DM file is an error, unless only its closing zero bytes (8) are gone."""
+    """A cut DM or SER file is an error, unless only what follows the pixels is gone (a
+    DM file's closing 8 zero bytes, a SER file's time tags: 6 bytes per element)."""
     blob = dm_seeds[name]
     keep = int(fraction * len(blob))
     result = check({name: blob[:keep]}, name)
-    assert result == "error" or len(blob) - keep <= 8
+    assert result == "error" or len(blob) - keep <= (18 if name == "s.ser" else 8)
 
 
 def test_seeds_compress(dm_seeds: dict[str, bytes]) -> None:

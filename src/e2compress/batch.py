@@ -30,6 +30,7 @@ from .sources import (
     COMPRESSED_SUFFIXES,
     DM_SUFFIXES,
     MRC_SUFFIXES,
+    SER_SUFFIXES,
     SPIDER_SUFFIXES,
     TIFF_SUFFIXES,
     input_key,
@@ -38,12 +39,12 @@ from .sources import (
 
 PathLike = str | os.PathLike[str]
 # What --recursive picks up without --include: the MRC family and TIFF, plain or .gz/.bz2,
-# SPIDER, DM3/DM4 and IMAGIC pairs (by their .hed, so that a pair is compressed once).
+# SPIDER, DM3/DM4, SER and IMAGIC pairs (by their .hed: a pair is compressed once).
 # EMAN2 HDF files are left out on purpose: they would be recompressed in place (and a
 # tree holding earlier outputs would have them all rewritten); include them explicitly.
 DEFAULT_PATTERNS = tuple(
     f"*{s}{c}" for s in MRC_SUFFIXES + TIFF_SUFFIXES for c in ("", *COMPRESSED_SUFFIXES)
-) + tuple(f"*{s}" for s in (".hed", *SPIDER_SUFFIXES, *DM_SUFFIXES))
+) + tuple(f"*{s}" for s in (".hed", *SPIDER_SUFFIXES, *DM_SUFFIXES, *SER_SUFFIXES))
 
 
 @dataclass(frozen=True)

@@ -186,8 +186,8 @@ class SpiderSource(ImageSource):
         if words[13] != 0:
             for key, word in (("phi", 14), ("theta", 15), ("gamma", 16)):
                 out[f"SPIDER.{key}"] = np.float32(words[word])
-        if self._stack and index == 0:
-            out["SPIDER.maxim"] = self._count
+        if words[23] > 0 and _whole(words[25]):  # an overall header (EMAN2's rule)
+            out["SPIDER.maxim"] = int(words[25])
         kangle = out.get("SPIDER.Kangle", 0)
         if kangle in (1, 2):
             names = ("phi1", "theta1", "psi1", "phi2", "theta2", "psi2")[: 3 * kangle]

@@ -2,7 +2,7 @@
 
 One reader module per input format: :mod:`.read_mrc` (MRC/CCP4, plain or
 ``.gz``/``.bz2``), :mod:`.read_tiff`, :mod:`.read_hdf` (EMAN2 HDF), :mod:`.read_imagic`,
-:mod:`.read_spider` and :mod:`.read_dm` (Gatan DM3/DM4). Each presents
+:mod:`.read_spider`, :mod:`.read_dm` (Gatan DM3/DM4) and :mod:`.read_ser` (FEI/TIA). Each presents
 a file as EMAN2 sees it: a list of images, each (nz, ny, nx) with nz == 1 for 2-D
 images, read a block of rows at a time (safely from several threads), and the header
 keys EMAN2 carries over. Every size or count a file's header claims is checked
@@ -30,6 +30,7 @@ HDF_SUFFIXES = (".hdf", ".h5", ".hdf5", ".hd5")
 IMAGIC_SUFFIXES = (".hed", ".img")  # a pair: header and data
 SPIDER_SUFFIXES = (".spi", ".spider")
 DM_SUFFIXES = (".dm3", ".dm4")
+SER_SUFFIXES = (".ser",)  # FEI/TIA series
 COMPRESSED_SUFFIXES = (".gz", ".bz2")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -137,7 +138,7 @@ def open_source(path: PathLike, *, scratch_dir: PathLike | None = None) -> Image
 
     Args:
         path: an MRC/CCP4 (plain, ``.gz`` or ``.bz2``), TIFF, EMAN2 HDF, IMAGIC
-            (``.hed`` or ``.img`` of a pair), SPIDER or DM3/DM4 file.
+            (``.hed`` or ``.img`` of a pair), SPIDER, DM3/DM4 or TIA ``.ser`` file.
         scratch_dir: where a compressed MRC is decompressed to (an anonymous file,
             gone when the source is closed or the process dies); default: the
             system's temporary directory.
@@ -170,12 +171,15 @@ def open_source(path: PathLike, *, scratch_dir: PathLike | None = None) -> Image
         return SpiderSource(p)
     if name.endswith(DM_SUFFIXES):
         return DmSource(p)
+    if name.endswith(SER_SUFFIXES):
+        return SerSource(p)
     if name.endswith(HDF_SUFFIXES):
         raise InputError("not an HDF5 file (bad signature)", p)
     if name.endswith(TIFF_SUFFIXES):
         raise InputError("not a TIFF file (bad signature)", p)
     raise InputError(
-        "unrecognised file type (expected MRC, TIFF, EMAN2 HDF, IMAGIC, SPIDER or DM3/DM4)", p
+        "unrecognised file type (expected MRC, TIFF, EMAN2 HDF, IMAGIC, SPIDER, DM3/DM4 or SER)",
+        p,
     )
 
 
@@ -184,6 +188,7 @@ from .read_dm import DmSource  # noqa: E402
 from .read_hdf import HdfSource  # noqa: E402
 from .read_imagic import ImagicSource  # noqa: E402
 from .read_mrc import MrcSource  # noqa: E402
+from .read_ser import SerSource  # noqa: E402
 from .read_spider import SpiderSource  # noqa: E402
 from .read_tiff import TiffSource  # noqa: E402
 
@@ -193,6 +198,7 @@ __all__ = [
     "ImageSource",
     "ImagicSource",
     "MrcSource",
+    "SerSource",
     "SpiderSource",
     "TiffSource",
     "input_key",
