@@ -5,8 +5,10 @@ once."""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -260,3 +262,31 @@ def test_compressed_keeps_images_and_apix(tmp_path: Path, name: str) -> None:
     got = read_images(out)
     for k, img in enumerate(got):
         np.testing.assert_array_equal(img.reshape(shape), formula_image(k, shape))
+
+
+@pytest.mark.parametrize("given_name", ["x.hed", "x.img"])
+def test_pair_half_changed_while_encoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given_name: str
+) -> None:
+    """The half of the pair not named on the command line changes after the first block
+    was read: error naming it, nothing written."""
+    write_imagic(tmp_path / "x.hed", np.ones((3, 1, 20, 16), np.float32))
+    other = tmp_path / ("x.img" if given_name == "x.hed" else "x.hed")
+    real_read = ImagicSource.read
+    done: list[bool] = []
+
+    def read_then_change(self: ImagicSource, *args: Any) -> np.ndarray:
+        data = real_read(self, *args)
+        if not done:
+            done.append(True)
+            fresh = tmp_path / "fresh.tmp"
+            fresh.write_bytes(other.read_bytes())
+            os.replace(fresh, other)  # as rsync and most writers replace a file
+        return data
+
+    monkeypatch.setattr(ImagicSource, "read", read_then_change)
+    with pytest.raises(InputError, match="changed while it was being compressed") as err:
+        compress_file(tmp_path / given_name, tmp_path / "x.hdf", bits=5, threads=1)
+    assert err.value.path == str(other)
+    assert done
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.hed", "x.img"]

@@ -65,7 +65,7 @@ from .quantize import (
     valid_limits,
 )
 from .report import CompressReport, ImageReport, ImageReports, quality_warning
-from .sources import ImageSource, is_hdf5, open_source, strip_compression
+from .sources import ImageSource, companions, is_hdf5, open_source, strip_compression
 from .verify import check_complete, stored_whole, verify_output
 
 __all__ = [
@@ -916,6 +916,7 @@ def compress_file(
     source_path = Path(src)
     named = Path(dst) if dst is not None else output_path(source_path)
     ident = Identity.of(source_path)  # before the first read
+    partners = [(p, Identity.of(p)) for p in companions(source_path)]  # an IMAGIC pair
     t0 = time.perf_counter()
     own_pool = pool is None
     workers = pool or make_pool(threads)
@@ -946,6 +947,8 @@ def compress_file(
 
             def unchanged() -> None:
                 check_unchanged(source_path, ident)
+                for path, before in partners:
+                    check_unchanged(path, before)
 
             with AtomicOutput(target) as out:
                 try:

@@ -114,6 +114,16 @@ def input_key(name: str) -> str:
     return name
 
 
+def companions(path: PathLike) -> list[Path]:
+    """The other files a reader of ``path`` reads: an IMAGIC pair's other half."""
+    p = Path(path)
+    lower = p.name.lower()
+    if lower.endswith((".hed", ".img")):
+        other = ".img" if lower.endswith(".hed") else ".hed"
+        return [p.with_suffix(other.upper() if p.suffix.isupper() else other)]
+    return []
+
+
 def is_hdf5(path: PathLike) -> bool:
     """True when ``path`` is a readable file starting with the HDF5 signature."""
     try:
@@ -201,6 +211,7 @@ __all__ = [
     "SerSource",
     "SpiderSource",
     "TiffSource",
+    "companions",
     "input_key",
     "is_hdf5",
     "open_source",
