@@ -240,7 +240,7 @@ def test_imagic_pair_compressed_once(tmp_path: Path, capsys: pytest.CaptureFixtu
         capsys, "--bits", "0", "--outpath", out, tmp_path / "x.hed", tmp_path / "x.img"
     )
     assert rc == 0, err
-    assert "given more than once" in err
+    assert f"{tmp_path / 'x.img'}: this IMAGIC pair is given more than once" in err
     assert sorted(p.name for p in out.iterdir()) == ["x.hdf"]
     got = read_images(out / "x.hdf")
     assert len(got) == 3

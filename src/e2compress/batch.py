@@ -33,6 +33,7 @@ from .sources import (
     SER_SUFFIXES,
     SPIDER_SUFFIXES,
     TIFF_SUFFIXES,
+    companions,
     input_key,
     strip_compression,
 )
@@ -328,7 +329,8 @@ class Inputs:
             src_key, dst_key = keys(raw)
             if hash((src_key, dst_key)) in repeated:
                 if (src_key, dst_key) in seen:
-                    again = f"{raw.given}: given more than once; compressed once"
+                    what = "this IMAGIC pair is " if companions(raw.given) else ""
+                    again = f"{raw.given}: {what}given more than once; compressed once"
                     yield Item(raw.given, source, target, raw.make_dirs, skip=again)
                     continue
                 seen.add((src_key, dst_key))
