@@ -436,3 +436,20 @@ def write_ser(
     offsets = struct.pack(f"<{n}i", *data_offsets) + struct.pack(f"<{n}i", *tag_offsets)
     tags = b"".join(struct.pack("<hi", 0x4152, 1000 + k) for k in range(n))
     path.write_bytes(head + dims + offsets + b"".join(elements) + tags)
+
+
+def assert_blocks_consistent(path: Path) -> None:
+    """Every block of rows ``read(i, z, y0, y1)`` of every image of ``path`` equals those
+    rows of the whole image (the pipeline reads blocks; the readers flip rows)."""
+    from e2compress import open_source
+
+    with open_source(path) as src:
+        for i in range(len(src)):
+            nz, ny, nx = src.shape(i)
+            whole = src.image(i).reshape(nz, ny, nx)
+            for z in range(nz):
+                for y0 in range(ny):
+                    for y1 in range(y0 + 1, ny + 1):
+                        block = src.read(i, z, y0, y1)
+                        assert block.shape == (y1 - y0, nx)
+                        np.testing.assert_array_equal(block, whole[z, y0:y1])

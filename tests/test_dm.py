@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import write_dm
+from conftest import assert_blocks_consistent, write_dm
 from e2compress import InputError, compress_file, open_source, read_images
 
 pytest.importorskip("ncempy")
@@ -92,6 +92,7 @@ def test_any_image_or_stack(
     for img, want in zip(images, stack, strict=True):
         assert img.dtype == want.dtype.newbyteorder("=")
         np.testing.assert_array_equal(img, want)
+    assert_blocks_consistent(path)
 
 
 @pytest.mark.parametrize("version", [3, 4])

@@ -16,7 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import EMAN2_DATA, formula_image, run_cli, write_imagic, write_spider
+from conftest import (
+    EMAN2_DATA,
+    assert_blocks_consistent,
+    formula_image,
+    run_cli,
+    write_imagic,
+    write_spider,
+)
 from e2compress import InputError, compress_file, open_source, read_images
 from e2compress.sources import ImagicSource, SpiderSource
 
@@ -50,6 +57,7 @@ def test_eman2_written_files(name: str) -> None:
             got = src.image(k).reshape(shape)
             np.testing.assert_array_equal(got, formula_image(k, shape))
             assert src.header(k).get("apix_x") == apix
+    assert_blocks_consistent(EMAN2_DATA / name)
 
 
 def test_imagic_header_keys() -> None:
@@ -102,6 +110,7 @@ def test_imagic_any_stack(tmp_path: Path, images: np.ndarray, order: str, intg: 
         for k, img in enumerate(got):
             assert img.dtype == data.dtype
             np.testing.assert_array_equal(img, data[k])
+    assert_blocks_consistent(hed)
 
 
 @SETTINGS
@@ -116,6 +125,7 @@ def test_spider_any_stack(tmp_path: Path, images: np.ndarray, order: str, stack:
     assert len(got) == len(data)
     for k, img in enumerate(got):
         np.testing.assert_array_equal(img, data[k])
+    assert_blocks_consistent(path)
 
 
 # --------------------------------------------------------------------------- refused

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import write_ser
+from conftest import assert_blocks_consistent, write_ser
 from e2compress import InputError, compress_file, open_source, read_images
 
 pytest.importorskip("ncempy")
@@ -55,6 +55,7 @@ def test_any_series(
     for img, want in zip(got, data, strict=True):
         assert img.dtype == want.dtype.newbyteorder("=")
         np.testing.assert_array_equal(img, want.reshape(img.shape))
+    assert_blocks_consistent(tmp_path / "s.ser")
 
 
 def test_only_valid_elements(tmp_path: Path) -> None:
