@@ -215,3 +215,19 @@ def test_missing_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(InputError) as exc:
         open_source(path)
     assert "e2compress[dm]" in _one_line(exc, path)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_large_stack_compressed_in_blocks(tmp_path: Path, version: int) -> None:
+    """A camera-sized stack (2 x 1536 x 1280 uint16, read in many blocks by two threads)
+    is stored exactly, every section in order."""
+    rng = np.random.default_rng(version)
+    data = rng.integers(0, 4096, size=(2, 1536, 1280), dtype=np.uint16)
+    path = tmp_path / f"big.dm{version}"
+    write_dm(path, data, version, tags=TAGS)
+    out = tmp_path / "big.hdf"
+    compress_file(path, out, bits=12, threads=2)
+    got = read_images(out)
+    assert len(got) == 2
+    for img, want in zip(got, data, strict=True):
+        np.testing.assert_array_equal(img, want)
