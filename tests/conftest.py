@@ -453,3 +453,21 @@ def assert_blocks_consistent(path: Path) -> None:
                         block = src.read(i, z, y0, y1)
                         assert block.shape == (y1 - y0, nx)
                         np.testing.assert_array_equal(block, whole[z, y0:y1])
+
+
+def assert_keys_kept(src_path: Path, out: Path) -> None:
+    """Every header key of every source image is in the output's header for that image,
+    with its value: per image, or once for the stack (``Group.``) when all agree."""
+    import e2compress
+    from e2compress import open_source
+
+    with open_source(src_path) as src, e2compress.open(out) as hdf:
+        assert len(hdf) == len(src)
+        for i in range(len(src)):
+            got = hdf.header(i)
+            for key, value in src.header(i).items():
+                stored = got[key] if key in got else got[f"Group.{key}"]
+                if isinstance(value, str):
+                    assert stored == value, key
+                else:
+                    assert float(stored) == pytest.approx(float(value), nan_ok=True), key

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import assert_blocks_consistent, write_dm
+from conftest import assert_blocks_consistent, assert_keys_kept, write_dm
 from e2compress import InputError, compress_file, open_source, read_images
 
 pytest.importorskip("ncempy")
@@ -161,6 +161,7 @@ def test_compressed_stack(tmp_path: Path) -> None:
     assert header["apix_x"] == 2.5
     assert header["Group.DM4.voltage"] == 300.0  # the same for every image: stored once
     assert header["Group.DM4.name"] == "s"
+    assert_keys_kept(tmp_path / "s.dm4", out)
 
 
 # --------------------------------------------------------------------------- refused

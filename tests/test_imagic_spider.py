@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from conftest import (
     EMAN2_DATA,
     assert_blocks_consistent,
+    assert_keys_kept,
     formula_image,
     run_cli,
     write_imagic,
@@ -300,3 +301,31 @@ def test_pair_half_changed_while_encoding(
     assert err.value.path == str(other)
     assert done
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.hed", "x.img"]
+
+
+def test_particle_keys_per_image_or_once(tmp_path: Path) -> None:
+    """Keys that differ between particles (here an Euler angle and a shift) stay per image;
+    the others are stored once for the stack, and every image's header reads back whole."""
+    data = np.stack([formula_image(k, (1, 8, 8)) for k in range(4)])
+    hed = tmp_path / "p.hed"
+    write_imagic(hed, data)
+    raw = bytearray(hed.read_bytes())
+    for k in range(4):
+        struct.pack_into("<f", raw, 1024 * k + 4 * 64, 10.0 * k)  # alpha
+        struct.pack_into("<f", raw, 1024 * k + 4 * 111, 0.5)  # xshift, the same in all
+    hed.write_bytes(bytes(raw))
+    with open_source(hed) as src:
+        shared = src.shared_keys()
+    assert "IMAGIC.alpha" not in shared
+    assert "euler_alpha" not in shared
+    assert {"IMAGIC.xshift", "IMAGIC.type", "apix_x", "IMAGIC.label"} <= shared
+    out = tmp_path / "p.hdf"
+    compress_file(hed, out, bits=0, threads=1)
+    assert_keys_kept(hed, out)
+
+
+@pytest.mark.parametrize("name", ["stack.hed", "stack.spi", "single.spi", "volume.hed"])
+def test_eman2_fileassert_keys_kept(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out.hdf"
+    compress_file(EMAN2_DATA / name, out, bits=8, threads=1)
+    assert_keys_kept(EMAN2_DATA / name, out)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_blocks_consistent, write_ser
+from conftest import assert_blocks_consistent, assert_keys_kept, write_ser
 from e2compress import InputError, compress_file, open_source, read_images
 
 pytest.importorskip("ncempy")
@@ -87,6 +87,7 @@ def test_compressed(tmp_path: Path) -> None:
     assert len(got) == 3
     for img, want in zip(got, data, strict=True):
         np.testing.assert_array_equal(img, want)
+    assert_keys_kept(tmp_path / "s.ser", tmp_path / "s.hdf")
 
 
 def _one_line(exc: pytest.ExceptionInfo[InputError], path: Path) -> str:

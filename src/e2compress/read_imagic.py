@@ -191,8 +191,11 @@ class ImagicSource(ImageSource):
         raise InputError("not an IMAGIC-5 header (headrec or machine stamp wrong)", self.path)
 
     def _check_dimensions(self) -> None:
-        """Every image's header must give the first image's nx, ny, nz."""
+        """Every image's header must give the first image's nx, ny, nz; also notes which
+        header words are the same in every image (for :meth:`shared_keys`)."""
         nz, ny, nx = self._shape
+        first: np.ndarray | None = None
+        same = np.ones(256, dtype=bool)
         for start in range(0, self._count, _SCAN):
             n = min(_SCAN, self._count - start)
             raw = os.pread(self._hed, n * HEADER_BYTES, start * HEADER_BYTES)
@@ -207,6 +210,9 @@ class ImagicSource(ImageSource):
                 raise InputError(
                     f"IMAGIC image {start + k} is {got}, image 0 is {nx}x{ny}x{nz}", self.path
                 )
+            first = words[0].copy() if first is None else first
+            same &= (words == first).all(axis=0)
+        self._same_words = same
 
     def __len__(self) -> int:
         return self._count
@@ -231,6 +237,26 @@ class ImagicSource(ImageSource):
             raise InputError("IMAGIC data file ended while reading pixels", self.path)
         rows = np.frombuffer(buf, self._dtype).reshape(y1 - y0, nx)[::-1]
         return rows.astype(self.dtype(index))
+
+    def shared_keys(self) -> frozenset[str]:
+        """Keys whose header words are the same in every image (stored once for a stack)."""
+        same = self._same_words
+        words: dict[str, tuple[int, ...]] = {f"IMAGIC.{k}": (w,) for k, (w, _) in _KEYS.items()}
+        words |= {
+            "IMAGIC.classno": (106,),
+            "IMAGIC.type": (14,),
+            "IMAGIC.label": tuple(range(29, 49)),
+            "IMAGIC.history": tuple(range(199, 256)),
+            "orientation_convention": (),
+            "apix_x": (122, 123, 124),
+            "apix_y": (122, 123, 124),
+            "apix_z": (122, 123, 124),
+        }
+        for key in ("alpha", "beta", "gamma"):
+            words[f"euler_{key}"] = words[f"IMAGIC.{key}"]
+        for k, key in enumerate(("alpha2", "beta2", "gamma2"), 1):
+            words[f"IMAGIC.{key}"] = words[f"IMAGIC.fabosa{k}"] = (104, 124 + k)
+        return frozenset(key for key, ws in words.items() if all(same[w] for w in ws))
 
     def header(self, index: int) -> dict[str, Any]:
         raw = os.pread(self._hed, HEADER_BYTES, index * HEADER_BYTES)

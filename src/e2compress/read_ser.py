@@ -187,6 +187,12 @@ class SerSource(ImageSource):
     def header(self, index: int) -> dict[str, Any]:
         return {**self._series, **self._elements[index].keys}
 
+    def shared_keys(self) -> frozenset[str]:
+        """The series' keys, and the element keys that are the same in every element."""
+        first = self._elements[0].keys
+        same = {k for k, v in first.items() if all(e.keys.get(k) == v for e in self._elements)}
+        return frozenset(self._series) | frozenset(same)
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -143,12 +143,16 @@ class SpiderSource(ImageSource):
         return self._labbyt + index * (self._labbyt + self._image_bytes)
 
     def _check_stack(self) -> None:
+        """Every image header must give the stack's dimensions; also notes which header
+        words are the same in every image (for :meth:`shared_keys`)."""
         nslice, nrow, nsam = self._shape
+        first: bytes | None = None
+        same = np.ones(MIN_HEADER // 4, dtype=bool)
         for index in range(self._count):
-            raw = self._pread(48, self._image_offset(index))
-            words = np.frombuffer(raw, self._order + "f4") if len(raw) == 48 else None
-            if words is None:
+            raw = self._pread(MIN_HEADER, self._image_offset(index))
+            if len(raw) != MIN_HEADER:
                 raise InputError("SPIDER file ended while reading image headers", self.path)
+            words = np.frombuffer(raw, self._order + "f4")
             got = (words[0], words[1], words[11])
             if got != (nslice, nrow, nsam):
                 dims = "x".join(f"{v:g}" for v in (got[2], got[1], got[0]))
@@ -156,6 +160,31 @@ class SpiderSource(ImageSource):
                     f"SPIDER image {index} is {dims}, the stack's is {nsam}x{nrow}x{nslice}",
                     self.path,
                 )
+            first = raw if first is None else first
+            same &= np.frombuffer(raw, "u4") == np.frombuffer(first, "u4")
+        self._same_words = same
+
+    def shared_keys(self) -> frozenset[str]:
+        """Keys whose header words are the same in every image (stored once for a stack)."""
+        keys = self.header(0)
+        if not self._stack:
+            return frozenset(keys)
+        words: dict[str, tuple[int, ...]] = {
+            **{f"SPIDER.{k}": (w,) for k, w in {**_INT_KEYS, **_FLOAT_KEYS}.items()},
+            **{f"SPIDER.{k}": (13, w) for k, w in (("phi", 14), ("theta", 15), ("gamma", 16))},
+            **{
+                f"SPIDER.{k}": (30, 31 + i)
+                for i, k in enumerate(("phi1", "theta1", "psi1", "phi2", "theta2", "psi2"))
+            },
+            "SPIDER.maxim": (23, 25),
+            "SPIDER.scale": (20,),
+            "SPIDER.date": (211, 212, 213),
+            "SPIDER.time": (213, 214, 215),
+            "SPIDER.title": tuple(range(215, 256)),
+            **{f"apix_{axis}": (37,) for axis in "xyz"},
+        }
+        same = self._same_words
+        return frozenset(k for k in keys if k in words and all(same[w] for w in words[k]))
 
     def __len__(self) -> int:
         return self._count
