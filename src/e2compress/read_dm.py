@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from .sources import ImageSource, reason
 
 EXTRA_HINT = "install the optional extra: pip install 'e2compress[dm]'"
 THUMBNAIL_TYPE = 23  # RGBA, DigitalMicrograph's thumbnail
+_DATA_TAG = re.compile(r"\.ImageList\.(\d+)\.ImageData\.Data\.arrayOffset")
 # DM data type -> numpy (little-endian: ncempy reads only little-endian files)
 DM_DTYPES = {
     1: "<i2",
@@ -161,18 +163,19 @@ class DmSource(ImageSource):
     def _data_sets(self, tags: dict[str, Any]) -> list[_DataSet]:
         """The image data sets, from the tags of each ``ImageList`` entry."""
         out: list[_DataSet] = []
-        n = 1
-        while f".ImageList.{n}.ImageData.Data.arrayOffset" in tags:
+        lists = sorted(
+            int(m.group(1)) for key in tags if (m := _DATA_TAG.fullmatch(key)) is not None
+        )
+        for n in lists:
             base = f".ImageList.{n}.ImageData"
             code = int(_number(tags.get(f"{base}.DataType", -1)))
             dims = []
             for d in range(1, 5):
                 if f"{base}.Dimensions.{d}" in tags:
                     dims.append(int(_number(tags[f"{base}.Dimensions.{d}"])))
-            n += 1
-            if n == 2 and code == THUMBNAIL_TYPE and len(dims) == 2:
+            if n == 1 and code == THUMBNAIL_TYPE and len(dims) == 2:
                 continue  # the thumbnail
-            k = n - 2
+            k = n - 1  # the data set's number in the ImageList, from 0
             if code not in DM_DTYPES:
                 raise InputError(f"DM data set {k} has unsupported data type {code}", self.path)
             if not 1 <= len(dims) <= 3:
@@ -196,7 +199,7 @@ class DmSource(ImageSource):
                     f"file has {self._size}",
                     self.path,
                 )
-            out.append(_DataSet(n - 1, offset, dtype, (nz, ny, nx)))
+            out.append(_DataSet(n, offset, dtype, (nz, ny, nx)))
         return out
 
     def __len__(self) -> int:
