@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,3 +311,283 @@ def true_images(path: Path) -> tuple[np.ndarray, ...]:
     if plain_name(path).endswith(".mrcs"):
         return tuple(data)
     return (data,)
+
+
+# --------------------------------------------------------------------------- small writers
+# Test-only writers of the older particle-stack formats and of Gatan DM files, so that
+# tests can make files of any size, type and byte order. test_eman2_formats checks that
+# real EMAN2 reads what they write as e2compress does (tests/data/eman2 holds files
+# written by EMAN2 itself).
+
+EMAN2_DATA = DATA / "eman2"
+
+
+def formula_image(k: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Image ``k`` of the files in tests/data/eman2: ``arange * 0.25 + 1000 k - 37.5``."""
+    n = int(np.prod(shape))
+    values = np.arange(n, dtype=F32) * F32(0.25) + F32(1000 * k - 37.5)
+    return values.reshape(shape)
+
+
+def write_imagic(hed: Path, images: np.ndarray, order: str = "<", apix: float = 1.5) -> None:
+    """IMAGIC-5 pair ``hed`` + ``.img`` of ``images`` (n, nz, ny, nx), float32 (REAL) or
+    int16 (INTG), rows stored top line first as EMAN2 writes them."""
+    n, nz, ny, nx = images.shape
+    kind = {np.dtype(np.float32): b"REAL", np.dtype(np.int16): b"INTG"}[images.dtype]
+    headers = bytearray()
+    for k in range(n):
+        words = np.zeros(256, order + "i4")
+        words[0], words[1], words[3] = k + 1, n - 1 if k == 0 else 0, 1
+        words[4:10] = (12, 5, 2026, 8, 0, 0)
+        words[10], words[12], words[13], words[60], words[61] = nx * ny * 4, ny, nx, nz, n
+        words[68] = 33686018 if order == "<" else 67372036
+        raw = bytearray(words.tobytes())
+        raw[56:60] = kind
+        raw[488:500] = np.array([apix] * 3, order + "f4").tobytes()
+        headers += raw
+    hed.write_bytes(bytes(headers))
+    data = images[:, :, ::-1].astype(images.dtype.newbyteorder(order))  # top line first
+    hed.with_suffix(".img").write_bytes(data.tobytes())
+
+
+def write_spider(path: Path, images: np.ndarray, order: str = "<", stack: bool = True) -> None:
+    """SPIDER file of float32 ``images`` (n, nz, ny, nx): a stack, or (n == 1, ``stack``
+    False) a single image, with EMAN2's header layout."""
+    n, nz, ny, nx = images.shape
+    lenbyt = nx * 4
+    labrec = -(-1024 // lenbyt)
+    labbyt = labrec * lenbyt
+
+    def header(istack: float, maxim: float, imgnum: float) -> bytes:
+        words = np.zeros(labbyt // 4, order + "f4")
+        words[[0, 1, 4, 11, 12, 21, 22]] = (nz, ny, 3 if nz > 1 else 1, nx, labrec, labbyt, lenbyt)
+        words[[23, 25, 26]] = (istack, maxim, imgnum)
+        return words.tobytes()
+
+    data = images.astype(np.dtype(np.float32).newbyteorder(order))
+    with open(path, "wb") as fh:
+        if not stack:
+            assert n == 1
+            fh.write(header(0, 0, 0) + data[0].tobytes())
+            return
+        fh.write(header(2, n, 0))
+        for k in range(n):
+            fh.write(header(-1, 0, k + 1) + data[k].tobytes())
+
+
+def _dm_tag(version: int, name: str, payload: bytes, group: bool) -> bytes:
+    head = bytes([20 if group else 21]) + len(name).to_bytes(2, "big") + name.encode()
+    if version == 4:
+        head += len(payload).to_bytes(8, "big")
+    return head + payload
+
+
+def _dm_group(version: int, entries: list[bytes]) -> bytes:
+    count = len(entries).to_bytes(8 if version == 4 else 4, "big")
+    return b"\x01\x00" + count + b"".join(entries)
+
+
+_DM_SIMPLE = {"h": 2, "i": 3, "H": 4, "I": 5, "f": 6, "d": 7, "B": 10, "b": 9}
+_DM_DATA = {"<i2": 1, "<f4": 2, "|u1": 6, "<i4": 7, "|i1": 9, "<u2": 10, "<u4": 11, "<f8": 12}
+
+
+def _dm_data(version: int, info: list[int], payload: bytes) -> bytes:
+    word = ">u8" if version == 4 else ">u4"
+    return b"%%%%" + np.array([len(info), *info], word).tobytes() + payload
+
+
+def _dm_value(version: int, value: Any) -> bytes:
+    if isinstance(value, str):
+        chars = np.frombuffer(value.encode("utf-16-le"), "<u2")
+        return _dm_data(version, [20, 4, len(chars)], chars.tobytes())
+    if isinstance(value, tuple):  # a struct of floats, as DM stores pairs
+        info = [15, 0, len(value)] + [0, 6] * len(value)
+        return _dm_data(version, info, np.array(value, "<f4").tobytes())
+    if isinstance(value, float):
+        return _dm_data(version, [7], np.array([value], "<f8").tobytes())
+    return _dm_data(version, [3], np.array([value], "<i4").tobytes())
+
+
+def _dm_tree(version: int, tree: dict[str, Any]) -> list[bytes]:
+    out = []
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            out.append(_dm_tag(version, name, _dm_group(version, _dm_tree(version, value)), True))
+        else:
+            out.append(_dm_tag(version, name, _dm_value(version, value), False))
+    return out
+
+
+def write_dm(
+    path: Path,
+    data: np.ndarray,
+    version: int = 4,
+    scale: float = 0.25,
+    unit: str = "nm",
+    tags: dict[str, Any] | None = None,
+    thumbnail: bool = True,
+) -> None:
+    """A DM3/DM4 file holding ``data`` (ny, nx) or (nz, ny, nx), stored top line first as
+    DigitalMicrograph does, calibrated ``scale`` ``unit`` per pixel, with ``tags`` (nested
+    dicts; str, int, float or tuple-of-floats values) under its ImageTags and, as
+    DigitalMicrograph writes, an RGBA thumbnail before it (EMAN2 reads a 3-D DM4 as a
+    stack only then)."""
+    v = version
+
+    def image(arr: np.ndarray, code: int, name: str, extra: dict[str, Any]) -> bytes:
+        dims = arr.shape[::-1]
+        elem = _DM_SIMPLE[arr.dtype.char] if code != 23 else 5
+        calib = [
+            _dm_tag(
+                v,
+                "",
+                _dm_group(v, _dm_tree(v, {"Origin": 0.0, "Scale": scale, "Units": unit})),
+                True,
+            )
+            for _ in dims
+        ]
+        stored = arr[..., ::-1, :] if arr.ndim >= 2 else arr  # DM stores the top line first
+        image_data = [
+            _dm_tag(
+                v,
+                "Calibrations",
+                _dm_group(v, [_dm_tag(v, "Dimension", _dm_group(v, calib), True)]),
+                True,
+            ),
+            _dm_tag(
+                v,
+                "Data",
+                _dm_data(
+                    v, [20, elem, arr.size], stored.astype(arr.dtype.newbyteorder("<")).tobytes()
+                ),
+                False,
+            ),
+            _dm_tag(v, "DataType", _dm_data(v, [5], np.array([code], "<u4").tobytes()), False),
+            _dm_tag(
+                v,
+                "Dimensions",
+                _dm_group(
+                    v,
+                    [
+                        _dm_tag(v, "", _dm_data(v, [5], np.array([d], "<u4").tobytes()), False)
+                        for d in dims
+                    ],
+                ),
+                True,
+            ),
+            _dm_tag(
+                v,
+                "PixelDepth",
+                _dm_data(v, [5], np.array([arr.dtype.itemsize], "<u4").tobytes()),
+                False,
+            ),
+        ]
+        entries = [
+            _dm_tag(v, "ImageData", _dm_group(v, image_data), True),
+            _dm_tag(v, "ImageTags", _dm_group(v, _dm_tree(v, extra)), True),
+            _dm_tag(v, "Name", _dm_value(v, name), False),
+        ]
+        return _dm_tag(v, "", _dm_group(v, entries), True)
+
+    images = []
+    if thumbnail:
+        images.append(image(np.zeros((8, 8), "<u4"), 23, "thumbnail", {}))
+    code = _DM_DATA[data.dtype.newbyteorder("<").str if data.dtype.itemsize > 1 else data.dtype.str]
+    images.append(image(data, code, path.stem, tags or {}))
+    root_tags = [_dm_tag(v, "ImageList", _dm_group(v, images), True)]
+    if thumbnail:  # where EMAN2 learns that image 0 is the thumbnail
+        index = _dm_group(v, _dm_tree(v, {"ImageIndex": 0}))
+        root_tags.append(
+            _dm_tag(v, "Thumbnails", _dm_group(v, [_dm_tag(v, "", index, True)]), True)
+        )
+    root = _dm_group(v, root_tags)
+    head = 16 if v == 4 else 12
+    size = head + len(root) + 8  # DM files end with 8 zero bytes
+    if v == 4:
+        header = np.array([4], ">u4").tobytes() + np.array([size - 24], ">u8").tobytes()
+    else:
+        header = np.array([3, size - 16], ">u4").tobytes()
+    path.write_bytes(header + np.array([1], ">u4").tobytes() + root + b"\0" * 8)
+
+
+_SER_CODES = {"u1": 1, "<u2": 2, "<u4": 3, "i1": 4, "<i2": 5, "<i4": 6, "<f4": 7, "<f8": 8}
+
+
+def write_ser(
+    path: Path, images: np.ndarray, delta: float = 2e-10, valid: int | None = None
+) -> None:
+    """A TIA series file (version 0x0210) of ``images`` (n, ny, nx), or of spectra when
+    ``images`` is (n, nx), in file row order, with ``delta`` metres per pixel; ``valid``
+    elements (default all) are marked as written."""
+    n = len(images)
+    spectra = images.ndim == 2
+    dtype = images.dtype.newbyteorder("<") if images.dtype.itemsize > 1 else images.dtype
+    code = _SER_CODES[dtype.str.lstrip("|")]
+    dims = struct.pack("<iddii", n, 0.0, 1.0, 0, 6) + b"Number" + struct.pack("<i", 0)
+    head_size = 30 + len(dims)
+    elements = []
+    for img in images:
+        if spectra:
+            meta = struct.pack("<ddihi", 0.0, delta, 0, code, img.shape[0])
+        else:
+            ny, nx = img.shape
+            meta = struct.pack("<ddiddihii", 0.0, delta, 0, 0.0, delta, 0, code, nx, ny)
+        elements.append(meta + img.astype(dtype).tobytes())
+    table = head_size
+    first = table + 8 * n
+    data_offsets, pos = [], first
+    for e in elements:
+        data_offsets.append(pos)
+        pos += len(e)
+    tag_offsets = [pos + 6 * k for k in range(n)]
+    kind = 0x4120 if spectra else 0x4122
+    head = struct.pack(
+        "<hhhiiiiii",
+        0x4949,
+        0x0197,
+        0x0210,
+        kind,
+        0x4152,
+        n,
+        n if valid is None else valid,
+        table,
+        1,
+    )
+    offsets = struct.pack(f"<{n}i", *data_offsets) + struct.pack(f"<{n}i", *tag_offsets)
+    tags = b"".join(struct.pack("<hi", 0x4152, 1000 + k) for k in range(n))
+    path.write_bytes(head + dims + offsets + b"".join(elements) + tags)
+
+
+def assert_blocks_consistent(path: Path) -> None:
+    """Every block of rows ``read(i, z, y0, y1)`` of every image of ``path`` equals those
+    rows of the whole image (the pipeline reads blocks; the readers flip rows)."""
+    from e2compress import open_source
+
+    with open_source(path) as src:
+        for i in range(len(src)):
+            nz, ny, nx = src.shape(i)
+            whole = src.image(i).reshape(nz, ny, nx)
+            for z in range(nz):
+                for y0 in range(ny):
+                    for y1 in range(y0 + 1, ny + 1):
+                        block = src.read(i, z, y0, y1)
+                        assert block.shape == (y1 - y0, nx)
+                        np.testing.assert_array_equal(block, whole[z, y0:y1])
+
+
+def assert_keys_kept(src_path: Path, out: Path) -> None:
+    """Every header key of every source image is in the output's header for that image,
+    with its value: per image, or once for the stack (``Group.``) when all agree."""
+    import e2compress
+    from e2compress import open_source
+
+    with open_source(src_path) as src, e2compress.open(out) as hdf:
+        assert len(hdf) == len(src)
+        for i in range(len(src)):
+            got = hdf.header(i)
+            for key, value in src.header(i).items():
+                stored = got[key] if key in got else got[f"Group.{key}"]
+                if isinstance(value, str):
+                    assert stored == value, key
+                else:
+                    assert float(stored) == pytest.approx(float(value), nan_ok=True), key

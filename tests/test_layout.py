@@ -289,3 +289,26 @@ def test_shuffle_can_be_turned_off(bits: int, tmp_path: Path) -> None:
         stored = ds[...]
     with e2compress.open(out) as f:
         assert np.array_equal(f.read_codes(0), stored)
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype"),
+    [
+        (1.5, np.float32),
+        (3.6e298, np.float64),  # a damaged calibration: kept, not cast to inf
+        (-(2**40), np.float64),  # past int32: EMAN2 reads 8-byte floats, not 8-byte ints
+        (7, np.int32),
+        ([1, 2**33], np.float64),
+        ([0.5, 1e300], np.float64),
+        ([1, 2], np.int32),
+    ],
+)
+def test_header_numbers_keep_their_value(value: object, dtype: type, tmp_path: Path) -> None:
+    """EMAN2 stores header numbers as float32/int32; one that does not fit is stored as
+    float64 (EMAN2 reads those too) instead of overflowing to inf or failing."""
+    from e2compress.eman_hdf import _attr_array
+
+    arr = _attr_array(value)
+    assert arr is not None
+    assert arr.dtype == dtype
+    np.testing.assert_array_equal(arr.astype(np.float64), np.ravel(value).astype(np.float64))

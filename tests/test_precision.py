@@ -79,7 +79,8 @@ def sources(draw: st.DrawFn) -> np.ndarray:
         values = [lo + int(v) % (hi - lo + 1) for v in ints.ravel()]
         return np.array(values, dtype=object).astype(dtype).reshape(shape)
     width = 2 if dtype.itemsize == 2 else 32 if dtype.itemsize == 4 else 64
-    centre = draw(st.sampled_from([0.0, 1.0, 1000.0, -3.5e4, 1e10, 1e30]))
+    centres = [0.0, 1.0, 1000.0, -3.5e4, 1e10, 1e30] + ([1e300] if width == 64 else [])
+    centre = draw(st.sampled_from(centres))
     span = draw(st.sampled_from([1e-3, 1.0, 1e3]))
     unit = draw(hnp.arrays(np.float64, shape, elements=st.floats(-1.0, 1.0)))
     if width == 2:
@@ -376,6 +377,33 @@ def test_huge_values_refused_one_line(
     assert len(lines) == 1
     assert "too wide" in lines[0]
     assert ("nooutliers cannot narrow" in lines[0]) == bool(option)
+
+
+@pytest.mark.parametrize("bits", [0, 5, "auto"])
+@pytest.mark.parametrize("nooutliers", [False, True])
+def test_float64_spike_past_float32(tmp_path: Path, bits: int | str, nooutliers: bool) -> None:
+    """One float64 pixel beyond float32's range (a corrupt value in a DM/SER/TIFF file):
+    clamped by nooutliers, or refused on one line; never a numpy overflow warning."""
+    data = np.random.default_rng(3).random((32, 32))
+    data[5, 7] = 1e300
+    tifffile.imwrite(tmp_path / "spike.tif", data)
+    out = tmp_path / "spike.hdf"
+    error: InputError | None = None
+    try:
+        e2compress.compress_file(
+            tmp_path / "spike.tif", out, bits=bits, nooutliers=nooutliers, threads=1
+        )
+    except InputError as exc:
+        error = exc
+    if error is not None:
+        assert "spike.tif" in _one_line(error)
+        assert not out.exists()
+        return
+    assert nooutliers
+    assert bits != 0
+    for values, mapping in eman_decode(out):
+        assert mapping is not None
+        assert np.isfinite(values).all()
 
 
 # --------------------------------------------------------------------------- real EMAN2

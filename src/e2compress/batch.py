@@ -26,15 +26,26 @@ import numpy as np
 from .atomic import TMP_SUFFIX
 from .errors import E2CompressError
 from .pipeline import output_path
-from .sources import COMPRESSED_SUFFIXES, MRC_SUFFIXES, TIFF_SUFFIXES, strip_compression
+from .sources import (
+    COMPRESSED_SUFFIXES,
+    DM_SUFFIXES,
+    MRC_SUFFIXES,
+    SER_SUFFIXES,
+    SPIDER_SUFFIXES,
+    TIFF_SUFFIXES,
+    companions,
+    input_key,
+    strip_compression,
+)
 
 PathLike = str | os.PathLike[str]
-# What --recursive picks up without --include: the MRC family and TIFF, plain or .gz/.bz2.
+# What --recursive picks up without --include: the MRC family and TIFF, plain or .gz/.bz2,
+# SPIDER, DM3/DM4, SER and IMAGIC pairs (by their .hed: a pair is compressed once).
 # EMAN2 HDF files are left out on purpose: they would be recompressed in place (and a
 # tree holding earlier outputs would have them all rewritten); include them explicitly.
 DEFAULT_PATTERNS = tuple(
     f"*{s}{c}" for s in MRC_SUFFIXES + TIFF_SUFFIXES for c in ("", *COMPRESSED_SUFFIXES)
-)
+) + tuple(f"*{s}" for s in (".hed", *SPIDER_SUFFIXES, *DM_SUFFIXES, *SER_SUFFIXES))
 
 
 @dataclass(frozen=True)
@@ -146,7 +157,8 @@ class _Keys:
         head, name = os.path.split(raw.given)
         src_dir = self.realdir(head or ".")
         dst_dir = src_dir if raw.out_dir is None else self.realdir(raw.out_dir)
-        return os.path.join(src_dir, name), os.path.join(dst_dir, output_name(name))
+        src = os.path.join(src_dir, input_key(name))
+        return src, os.path.join(dst_dir, output_name(name))
 
 
 class Inputs:
@@ -317,7 +329,8 @@ class Inputs:
             src_key, dst_key = keys(raw)
             if hash((src_key, dst_key)) in repeated:
                 if (src_key, dst_key) in seen:
-                    again = f"{raw.given}: given more than once; compressed once"
+                    what = "this IMAGIC pair is " if companions(raw.given) else ""
+                    again = f"{raw.given}: {what}given more than once; compressed once"
                     yield Item(raw.given, source, target, raw.make_dirs, skip=again)
                     continue
                 seen.add((src_key, dst_key))

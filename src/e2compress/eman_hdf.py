@@ -28,7 +28,15 @@ from h5py import h5a, h5d, h5f, h5g, h5p, h5s, h5t
 
 from . import codecs, h5direct
 from .errors import InputError
-from .quantize import RenderRange, code_max, decode_dtype, decode_values, is_wide, storage_dtype
+from .quantize import (
+    F32_MAX,
+    RenderRange,
+    code_max,
+    decode_dtype,
+    decode_values,
+    is_wide,
+    storage_dtype,
+)
 
 PathLike = str | os.PathLike[str]
 STORED_KEYS = ("stored_rendermin", "stored_rendermax", "stored_renderbits", "stored_truncated")
@@ -64,16 +72,31 @@ def _attr_array(value: Any) -> np.ndarray | None:
     if isinstance(value, np.floating):
         return np.array([value], dtype=value.dtype)
     if isinstance(value, float):
-        return np.array([value], dtype=np.float32)
-    if isinstance(value, np.integer):
-        dt = np.uint32 if value.dtype == np.uint32 else np.int32
+        return np.array([value], dtype=_float_type(value))
+    if isinstance(value, (int, np.integer)):
+        dt = np.uint32 if isinstance(value, np.uint32) else np.int32
+        if not np.iinfo(dt).min <= int(value) <= np.iinfo(dt).max:
+            return np.array([float(value)], dtype=np.float64)
         return np.array([value], dtype=dt)
-    if isinstance(value, int):
-        return np.array([value], dtype=np.int32)
     if isinstance(value, (list, tuple)):
         arr = np.asarray(value)
-        return arr.astype(np.float32 if arr.dtype.kind == "f" else np.int32)
+        if arr.dtype.kind in "iub" and arr.size:
+            return arr.astype(np.int32 if _in_int32(arr) else np.float64)
+        as_float = arr.astype(np.float64)
+        return as_float.astype(_float_type(*as_float.ravel()))
     return None
+
+
+def _float_type(*values: float) -> type[np.floating[Any]]:
+    """float32 as EMAN2 stores header numbers; float64 (which EMAN2 also reads) for
+    finite values past float32's range, e.g. a damaged calibration, instead of inf."""
+    big = any(math.isfinite(v) and abs(v) > F32_MAX for v in values)
+    return np.float64 if big else np.float32
+
+
+def _in_int32(arr: np.ndarray) -> bool:
+    info = np.iinfo(np.int32)
+    return bool(info.min <= int(arr.min()) and int(arr.max()) <= info.max)
 
 
 class _AttrMaker:

@@ -88,8 +88,9 @@ def _tile_means(r: np.ndarray, ty: int, norm: float, tx: int | None = None) -> n
     ty = min(ty, ry)
     tx = min(tx or ty, rx)
     my, mx = ry // ty, rx // tx
-    blocks = (r[: my * ty, : mx * tx] ** 2).reshape(my, ty, mx, tx)
-    out: np.ndarray = blocks.mean(axis=(1, 3)).reshape(-1) / norm
+    with np.errstate(over="ignore", invalid="ignore"):  # a tile of huge values is inf
+        blocks = (r[: my * ty, : mx * tx] ** 2).reshape(my, ty, mx, tx)
+        out: np.ndarray = blocks.mean(axis=(1, 3)).reshape(-1) / norm
     return out
 
 

@@ -52,6 +52,7 @@ from .options import AUTO_BITS, DEFAULT_CHUNK_ROWS, Options
 from .provenance import Identity, Record, check_unchanged, read_record, value_options, write_record
 from .quantize import (
     F32,
+    F32_MAX,
     HIST_BINS,
     RenderRange,
     Stats,
@@ -72,7 +73,7 @@ from .quantize import (
     window_stats,
 )
 from .report import CompressReport, ImageReport, ImageReports, mean_warning, quality_warning
-from .sources import ImageSource, is_hdf5, open_source, strip_compression
+from .sources import ImageSource, companions, is_hdf5, open_source, strip_compression
 from .verify import check_complete, stored_whole, verify_output
 
 __all__ = [
@@ -100,7 +101,6 @@ NOISE_SAMPLE_PIXELS = 1 << 19
 NOISE_SAMPLED_IMAGES = 256  # images of a stack whose noise is measured (fixed bits)
 BATCH_BYTES = 1 << 20  # float32 bytes of small images of a stack encoded per task
 STACK_CHUNK_BYTES = 1 << 20  # stored bytes up to which a stack's image is one chunk
-F32_MAX = float(np.finfo(np.float32).max)
 
 
 def output_path(src: PathLike, outpath: PathLike | None = None) -> Path:
@@ -1020,6 +1020,7 @@ def compress_file(
     source_path = Path(src)
     named = Path(dst) if dst is not None else output_path(source_path)
     ident = Identity.of(source_path)  # before the first read
+    partners = [(p, Identity.of(p)) for p in companions(source_path)]  # an IMAGIC pair
     t0 = time.perf_counter()
     own_pool = pool is None
     workers = pool or make_pool(threads)
@@ -1053,6 +1054,8 @@ def compress_file(
 
             def unchanged() -> None:
                 check_unchanged(source_path, ident)
+                for path, before in partners:
+                    check_unchanged(path, before)
 
             with AtomicOutput(target) as out:
                 try:

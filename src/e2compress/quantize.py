@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 F32 = np.float32
 HIST_BINS = 1024
-_F32_MAX = float(np.finfo(np.float32).max)
+F32_MAX = float(np.finfo(np.float32).max)
 _HALF_DOWN = np.nextafter(F32(0.5), F32(0.0))  # 0.49999997: trunc(x + this) == roundf(x)
 _F32_INT = 1 << 24  # every integer up to this magnitude is exact in float32
 
@@ -246,7 +246,8 @@ def block_stats(
 
 def valid_limits(lo: float, hi: float) -> bool:
     """EMAN2's "has limits" test on float32 limits."""
-    lo32, hi32 = F32(lo), F32(hi)
+    with np.errstate(over="ignore"):  # float64 limits past float32's range: +-inf
+        lo32, hi32 = F32(lo), F32(hi)
     if np.isnan(lo32) or np.isnan(hi32) or hi32 <= lo32:
         return False
     return not (abs(lo32) > 1e28 or abs(hi32) > 1e28)
@@ -278,7 +279,7 @@ class RenderRange:
         """True when every reader can decode it: finite limits, and a span and step
         that do not overflow float32 (EMAN2 and plain-h5py readers decode in float32)."""
         rmin, rmax = float(self.rmin), float(self.rmax)  # float32 values (see choose_range)
-        return abs(rmin) <= _F32_MAX and abs(rmax) <= _F32_MAX and abs(rmax - rmin) < _F32_MAX
+        return abs(rmin) <= F32_MAX and abs(rmax) <= F32_MAX and abs(rmax - rmin) < F32_MAX
 
 
 def range_limits(rng: RenderRange) -> tuple[float, float]:
@@ -363,12 +364,12 @@ def choose_range(stats: Stats, bits: int, limits: tuple[float, float] | None = N
         raise ValueError(f"quantisation needs bits in 1..16, not {bits}")
     levels = 1 << bits
     rmaxcode = F32(levels - 1)
-    lo, hi = F32(stats.minimum), F32(stats.maximum)
     if stats.count == 0:
         return RenderRange(bits, 0.0, 0.0, "empty")
     if stats.inexact:
         return _wide_range(stats, bits, limits)
     with np.errstate(over="ignore", invalid="ignore"):
+        lo, hi = F32(stats.minimum), F32(stats.maximum)  # +-inf past float32: redone below
         rng = _choose_range(stats, bits, limits, lo, hi, levels, rmaxcode)
         if not rng.is_finite:  # float32 overflowed (values near +-3.4e38): redo in float64
             wide = _choose_range(

@@ -1,7 +1,8 @@
 """Input images: the :class:`ImageSource` interface and :func:`open_source` dispatch.
 
 One reader module per input format: :mod:`.read_mrc` (MRC/CCP4, plain or
-``.gz``/``.bz2``), :mod:`.read_tiff` and :mod:`.read_hdf` (EMAN2 HDF). Each presents
+``.gz``/``.bz2``), :mod:`.read_tiff`, :mod:`.read_hdf` (EMAN2 HDF), :mod:`.read_imagic`,
+:mod:`.read_spider`, :mod:`.read_dm` (Gatan DM3/DM4) and :mod:`.read_ser` (FEI/TIA). Each presents
 a file as EMAN2 sees it: a list of images, each (nz, ny, nx) with nz == 1 for 2-D
 images, read a block of rows at a time (safely from several threads), and the header
 keys EMAN2 carries over. Every size or count a file's header claims is checked
@@ -27,6 +28,10 @@ MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st", ".ali", ".rec", ".ccp4", ".mrcz"
 TIFF_SUFFIXES = (".tif", ".tiff")
 EER_SUFFIXES = (".eer",)
 HDF_SUFFIXES = (".hdf", ".h5", ".hdf5", ".hd5")
+IMAGIC_SUFFIXES = (".hed", ".img")  # a pair: header and data
+SPIDER_SUFFIXES = (".spi", ".spider")
+DM_SUFFIXES = (".dm3", ".dm4")
+SER_SUFFIXES = (".ser",)  # FEI/TIA series
 COMPRESSED_SUFFIXES = (".gz", ".bz2")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -106,6 +111,24 @@ def strip_compression(name: str) -> str:
     return name
 
 
+def input_key(name: str) -> str:
+    """The name that identifies an input file: an IMAGIC ``x.img`` is its pair's ``x.hed``
+    (both name the same images, compressed once into ``x.hdf``)."""
+    if name.lower().endswith(".img"):
+        return name[:-4] + (".HED" if name[-4:].isupper() else ".hed")
+    return name
+
+
+def companions(path: PathLike) -> list[Path]:
+    """The other files a reader of ``path`` reads: an IMAGIC pair's other half."""
+    p = Path(path)
+    lower = p.name.lower()
+    if lower.endswith((".hed", ".img")):
+        other = ".img" if lower.endswith(".hed") else ".hed"
+        return [p.with_suffix(other.upper() if p.suffix.isupper() else other)]
+    return []
+
+
 def is_hdf5(path: PathLike) -> bool:
     """True when ``path`` is a readable file starting with the HDF5 signature."""
     try:
@@ -131,7 +154,8 @@ def open_source(
     """Open ``path`` as an image source, choosing the reader by content and name.
 
     Args:
-        path: an MRC/CCP4 (plain, ``.gz`` or ``.bz2``), TIFF, EER or EMAN2 HDF file.
+        path: an MRC/CCP4 (plain, ``.gz`` or ``.bz2``), TIFF, EER, EMAN2 HDF, IMAGIC
+            (``.hed`` or ``.img`` of a pair), SPIDER, DM3/DM4 or TIA ``.ser`` file.
         scratch_dir: where a compressed MRC is decompressed to (an anonymous file,
             gone when the source is closed or the process dies); default: the
             system's temporary directory.
@@ -159,25 +183,47 @@ def open_source(
         return EerSource(p, eer_grouping) if name.endswith(EER_SUFFIXES) else TiffSource(p)
     if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)) or name.endswith(MRC_SUFFIXES):
         return MrcSource(p, magic, scratch_dir=scratch_dir)
+    if name.endswith(IMAGIC_SUFFIXES):
+        return ImagicSource(p)
+    if name.endswith(SPIDER_SUFFIXES):
+        return SpiderSource(p)
+    if name.endswith(DM_SUFFIXES):
+        return DmSource(p)
+    if name.endswith(SER_SUFFIXES):
+        return SerSource(p)
     if name.endswith(HDF_SUFFIXES):
         raise InputError("not an HDF5 file (bad signature)", p)
     if name.endswith(TIFF_SUFFIXES + EER_SUFFIXES):
         raise InputError("not a TIFF file (bad signature)", p)
-    raise InputError("unrecognised file type (expected MRC, TIFF or EMAN2 HDF)", p)
+    raise InputError(
+        "unrecognised file type (expected MRC, TIFF, EER, EMAN2 HDF, IMAGIC, SPIDER, DM3/DM4"
+        " or SER)",
+        p,
+    )
 
 
 # Re-exported: code and tests import the readers from here.
+from .read_dm import DmSource  # noqa: E402
 from .read_eer import EerSource  # noqa: E402
 from .read_hdf import HdfSource  # noqa: E402
+from .read_imagic import ImagicSource  # noqa: E402
 from .read_mrc import MrcSource  # noqa: E402
+from .read_ser import SerSource  # noqa: E402
+from .read_spider import SpiderSource  # noqa: E402
 from .read_tiff import TiffSource  # noqa: E402
 
 __all__ = [
+    "DmSource",
     "EerSource",
     "HdfSource",
     "ImageSource",
+    "ImagicSource",
     "MrcSource",
+    "SerSource",
+    "SpiderSource",
     "TiffSource",
+    "companions",
+    "input_key",
     "is_hdf5",
     "open_source",
     "strip_compression",
