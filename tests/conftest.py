@@ -17,6 +17,7 @@ import pytest
 import tifffile
 
 from e2compress.cli import main
+from e2compress.commands import VERBS
 from e2compress.quantize import RenderRange, within_half_step
 
 F32 = np.float32
@@ -149,9 +150,16 @@ def assert_within_half_step(
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback."""
+    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback.
+
+    A compression command line gets ``--settle 0`` first (the tests' inputs are written
+    just before; the tests of --settle itself give their own, which comes later and wins).
+    """
+    args = [str(a) for a in argv]
+    if not args or args[0] not in (*VERBS, "watch"):
+        args = ["--settle", "0", *args]
     try:
-        rc = main([str(a) for a in argv])
+        rc = main(args)
     except SystemExit as exc:  # argparse errors, --help, --version
         rc = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()

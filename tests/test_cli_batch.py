@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import CORE_FILES, REAL_FILES, eman_decode, run_cli, write_mrc
+from e2compress.batchreport import read_report
 
 F32 = np.float32
 SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
@@ -116,13 +117,10 @@ def test_report(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -
     report = tmp_path / f"report{kind}"
     rc, stdout, _ = run_cli(capsys, "--bits", "5", "--report", report, good, bad)
     assert rc == 1
-    if kind == ".csv":
-        with open(report, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    else:
-        doc = json.loads(report.read_text())
-        rows = doc["files"]
-        assert doc["totals"]["compressed"] == doc["totals"]["failed"] == 1
+    rows, totals = read_report(report)
+    if kind == ".json":
+        (total,) = totals
+        assert total["compressed"] == total["failed"] == 1
     by = {Path(r["source"]).name: r for r in rows}
     assert by["good.mrc"]["status"] == "done"
     assert int(by["good.mrc"]["bytes_out"]) == (tmp_path / "good.hdf").stat().st_size
@@ -131,6 +129,14 @@ def test_report(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -
     assert by["bad.mrc"]["status"] == "failed"
     assert str(by["bad.mrc"]["message"]).startswith(str(bad))
     assert TOTALS.search(stdout).groups()[1] == "1"  # type: ignore[union-attr]
+    # a rerun appends: the first run's rows stay as they were, the rerun adds its own
+    rc, _, _ = run_cli(capsys, "--bits", "5", "--skip-existing", "--report", report, good)
+    assert rc == 0
+    again, _ = read_report(report)
+    assert again[: len(rows)] == rows
+    (last,) = again[len(rows) :]
+    assert (Path(last["source"]).name, last["status"]) == ("good.mrc", "skipped")
+    assert int(last["bytes_out"]) == (tmp_path / "good.hdf").stat().st_size
 
 
 def test_bad_batch_options_do_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,12 +243,12 @@ def test_scheduler_batch_of_real_and_synthetic_files(
     assert rc == 0, err
     rc, _, err = run_cli(capsys, *common, "--outpath", local_out, *sources)
     assert rc == 0, err
-    doc = json.loads(report.read_text())
-    assert len(doc["files"]) == len(sources)
-    workers = {row["worker"] for row in doc["files"]}
+    files, (totals,) = read_report(report)
+    assert len(files) == len(sources)
+    workers = {row["worker"] for row in files}
     assert len(workers) == 2
     assert all(w.startswith("tcp://") for w in workers)
-    for row in doc["files"]:
+    for row in files:
         out = Path(row["output"])
         assert out.parent == dask_out
         assert row["status"] == "done"
@@ -255,9 +261,8 @@ def test_scheduler_batch_of_real_and_synthetic_files(
         ((_, m0), *_) = a
         assert m0 is not None
         assert (row["bits"], row["rmin"]) == (6, min(m[1] for _, m in a if m))
-    totals = doc["totals"]
     assert totals["compressed"] == len(sources)
-    assert totals["bytes_out"] == sum(Path(r["output"]).stat().st_size for r in doc["files"])
+    assert totals["bytes_out"] == sum(Path(r["output"]).stat().st_size for r in files)
     assert TOTALS.search(stdout) is not None
 
 
@@ -356,3 +361,93 @@ def test_100000_listed_files_keep_memory_and_open_files_flat(tmp_path: Path) -> 
     assert rc_small == rc == 1
     assert fds <= fds_small + 4
     assert (rss - rss_small) / 1024 < 16, (rss, rss_small)
+
+
+def test_dask_scheduler_and_worker_started_from_the_venv_bin(tmp_path: Path) -> None:
+    """The README's route: ``dask scheduler`` and ``dask worker`` run from the same bin/
+    as ``e2compress.py`` (scripts there have bin/ first on sys.path, where the console
+    script used to shadow the package), then a batch with --scheduler: every file done."""
+    pytest.importorskip("distributed")
+    bindir = Path(sys.executable).parent
+    dask, exe = bindir / "dask", bindir / "e2compress"
+    if not (dask.exists() and exe.exists() and (bindir / "e2compress.py").exists()):
+        pytest.skip("needs the dask and e2compress console scripts in the venv's bin/")
+    data = {f"m{k}.mrc": image(40 + k, (2, 120, 100)) for k in range(4)}
+    for name, arr in data.items():
+        write_mrc(tmp_path / name, arr)
+    out, info = tmp_path / "out", tmp_path / "scheduler.json"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    logs = open(tmp_path / "dask.log", "w")  # noqa: SIM115 (closed below)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(
+            subprocess.Popen(
+                [
+                    dask,
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--scheduler-file",
+                    str(info),
+                ],
+                cwd=tmp_path,
+                env=env,
+                stdout=logs,
+                stderr=logs,
+            )
+        )
+        wait_until(lambda: info.exists() and info.stat().st_size > 0, "the scheduler file")
+        address = json.loads(info.read_text())["address"]  # a free port, chosen by the OS
+        procs.append(
+            subprocess.Popen(
+                [dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                cwd=tmp_path,
+                env=env,
+                stdout=logs,
+                stderr=logs,
+            )
+        )
+        proc = subprocess.run(
+            [
+                exe,
+                "--scheduler",
+                address,
+                "--bits",
+                "6",
+                "--outpath",
+                "out",
+                "--report",
+                "r.csv",
+                "--settle",
+                "0",
+                *data,
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,  # hang guard: a batch that never finishes fails the test
+        )
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(60)
+        logs.close()
+    assert proc.returncode == 0, proc.stderr + (tmp_path / "dask.log").read_text()[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert SUMMARY.search(proc.stdout).groups() == ("4", "0", "0")  # type: ignore[union-attr]
+    with open(tmp_path / "r.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(Path(r["source"]).name for r in rows if r["status"] == "done") == sorted(data)
+    assert all(r["worker"].startswith("tcp://127.0.0.1:") for r in rows)
+    for name, arr in data.items():
+        within_half_step(arr, out / name.replace(".mrc", ".hdf"))

@@ -24,7 +24,16 @@ from .executor import Cancel
 from .fidelity import DEFAULT_NOISE_FRACTION
 from .options import AUTO_BITS, Options
 from .progress import Progress, human_size
-from .runner import STATUSES, FileResult, Job, LocalRunner, Tick, make_jobs
+from .runner import (
+    SETTLE_SECONDS,
+    SETTLE_WAIT,
+    STATUSES,
+    FileResult,
+    Job,
+    LocalRunner,
+    Tick,
+    make_jobs,
+)
 
 DESCRIPTION = """\
 Convert image files (MRC/MRCS/MAP/CCP4 incl. .gz/.bz2, TIFF, EMAN2 HDF) to
@@ -158,6 +167,7 @@ _apix = commands.number(float, lambda v: v > 0, "a positive pixel size")
 _level = commands.number(int, lambda v: 0 <= v <= 9, "an integer 0..9")
 _threads = commands.number(int, lambda v: v >= 1, "a positive integer")
 _positive = commands.number(float, lambda v: v > 0, "a positive number of seconds")
+_seconds = commands.number(float, lambda v: v >= 0, "a number of seconds >= 0")
 
 
 def build_parser(watch: bool = False) -> argparse.ArgumentParser:
@@ -290,7 +300,19 @@ def _add_scale_options(p: argparse.ArgumentParser, watch: bool) -> None:
     )
     if not watch:
         b.add_argument(
-            "--dry-run", action="store_true", help="print what would be written, open nothing"
+            "--dry-run",
+            action="store_true",
+            help="print what would be written and check each input exists and is readable; "
+            "write nothing",
+        )
+        b.add_argument(
+            "--settle",
+            type=_seconds,
+            default=SETTLE_SECONDS,
+            metavar="S",
+            help="an input modified less than S seconds ago may still be being written: wait "
+            f"until it has not changed for S seconds (at most {SETTLE_WAIT} x S, then it fails); "
+            f"0: no wait (default {SETTLE_SECONDS:g})",
         )
     b.add_argument(
         "--report", metavar="FILE", help="per-file report and totals: FILE.csv or FILE.json"
@@ -577,6 +599,7 @@ def _batch(batch: _Batch, inputs: Inputs) -> int:
                 verify=args.verify,
                 skip_existing=args.skip_existing,
                 force=args.force,
+                settle=args.settle,
             )
             _run(batch, runner, jobs, counts, totals, report, inputs)
     except E2CompressError as exc:  # a report or a cluster that cannot be had: no work done
@@ -619,7 +642,12 @@ def _run(
     t0 = time.perf_counter()
 
     def on_tick(t: Tick) -> None:
-        if t.done == t.total == 0 and args.verbose:
+        if t.waiting and args.verbose:
+            batch.console.out(
+                f"Waiting for {t.given}: modified {t.waiting:.1f} s ago, it may still be "
+                f"being written (--settle {args.settle:g})"
+            )
+        elif t.done == t.total == 0 and args.verbose:
             batch.console.out(f"Processing {t.given} -> {t.target}")
         progress.tick(t)
 

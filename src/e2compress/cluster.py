@@ -90,7 +90,9 @@ class _Ticker:
         if t.done and t.done < t.total and now - self.last < TICK_SECONDS:
             return
         self.last = now
-        self.worker.log_event(TOPIC, [t.given, t.target, t.done, t.total, t.worker, t.size])
+        self.worker.log_event(
+            TOPIC, [t.given, t.target, t.done, t.total, t.worker, t.size, t.waiting]
+        )
 
 
 def compress_task(job: Job, progress: bool = False) -> FileResult:
@@ -143,9 +145,9 @@ class DaskRunner:
         done = as_completed()
 
         def handler(event: tuple[float, Any]) -> None:
-            given, target, count, total, worker, size = event[1]
+            given, target, count, total, worker, size, waiting = event[1]
             if on_tick is not None and _key_of.get(given) in inflight:
-                on_tick(Tick(given, target, count, total, worker, size))
+                on_tick(Tick(given, target, count, total, worker, size, waiting))
 
         _key_of: dict[str, str] = {}  # given -> key, for the files in flight
         if on_tick is not None:
