@@ -451,3 +451,94 @@ def test_dask_scheduler_and_worker_started_from_the_venv_bin(tmp_path: Path) -> 
     assert all(r["worker"].startswith("tcp://127.0.0.1:") for r in rows)
     for name, arr in data.items():
         within_half_step(arr, out / name.replace(".mrc", ".hdf"))
+
+
+# --------------------------------------------------------------------------- issue 16
+
+
+def test_dry_run_checks_that_each_input_exists_and_is_readable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_mrc(tmp_path / "good.mrc", image(50))
+    locked = write_mrc(tmp_path / "locked.mrc", image(51))
+    locked.chmod(0)
+    (tmp_path / "dir.mrc").mkdir()
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{tmp_path / n}\n" for n in ("good.mrc", "gone.mrc", "dir.mrc")))
+    try:
+        rc, stdout, err = run_cli(capsys, "--dry-run", f"@{lst}", locked)
+    finally:
+        locked.chmod(0o644)
+    assert (rc, err) == (1, "")
+    lines = stdout.splitlines()
+    assert lines[0] == f"{good} -> {tmp_path / 'good.hdf'}"
+    assert lines[1] == f"ERROR: {tmp_path / 'gone.mrc'}: no such file"
+    assert lines[2] == f"ERROR: {tmp_path / 'dir.mrc'}: not a regular file"
+    if os.geteuid() != 0:  # root reads anything
+        assert lines[3] == f"ERROR: {locked}: not readable (permission denied)"
+    assert lines[-1].startswith("dry run: 4 inputs, ")
+    assert " with a problem" in lines[-1]
+    rc, stdout, _ = run_cli(capsys, "--dry-run", good)
+    assert rc == 0
+    assert "problem" not in stdout
+
+
+def test_mkdir_creates_the_outpath(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = image(52)
+    src = write_mrc(tmp_path / "a.mrc", data)
+    out = tmp_path / "new" / "deeper"
+    rc, _, err = run_cli(capsys, "--outpath", out, src)
+    assert rc == 2
+    assert "--outpath must be an existing, writable directory" in err
+    rc, stdout, _ = run_cli(capsys, "--dry-run", "--mkdir", "--outpath", out, src)
+    assert rc == 0
+    assert stdout.splitlines()[0] == f"{src} -> {out / 'a.hdf'}"
+    assert not (tmp_path / "new").exists()  # a dry run creates nothing
+    rc, _, err = run_cli(capsys, "--bits", "6", "--mkdir", "--outpath", out, src)
+    assert (rc, err) == (0, "")
+    within_half_step(data, out / "a.hdf")
+
+
+def test_nul_separated_lists_as_from_find_print0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``find -print0 | e2compress -`` and a NUL-separated @LIST: paths taken verbatim
+    (a name may hold spaces, a '#' or even a newline), as ``xargs -0`` does."""
+    names = ["a b.mrc", "#c.mrc", "new\nline.mrc", "d.mrc"]
+    imgs = {n: image(60 + k) for k, n in enumerate(names)}
+    for n, arr in imgs.items():
+        write_mrc(tmp_path / n, arr)
+    out1, out2 = tmp_path / "o1", tmp_path / "o2"
+    out1.mkdir()
+    out2.mkdir()
+    listed = "".join(f"{tmp_path / n}\0" for n in names)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(listed))
+    rc, stdout, err = run_cli(capsys, "--bits", "6", "--outpath", out1, "-")
+    assert (rc, err) == (0, "")
+    assert SUMMARY.search(stdout).groups() == ("4", "0", "0")  # type: ignore[union-attr]
+    (tmp_path / "list0").write_text(listed)
+    rc, _, err = run_cli(capsys, "--bits", "6", "--outpath", out2, f"@{tmp_path / 'list0'}")
+    assert (rc, err) == (0, "")
+    for n, arr in imgs.items():
+        within_half_step(arr, out1 / n.replace(".mrc", ".hdf"))
+        within_half_step(arr, out2 / n.replace(".mrc", ".hdf"))
+
+
+def test_info_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """``e2compress info ... | head -1``: no traceback, the status SIGPIPE would give."""
+    tif = next(p for p in CORE_FILES if p.suffix == ".tif")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "e2compress", "info", str(tif), str(tif), str(tif)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away, as head does
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(60) == 128 + signal.SIGPIPE, err
+    assert first.startswith(str(tif).encode())
+    assert err == ""

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import itertools
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from array import array
@@ -217,29 +219,27 @@ class Inputs:
 
     # ----------------------------------------------------------------- raw streams
 
-    def _stdin_lines(self) -> Iterator[str]:
+    def _stdin_file(self) -> IO[str]:
         if self._spool is None:
             self._spool = tempfile.TemporaryFile(  # noqa: SIM115 (closed by close())
-                "w+", encoding="utf-8", errors="surrogateescape"
+                "w+", encoding="utf-8", errors="surrogateescape", newline=""
             )
             shutil.copyfileobj(self._stdin or sys.stdin, self._spool)
         self._spool.seek(0)
-        yield from self._spool
+        return self._spool
 
     def _paths(self) -> Iterator[str]:
         """Every path given directly, in a list or on stdin (not the walked trees)."""
         for f in self.files:
             if f == "-":
-                lines: Iterable[str] = self._stdin_lines()
+                yield from _entries(self._stdin_file())
             elif f.startswith("@") and len(f) > 1:
-                lines = _read_lines(Path(f[1:]))
+                with open(
+                    Path(f[1:]), encoding="utf-8", errors="surrogateescape", newline=""
+                ) as fh:
+                    yield from _entries(fh)
             else:
                 yield f
-                continue
-            for line in lines:
-                text = line.strip()
-                if text and not text.startswith("#"):
-                    yield text
 
     def _raw(self) -> Iterator[_Raw]:
         out = None if self.outpath is None else str(self.outpath)
@@ -334,9 +334,45 @@ class Inputs:
             yield item
 
 
-def _read_lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-        yield from fh
+def _entries(fh: IO[str], chunk: int = 1 << 16) -> Iterator[str]:
+    """The paths in a list: NUL-separated (``find -print0``), taken verbatim as
+    ``xargs -0`` does, when the first ``chunk`` characters hold a NUL; else one a line,
+    stripped, without blank lines and ``#`` comments."""
+    head = fh.read(chunk)
+    if "\0" in head:
+        rest = head
+        while True:
+            *whole, rest = rest.split("\0")
+            yield from (p for p in whole if p)
+            more = fh.read(chunk)
+            if not more:
+                break
+            rest += more
+        if rest:
+            yield rest
+        return
+    lines = head.splitlines(keepends=True)
+    if lines and not lines[-1].endswith(("\n", "\r")):
+        lines[-1] += fh.readline()
+    for line in itertools.chain(lines, fh):
+        text = line.strip()
+        if text and not text.startswith("#"):
+            yield text
+
+
+def unreadable(item: Item) -> str:
+    """Why ``item``'s input cannot be read ('' when it is a readable regular file);
+    checked with ``stat`` and ``access``, without opening it."""
+    try:
+        st = os.stat(item.source)
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        return f"{item.given}: {'no such file' if isinstance(exc, FileNotFoundError) else why}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{item.given}: not a regular file"
+    if not os.access(item.source, os.R_OK):
+        return f"{item.given}: not readable (permission denied)"
+    return ""
 
 
 def describe(item: Item) -> str:

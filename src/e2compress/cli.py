@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from . import __version__, commands
-from .batch import Inputs, Item, describe
+from .batch import Inputs, Item, describe, unreadable
 from .batchreport import ReportWriter, Totals
 from .errors import E2CompressError
 from .executor import Cancel
@@ -236,6 +236,9 @@ def build_parser(watch: bool = False) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--outpath", default=None, metavar="DIR", help="write outputs into this existing directory"
+    )
+    p.add_argument(
+        "--mkdir", action="store_true", help="create the --outpath directory if it is missing"
     )
     p.add_argument(
         "--threads",
@@ -510,7 +513,18 @@ def _options(args: argparse.Namespace, console: _Console) -> Options | None:
         return None
     if args.outpath is not None:
         out_dir = Path(args.outpath)
-        if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
+        if args.mkdir and not getattr(args, "dry_run", False):
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                console.err(
+                    f"e2compress: error: cannot create --outpath {args.outpath}: "
+                    f"{exc.strerror or exc}"
+                )
+                return None
+        elif args.mkdir and not out_dir.exists():
+            pass  # a dry run creates nothing
+        elif not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
             console.err(
                 f"e2compress: error: --outpath must be an existing, writable directory: "
                 f"{args.outpath}"
@@ -537,14 +551,20 @@ def _options(args: argparse.Namespace, console: _Console) -> Options | None:
 
 
 def _dry_run(inputs: Inputs, console: _Console) -> int:
-    """Print each input and its output (or why not), then a count; exit 1 on a conflict."""
+    """Print each input and its output (or why not), then a count; exit 1 when an input
+    is missing or unreadable or collides with another."""
     inputs.scan()
     problems = 0
     for item in inputs:
+        if not item.problem and not item.skip:
+            why = unreadable(item)
+            if why:
+                item = Item(item.given, item.source, item.target, item.make_dirs, problem=why)
         problems += bool(item.problem)
         console.out(describe(item))
     size = human_size(inputs.total_bytes)
-    console.out(f"dry run: {inputs.count} inputs, {size}; nothing written")
+    bad = f", {problems} with a problem (ERROR lines)" if problems else ""
+    console.out(f"dry run: {inputs.count} inputs{bad}, {size}; nothing written")
     return 1 if problems else 0
 
 
@@ -750,5 +770,13 @@ def _main_watch(argv: Sequence[str], cancel: Cancel) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point. A reader that goes away (``e2compress info ... |
+    head``) ends the program quietly with status 141, as SIGPIPE would."""
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # no second error when Python exits
+        os.dup2(devnull, sys.stdout.fileno())
+        status = 128 + signal.SIGPIPE
+    sys.exit(status)
