@@ -352,6 +352,14 @@ def _add_scale_options(p: argparse.ArgumentParser, watch: bool) -> None:
     d.add_argument(
         "--dask-config", metavar="FILE", help="Dask YAML configuration (e.g. jobqueue.slurm)"
     )
+    d.add_argument(
+        "--worker-timeout",
+        type=_positive,
+        default=600.0,
+        metavar="S",
+        help="give up (nothing compressed) when no Dask worker has joined after S seconds "
+        "(default 600)",
+    )
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -569,8 +577,10 @@ def _dry_run(inputs: Inputs, console: _Console) -> int:
 
 
 @contextmanager
-def _runner(args: argparse.Namespace) -> Iterator[Any]:
-    """A LocalRunner, or a DaskRunner on --scheduler / a new --cluster (closed after)."""
+def _runner(batch: _Batch) -> Iterator[Any]:
+    """A LocalRunner, or a DaskRunner on --scheduler / a new --cluster (closed after),
+    once a worker has joined (saying so while it waits)."""
+    args = batch.args
     if args.scheduler is None and args.cluster is None:
         yield LocalRunner(args.threads)
         return
@@ -590,6 +600,12 @@ def _runner(args: argparse.Namespace) -> Iterator[Any]:
         walltime=args.walltime,
         **settings,
     ) as client:
+        cluster.wait_for_workers(
+            client,
+            batch.cancel,
+            timeout=args.worker_timeout,
+            notify=lambda line: batch.console.err(f"e2compress: {line}"),
+        )
         yield cluster.DaskRunner(client, threads=args.threads)
 
 
@@ -610,7 +626,7 @@ def _batch(batch: _Batch, inputs: Inputs) -> int:
     watch_done = threading.Event()
     try:
         report = ReportWriter(args.report) if args.report else None
-        with _runner(args) as runner:
+        with _runner(batch) as runner:
             if watching:
                 _watch_parent(args.ppid, is_parent, cancel, batch.parent_gone, watch_done)
             jobs = make_jobs(
@@ -671,6 +687,8 @@ def _run(
             batch.console.out(f"Processing {t.given} -> {t.target}")
         progress.tick(t)
 
+    if inputs is None:  # watch mode: the files are counted as they come
+        jobs = progress.counting(jobs)
     try:
         for r in runner.run(jobs, batch.cancel, on_tick):
             counts[r.status] += 1
@@ -750,7 +768,7 @@ def _main_watch(argv: Sequence[str], cancel: Cancel) -> int:
 
     try:
         report = ReportWriter(args.report) if args.report else None
-        with _runner(args) as runner:
+        with _runner(batch) as runner:
             if args.ppid is not None and args.ppid > 0:
                 is_parent = os.getppid() == args.ppid
                 _watch_parent(args.ppid, is_parent, cancel, batch.parent_gone, watch_done)

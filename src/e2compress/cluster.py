@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -238,6 +238,52 @@ def _outcome(fut: Any, job: Job) -> FileResult:
         first = (str(exc).splitlines() or [""])[0]
         message = f"{job.given}: task failed on the cluster: {name}: {first}"
     return FileResult(job.given, job.source, job.target, "failed", message, bytes_in=job.size)
+
+
+WORKER_TIMEOUT = 600.0  # seconds to wait for the first worker (the CLI's --worker-timeout)
+
+
+def wait_for_workers(
+    client: Client,
+    cancel: Cancel,
+    *,
+    timeout: float = WORKER_TIMEOUT,
+    notify: Callable[[str], None] | None = None,
+    poll: float = 0.5,
+) -> bool:
+    """Wait until at least one worker has joined ``client``'s scheduler.
+
+    Args:
+        client: the connected client.
+        cancel: stops the wait (returns False; the batch then starts nothing).
+        timeout: seconds to wait for the first worker.
+        notify: called once with a line saying what is waited for, if there is no
+            worker yet.
+        poll: seconds between looks.
+
+    Raises:
+        E2CompressError: no worker joined within ``timeout`` seconds.
+    """
+    start = time.monotonic()
+    told = False
+    while not client.nthreads():
+        if cancel.is_set():
+            return False
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            raise E2CompressError(
+                f"no Dask worker joined the scheduler {client.scheduler.address} within "
+                f"{timeout:g} s (are the batch jobs still queued, or did they fail to start? "
+                "see the batch system's queue and the job logs); nothing was compressed"
+            )
+        if not told and notify is not None:
+            notify(
+                f"waiting for Dask workers to join the scheduler {client.scheduler.address} "
+                f"(at most {timeout:g} s)"
+            )
+            told = True
+        time.sleep(poll)
+    return True
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
