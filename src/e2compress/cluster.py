@@ -266,20 +266,20 @@ def wait_for_workers(
     """
     start = time.monotonic()
     told = False
+    address = getattr(client.scheduler, "address", "?")
     while not client.nthreads():
         if cancel.is_set():
             return False
         waited = time.monotonic() - start
         if waited >= timeout:
             raise E2CompressError(
-                f"no Dask worker joined the scheduler {client.scheduler.address} within "
+                f"no Dask worker joined the scheduler {address} within "
                 f"{timeout:g} s (are the batch jobs still queued, or did they fail to start? "
                 "see the batch system's queue and the job logs); nothing was compressed"
             )
         if not told and notify is not None:
             notify(
-                f"waiting for Dask workers to join the scheduler {client.scheduler.address} "
-                f"(at most {timeout:g} s)"
+                f"waiting for Dask workers to join the scheduler {address} (at most {timeout:g} s)"
             )
             told = True
         time.sleep(poll)
