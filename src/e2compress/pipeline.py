@@ -929,6 +929,7 @@ def compress_file(
         check_output_dir(target)
         # a .gz/.bz2 input is decompressed into a nameless file beside the output
         with open_source(source_path, scratch_dir=target.parent) as source:
+            warnings += getattr(source, "notices", [])
             in_place = _same_file(source_path, target)
             if in_place and source.kind != "hdf":
                 raise OutputError(
