@@ -78,10 +78,12 @@ as failed and not compressed; the others run. A file given twice is compressed o
 batches: FILE may be @LIST (a file of paths, one a line) or - (paths on stdin);
 --recursive DIR walks a tree (MRC and TIFF files unless --include says otherwise)
 and mirrors it under --outpath. Two inputs writing one output are found before
-any work, with about 16 bytes of memory a path. --scheduler ADDRESS runs one task
-per file on a Dask cluster; --cluster slurm|pbs|sge|lsf starts one with
-dask-jobqueue (pip install 'e2compress[dask]'). On a terminal a progress bar shows
-files, bytes, throughput and ETA; elsewhere -v logs a progress line every 30 s.
+any work, with about 16 bytes of memory a path. An input modified less than
+--settle seconds ago (default 5) is waited for: it may still be being written.
+--scheduler ADDRESS runs one task per file on a Dask cluster; --cluster
+slurm|pbs|sge|lsf starts one with dask-jobqueue (pip install 'e2compress[dask]').
+On a terminal a progress bar shows files, bytes, throughput and ETA; elsewhere -v
+logs a progress line every 30 s. --report FILE appends a row per file as it ends.
 
 watch mode: e2compress watch DIR --outpath OUT [options] compresses each new file
 under DIR once its size and time have not changed for --settle seconds and it opens
@@ -235,7 +237,10 @@ def build_parser(watch: bool = False) -> argparse.ArgumentParser:
         help="keep mean - A*sigma .. mean + B*sigma",
     )
     p.add_argument(
-        "--outpath", default=None, metavar="DIR", help="write outputs into this existing directory"
+        "--outpath",
+        default=None,
+        metavar="DIR",
+        help="write outputs into this existing directory (see --mkdir)",
     )
     p.add_argument(
         "--mkdir", action="store_true", help="create the --outpath directory if it is missing"
@@ -521,7 +526,8 @@ def _options(args: argparse.Namespace, console: _Console) -> Options | None:
         return None
     if args.outpath is not None:
         out_dir = Path(args.outpath)
-        if args.mkdir and not getattr(args, "dry_run", False):
+        dry = getattr(args, "dry_run", False)
+        if args.mkdir and not dry:
             try:
                 out_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -530,9 +536,8 @@ def _options(args: argparse.Namespace, console: _Console) -> Options | None:
                     f"{exc.strerror or exc}"
                 )
                 return None
-        elif args.mkdir and not out_dir.exists():
-            pass  # a dry run creates nothing
-        elif not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
+        to_be_made = args.mkdir and dry and not out_dir.exists()  # a dry run makes nothing
+        if not to_be_made and (not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK)):
             console.err(
                 f"e2compress: error: --outpath must be an existing, writable directory: "
                 f"{args.outpath}"
@@ -678,7 +683,7 @@ def _run(
     t0 = time.perf_counter()
 
     def on_tick(t: Tick) -> None:
-        if t.waiting and args.verbose:
+        if t.waiting is not None and args.verbose:
             batch.console.out(
                 f"Waiting for {t.given}: modified {t.waiting:.1f} s ago, it may still be "
                 f"being written (--settle {args.settle:g})"

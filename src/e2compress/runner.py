@@ -100,8 +100,8 @@ class FileResult:
 @dataclass(frozen=True)
 class Tick:
     """Progress of one file: ``done`` of ``total`` pixels encoded (0 of 0: just started);
-    ``size`` is the input's size in bytes; ``waiting`` > 0: the input was modified that
-    many seconds ago and is waited for (see :func:`wait_settled`), nothing read yet."""
+    ``size`` is the input's size in bytes; ``waiting`` (not None): the input was modified
+    that many seconds ago and is waited for (see :func:`wait_settled`), nothing read yet."""
 
     given: str
     target: str
@@ -109,7 +109,7 @@ class Tick:
     total: int
     worker: str = ""
     size: int = 0
-    waiting: float = 0.0
+    waiting: float | None = None
 
 
 TickFn = Callable[[Tick], None]
