@@ -542,3 +542,28 @@ def test_info_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     assert proc.wait(60) == 128 + signal.SIGPIPE, err
     assert first.startswith(str(tif).encode())
     assert err == ""
+
+
+def test_a_batch_into_a_closed_pipe_keeps_its_status(tmp_path: Path) -> None:
+    """``e2compress -v 2 ... | head -1``: every file is still compressed, exit 0, no
+    traceback or 'Exception ignored' (a guard: the 141 of a subcommand whose reader went
+    away must not leak into a batch, which goes on without its stdout)."""
+    data = {f"p{k}.mrc": image(80 + k) for k in range(3)}
+    for name, arr in data.items():
+        write_mrc(tmp_path / name, arr)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "e2compress", "-v", "2", "--settle", "0", "--bits", "6", *data],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert (proc.wait(60), err) == (0, "")
+    for name, arr in data.items():
+        within_half_step(arr, tmp_path / name.replace(".mrc", ".hdf"))

@@ -124,7 +124,7 @@ def test_identical_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     rc, out, _ = run_cli(capsys, "compare", a, tmp_path / "a.hdf")
     assert rc == 0
     assert out.splitlines() == [
-        f"{tmp_path / 'a.hdf'} against {a}: 1 images",
+        f"{tmp_path / 'a.hdf'} against {a}: 1 image",
         "image 0: 80 x 64  bits 0  (float32)",
         "  error: max 0, RMS 0; 0 pixels truncated; correlation 1",
         out.splitlines()[3],

@@ -355,9 +355,10 @@ def _entries(fh: IO[str], chunk: int = 1 << 16) -> Iterator[str]:
     if lines and not lines[-1].endswith(("\n", "\r")):
         lines[-1] += fh.readline()
     for line in itertools.chain(lines, fh):
-        text = line.strip()
-        if text and not text.startswith("#"):
-            yield text
+        for part in line.split("\0"):  # a NUL later in a list still separates
+            text = part.strip()
+            if text and not text.startswith("#"):
+                yield text
 
 
 def unreadable(item: Item) -> str:

@@ -794,12 +794,17 @@ def _main_watch(argv: Sequence[str], cancel: Cancel) -> int:
 
 def entry() -> None:
     """Console-script entry point. A reader that goes away (``e2compress info ... |
-    head``) ends the program quietly with status 141, as SIGPIPE would."""
+    head``) ends a subcommand quietly with status 141, as SIGPIPE would; a compression
+    batch goes on (see :class:`_Console`) and keeps its own status."""
+    broken = False
     try:
         status = main()
+    except BrokenPipeError:
+        status, broken = 128 + signal.SIGPIPE, True
+    try:
         sys.stdout.flush()
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)  # no second error when Python exits
-        os.dup2(devnull, sys.stdout.fileno())
-        status = 128 + signal.SIGPIPE
+        broken = True
+    if broken:  # no second error when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(status)

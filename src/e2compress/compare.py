@@ -368,7 +368,8 @@ def format_image(im: ImageComparison, label: str) -> list[str]:
 
 def format_comparison(result: Comparison, *, summary: bool = False) -> str:
     """The report ``e2compress compare`` prints."""
-    lines = [f"{result.compressed} against {result.original}: {len(result.images)} images"]
+    n = len(result.images)
+    lines = [f"{result.compressed} against {result.original}: {n} image{'s' * (n != 1)}"]
     if not summary:
         for im in result.images:
             lines += format_image(im, f"image {im.index}")
