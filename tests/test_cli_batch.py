@@ -567,3 +567,41 @@ def test_a_batch_into_a_closed_pipe_keeps_its_status(tmp_path: Path) -> None:
     assert (proc.wait(60), err) == (0, "")
     for name, arr in data.items():
         within_half_step(arr, tmp_path / name.replace(".mrc", ".hdf"))
+
+
+def test_report_rows_survive_kill_9_and_a_rerun_appends(tmp_path: Path) -> None:
+    """Each row is in the report as soon as its file ends: after ``kill -9`` the finished
+    files' rows are there, and the rerun adds its own below them."""
+    names = ["a0.mrc", *(f"b{k}.mrc" for k in range(4))]
+    write_mrc(tmp_path / names[0], image(90))
+    for k, name in enumerate(names[1:]):
+        write_mrc(tmp_path / name, image(91 + k, (6, 1024, 1024)))
+    report = tmp_path / "r.csv"
+    argv = [sys.executable, "-m", "e2compress", "--settle", "0", "--bits", "6"]
+    argv += ["--report", str(report), *names]
+
+    def done_rows() -> list[dict[str, str]]:
+        rows, _ = read_report(report) if report.exists() else ([], [])
+        return [r for r in rows if r["status"] == "done"]
+
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: done_rows(), "a row in the report while the batch runs")
+    finally:
+        proc.kill()
+        proc.wait(60)
+    before, _ = read_report(report)
+    assert before
+    assert all(r["status"] == "done" for r in before)
+    for r in before:
+        assert int(r["bytes_out"]) == (tmp_path / r["output"]).stat().st_size
+    rc = subprocess.run(
+        [*argv, "--skip-existing"], cwd=tmp_path, env=ENV, capture_output=True, timeout=600
+    ).returncode
+    assert rc == 0
+    after, _ = read_report(report)
+    assert after[: len(before)] == before  # the killed run's rows stay as they were
+    rerun = {r["source"]: r["status"] for r in after[len(before) :]}
+    assert sorted(rerun) == sorted(names)
+    for r in before:
+        assert rerun[r["source"]] == "skipped"
