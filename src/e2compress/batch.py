@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import io
 import itertools
 import os
 import shutil
@@ -334,11 +335,12 @@ class Inputs:
             yield item
 
 
-def _entries(fh: IO[str], chunk: int = 1 << 16) -> Iterator[str]:
+def _entries(fh: IO[str], chunk: int = 1 << 16, probe: int = 1 << 16) -> Iterator[str]:
     """The paths in a list: NUL-separated (``find -print0``), taken verbatim as
-    ``xargs -0`` does, when the first ``chunk`` characters hold a NUL; else one a line,
-    stripped, without blank lines and ``#`` comments."""
-    head = fh.read(chunk)
+    ``xargs -0`` does, when the first ``probe`` characters hold a NUL; else one a line,
+    stripped, without blank lines and ``#`` comments. Read ``chunk`` characters at a
+    time."""
+    head = fh.read(probe)
     if "\0" in head:
         rest = head
         while True:
@@ -351,7 +353,7 @@ def _entries(fh: IO[str], chunk: int = 1 << 16) -> Iterator[str]:
         if rest:
             yield rest
         return
-    lines = head.splitlines(keepends=True)
+    lines = io.StringIO(head, newline="").readlines()  # the line ends files use
     if lines and not lines[-1].endswith(("\n", "\r")):
         lines[-1] += fh.readline()
     for line in itertools.chain(lines, fh):
