@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import DATA, eman_decode, write_mrc
 from e2compress.batchreport import FIELDS, ReportWriter, Totals, read_report
@@ -179,3 +181,50 @@ def test_a_csv_report_with_other_columns_is_not_appended_to(tmp_path: Path) -> N
     with pytest.raises(E2CompressError, match="other columns"):
         ReportWriter(old)
     assert old.read_text() == "old\n"
+
+
+# names as Python sees file names: any text, undecodable bytes as surrogate escapes
+_TEXT = st.one_of(st.text(max_size=20), st.binary(max_size=20).map(os.fsdecode))
+_RESULT = st.builds(
+    FileResult,
+    given=_TEXT,
+    source=_TEXT,
+    target=_TEXT,
+    status=st.sampled_from(["done", "skipped", "failed", "stopped", "unstarted"]),
+    message=_TEXT,
+    bytes_in=st.integers(0, 2**40),
+    bytes_out=st.integers(1, 2**40),
+    bits=st.one_of(st.none(), st.integers(0, 16)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    runs=st.lists(st.tuples(st.lists(_RESULT, max_size=5), st.booleans()), min_size=1),
+    kind=st.sampled_from([".csv", ".json"]),
+)
+def test_every_run_appends_its_rows_in_order(
+    tmp_path_factory: pytest.TempPathFactory,
+    runs: list[tuple[list[FileResult], bool]],
+    kind: str,
+) -> None:
+    """Whatever the runs hold (names with commas, quotes, newlines, bytes that are not
+    UTF-8), and whether each
+    ended or was killed, the report holds every row of every run, in order, with a
+    totals line for each run that ended (JSON)."""
+    path = tmp_path_factory.mktemp("r") / f"report{kind}"
+    for results, ended in runs:
+        writer = ReportWriter(path)
+        for r in results:
+            writer.add(r)
+        if ended:
+            writer.close(Totals())
+        else:
+            writer.discard()  # the process killed: nothing more is written
+    rows, totals = read_report(path)
+    want = [r for results, _ in runs for r in results]
+    assert [(r["source"], r["output"], r["status"]) for r in rows] == [
+        (w.given, w.target, w.status) for w in want
+    ]
+    assert [str(r["message"] or "") for r in rows] == [w.message for w in want]
+    assert len(totals) == (sum(ended for _, ended in runs) if kind == ".json" else 0)

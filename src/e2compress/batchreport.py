@@ -153,7 +153,7 @@ class ReportWriter:
         check_output_dir(self.path)
         try:
             self._fh: IO[str] = open(  # noqa: SIM115 (closed by close())
-                self.path, "a+", encoding="utf-8", newline=""
+                self.path, "a+", encoding="utf-8", errors="surrogateescape", newline=""
             )
             self._start()
         except OSError as exc:
@@ -251,7 +251,7 @@ def read_report(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], lis
     rows: list[dict[str, Any]] = []
     totals: list[dict[str, Any]] = []
     try:
-        with open(p, encoding="utf-8", newline="") as fh:
+        with open(p, encoding="utf-8", errors="surrogateescape", newline="") as fh:
             if p.suffix.lower() == ".csv":
                 return list(csv.DictReader(fh)), totals
             for line in fh:
