@@ -109,7 +109,7 @@ def test_batch_waits_for_a_file_still_being_written(
     out.mkdir()
     with writing(src, data, WRITERS[name]):
         rc, stdout, err = run_cli(
-            capsys, "--bits", "8", "--settle", "1.5", "-v", "1", "--outpath", out, src
+            capsys, "--bits", "8", "--settle", "3", "-v", "1", "--outpath", out, src
         )
     assert (rc, err) == (0, "")
     assert f"Waiting for {src}: modified " in stdout

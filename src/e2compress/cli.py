@@ -323,7 +323,10 @@ def _add_scale_options(p: argparse.ArgumentParser, watch: bool) -> None:
             f"0: no wait (default {SETTLE_SECONDS:g})",
         )
     b.add_argument(
-        "--report", metavar="FILE", help="per-file report and totals: FILE.csv or FILE.json"
+        "--report",
+        metavar="FILE",
+        help="append a row per file as it ends (and the totals, JSON): FILE.csv or FILE.json "
+        "(JSON Lines)",
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     if watch:
