@@ -175,12 +175,18 @@ def test_a_row_cut_by_a_kill_is_ended_before_the_next_run_appends(tmp_path: Path
     assert rows[2]["status"] == "failed"
 
 
-def test_a_csv_report_with_other_columns_is_not_appended_to(tmp_path: Path) -> None:
-    old = tmp_path / "r.csv"
-    old.write_text("old\n")
-    with pytest.raises(E2CompressError, match="other columns"):
-        ReportWriter(old)
-    assert old.read_text() == "old\n"
+def test_a_report_in_another_format_is_not_appended_to(tmp_path: Path) -> None:
+    """An older CSV (other columns) or a whole JSON document is refused, unchanged."""
+    cases = {
+        "r.csv": ("old\n", "other columns"),
+        "r.json": ('{"files": [\n  {"source": "a"}\n],\n"totals": {}}\n', "not JSON Lines"),
+    }
+    for name, (text, why) in cases.items():
+        old = tmp_path / name
+        old.write_text(text)
+        with pytest.raises(E2CompressError, match=why):
+            ReportWriter(old)
+        assert old.read_text() == text
 
 
 # names as Python sees file names: any text, undecodable bytes as surrogate escapes

@@ -125,6 +125,13 @@ def _json_value(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def _json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def _header_line() -> str:
     buf = io.StringIO()
     csv.writer(buf).writerow(FIELDS)
@@ -180,6 +187,13 @@ class ReportWriter:
             fh.close()
             raise E2CompressError(
                 "the report exists with other columns; give a new report file", self.path
+            )
+        if self.kind == ".json" and not _json_object(first):
+            fh.close()
+            raise E2CompressError(
+                "the report exists and is not JSON Lines (one object a line); give a new "
+                "report file",
+                self.path,
             )
         with open(self.path, "rb") as raw:
             raw.seek(-1, os.SEEK_END)
