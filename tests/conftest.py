@@ -18,6 +18,7 @@ import pytest
 import tifffile
 
 from e2compress.cli import main
+from e2compress.commands import VERBS
 from e2compress.quantize import RenderRange, range_limits, within_half_step
 
 F32 = np.float32
@@ -151,10 +152,21 @@ def assert_within_half_step(
     return clamped
 
 
+def cli_args(*argv: object) -> list[str]:
+    """``argv`` as text, with ``--settle 0`` first on a compression command line: the
+    tests' inputs are written just before (the tests of --settle give their own, which
+    comes later and wins)."""
+    args = [str(a) for a in argv]
+    if not args or args[0] not in (*VERBS, "watch"):
+        args = ["--settle", "0", *args]
+    return args
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback."""
+    """cli.main(argv) in-process; returns (exit status, stdout, stderr), never a traceback.
+    The arguments go through :func:`cli_args`."""
     try:
-        rc = main([str(a) for a in argv])
+        rc = main(cli_args(*argv))
     except SystemExit as exc:  # argparse errors, --help, --version
         rc = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()

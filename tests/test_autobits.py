@@ -23,6 +23,7 @@ from conftest import (
 from e2compress.compare import compare_files
 from e2compress.errors import E2CompressError
 from e2compress.options import AUTO_BITS, Options
+from e2compress.report import ImageReport, quality_warning
 
 RNG = np.random.default_rng(4242)
 
@@ -157,7 +158,7 @@ def test_warning_names_file_bits_figure_and_the_bits_that_pass(
     (line,) = err.splitlines()
     m = re.fullmatch(
         rf"WARNING: {re.escape(str(src))}: bits 3 add quantisation noise (\S+) = (\S+) x the "
-        r"image noise (\S+) \(limit 0\.1\); bits (\d+) would pass",
+        r"image noise (\S+), over the limit 0\.1; bits (\d+) would pass",
         line,
     )
     assert m is not None, line
@@ -219,8 +220,8 @@ def test_the_warning_for_fei_extended_at_5_bits(
     rc, _, err = run_cli(capsys, "--bits", "5", "--outpath", tmp_path, src)
     assert rc == 0
     assert err == (
-        f"WARNING: {src}: bits 5 add quantisation noise 591 = 0.99 x the image noise 598 "
-        "(limit 0.1); bits 9 would pass\n"
+        f"WARNING: {src}: bits 5 add quantisation noise 591 = 0.99 x the image noise 598, "
+        "over the limit 0.1; bits 9 would pass\n"
     )
     rc, _, err = run_cli(capsys, "--bits", "9", "--outpath", tmp_path, src)
     assert (rc, err) == (0, "")
@@ -262,3 +263,17 @@ def test_a_long_stack_is_sampled_for_the_warning_and_auto_measures_every_image(
     assert f"of {len(measured)} sampled fail)" in warning
     auto = e2compress.compress_file(src, tmp_path / "a.hdf", bits="auto")  # type: ignore[arg-type]
     assert all(im.noise is not None for im in auto.images)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "shown"), [(0.1004, "0.1004"), (0.10000004, "0.10000004"), (0.35, "0.35")]
+)
+def test_the_warning_figure_never_reads_as_a_pass(ratio: float, shown: str) -> None:
+    """Just over the limit 0.1, the figure shows the digits that put it over (it used to
+    say "0.10 x the image noise (limit 0.1)")."""
+    im = ImageReport(0, (8, 8), 5, 0.0, 1.0, 0, "minmax", noise=1.0, quant_noise=ratio)
+    im.noise_ratio, im.passing_bits, im.noise_method = ratio, 6, "differences"
+    line = quality_warning("a.mrc", [im], 0.1)
+    assert line is not None
+    assert f" = {shown} x the image noise 1, over the limit 0.1; bits 6 would pass" in line
+    assert float(shown) > 0.1

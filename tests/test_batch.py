@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from e2compress import batch
 from e2compress.batch import Inputs, Item, matches, walk
@@ -250,3 +252,42 @@ def test_describe() -> None:
 )
 def test_output_name_is_output_path_s(name: str, tmp_path: Path) -> None:
     assert batch.output_name(name) == output_path(tmp_path / name).name
+
+
+# one path component: no NUL, no '/', not empty
+_NAME = st.text(
+    st.characters(blacklist_characters="\0/", blacklist_categories=("Cs",)), min_size=1
+).filter(lambda s: s not in (".", ".."))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.lists(_NAME, min_size=1, max_size=30),
+    trailing=st.booleans(),
+    chunk=st.integers(1, 64),
+)
+def test_nul_separated_lists_give_back_every_name_verbatim(
+    names: list[str], trailing: bool, chunk: int
+) -> None:
+    """The rule behind ``find -print0 | e2compress -``: whatever the names hold (spaces,
+    '#', newlines, leading blanks) and however the stream is cut into reads, a
+    NUL-separated list gives back exactly its entries, in order. (One name with no NUL
+    after it is no NUL-separated list: it is read as a line.)"""
+    assume(trailing or len(names) > 1)
+    text = "\0".join(names) + ("\0" if trailing else "")
+    assert list(batch._entries(io.StringIO(text), chunk=chunk)) == names
+    with Inputs(["-"], stdin=io.StringIO(text)) as inputs:
+        assert [item.given for item in inputs] == names
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.lists(_NAME.filter(lambda s: "\n" not in s and "\r" not in s), max_size=30),
+    chunk=st.integers(1, 64),
+)
+def test_newline_lists_give_back_the_stripped_names(names: list[str], chunk: int) -> None:
+    """One a line: each line stripped, blank lines and '#' lines left out, however the
+    stream is cut into reads."""
+    want = [n.strip() for n in names if n.strip() and not n.strip().startswith("#")]
+    got = list(batch._entries(io.StringIO("\n".join(names) + "\n"), chunk=chunk))
+    assert got == want

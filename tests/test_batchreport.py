@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import DATA, eman_decode, write_mrc
-from e2compress.batchreport import FIELDS, ReportWriter, Totals
+from e2compress.batchreport import FIELDS, ReportWriter, Totals, read_report
 from e2compress.errors import E2CompressError
 from e2compress.options import Options
 from e2compress.runner import FileResult, Job, run_job
@@ -97,11 +99,13 @@ def test_json_report_with_totals(tmp_path: Path) -> None:
             report.add(r)
             totals.add(r)
         report.close(totals)
-    doc = json.loads((tmp_path / "r.json").read_text())
-    check_rows(doc["files"], tmp_path, None)
+    rows, (tot,) = read_report(tmp_path / "r.json")
+    lines = (tmp_path / "r.json").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [*rows, {"totals": tot}]  # JSON Lines
+    check_rows(rows, tmp_path, None)
     sizes_in = (DATA / "EMD-3001.map").stat().st_size + (tmp_path / "clamped.mrc").stat().st_size
     sizes_out = (tmp_path / "a.hdf").stat().st_size + (tmp_path / "clamped.hdf").stat().st_size
-    assert doc["totals"] == {
+    assert tot == {
         "files": 4,
         "compressed": 2,
         "skipped": 1,
@@ -132,16 +136,101 @@ def test_bad_report_paths(tmp_path: Path) -> None:
         ReportWriter(tmp_path / "no" / "r.csv")
 
 
-def test_an_unfinished_report_replaces_nothing(tmp_path: Path) -> None:
-    old = tmp_path / "r.csv"
-    old.write_text("old\n")
+def test_a_report_is_appended_to_and_each_row_is_on_disk_at_once(tmp_path: Path) -> None:
+    """A rerun adds its rows below the earlier ones (a "done" row stays done); each row
+    is in the file as soon as add() returns, so it survives a kill of the writer."""
+    results = batch_results(tmp_path)
+    for kind in (".csv", ".json"):
+        path = tmp_path / f"r{kind}"
+        first = ReportWriter(path)
+        first.add(results[0])
+        rows, _ = read_report(path)  # the writer still open: the row is there
+        assert [r["status"] for r in rows] == ["done"]
+        first.add(results[2])
+        # no close(): as after kill -9
+        again = ReportWriter(path)
+        again.add(results[3])
+        again.close(Totals())
+        rows, totals = read_report(path)
+        assert [(Path(r["source"]).name, r["status"]) for r in rows] == [
+            ("EMD-3001.map", "done"),
+            ("gone.mrc", "failed"),
+            ("again.mrc", "skipped"),
+        ]
+        assert int(rows[0]["bytes_out"]) == (tmp_path / "a.hdf").stat().st_size
+        assert len(totals) == (kind == ".json")
+        first.discard()
 
-    def unfinished() -> None:
-        with ReportWriter(old) as report:
-            report.add(FileResult("a", "a", "a.hdf", "failed", "a: bad"))
-            raise RuntimeError("stop")
 
-    with pytest.raises(RuntimeError):
-        unfinished()
-    assert old.read_text() == "old\n"
-    assert os.listdir(tmp_path) == ["r.csv"]
+def test_a_row_cut_by_a_kill_is_ended_before_the_next_run_appends(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    with ReportWriter(path) as report:
+        report.add(FileResult("a", "a", "a.hdf", "failed", "a: bad"))
+    with open(path, "a") as fh:
+        fh.write("b,b.hdf,do")  # the write of a row interrupted
+    with ReportWriter(path) as report:
+        report.add(FileResult("c", "c", "c.hdf", "failed", "c: bad"))
+    rows, _ = read_report(path)
+    assert [r["source"] for r in rows] == ["a", "b", "c"]
+    assert rows[2]["status"] == "failed"
+
+
+def test_a_report_in_another_format_is_not_appended_to(tmp_path: Path) -> None:
+    """An older CSV (other columns) or a whole JSON document is refused, unchanged."""
+    cases = {
+        "r.csv": ("old\n", "other columns"),
+        "r.json": ('{"files": [\n  {"source": "a"}\n],\n"totals": {}}\n', "not JSON Lines"),
+    }
+    for name, (text, why) in cases.items():
+        old = tmp_path / name
+        old.write_text(text)
+        with pytest.raises(E2CompressError, match=why):
+            ReportWriter(old)
+        assert old.read_text() == text
+
+
+# names as Python sees file names: any text, undecodable bytes as surrogate escapes
+_TEXT = st.one_of(st.text(max_size=20), st.binary(max_size=20).map(os.fsdecode))
+_RESULT = st.builds(
+    FileResult,
+    given=_TEXT,
+    source=_TEXT,
+    target=_TEXT,
+    status=st.sampled_from(["done", "skipped", "failed", "stopped", "unstarted"]),
+    message=_TEXT,
+    bytes_in=st.integers(0, 2**40),
+    bytes_out=st.integers(1, 2**40),
+    bits=st.one_of(st.none(), st.integers(0, 16)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    runs=st.lists(st.tuples(st.lists(_RESULT, max_size=5), st.booleans()), min_size=1),
+    kind=st.sampled_from([".csv", ".json"]),
+)
+def test_every_run_appends_its_rows_in_order(
+    tmp_path_factory: pytest.TempPathFactory,
+    runs: list[tuple[list[FileResult], bool]],
+    kind: str,
+) -> None:
+    """Whatever the runs hold (names with commas, quotes, newlines, bytes that are not
+    UTF-8), and whether each
+    ended or was killed, the report holds every row of every run, in order, with a
+    totals line for each run that ended (JSON)."""
+    path = tmp_path_factory.mktemp("r") / f"report{kind}"
+    for results, ended in runs:
+        writer = ReportWriter(path)
+        for r in results:
+            writer.add(r)
+        if ended:
+            writer.close(Totals())
+        else:
+            writer.discard()  # the process killed: nothing more is written
+    rows, totals = read_report(path)
+    want = [r for results, _ in runs for r in results]
+    assert [(r["source"], r["output"], r["status"]) for r in rows] == [
+        (w.given, w.target, w.status) for w in want
+    ]
+    assert [str(r["message"] or "") for r in rows] == [w.message for w in want]
+    assert len(totals) == (sum(ended for _, ended in runs) if kind == ".json" else 0)

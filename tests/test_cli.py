@@ -783,7 +783,7 @@ def test_concurrent_files_write_whole_lines(
     out, err = LineStream("out", events, busy), LineStream("err", events, busy)
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)
-    rc = cli.main(["--threads", "2", "-v", "2", "--bits", "5", *map(str, names)])
+    rc = cli.main(["--settle", "0", "--threads", "2", "-v", "2", "--bits", "5", *map(str, names)])
     monkeypatch.undo()
     assert rc == 1
     assert out.overlaps == err.overlaps == 0
@@ -940,3 +940,28 @@ def test_signal_taken_by_a_worker_thread_stops_the_write(
         f"ERROR: {tmp_path / 'a.mrc'}: interrupted by SIGTERM; output not written, input unchanged"
     ]
     assert listing(tmp_path) == {"a.mrc"}
+
+
+def test_scripts_in_bin_import_the_package_not_the_console_script(tmp_path: Path) -> None:
+    """Any program started from the venv's bin/ (dask worker, pytest) has bin/ first on
+    sys.path, beside the console script e2compress.py: ``import e2compress`` must still
+    give the package (with its submodules), in a fresh process."""
+    script("e2compress.py")
+    bindir = Path(sys.executable).parent
+    if not (bindir / "e2compress.py").exists():
+        pytest.skip("the console script is not in this interpreter's bin/")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import e2compress, e2compress.runner; "
+        "print(e2compress.__version__, hasattr(e2compress, 'compress_file'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(bindir)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [e2compress.__version__, "True"]

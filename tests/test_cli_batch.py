@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import CORE_FILES, REAL_FILES, eman_decode, run_cli, write_mrc
+from e2compress.batchreport import read_report
 
 F32 = np.float32
 SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
@@ -116,13 +117,10 @@ def test_report(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -
     report = tmp_path / f"report{kind}"
     rc, stdout, _ = run_cli(capsys, "--bits", "5", "--report", report, good, bad)
     assert rc == 1
-    if kind == ".csv":
-        with open(report, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    else:
-        doc = json.loads(report.read_text())
-        rows = doc["files"]
-        assert doc["totals"]["compressed"] == doc["totals"]["failed"] == 1
+    rows, totals = read_report(report)
+    if kind == ".json":
+        (total,) = totals
+        assert total["compressed"] == total["failed"] == 1
     by = {Path(r["source"]).name: r for r in rows}
     assert by["good.mrc"]["status"] == "done"
     assert int(by["good.mrc"]["bytes_out"]) == (tmp_path / "good.hdf").stat().st_size
@@ -131,6 +129,14 @@ def test_report(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -
     assert by["bad.mrc"]["status"] == "failed"
     assert str(by["bad.mrc"]["message"]).startswith(str(bad))
     assert TOTALS.search(stdout).groups()[1] == "1"  # type: ignore[union-attr]
+    # a rerun appends: the first run's rows stay as they were, the rerun adds its own
+    rc, _, _ = run_cli(capsys, "--bits", "5", "--skip-existing", "--report", report, good)
+    assert rc == 0
+    again, _ = read_report(report)
+    assert again[: len(rows)] == rows
+    (last,) = again[len(rows) :]
+    assert (Path(last["source"]).name, last["status"]) == ("good.mrc", "skipped")
+    assert int(last["bytes_out"]) == (tmp_path / "good.hdf").stat().st_size
 
 
 def test_bad_batch_options_do_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,12 +243,12 @@ def test_scheduler_batch_of_real_and_synthetic_files(
     assert rc == 0, err
     rc, _, err = run_cli(capsys, *common, "--outpath", local_out, *sources)
     assert rc == 0, err
-    doc = json.loads(report.read_text())
-    assert len(doc["files"]) == len(sources)
-    workers = {row["worker"] for row in doc["files"]}
+    files, (totals,) = read_report(report)
+    assert len(files) == len(sources)
+    workers = {row["worker"] for row in files}
     assert len(workers) == 2
     assert all(w.startswith("tcp://") for w in workers)
-    for row in doc["files"]:
+    for row in files:
         out = Path(row["output"])
         assert out.parent == dask_out
         assert row["status"] == "done"
@@ -255,9 +261,8 @@ def test_scheduler_batch_of_real_and_synthetic_files(
         ((_, m0), *_) = a
         assert m0 is not None
         assert (row["bits"], row["rmin"]) == (6, min(m[1] for _, m in a if m))
-    totals = doc["totals"]
     assert totals["compressed"] == len(sources)
-    assert totals["bytes_out"] == sum(Path(r["output"]).stat().st_size for r in doc["files"])
+    assert totals["bytes_out"] == sum(Path(r["output"]).stat().st_size for r in files)
     assert TOTALS.search(stdout) is not None
 
 
@@ -356,3 +361,247 @@ def test_100000_listed_files_keep_memory_and_open_files_flat(tmp_path: Path) -> 
     assert rc_small == rc == 1
     assert fds <= fds_small + 4
     assert (rss - rss_small) / 1024 < 16, (rss, rss_small)
+
+
+def test_dask_scheduler_and_worker_started_from_the_venv_bin(tmp_path: Path) -> None:
+    """The README's route: ``dask scheduler`` and ``dask worker`` run from the same bin/
+    as ``e2compress.py`` (scripts there have bin/ first on sys.path, where the console
+    script used to shadow the package), then a batch with --scheduler: every file done."""
+    pytest.importorskip("distributed")
+    bindir = Path(sys.executable).parent
+    dask, exe = bindir / "dask", bindir / "e2compress"
+    if not (dask.exists() and exe.exists() and (bindir / "e2compress.py").exists()):
+        pytest.skip("needs the dask and e2compress console scripts in the venv's bin/")
+    data = {f"m{k}.mrc": image(40 + k, (2, 120, 100)) for k in range(4)}
+    for name, arr in data.items():
+        write_mrc(tmp_path / name, arr)
+    out, info = tmp_path / "out", tmp_path / "scheduler.json"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    logs = open(tmp_path / "dask.log", "w")  # noqa: SIM115 (closed below)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(
+            subprocess.Popen(
+                [
+                    dask,
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--scheduler-file",
+                    str(info),
+                ],
+                cwd=tmp_path,
+                env=env,
+                stdout=logs,
+                stderr=logs,
+            )
+        )
+        wait_until(lambda: info.exists() and info.stat().st_size > 0, "the scheduler file")
+        address = json.loads(info.read_text())["address"]  # a free port, chosen by the OS
+        procs.append(
+            subprocess.Popen(
+                [dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                cwd=tmp_path,
+                env=env,
+                stdout=logs,
+                stderr=logs,
+            )
+        )
+        proc = subprocess.run(
+            [
+                exe,
+                "--scheduler",
+                address,
+                "--bits",
+                "6",
+                "--outpath",
+                "out",
+                "--report",
+                "r.csv",
+                "--settle",
+                "0",
+                *data,
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,  # hang guard: a batch that never finishes fails the test
+        )
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(60)
+        logs.close()
+    assert proc.returncode == 0, proc.stderr + (tmp_path / "dask.log").read_text()[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert SUMMARY.search(proc.stdout).groups() == ("4", "0", "0")  # type: ignore[union-attr]
+    with open(tmp_path / "r.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(Path(r["source"]).name for r in rows if r["status"] == "done") == sorted(data)
+    assert all(r["worker"].startswith("tcp://127.0.0.1:") for r in rows)
+    for name, arr in data.items():
+        within_half_step(arr, out / name.replace(".mrc", ".hdf"))
+
+
+# --------------------------------------------------------------------------- issue 16
+
+
+def test_dry_run_checks_that_each_input_exists_and_is_readable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_mrc(tmp_path / "good.mrc", image(50))
+    locked = write_mrc(tmp_path / "locked.mrc", image(51))
+    locked.chmod(0)
+    (tmp_path / "dir.mrc").mkdir()
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{tmp_path / n}\n" for n in ("good.mrc", "gone.mrc", "dir.mrc")))
+    try:
+        rc, stdout, err = run_cli(capsys, "--dry-run", f"@{lst}", locked)
+    finally:
+        locked.chmod(0o644)
+    assert (rc, err) == (1, "")
+    lines = stdout.splitlines()
+    assert lines[0] == f"{good} -> {tmp_path / 'good.hdf'}"
+    assert lines[1] == f"ERROR: {tmp_path / 'gone.mrc'}: no such file"
+    assert lines[2] == f"ERROR: {tmp_path / 'dir.mrc'}: not a regular file"
+    if os.geteuid() != 0:  # root reads anything
+        assert lines[3] == f"ERROR: {locked}: not readable (permission denied)"
+    assert lines[-1].startswith("dry run: 4 inputs, ")
+    assert " with a problem" in lines[-1]
+    rc, stdout, _ = run_cli(capsys, "--dry-run", good)
+    assert rc == 0
+    assert "problem" not in stdout
+
+
+def test_mkdir_creates_the_outpath(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = image(52)
+    src = write_mrc(tmp_path / "a.mrc", data)
+    out = tmp_path / "new" / "deeper"
+    rc, _, err = run_cli(capsys, "--outpath", out, src)
+    assert rc == 2
+    assert "--outpath must be an existing, writable directory" in err
+    rc, stdout, _ = run_cli(capsys, "--dry-run", "--mkdir", "--outpath", out, src)
+    assert rc == 0
+    assert stdout.splitlines()[0] == f"{src} -> {out / 'a.hdf'}"
+    assert not (tmp_path / "new").exists()  # a dry run creates nothing
+    rc, _, err = run_cli(capsys, "--bits", "6", "--mkdir", "--outpath", out, src)
+    assert (rc, err) == (0, "")
+    within_half_step(data, out / "a.hdf")
+
+
+def test_nul_separated_lists_as_from_find_print0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``find -print0 | e2compress -`` and a NUL-separated @LIST: paths taken verbatim
+    (a name may hold spaces, a '#' or even a newline), as ``xargs -0`` does."""
+    names = ["a b.mrc", "#c.mrc", "new\nline.mrc", "d.mrc"]
+    imgs = {n: image(60 + k) for k, n in enumerate(names)}
+    for n, arr in imgs.items():
+        write_mrc(tmp_path / n, arr)
+    out1, out2 = tmp_path / "o1", tmp_path / "o2"
+    out1.mkdir()
+    out2.mkdir()
+    listed = "".join(f"{tmp_path / n}\0" for n in names)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(listed))
+    rc, stdout, err = run_cli(capsys, "--bits", "6", "--outpath", out1, "-")
+    assert (rc, err) == (0, "")
+    assert SUMMARY.search(stdout).groups() == ("4", "0", "0")  # type: ignore[union-attr]
+    (tmp_path / "list0").write_text(listed)
+    rc, _, err = run_cli(capsys, "--bits", "6", "--outpath", out2, f"@{tmp_path / 'list0'}")
+    assert (rc, err) == (0, "")
+    for n, arr in imgs.items():
+        within_half_step(arr, out1 / n.replace(".mrc", ".hdf"))
+        within_half_step(arr, out2 / n.replace(".mrc", ".hdf"))
+
+
+def test_info_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """``e2compress info ... | head -1``: no traceback, the status SIGPIPE would give."""
+    tif = next(p for p in CORE_FILES if p.suffix == ".tif")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "e2compress", "info", str(tif), str(tif), str(tif)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away, as head does
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(60) == 128 + signal.SIGPIPE, err
+    assert first.startswith(str(tif).encode())
+    assert err == ""
+
+
+def test_a_batch_into_a_closed_pipe_keeps_its_status(tmp_path: Path) -> None:
+    """``e2compress -v 2 ... | head -1``: every file is still compressed, exit 0, no
+    traceback or 'Exception ignored' (a guard: the 141 of a subcommand whose reader went
+    away must not leak into a batch, which goes on without its stdout)."""
+    data = {f"p{k}.mrc": image(80 + k) for k in range(3)}
+    for name, arr in data.items():
+        write_mrc(tmp_path / name, arr)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "e2compress", "-v", "2", "--settle", "0", "--bits", "6", *data],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert (proc.wait(60), err) == (0, "")
+    for name, arr in data.items():
+        within_half_step(arr, tmp_path / name.replace(".mrc", ".hdf"))
+
+
+def test_report_rows_survive_kill_9_and_a_rerun_appends(tmp_path: Path) -> None:
+    """Each row is in the report as soon as its file ends: after ``kill -9`` the finished
+    files' rows are there, and the rerun adds its own below them."""
+    names = ["a0.mrc", *(f"b{k}.mrc" for k in range(4))]
+    write_mrc(tmp_path / names[0], image(90))
+    for k, name in enumerate(names[1:]):
+        write_mrc(tmp_path / name, image(91 + k, (6, 1024, 1024)))
+    report = tmp_path / "r.csv"
+    argv = [sys.executable, "-m", "e2compress", "--settle", "0", "--bits", "6"]
+    argv += ["--report", str(report), *names]
+
+    def done_rows() -> list[dict[str, str]]:
+        rows, _ = read_report(report) if report.exists() else ([], [])
+        return [r for r in rows if r["status"] == "done"]
+
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: done_rows(), "a row in the report while the batch runs")
+    finally:
+        proc.kill()
+        proc.wait(60)
+    before, _ = read_report(report)
+    assert before
+    assert all(r["status"] == "done" for r in before)
+    for r in before:
+        assert int(r["bytes_out"]) == (tmp_path / r["output"]).stat().st_size
+    rc = subprocess.run(
+        [*argv, "--skip-existing"], cwd=tmp_path, env=ENV, capture_output=True, timeout=600
+    ).returncode
+    assert rc == 0
+    after, _ = read_report(report)
+    assert after[: len(before)] == before  # the killed run's rows stay as they were
+    rerun = {r["source"]: r["status"] for r in after[len(before) :]}
+    assert sorted(rerun) == sorted(names)
+    for r in before:
+        assert rerun[r["source"]] == "skipped"

@@ -21,7 +21,7 @@ pytest.importorskip("distributed")
 import dask.config
 from distributed import Client, LocalCluster
 
-from conftest import CORE_FILES, eman_decode, write_mrc
+from conftest import CORE_FILES, eman_decode, run_cli, write_mrc
 from e2compress import pipeline
 from e2compress.cluster import DaskRunner, jobqueue_cluster, load_config
 from e2compress.errors import E2CompressError
@@ -282,3 +282,25 @@ def test_heartbeats_hand_back_finished_files(client: Client, tmp_path: Path) -> 
     ((values, m),) = eman_decode(tmp_path / "a.hdf")
     assert m is not None
     assert np.abs(values - data).max() <= (m[2] - m[1]) / 255 / 2 * 1.001
+
+
+def test_no_worker_ever_joining_is_said_and_times_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scheduler whose workers never start (jobs stuck in the queue): the CLI says it is
+    waiting for workers, then gives up with one line and compresses nothing."""
+    src = write_mrc(tmp_path / "a.mrc", np.zeros((8, 8), F32))
+    with LocalCluster(
+        n_workers=0, processes=False, dashboard_address=":0", silence_logs=50
+    ) as cluster:
+        address = cluster.scheduler_address
+        rc, _, err = run_cli(capsys, "--scheduler", address, "--worker-timeout", "1", src)
+    assert rc == 2
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"e2compress: waiting for Dask workers to join the scheduler {address} (at most 1 s)"
+    )
+    assert lines[1].startswith(f"e2compress: error: no Dask worker joined the scheduler {address}")
+    assert "within 1 s" in lines[1]
+    assert len(lines) == 2
+    assert not (tmp_path / "a.hdf").exists()

@@ -13,7 +13,7 @@ import pytest
 
 import e2compress
 from conftest import DATA, REAL, eman_decode, run_cli, write_mrc
-from e2compress.compare import ImagesDiffer, compare_files, format_comparison
+from e2compress.compare import ImagesDiffer, compare_files, format_comparison, plot_title
 
 RNG = np.random.default_rng(99)
 
@@ -124,7 +124,7 @@ def test_identical_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     rc, out, _ = run_cli(capsys, "compare", a, tmp_path / "a.hdf")
     assert rc == 0
     assert out.splitlines() == [
-        f"{tmp_path / 'a.hdf'} against {a}: 1 images",
+        f"{tmp_path / 'a.hdf'} against {a}: 1 image",
         "image 0: 80 x 64  bits 0  (float32)",
         "  error: max 0, RMS 0; 0 pixels truncated; correlation 1",
         out.splitlines()[3],
@@ -229,6 +229,18 @@ def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert (rc, err) == (0, "")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf", "a.mrc", "p.png"]
+
+
+def test_plot_title_names_the_file_bits_and_noise_ratio(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.mrc", _micrograph((64, 48)), apix=1.5)
+    e2compress.compress_file(a, tmp_path / "a.hdf", bits=4)
+    result = compare_files(a, tmp_path / "a.hdf")
+    ratio = result.images[0].errors.inside_rms / result.images[0].noise.sigma
+    assert plot_title(result) == (
+        f"a.hdf against a.mrc, bits 4, quantisation noise {ratio:.3g} x image noise"
+    )
+    doc = result.to_dict()  # shapes x first, as the text says "48 x 64"
+    assert (doc["axis_order"], doc["images"][0]["shape"]) == ("x,y,z", [48, 64])
 
 
 def test_plot_without_matplotlib_says_how_to_get_it(

@@ -33,7 +33,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import DATA, assert_within_half_step, eman_decode
+from conftest import DATA, assert_within_half_step, cli_args, eman_decode
 from e2compress import OutputError, VerificationError, compress_file, pipeline
 from e2compress.cli import main
 
@@ -106,7 +106,7 @@ def tmp_name(target: Path) -> Path:
 
 def spawn(*args: object, cwd: Path, **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*CLI, *(str(a) for a in args)],
+        [*CLI, *cli_args(*args)],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -139,7 +139,7 @@ def link_movie(movie: dict[str, Any], dst: Path) -> None:
 
 def run_cli(*args: object, cwd: Path, **kw: Any) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [*CLI, *(str(a) for a in args)],
+        [*CLI, *cli_args(*args)],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,

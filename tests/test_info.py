@@ -35,6 +35,7 @@ def test_info_json_matches_the_file(
     (line,) = out.splitlines()
     info = json.loads(line)
     assert info["file"] == str(hdf)
+    assert info["axis_order"] == "x,y,z"
     assert info["format"] == "eman2-hdf"
     assert info["bytes"] == os.path.getsize(hdf)
     assert info["ratio"] == pytest.approx(3 * 40 * 70 * 4 / os.path.getsize(hdf))
@@ -43,9 +44,9 @@ def test_info_json_matches_the_file(
             group = f[f"MDF/images/{k}"]
             ds = group["image"]
             assert im["index"] == k
-            assert im["shape"] == [40, 70]
+            assert im["shape"] == [70, 40]  # x first, as the text says "70 x 40"
             assert im["dtype"] == str(ds.dtype)
-            assert im["chunks"] == list(ds.chunks)
+            assert im["chunks"] == list(ds.chunks)[::-1]
             assert im["stored_bytes"] == ds.id.get_storage_size()
             assert im["ratio"] == pytest.approx(40 * 70 * 4 / ds.id.get_storage_size())
             assert im["apix"] == [1.5, 1.5, 1.5]
@@ -80,10 +81,25 @@ def test_info_text_and_other_formats(tmp_path: Path, capsys: pytest.CaptureFixtu
     lines = out.splitlines()
     assert lines[0].startswith(f"{hdf}: eman2-hdf, 3 images, {os.path.getsize(hdf)} bytes")
     assert lines[1].startswith("  [0] 70 x 40 uint8  bits 8  range ")
-    assert "filters deflate(1)  chunks 40x70" in lines[1]
+    assert "filters deflate(1)  chunks 70x40" in lines[1]
     assert lines[1].endswith("apix 1.5 x 1.5 x 1.5 A")
     assert lines[4] == f"{tif}: tiff, 36 images, 703618 bytes, 3.96x smaller than float32"
     assert lines[5].startswith("  [0] 94 x 206 uint8  19364 bytes (4.00x)  apix ")
+
+
+def test_info_says_larger_when_the_file_is_larger_than_float32(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tiny image: the HDF5 overhead makes the file larger than its float32 pixels;
+    info says "larger", never "0.28x smaller"."""
+    src = write_mrc(tmp_path / "t.mrc", np.arange(16, dtype=np.float32).reshape(4, 4))
+    e2compress.compress_file(src, tmp_path / "t.hdf", bits=0)
+    rc, out, _ = run_cli(capsys, "info", tmp_path / "t.hdf")
+    assert rc == 0
+    size = os.path.getsize(tmp_path / "t.hdf")
+    assert size > 64
+    assert out.splitlines()[0].endswith(f", {size / 64:.2f}x larger than float32")
+    assert "smaller" not in out
 
 
 def test_info_of_a_damaged_file_is_one_line(

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import numpy as np
+
+from conftest import write_mrc
+from e2compress import compress_file
+from e2compress.options import Options
 from e2compress.progress import Progress, human_size
-from e2compress.runner import FileResult, Tick
+from e2compress.runner import FileResult, Job, Tick
 
 
 class Clock:
@@ -91,3 +97,46 @@ def test_human_size() -> None:
         "5.0 TB",
         "7000.0 TB",
     ]
+
+
+def test_a_stack_reports_progress_image_by_image(tmp_path: Path) -> None:
+    """A stack of small images (a particle stack) counts its pixels as images are
+    written, not only at the end (the bar stayed at 0 % for a whole 50k stack)."""
+    data = np.random.default_rng(1).normal(0.0, 1.0, (300, 16, 16)).astype(np.float32)
+    src = write_mrc(tmp_path / "s.mrcs", data)
+    seen: list[tuple[int, int]] = []
+    compress_file(src, tmp_path / "s.hdf", bits=5, progress=lambda d, t: seen.append((d, t)))
+    total = data.size
+    assert {t for _, t in seen} == {total}
+    done = [d for d, _ in seen]
+    assert done == sorted(done)
+    assert done[-1] == total
+    assert len({d for d in done if 0 < d < total}) >= 100  # many steps along the way
+
+
+def test_watch_mode_counts_the_files_as_they_come() -> None:
+    """In watch mode the batch's size is not known in advance: each job handed out adds
+    to it (it used to print 'progress: 3/0 files')."""
+    clock = Clock()
+    out = io.StringIO()
+    p = Progress(0, 0, stream=out, bar=False, verbose=1, interval=1, clock=clock)
+    jobs = [
+        Job("a", "a", "a.hdf", Options(), size=100),
+        None,
+        Job("b", "b", "b.hdf", Options(), size=100),
+    ]
+    for job in p.counting(jobs):
+        if job is not None:
+            p.done(result(job.given, 100))
+            clock.now += 2
+    p.tick(Tick("c", "c.hdf", 0, 0))
+    assert out.getvalue().splitlines()[-1].startswith("progress: 2/2 files, 200 B/200 B (100%)")
+
+
+def test_a_stopped_file_is_not_work_done() -> None:
+    p = Progress(2, 3000, stream=io.StringIO(), bar=False)
+    p.tick(Tick("a", "a.hdf", 50, 100, size=1000))
+    p.done(result("a", 1000, "stopped"))
+    p.done(result("b", 2000, "unstarted"))
+    assert (p.credited, p.finished) == (0, 2)
+    assert "(0%)" in p.line()

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import io
+import itertools
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from array import array
@@ -229,29 +232,27 @@ class Inputs:
 
     # ----------------------------------------------------------------- raw streams
 
-    def _stdin_lines(self) -> Iterator[str]:
+    def _stdin_file(self) -> IO[str]:
         if self._spool is None:
             self._spool = tempfile.TemporaryFile(  # noqa: SIM115 (closed by close())
-                "w+", encoding="utf-8", errors="surrogateescape"
+                "w+", encoding="utf-8", errors="surrogateescape", newline=""
             )
             shutil.copyfileobj(self._stdin or sys.stdin, self._spool)
         self._spool.seek(0)
-        yield from self._spool
+        return self._spool
 
     def _paths(self) -> Iterator[str]:
         """Every path given directly, in a list or on stdin (not the walked trees)."""
         for f in self.files:
             if f == "-":
-                lines: Iterable[str] = self._stdin_lines()
+                yield from _entries(self._stdin_file())
             elif f.startswith("@") and len(f) > 1:
-                lines = _read_lines(Path(f[1:]))
+                with open(
+                    Path(f[1:]), encoding="utf-8", errors="surrogateescape", newline=""
+                ) as fh:
+                    yield from _entries(fh)
             else:
                 yield f
-                continue
-            for line in lines:
-                text = line.strip()
-                if text and not text.startswith("#"):
-                    yield text
 
     def _raw(self) -> Iterator[_Raw]:
         out = None if self.outpath is None else str(self.outpath)
@@ -347,9 +348,47 @@ class Inputs:
             yield item
 
 
-def _read_lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-        yield from fh
+def _entries(fh: IO[str], chunk: int = 1 << 16, probe: int = 1 << 16) -> Iterator[str]:
+    """The paths in a list: NUL-separated (``find -print0``), taken verbatim as
+    ``xargs -0`` does, when the first ``probe`` characters hold a NUL; else one a line,
+    stripped, without blank lines and ``#`` comments. Read ``chunk`` characters at a
+    time."""
+    head = fh.read(probe)
+    if "\0" in head:
+        rest = head
+        while True:
+            *whole, rest = rest.split("\0")
+            yield from (p for p in whole if p)
+            more = fh.read(chunk)
+            if not more:
+                break
+            rest += more
+        if rest:
+            yield rest
+        return
+    lines = io.StringIO(head, newline="").readlines()  # the line ends files use
+    if lines and not lines[-1].endswith(("\n", "\r")):
+        lines[-1] += fh.readline()
+    for line in itertools.chain(lines, fh):
+        for part in line.split("\0"):  # a NUL later in a list still separates
+            text = part.strip()
+            if text and not text.startswith("#"):
+                yield text
+
+
+def unreadable(item: Item) -> str:
+    """Why ``item``'s input cannot be read ('' when it is a readable regular file);
+    checked with ``stat`` and ``access``, without opening it."""
+    try:
+        st = os.stat(item.source)
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        return f"{item.given}: {'no such file' if isinstance(exc, FileNotFoundError) else why}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{item.given}: not a regular file"
+    if not os.access(item.source, os.R_OK):
+        return f"{item.given}: not readable (permission denied)"
+    return ""
 
 
 def describe(item: Item) -> str:

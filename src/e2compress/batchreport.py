@@ -1,20 +1,26 @@
 """The batch report (``--report out.csv`` or ``.json``) and the totals printed at the end.
 
-Rows are written as files finish (memory does not grow with the batch), into a locked
-temporary file that replaces the report only when it is closed.
+A report is appended to, never replaced: a rerun or a restarted watch adds its rows
+below the earlier ones. Each row is written and flushed when its file ends, so the
+report can be read while the batch runs and keeps every finished file's row even if
+the process is killed (``kill -9``). CSV: a header, then one row per file. JSON: JSON
+Lines, one object per file and, when a run ends, one ``{"totals": {...}}`` object
+(:func:`read_report` reads both).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from .atomic import AtomicOutput, check_output_dir
+from .atomic import check_output_dir
 from .errors import E2CompressError
 from .progress import human_size
 from .runner import STATUSES, FileResult
@@ -33,19 +39,22 @@ FIELDS = (
     "seconds",
     "worker",
     "message",
+    "finished",
 )
-FORMATS = (".csv", ".json")
+FORMATS = (".csv", ".json", ".jsonl")
 
 
-def row(r: FileResult) -> dict[str, Any]:
-    """One report row (None where a value does not apply)."""
+def row(r: FileResult, finished: datetime | None = None) -> dict[str, Any]:
+    """One report row (None where a value does not apply); ``finished``: when the file
+    ended (default now), as UTC ISO 8601."""
     done = r.status == "done"
+    when = finished or datetime.now(timezone.utc)
     return {
         "source": r.given,
         "output": r.target,
         "status": r.status,
         "bytes_in": r.bytes_in,
-        "bytes_out": r.bytes_out if done else None,
+        "bytes_out": r.bytes_out if done or r.bytes_out else None,
         "ratio": round(r.ratio, 4) if done else None,
         "bits": r.bits if done else None,
         "rmin": r.rmin if done else None,
@@ -54,6 +63,7 @@ def row(r: FileResult) -> dict[str, Any]:
         "seconds": round(r.seconds, 3),
         "worker": r.worker or None,
         "message": r.message or None,
+        "finished": when.isoformat(timespec="seconds"),
     }
 
 
@@ -115,34 +125,83 @@ def _json_value(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def _json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _header_line() -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(FIELDS)
+    return buf.getvalue()
+
+
 class ReportWriter:
-    """Writes report rows as files finish; :meth:`close` adds the totals (JSON) and puts
-    the report in place. Use as a context manager: on an exception nothing replaces an
-    existing report.
+    """Appends report rows as files finish, each flushed at once; :meth:`close` adds the
+    run's totals (JSON). Use as a context manager.
 
     Args:
-        path: ``*.csv`` (one row per file, header first) or ``*.json`` (``{"files":
-            [...], "totals": {...}}``).
+        path: ``*.csv`` (a header when the file is new, then one row per file) or
+            ``*.json``/``*.jsonl`` (JSON Lines: one object per file, then
+            ``{"totals": {...}}``). An existing report is appended to.
 
     Raises:
-        E2CompressError: another format, or the report cannot be written there.
+        E2CompressError: another format, the report cannot be written there, or an
+            existing CSV report has other columns.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.kind = self.path.suffix.lower()
-        if self.kind not in FORMATS:
+        self.kind = ".csv" if self.path.suffix.lower() == ".csv" else ".json"
+        if self.path.suffix.lower() not in FORMATS:
             raise E2CompressError("the report must be a .csv or a .json file", self.path)
         check_output_dir(self.path)
-        self._out = AtomicOutput(self.path).__enter__()
-        self._fh: IO[str] = open(self._out.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
-        self._rows = 0
+        try:
+            self._fh: IO[str] = open(  # noqa: SIM115 (closed by close())
+                self.path, "a+", encoding="utf-8", errors="surrogateescape", newline=""
+            )
+            self._start()
+        except OSError as exc:
+            raise E2CompressError(
+                f"cannot write the report: {exc.strerror or exc}", self.path
+            ) from None
         self._csv: Any = None
         if self.kind == ".csv":
             self._csv = csv.DictWriter(self._fh, fieldnames=FIELDS)
-            self._csv.writeheader()
-        else:
-            self._fh.write('{"files": [')
+
+    def _start(self) -> None:
+        """Check an existing report and end its last line (a row cut by a kill);
+        write the CSV header into a new one."""
+        fh = self._fh
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            if self.kind == ".csv":
+                fh.write(_header_line())
+                fh.flush()
+            return
+        fh.seek(0)
+        first = fh.readline()
+        if self.kind == ".csv" and first != _header_line():
+            fh.close()
+            raise E2CompressError(
+                "the report exists with other columns; give a new report file", self.path
+            )
+        if self.kind == ".json" and not _json_object(first):
+            fh.close()
+            raise E2CompressError(
+                "the report exists and is not JSON Lines (one object a line); give a new "
+                "report file",
+                self.path,
+            )
+        with open(self.path, "rb") as raw:
+            raw.seek(-1, os.SEEK_END)
+            cut = raw.read(1) != b"\n"
+        fh.seek(0, os.SEEK_END)
+        if cut:
+            fh.write("\n")
+            fh.flush()
 
     def __enter__(self) -> ReportWriter:
         return self
@@ -150,39 +209,74 @@ class ReportWriter:
     def __exit__(self, *exc: object) -> None:
         self.discard()
 
+    def _write(self, text: str) -> None:
+        try:
+            self._fh.write(text)
+            self._fh.flush()
+        except OSError as exc:
+            raise E2CompressError(
+                f"cannot write the report: {exc.strerror or exc}", self.path
+            ) from None
+
     def add(self, r: FileResult) -> None:
-        """Write one file's row."""
+        """Append one file's row and flush it.
+
+        Raises:
+            E2CompressError: the row could not be written.
+        """
         values = row(r)
         if self._csv is not None:
-            self._csv.writerow({k: "" if v is None else v for k, v in values.items()})
+            buf = io.StringIO()
+            csv.DictWriter(buf, fieldnames=FIELDS).writerow(
+                {k: "" if v is None else v for k, v in values.items()}
+            )
+            self._write(buf.getvalue())
         else:
-            sep = "," if self._rows else ""
             clean = {k: _json_value(v) for k, v in values.items()}
-            self._fh.write(f"{sep}\n  {json.dumps(clean, allow_nan=False)}")
-        self._rows += 1
-        self._fh.flush()
+            self._write(json.dumps(clean, allow_nan=False) + "\n")
 
     def close(self, totals: Totals) -> None:
-        """Finish the report (JSON: with ``totals``) and rename it into place.
+        """End the run's part of the report (JSON: with a ``totals`` line) and close it.
 
         Raises:
             E2CompressError: the report could not be written.
         """
         try:
             if self._csv is None:
-                body = json.dumps(totals.as_dict(), allow_nan=False)
-                self._fh.write(f'\n],\n"totals": {body}}}\n')
-            self._fh.close()
-            self._out.commit()
-        except OSError as exc:
-            raise E2CompressError(
-                f"cannot write the report: {exc.strerror or exc}", self.path
-            ) from None
+                self._write(json.dumps({"totals": totals.as_dict()}, allow_nan=False) + "\n")
         finally:
             self.discard()
 
     def discard(self) -> None:
-        """Drop the temporary file unless :meth:`close` put it in place."""
+        """Close the report (the rows written so far stay)."""
         if not self._fh.closed:
             self._fh.close()
-        self._out.__exit__(None, None, None)
+
+
+def read_report(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of a report and the totals of each run that ended (JSON only), oldest
+    first. CSV values are text ('' where none applies), JSON values typed; a JSON line
+    cut short (the process was killed while writing it) is left out.
+
+    Raises:
+        E2CompressError: the file cannot be read or is not a report.
+    """
+    p = Path(path)
+    rows: list[dict[str, Any]] = []
+    totals: list[dict[str, Any]] = []
+    try:
+        with open(p, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            if p.suffix.lower() == ".csv":
+                return list(csv.DictReader(fh)), totals
+            for line in fh:
+                try:
+                    obj = json.loads(line)
+                except ValueError:  # blank, or a row cut short by a kill
+                    continue
+                if isinstance(obj, dict) and set(obj) == {"totals"}:
+                    totals.append(obj["totals"])
+                else:
+                    rows.append(obj)
+    except (OSError, ValueError) as exc:
+        raise E2CompressError(f"cannot read the report: {exc}", p) from None
+    return rows, totals

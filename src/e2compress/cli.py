@@ -17,14 +17,23 @@ from types import FrameType
 from typing import Any, TextIO
 
 from . import __version__, commands
-from .batch import Inputs, Item, describe
+from .batch import Inputs, Item, describe, unreadable
 from .batchreport import ReportWriter, Totals
 from .errors import E2CompressError
 from .executor import Cancel
 from .fidelity import DEFAULT_NOISE_FRACTION
 from .options import AUTO_BITS, Options
 from .progress import Progress, human_size
-from .runner import STATUSES, FileResult, Job, LocalRunner, Tick, make_jobs
+from .runner import (
+    SETTLE_SECONDS,
+    SETTLE_WAIT,
+    STATUSES,
+    FileResult,
+    Job,
+    LocalRunner,
+    Tick,
+    make_jobs,
+)
 
 DESCRIPTION = """\
 Convert image files (MRC/MRCS/MAP/CCP4 incl. .gz/.bz2, TIFF, EMAN2 HDF) to
@@ -69,10 +78,12 @@ as failed and not compressed; the others run. A file given twice is compressed o
 batches: FILE may be @LIST (a file of paths, one a line) or - (paths on stdin);
 --recursive DIR walks a tree (MRC and TIFF files unless --include says otherwise)
 and mirrors it under --outpath. Two inputs writing one output are found before
-any work, with about 16 bytes of memory a path. --scheduler ADDRESS runs one task
-per file on a Dask cluster; --cluster slurm|pbs|sge|lsf starts one with
-dask-jobqueue (pip install 'e2compress[dask]'). On a terminal a progress bar shows
-files, bytes, throughput and ETA; elsewhere -v logs a progress line every 30 s.
+any work, with about 16 bytes of memory a path. An input modified less than
+--settle seconds ago (default 5) is waited for: it may still be being written.
+--scheduler ADDRESS runs one task per file on a Dask cluster; --cluster
+slurm|pbs|sge|lsf starts one with dask-jobqueue (pip install 'e2compress[dask]').
+On a terminal a progress bar shows files, bytes, throughput and ETA; elsewhere -v
+logs a progress line every 30 s. --report FILE appends a row per file as it ends.
 
 watch mode: e2compress watch DIR --outpath OUT [options] compresses each new file
 under DIR once its size and time have not changed for --settle seconds and it opens
@@ -159,6 +170,7 @@ _apix = commands.number(float, lambda v: v > 0, "a positive pixel size")
 _level = commands.number(int, lambda v: 0 <= v <= 9, "an integer 0..9")
 _threads = commands.number(int, lambda v: v >= 1, "a positive integer")
 _positive = commands.number(float, lambda v: v > 0, "a positive number of seconds")
+_seconds = commands.number(float, lambda v: v >= 0, "a number of seconds >= 0")
 
 
 def build_parser(watch: bool = False) -> argparse.ArgumentParser:
@@ -234,7 +246,13 @@ def build_parser(watch: bool = False) -> argparse.ArgumentParser:
         help="keep mean - A*sigma .. mean + B*sigma",
     )
     p.add_argument(
-        "--outpath", default=None, metavar="DIR", help="write outputs into this existing directory"
+        "--outpath",
+        default=None,
+        metavar="DIR",
+        help="write outputs into this existing directory (see --mkdir)",
+    )
+    p.add_argument(
+        "--mkdir", action="store_true", help="create the --outpath directory if it is missing"
     )
     p.add_argument(
         "--threads",
@@ -299,10 +317,25 @@ def _add_scale_options(p: argparse.ArgumentParser, watch: bool) -> None:
     )
     if not watch:
         b.add_argument(
-            "--dry-run", action="store_true", help="print what would be written, open nothing"
+            "--dry-run",
+            action="store_true",
+            help="print what would be written and check each input exists and is readable; "
+            "write nothing",
+        )
+        b.add_argument(
+            "--settle",
+            type=_seconds,
+            default=SETTLE_SECONDS,
+            metavar="S",
+            help="an input modified less than S seconds ago may still be being written: wait "
+            f"until it has not changed for S seconds (at most {SETTLE_WAIT} x S, then it fails); "
+            f"0: no wait (default {SETTLE_SECONDS:g})",
         )
     b.add_argument(
-        "--report", metavar="FILE", help="per-file report and totals: FILE.csv or FILE.json"
+        "--report",
+        metavar="FILE",
+        help="append a row per file as it ends (and the totals, JSON): FILE.csv or FILE.json "
+        "(JSON Lines)",
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     if watch:
@@ -335,6 +368,14 @@ def _add_scale_options(p: argparse.ArgumentParser, watch: bool) -> None:
     d.add_argument("--walltime", metavar="TIME", help="--cluster time limit, e.g. 04:00:00")
     d.add_argument(
         "--dask-config", metavar="FILE", help="Dask YAML configuration (e.g. jobqueue.slurm)"
+    )
+    d.add_argument(
+        "--worker-timeout",
+        type=_positive,
+        default=600.0,
+        metavar="S",
+        help="give up (nothing compressed) when no Dask worker has joined after S seconds "
+        "(default 600)",
     )
 
 
@@ -497,7 +538,18 @@ def _options(args: argparse.Namespace, console: _Console) -> Options | None:
         return None
     if args.outpath is not None:
         out_dir = Path(args.outpath)
-        if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
+        dry = getattr(args, "dry_run", False)
+        if args.mkdir and not dry:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                console.err(
+                    f"e2compress: error: cannot create --outpath {args.outpath}: "
+                    f"{exc.strerror or exc}"
+                )
+                return None
+        to_be_made = args.mkdir and dry and not out_dir.exists()  # a dry run makes nothing
+        if not to_be_made and (not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK)):
             console.err(
                 f"e2compress: error: --outpath must be an existing, writable directory: "
                 f"{args.outpath}"
@@ -525,20 +577,28 @@ def _options(args: argparse.Namespace, console: _Console) -> Options | None:
 
 
 def _dry_run(inputs: Inputs, console: _Console) -> int:
-    """Print each input and its output (or why not), then a count; exit 1 on a conflict."""
+    """Print each input and its output (or why not), then a count; exit 1 when an input
+    is missing or unreadable or collides with another."""
     inputs.scan()
     problems = 0
     for item in inputs:
+        if not item.problem and not item.skip:
+            why = unreadable(item)
+            if why:
+                item = Item(item.given, item.source, item.target, item.make_dirs, problem=why)
         problems += bool(item.problem)
         console.out(describe(item))
     size = human_size(inputs.total_bytes)
-    console.out(f"dry run: {inputs.count} inputs, {size}; nothing written")
+    bad = f", {problems} with a problem (ERROR lines)" if problems else ""
+    console.out(f"dry run: {inputs.count} inputs{bad}, {size}; nothing written")
     return 1 if problems else 0
 
 
 @contextmanager
-def _runner(args: argparse.Namespace) -> Iterator[Any]:
-    """A LocalRunner, or a DaskRunner on --scheduler / a new --cluster (closed after)."""
+def _runner(batch: _Batch) -> Iterator[Any]:
+    """A LocalRunner, or a DaskRunner on --scheduler / a new --cluster (closed after),
+    once a worker has joined (saying so while it waits)."""
+    args = batch.args
     if args.scheduler is None and args.cluster is None:
         yield LocalRunner(args.threads)
         return
@@ -558,6 +618,12 @@ def _runner(args: argparse.Namespace) -> Iterator[Any]:
         walltime=args.walltime,
         **settings,
     ) as client:
+        cluster.wait_for_workers(
+            client,
+            batch.cancel,
+            timeout=args.worker_timeout,
+            notify=lambda line: batch.console.err(f"e2compress: {line}"),
+        )
         yield cluster.DaskRunner(client, threads=args.threads)
 
 
@@ -578,7 +644,7 @@ def _batch(batch: _Batch, inputs: Inputs) -> int:
     watch_done = threading.Event()
     try:
         report = ReportWriter(args.report) if args.report else None
-        with _runner(args) as runner:
+        with _runner(batch) as runner:
             if watching:
                 _watch_parent(args.ppid, is_parent, cancel, batch.parent_gone, watch_done)
             jobs = make_jobs(
@@ -587,6 +653,7 @@ def _batch(batch: _Batch, inputs: Inputs) -> int:
                 verify=args.verify,
                 skip_existing=args.skip_existing,
                 force=args.force,
+                settle=args.settle,
             )
             _run(batch, runner, jobs, counts, totals, report, inputs)
     except E2CompressError as exc:  # a report or a cluster that cannot be had: no work done
@@ -629,10 +696,17 @@ def _run(
     t0 = time.perf_counter()
 
     def on_tick(t: Tick) -> None:
-        if t.done == t.total == 0 and args.verbose:
+        if t.waiting is not None and args.verbose:
+            batch.console.out(
+                f"Waiting for {t.given}: modified {t.waiting:.1f} s ago, it may still be "
+                f"being written (--settle {args.settle:g})"
+            )
+        elif t.done == t.total == 0 and args.verbose:
             batch.console.out(f"Processing {t.given} -> {t.target}")
         progress.tick(t)
 
+    if inputs is None:  # watch mode: the files are counted as they come
+        jobs = progress.counting(jobs)
     try:
         for r in runner.run(jobs, batch.cancel, on_tick):
             counts[r.status] += 1
@@ -712,7 +786,7 @@ def _main_watch(argv: Sequence[str], cancel: Cancel) -> int:
 
     try:
         report = ReportWriter(args.report) if args.report else None
-        with _runner(args) as runner:
+        with _runner(batch) as runner:
             if args.ppid is not None and args.ppid > 0:
                 is_parent = os.getppid() == args.ppid
                 _watch_parent(args.ppid, is_parent, cancel, batch.parent_gone, watch_done)
@@ -732,5 +806,18 @@ def _main_watch(argv: Sequence[str], cancel: Cancel) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point. A reader that goes away (``e2compress info ... |
+    head``) ends a subcommand quietly with status 141, as SIGPIPE would; a compression
+    batch goes on (see :class:`_Console`) and keeps its own status."""
+    broken = False
+    try:
+        status = main()
+    except BrokenPipeError:
+        status, broken = 128 + signal.SIGPIPE, True
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        broken = True
+    if broken:  # no second error when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(status)

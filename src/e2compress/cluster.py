@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -90,7 +90,9 @@ class _Ticker:
         if t.done and t.done < t.total and now - self.last < TICK_SECONDS:
             return
         self.last = now
-        self.worker.log_event(TOPIC, [t.given, t.target, t.done, t.total, t.worker, t.size])
+        self.worker.log_event(
+            TOPIC, [t.given, t.target, t.done, t.total, t.worker, t.size, t.waiting]
+        )
 
 
 def compress_task(job: Job, progress: bool = False) -> FileResult:
@@ -143,9 +145,9 @@ class DaskRunner:
         done = as_completed()
 
         def handler(event: tuple[float, Any]) -> None:
-            given, target, count, total, worker, size = event[1]
+            given, target, count, total, worker, size, waiting = event[1]
             if on_tick is not None and _key_of.get(given) in inflight:
-                on_tick(Tick(given, target, count, total, worker, size))
+                on_tick(Tick(given, target, count, total, worker, size, waiting))
 
         _key_of: dict[str, str] = {}  # given -> key, for the files in flight
         if on_tick is not None:
@@ -236,6 +238,52 @@ def _outcome(fut: Any, job: Job) -> FileResult:
         first = (str(exc).splitlines() or [""])[0]
         message = f"{job.given}: task failed on the cluster: {name}: {first}"
     return FileResult(job.given, job.source, job.target, "failed", message, bytes_in=job.size)
+
+
+WORKER_TIMEOUT = 600.0  # seconds to wait for the first worker (the CLI's --worker-timeout)
+
+
+def wait_for_workers(
+    client: Client,
+    cancel: Cancel,
+    *,
+    timeout: float = WORKER_TIMEOUT,
+    notify: Callable[[str], None] | None = None,
+    poll: float = 0.5,
+) -> bool:
+    """Wait until at least one worker has joined ``client``'s scheduler.
+
+    Args:
+        client: the connected client.
+        cancel: stops the wait (returns False; the batch then starts nothing).
+        timeout: seconds to wait for the first worker.
+        notify: called once with a line saying what is waited for, if there is no
+            worker yet.
+        poll: seconds between looks.
+
+    Raises:
+        E2CompressError: no worker joined within ``timeout`` seconds.
+    """
+    start = time.monotonic()
+    told = False
+    address = getattr(client.scheduler, "address", "?")
+    while not client.nthreads():
+        if cancel.is_set():
+            return False
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            raise E2CompressError(
+                f"no Dask worker joined the scheduler {address} within "
+                f"{timeout:g} s (are the batch jobs still queued, or did they fail to start? "
+                "see the batch system's queue and the job logs); nothing was compressed"
+            )
+        if not told and notify is not None:
+            notify(
+                f"waiting for Dask workers to join the scheduler {address} (at most {timeout:g} s)"
+            )
+            told = True
+        time.sleep(poll)
+    return True
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

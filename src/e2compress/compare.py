@@ -70,7 +70,7 @@ class ImageComparison:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures."""
-        return _figures(self, {"index": self.index, "shape": list(self.shape)})
+        return _figures(self, {"index": self.index, "shape": list(self.shape[::-1])})
 
 
 @dataclass
@@ -122,10 +122,12 @@ class Comparison:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: both paths, every image and the overall figures."""
+        """JSON-ready: both paths, every image and the overall figures; shapes x first
+        (``axis_order``), as in the text."""
         return {
             "original": self.original,
             "compressed": self.compressed,
+            "axis_order": "x,y,z",
             "images": [im.to_dict() for im in self.images],
             "overall": _figures(self.overall, {"images": len(self.images)}),
         }
@@ -366,13 +368,31 @@ def format_image(im: ImageComparison, label: str) -> list[str]:
 
 def format_comparison(result: Comparison, *, summary: bool = False) -> str:
     """The report ``e2compress compare`` prints."""
-    lines = [f"{result.compressed} against {result.original}: {len(result.images)} images"]
+    n = len(result.images)
+    lines = [f"{result.compressed} against {result.original}: {n} image{'s' * (n != 1)}"]
     if not summary:
         for im in result.images:
             lines += format_image(im, f"image {im.index}")
     if len(result.images) != 1 or summary:
         lines += format_image(result.overall, "overall")
     return "\n".join(lines)
+
+
+def plot_title(result: Comparison) -> str:
+    """The figure's title: the compressed file's name, its bits and the ratio of
+    quantisation noise to the image's noise (over all images)."""
+    overall = result.overall
+    bits = sorted({im.bits for im in result.images if im.bits is not None})
+    if not bits:
+        stored = "not quantised"
+    elif bits == [0]:
+        stored = "bits 0 (lossless float32)"
+    else:
+        stored = f"bits {bits[0]}" if len(bits) == 1 else f"bits {bits[0]}-{bits[-1]}"
+    ratio = overall.quant_ratio
+    noise = f"quantisation noise {ratio:.3g} x image noise" if math.isfinite(ratio) else ""
+    parts = [f"{Path(result.compressed).name} against {Path(result.original).name}", stored]
+    return ", ".join(p for p in [*parts, noise] if p)
 
 
 def plot_comparison(result: Comparison, path: PathLike) -> None:
@@ -414,6 +434,7 @@ def plot_comparison(result: Comparison, path: PathLike) -> None:
             ax2.text(0.5, 0.5, "no quantisation step (float storage)", ha="center")
         ax2.set_ylabel("pixels")
         ax2.set_title(f"errors: RMS {overall.errors.rms:.4g}, {overall.errors.truncated} truncated")
+        fig.suptitle(plot_title(result))
         fig.tight_layout()
         target = Path(path)
         tmp = target.with_name(f".{target.name}.e2compress.tmp")

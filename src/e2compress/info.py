@@ -25,6 +25,9 @@ _FILTER_NAMES = {
 }
 
 
+AXIS_ORDER = "x,y,z"  # shapes in text and JSON: columns, rows, sections
+
+
 @dataclass
 class ImageInfo:
     """How one image is stored (HDF keys are None for MRC/TIFF inputs)."""
@@ -58,8 +61,16 @@ class FileInfo:
     images: list[ImageInfo] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, one object with an ``images`` list."""
-        return asdict(self)
+        """JSON-ready, one object with an ``images`` list. Shapes and chunks are given x
+        first (nx, ny[, nz]), as in the text and in EMAN2 and MRC headers (h5py and numpy
+        give them the other way round); ``axis_order`` says so."""
+        out = asdict(self)
+        out["axis_order"] = AXIS_ORDER
+        for im in out["images"]:
+            im["shape"] = im["shape"][::-1]
+            if im["chunks"] is not None:
+                im["chunks"] = im["chunks"][::-1]
+        return out
 
 
 def file_info(path: PathLike) -> FileInfo:
@@ -155,12 +166,19 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.6g}"
 
 
+def _versus_float32(ratio: float) -> str:
+    """``7.31x smaller than float32``, or ``3.57x larger`` when the file is bigger."""
+    if ratio >= 1 or ratio <= 0:
+        return f"{ratio:.2f}x smaller than float32"
+    return f"{1 / ratio:.2f}x larger than float32"
+
+
 def format_info(info: FileInfo) -> str:
     """The text ``e2compress info`` prints for one file."""
     n = len(info.images)
     lines = [
         f"{info.file}: {info.format}, {n} image{'s' * (n != 1)}, {info.bytes} bytes, "
-        f"{info.ratio:.2f}x smaller than float32"
+        + _versus_float32(info.ratio)
     ]
     for im in info.images:
         dims = " x ".join(str(s) for s in im.shape[::-1])
@@ -173,11 +191,11 @@ def format_info(info: FileInfo) -> str:
             text += f"  truncated {im.truncated}"
         if im.filters is not None:
             text += f"  filters {'+'.join(im.filters) or 'none'}"
-            text += f"  chunks {'x'.join(map(str, im.chunks)) if im.chunks else 'none'}"
+            text += f"  chunks {'x'.join(map(str, im.chunks[::-1])) if im.chunks else 'none'}"
         if im.stored_bytes is not None:
             text += f"  {im.stored_bytes} bytes"
         if im.ratio is not None:
-            text += f" ({im.ratio:.2f}x)"
+            text += f" ({im.ratio:.2f}x)" if im.ratio >= 1 else f" ({1 / im.ratio:.2f}x larger)"
         text += f"  apix {apix}"
         if im.decoded == "float64":
             text += "  values float32 cannot hold: e2compress decodes float64, EMAN2 rounds them"

@@ -681,6 +681,7 @@ def _write_job(
     truncated = 0
     shift = 0.0
     written = Stats()
+    counted = 0  # pixels reported to ``advance`` (blocks of a stack have no counts)
     for enc in encoded:
         cancel.check()
         truncated += enc.truncated
@@ -688,8 +689,11 @@ def _write_job(
         written = written.merge(enc.stats)
         for offset, data in enc.chunks:
             dsid.write_direct_chunk(offset, data)
-        if advance is not None:
+        if advance is not None and enc.stats.count:
             advance(enc.stats.count)
+            counted += enc.stats.count
+    if advance is not None and math.prod(job.shape3) > counted:
+        advance(math.prod(job.shape3) - counted)
     if job.rng is not None:  # min/max/integer test come from the range pass
         written.minimum, written.maximum = job.stats.minimum, job.stats.maximum
         written.all_int = job.stats.all_int
@@ -1033,6 +1037,7 @@ def compress_file(
         with open_source(
             source_path, scratch_dir=target.parent, eer_grouping=opts.eer_grouping
         ) as source:
+            warnings += getattr(source, "notices", [])
             in_place = _same_file(source_path, target)
             if in_place and source.kind != "hdf":
                 raise OutputError(

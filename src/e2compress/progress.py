@@ -11,13 +11,13 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from .runner import FileResult, Tick
+from .runner import FileResult, Job, Tick
 
 BIG_FILE_BYTES = 100_000_000  # files at least this big get a bar of their own
 LOG_SECONDS = 30.0
@@ -132,11 +132,23 @@ class Progress:
                 sub.update(t.done - sub.n)
             self._maybe_log()
 
+    def counting(self, jobs: Iterable[Job | None]) -> Iterator[Job | None]:
+        """``jobs``, adding each to the batch's size as it is handed out (watch mode,
+        where the files are not known in advance)."""
+        for job in jobs:
+            if job is not None:
+                self.grow(1, job.size)
+            yield job
+
     def done(self, r: FileResult) -> None:
-        """One file finished (any status)."""
+        """One file finished (any status); a file stopped or never started is not
+        counted as work done."""
         with self._lock:
             self.finished += 1
-            self._credit(r.given, max(r.bytes_in, self._partial.get(r.given, 0)))
+            if r.status in ("stopped", "unstarted"):
+                self._credit(r.given, 0)
+            else:
+                self._credit(r.given, max(r.bytes_in, self._partial.get(r.given, 0)))
             self._partial.pop(r.given, None)
             sub = self._bars.pop(r.given, None)
             if sub is not None:

@@ -310,6 +310,7 @@ class MrcSource(ImageSource):
         self._fd: int | None = None
         self._data: np.ndarray | None = None
         self._header_keys: dict[str, Any] | None = None
+        self.notices: list[str] = []  # warnings for the user, one line each
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -359,6 +360,11 @@ class MrcSource(ImageSource):
             whole = self._read_file_rows(0, nz * ny).reshape(nz, ny, nx)
             self._data = np.ascontiguousarray(whole.transpose(perm))
             shape = self._data.shape
+        elif axes not in ((1, 2, 3), (0, 0, 0)):  # 0, 0, 0: unset, as in old files
+            self.notices.append(
+                f"{path}: axis order mapc, mapr, maps = {axes} is not an order of 1, 2, 3; "
+                "read as 1, 2, 3 (x, y, z as stored)"
+            )
         self._stack = strip_compression(path.name).lower().endswith(".mrcs")
         self._image_shape = (1, shape[1], shape[2]) if self._stack else tuple(shape)
         self._count = shape[0] if self._stack else 1

@@ -221,8 +221,8 @@ def quality_warning(
         advice = f"bits {max(passing)} would pass"
     return (
         f"{source}: {where}bits {worst.bits} add quantisation noise {_fmt(quant)}"
-        f" = {worst.noise_ratio:.2f} x the image noise {_fmt(noise)}"
-        f" (limit {fraction:g}); {advice}"
+        f" = {_over(worst.noise_ratio or 0.0, fraction)} x the image noise {_fmt(noise)},"
+        f" over the limit {fraction:g}; {advice}"
     )
 
 
@@ -239,3 +239,12 @@ def mean_warning(source: str, images: Sequence[ImageReport]) -> str | None:
         f"{_fmt(worst.mean_change or 0.0)} (limit {_fmt(worst.mean_limit or 0.0)}); "
         "the range option costs more than it saves"
     )
+
+
+def _over(ratio: float, limit: float) -> str:
+    """``ratio`` with the digits that show it is above ``limit`` (0.1004, not 0.10)."""
+    for digits in range(2, 8):
+        text = f"{ratio:.{digits}f}"
+        if float(text) > limit:
+            return text
+    return f"{ratio:.8g}"

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .batch import Item
-from .errors import E2CompressError, Interrupted
+from .errors import E2CompressError, InputError, Interrupted
 from .executor import Cancel, make_pool
 from .options import Options
 from .pipeline import compress_file, output_is_complete
 from .report import CompressReport, bits_text
 
 STATUSES = ("done", "skipped", "failed", "stopped", "unstarted")
+SETTLE_SECONDS = 5.0  # the default minimum age of an input (the CLI's --settle)
+SETTLE_WAIT = 10  # a younger input is waited for up to this many times the settle time
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class Job:
         skip_existing: skip when ``target`` is already a complete output of this input.
         force: as :func:`~e2compress.pipeline.compress_file`'s ``force``.
         make_dirs: create ``target``'s directory if missing (a mirrored tree).
+        settle: seconds the input must have stayed unchanged before it is read (see
+            :func:`wait_settled`); 0 reads it at once.
         size: the input's size in bytes when the batch was planned (for progress).
         problem: non-empty: do not run; fail with this line.
         skip: non-empty: do not run; skip with this line.
@@ -52,6 +56,7 @@ class Job:
     skip_existing: bool = False
     force: bool = False
     make_dirs: bool = False
+    settle: float = 0.0
     size: int = 0
     problem: str = ""
     skip: str = ""
@@ -96,7 +101,8 @@ class FileResult:
 @dataclass(frozen=True)
 class Tick:
     """Progress of one file: ``done`` of ``total`` pixels encoded (0 of 0: just started);
-    ``size`` is the input's size in bytes."""
+    ``size`` is the input's size in bytes; ``waiting`` (not None): the input was modified
+    that many seconds ago and is waited for (see :func:`wait_settled`), nothing read yet."""
 
     given: str
     target: str
@@ -104,6 +110,7 @@ class Tick:
     total: int
     worker: str = ""
     size: int = 0
+    waiting: float | None = None
 
 
 TickFn = Callable[[Tick], None]
@@ -124,8 +131,9 @@ def make_jobs(
     verify: bool | None = None,
     skip_existing: bool = False,
     force: bool = False,
+    settle: float = 0.0,
 ) -> Iterator[Job]:
-    """One :class:`Job` per input item (streamed)."""
+    """One :class:`Job` per input item (streamed); ``settle`` as :class:`Job`'s."""
     for item in items:
         yield Job(
             item.given,
@@ -136,6 +144,7 @@ def make_jobs(
             skip_existing=skip_existing,
             force=force,
             make_dirs=item.make_dirs,
+            settle=settle,
             size=0 if item.problem else file_size(item.source),
             problem=item.problem,
             skip=item.skip,
@@ -190,6 +199,74 @@ def auto_note(given: str, report: CompressReport) -> str:
     return text
 
 
+def _signature(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def wait_settled(
+    path: str,
+    settle: float,
+    cancel: Cancel,
+    *,
+    limit: float | None = None,
+    on_wait: Callable[[float], None] | None = None,
+    poll: float = 0.2,
+) -> None:
+    """Return once ``path`` has not changed for ``settle`` seconds.
+
+    A file still being written can look complete: a TIFF appended page by page, an
+    OME-TIFF before its XML is written, an MRC whose writer updates nz after each frame
+    (as IMOD does). So a file modified less than ``settle`` seconds ago is watched until
+    it was last modified ``settle`` seconds ago, or its size and modification time
+    stayed the same for ``settle`` seconds of watching (a clock that differs from the
+    file server's cannot make it wait forever). A missing file returns at once (the
+    read then says why).
+
+    Args:
+        path: the input file.
+        settle: the minimum age in seconds; 0 or less returns at once.
+        cancel: stops the wait (raising :class:`~e2compress.errors.Interrupted`).
+        limit: the longest wait in seconds (default ``SETTLE_WAIT`` times ``settle``).
+        on_wait: called once, with the file's age in seconds, when it is waited for.
+        poll: seconds between looks at the file.
+
+    Raises:
+        InputError: the file was still changing after ``limit`` seconds.
+        Interrupted: ``cancel`` was set.
+    """
+    if settle <= 0:
+        return
+    limit = SETTLE_WAIT * settle if limit is None else limit
+    sig = _signature(path)
+    start = since = time.monotonic()
+    told = False
+    while sig is not None:
+        age = time.time() - sig[1] / 1e9
+        now = time.monotonic()
+        if age >= settle or now - since >= settle:
+            return
+        if now - start >= limit:
+            raise InputError(
+                f"still being written: modified {max(age, 0.0):.1f} s ago, still changing "
+                f"after {now - start:.0f} s of waiting (settle time {settle:g} s); "
+                "not compressed, give it again once it is complete",
+                path,
+            )
+        if not told and on_wait is not None:
+            on_wait(max(age, 0.0))
+            told = True
+        cancel.check()
+        time.sleep(min(poll, settle))
+        cancel.check()
+        new = _signature(path)
+        if new != sig:
+            sig, since = new, time.monotonic()
+
+
 def precheck(job: Job, cancel: Cancel | None = None) -> FileResult | None:
     """The result of a job that need not run (a conflict, a skip, a stopped batch)."""
     if job.problem:
@@ -226,12 +303,20 @@ def run_job(
         return quick
     t0 = time.perf_counter()
     try:
+        if job.settle > 0:
+
+            def waiting(age: float) -> None:
+                if on_tick is not None:
+                    on_tick(Tick(job.given, job.target, 0, 0, worker, job.size, waiting=age))
+
+            wait_settled(job.source, job.settle, cancel, on_wait=waiting)
         if job.skip_existing and output_is_complete(job.source, job.target, job.options):
             return _result(
                 job,
                 "skipped",
                 f"Skipping {job.given}: {job.target} is complete",
                 bytes_in=job.size,
+                bytes_out=file_size(Path(job.target)),
                 seconds=time.perf_counter() - t0,
                 worker=worker,
             )
