@@ -148,6 +148,7 @@ class StackLayout:
 _IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE = 64, 48
 _STACK_MDC_BYTES = 4 << 20  # HDF5 metadata cache of a stack being written
 _STACK_META_BLOCK = 32 << 10  # HDF5 metadata aggregation block of a stack
+_READ_MDC_BYTES = 1 << 20  # HDF5 metadata cache of a file being read
 
 
 class EmanHdfWriter:
@@ -531,15 +532,45 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _open_h5(path: str, locking: bool | None) -> h5py.File:
-    """Open read-only; retry without HDF5 file locking where locks are refused."""
+    """Open read-only with a small metadata cache (see :func:`_bound_cache`); retry
+    without HDF5 file locking where locks are refused."""
     if locking is not None:
-        return h5py.File(path, "r", locking=locking)
+        return _bound_cache(h5py.File(path, "r", locking=locking))
     try:
-        return h5py.File(path, "r")
+        return _bound_cache(h5py.File(path, "r"))
     except OSError as exc:
         if "lock" not in str(exc).lower():
             raise
-        return h5py.File(path, "r", locking=False)
+        return _bound_cache(h5py.File(path, "r", locking=False))
+
+
+def _bound_cache(f: h5py.File) -> h5py.File:
+    """Cap the HDF5 metadata cache of a file being read at _READ_MDC_BYTES.
+
+    HDF5 lets it grow to 32 MB of accounted size, which is about 10x that in memory
+    (measured: 120 MB after opening the 20,000 datasets of a stack, 11 MB with a 1 MB
+    cap). Each image's metadata is visited once; the group's index stays cached.
+    """
+    config = f.id.get_mdc_config()
+    config.max_size = _READ_MDC_BYTES
+    config.min_size = min(config.min_size, _READ_MDC_BYTES)
+    config.initial_size = min(config.initial_size, _READ_MDC_BYTES)
+    config.set_initial_size = True
+    f.id.set_mdc_config(config)
+    return f
+
+
+def _read_attr(group: h5py.Group, name: bytes) -> Any:
+    """``group.attrs[name]``, with low-level calls for numbers and fixed-length
+    strings (1.7x faster than h5py's general path, which does the rest)."""
+    aid = h5a.open(group.id, name)
+    dtype = aid.dtype
+    if dtype.kind not in "iufS" or aid.get_space().get_simple_extent_type() == h5s.NULL:
+        return group.attrs[name.decode()]
+    shape = aid.shape
+    out = np.empty(shape, dtype=dtype)
+    aid.read(out)
+    return out if shape else out[()]
 
 
 _RANGE_ATTRS = (
@@ -740,17 +771,20 @@ class EmanHdfFile:
         """Attributes of image ``index`` as stored (names with their ``EMAN.`` prefix)."""
         group = self._group(index)
         out: dict[str, Any] = {}
+        names: list[bytes] = []
         try:
-            names = list(group.attrs)
+            h5a.iterate(group.id, names.append)
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise InputError(
                 f"image {index} has damaged attributes ({_first_line(exc)})", self.path
             ) from None
-        for name in names:
-            if not isinstance(name, str):
+        for raw in names:
+            try:
+                name = raw.decode()
+            except UnicodeDecodeError:
                 continue  # a damaged, non-UTF-8 name: not an EMAN2 key
             try:
-                out[name] = group.attrs[name]
+                out[name] = _read_attr(group, raw)
             except (OSError, RuntimeError, TypeError, ValueError):
                 continue
         return out
