@@ -89,6 +89,15 @@ class _AttrMaker:
         self._direct = direct
         self._scalars: dict[np.dtype, tuple[np.ndarray, int]] = {}
 
+    def share_types(self, fid: Any, dtypes: tuple[np.dtype, ...]) -> None:
+        """Store ``dtypes`` once in the file (see :func:`h5direct.commit_type`) and
+        create attributes of those types with the stored ones (a float32 attribute
+        then takes 10 bytes less, measured 86 bytes less per image of a stack)."""
+        for dtype in dtypes:
+            tid = h5t.py_create(dtype).copy()
+            if h5direct.commit_type(fid, tid):
+                self._types[dtype] = tid
+
     def create(self, gid: Any, name: str, value: Any) -> None:
         """Create attribute ``name`` (which must not exist) with EMAN2's type for ``value``."""
         arr = _attr_array(value)
@@ -136,16 +145,33 @@ class StackLayout:
     """
 
     chunks_per_image: int = 1
+    images: int = 0  # 0: unknown (many)
 
     @property
     def istore_k(self) -> int:
         """Half the number of entries of one chunk-index node (HDF5: 1..32 here)."""
         return max(1, min(32, -(-self.chunks_per_image // 2)))
 
+    @property
+    def meta_block(self) -> int:
+        """HDF5 metadata block size: the largest power of two up to 1/8 of the
+        stack's metadata (about 1 KB an image), between 1 KB and _STACK_META_BLOCK.
+
+        Small blocks lose ~100 bytes an image in leftovers, large ones up to a block
+        at the end of the file (a 32 KB block made a 4-image stack 4x its pixels).
+        """
+        if self.images <= 0:
+            return _STACK_META_BLOCK
+        eighth = (self.images << 10) // 8
+        return max(1024, min(_STACK_META_BLOCK, 1 << max(0, eighth.bit_length() - 1)))
+
 
 # Attribute counts beyond which HDF5 moves attributes into a separate heap and B-tree
 # ("dense" storage: ~1.5 KB more per image group; measured). An image header is small.
 _IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE = 64, 48
+_SHARED_TYPES = (_F32, _I32)  # attribute types stored once in a stack file
+_GROUP_MAX_COMPACT = 256  # attributes of /MDF/images kept in its object header
+_GROUP_COMPACT_LINKS = (16, 14)  # HDF5's max_compact, min_dense for its links
 _STACK_MDC_BYTES = 4 << 20  # HDF5 metadata cache of a stack being written
 _STACK_META_BLOCK = 32 << 10  # HDF5 metadata aggregation block of a stack
 _READ_MDC_BYTES = 256 << 10  # HDF5 metadata cache of a file being read
@@ -179,8 +205,14 @@ class EmanHdfWriter:
             gcpl = h5p.create(h5p.GROUP_CREATE)
             # EMAN2 opens /MDF/images attributes by creation order: keep it on record.
             gcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED)
+            # the shared keys (an MRC header: ~45) in the object header, not in a
+            # separate heap and two B-trees (4.3 KB more, measured)
+            gcpl.set_attr_phase_change(_GROUP_MAX_COMPACT, _GROUP_MAX_COMPACT - 1)
+            # and the links of up to 16 images (HDF5: 8), not a heap and B-tree (1.1 KB)
+            h5direct.set_property(gcpl, "H5Pset_link_phase_change", *_GROUP_COMPACT_LINKS)
             mdf = h5g.create(self._file.id, b"MDF")
             self._images = h5py.Group(h5g.create(mdf, b"images", gcpl=gcpl))
+            self._attrs.share_types(self._file.id, _SHARED_TYPES)
             self._gcpl = h5p.create(h5p.GROUP_CREATE)
             self._gcpl.set_obj_track_times(False)
             self._gcpl.set_attr_phase_change(_IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE)
@@ -202,7 +234,10 @@ class EmanHdfWriter:
         # metadata is allocated from blocks of this size; with HDF5's 2 KB the leftover
         # of each block around the variable-size chunks is lost: ~100 bytes per image
         # in the file, and held in memory by the free-space manager (measured)
-        fapl.set_meta_block_size(_STACK_META_BLOCK)
+        fapl.set_meta_block_size(stack.meta_block)
+        # chunks go where they are written, not into 2 KB blocks whose leftovers
+        # are lost (481 bytes of a 4-image stack)
+        h5direct.set_property(fapl, "H5Pset_small_data_block_size", 0)
         if hasattr(fapl, "set_file_locking"):
             fapl.set_file_locking(False, True)
         fid = h5f.create(path.encode(), h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
