@@ -680,7 +680,8 @@ def write_eman_hdf(
         def submit() -> None:
             nonlocal batch, batch_bytes
             if batch:
-                run = InlineExecutor() if batch_bytes <= INLINE_IMAGE_BYTES else pool
+                small = batch_bytes <= INLINE_IMAGE_BYTES and not writer.releases_gil
+                run = InlineExecutor() if small else pool
                 window.append(run.submit(enc.whole_images, batch))
                 drain(in_flight(width, 3 * batch_bytes))
                 batch, batch_bytes = [], 0
