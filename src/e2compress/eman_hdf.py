@@ -87,7 +87,8 @@ class _AttrMaker:
         self._spaces: dict[tuple[int, ...], Any] = {}
         self._types: dict[np.dtype, Any] = {}
         self._direct = direct
-        self._scalars: dict[np.dtype, tuple[np.ndarray, int]] = {}
+        # per type: buffer, its address, HDF5 type and dataspace ids (kept alive above)
+        self._scalars: dict[np.dtype, tuple[np.ndarray, int, int, int]] = {}
 
     def share_types(self, fid: Any, dtypes: tuple[np.dtype, ...]) -> None:
         """Store ``dtypes`` once in the file (see :func:`h5direct.commit_type`) and
@@ -100,6 +101,10 @@ class _AttrMaker:
 
     def create(self, gid: Any, name: str, value: Any) -> None:
         """Create attribute ``name`` (which must not exist) with EMAN2's type for ``value``."""
+        fast = _SCALARS.get(type(value)) if self._direct is not None else None
+        if fast is not None:  # most of a stack's image header: no array made
+            self._direct_scalar(gid, name, fast, value)
+            return
         arr = _attr_array(value)
         if arr is None:
             if isinstance(value, np.ndarray):
@@ -116,14 +121,26 @@ class _AttrMaker:
         if tid is None:
             tid = self._types.setdefault(arr.dtype, h5t.py_create(arr.dtype))
         if self._direct is not None and arr.shape == (1,):
-            scalar = self._scalars.get(arr.dtype)
-            if scalar is None:
-                buf = np.zeros(1, dtype=arr.dtype)
-                scalar = self._scalars.setdefault(arr.dtype, (buf, buf.ctypes.data))
-            scalar[0][0] = arr[0]
-            self._direct.create_attr(gid.id, name.encode(), tid.id, space.id, scalar[1])
+            self._direct_scalar(gid, name, arr.dtype, arr[0])
             return
         h5a.create(gid, name.encode(), tid, space).write(arr, mtype=tid)
+
+    def _direct_scalar(self, gid: Any, name: str, dtype: np.dtype, item: Any) -> None:
+        """One number of ``dtype`` as a shape-(1,) attribute, with direct HDF5 calls."""
+        assert self._direct is not None
+        scalar = self._scalars.get(dtype)
+        if scalar is None:
+            buf = np.zeros(1, dtype=dtype)
+            space = self._spaces.get((1,))
+            if space is None:
+                space = self._spaces.setdefault((1,), h5s.create_simple((1,)))
+            tid = self._types.get(dtype)
+            if tid is None:
+                tid = self._types.setdefault(dtype, h5t.py_create(dtype))
+            scalar = self._scalars.setdefault(dtype, (buf, buf.ctypes.data, tid.id, space.id))
+        buf, address, tid_id, space_id = scalar
+        buf[0] = item
+        self._direct.create_attr(gid.id, name.encode(), tid_id, space_id, address)
 
 
 def write_attr(group: h5py.Group, name: str, value: Any) -> None:
@@ -169,6 +186,8 @@ class StackLayout:
 # Attribute counts beyond which HDF5 moves attributes into a separate heap and B-tree
 # ("dense" storage: ~1.5 KB more per image group; measured). An image header is small.
 _IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE = 64, 48
+# Python types of header values stored as one number of EMAN2's type for them
+_SCALARS: dict[type, np.dtype] = {np.float32: _F32, np.int32: _I32, int: _I32}
 _SHARED_TYPES = (_F32, _I32)  # attribute types stored once in a stack file
 _GROUP_MAX_COMPACT = 256  # attributes of /MDF/images kept in its object header
 _GROUP_COMPACT_LINKS = (16, 14)  # HDF5's max_compact, min_dense for its links
