@@ -237,13 +237,6 @@ class EmanHdfWriter:
             self._gcpl.set_attr_phase_change(_IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE)
         self._attrs.create(self._images.id, "imageid_max", np.array([-1], dtype=np.int32))
 
-    @property
-    def releases_gil(self) -> bool:
-        """True when this writer's per-image HDF5 calls leave Python's GIL to other
-        threads (the direct calls of :mod:`h5direct`), so that encoding the next
-        images in threads overlaps with writing."""
-        return self._direct is not None and self._direct.lib.nogil is not None
-
     @staticmethod
     def _create_stack_file(path: str, stack: StackLayout) -> h5py.File:
         fcpl = h5p.create(h5p.FILE_CREATE)

@@ -65,18 +65,12 @@ _OPTIONAL: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
-# Writer calls made without Python's GIL (ctypes.CDLL), still under h5py's lock: a
-# stack's writing thread then leaves the GIL to the threads encoding the next images.
-_RELEASING = ("H5Gcreate2", "H5Dcreate2", "H5Acreate2", "H5Awrite", "H5Aclose")
-
-
 @dataclass(frozen=True)
 class Library:
     """The HDF5 functions above, bound to h5py's library, and h5py's lock."""
 
     f: Any  # namespace of ctypes functions
     lock: AbstractContextManager[Any]
-    nogil: Any = None  # _RELEASING, called without the GIL (same signatures)
 
 
 class _Functions:
@@ -104,13 +98,7 @@ def library() -> Library | None:
         if fn is not None:
             fn.restype, fn.argtypes = restype, argtypes
         setattr(funcs, name, fn)
-    nogil = _Functions()
-    cdll = ctypes.CDLL(h5py.h5p.__file__)
-    for name in _RELEASING:
-        fn = getattr(cdll, name)
-        fn.restype, fn.argtypes = _SIGNATURES[name]
-        setattr(nogil, name, fn)
-    return Library(funcs, phil, nogil)
+    return Library(funcs, phil)
 
 
 def set_property(plist: Any, name: str, *values: int) -> bool:
@@ -229,19 +217,15 @@ def _find(equal: Any, hid: int, known: Sequence[Any]) -> int:
 
 
 class Writer:
-    """The direct write path: groups, datasets and attributes of a stack's images.
-
-    Its HDF5 calls release Python's GIL (h5py's lock still keeps HDF5 to one thread).
-    """
+    """The direct write path: groups, datasets and attributes of a stack's images."""
 
     def __init__(self, lib: Library) -> None:
         self.lib = lib
-        self.f = lib.nogil if lib.nogil is not None else lib.f
 
     def create_group(self, loc: int, name: bytes, gcpl: int) -> int | None:
         """A new group ``name`` in ``loc``, or None."""
         with self.lib.lock:
-            hid = int(self.f.H5Gcreate2(loc, name, DEFAULT, gcpl, DEFAULT))
+            hid = int(self.lib.f.H5Gcreate2(loc, name, DEFAULT, gcpl, DEFAULT))
         return hid if hid >= 0 else None
 
     def create_dataset(
@@ -249,13 +233,13 @@ class Writer:
     ) -> int | None:
         """A new dataset ``name`` in ``loc``, or None."""
         with self.lib.lock:
-            hid = int(self.f.H5Dcreate2(loc, name, type_id, space_id, DEFAULT, dcpl, DEFAULT))
+            hid = int(self.lib.f.H5Dcreate2(loc, name, type_id, space_id, DEFAULT, dcpl, DEFAULT))
         return hid if hid >= 0 else None
 
     def create_attr(self, loc: int, name: bytes, type_id: int, space_id: int, data: int) -> None:
         """Create attribute ``name`` on ``loc`` holding the bytes at address ``data``
         (of the attribute's type and size). Raises OSError when HDF5 refuses."""
-        f = self.f
+        f = self.lib.f
         with self.lib.lock:
             aid = f.H5Acreate2(loc, name, type_id, space_id, DEFAULT, DEFAULT)
             if aid < 0:

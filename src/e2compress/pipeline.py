@@ -85,9 +85,7 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one worker
 # Below this, encoding an image is mostly Python and HDF5 calls that hold the GIL:
-# threads only contend (measured: a 256x256 stack ran 1.3x faster inline), unless the
-# writer's HDF5 calls release the GIL (EmanHdfWriter.releases_gil): then the pool
-# encodes the next batches while this thread writes.
+# threads only contend (measured: a 256x256 stack runs 1.3x faster inline).
 INLINE_IMAGE_BYTES = 1 << 20
 # The image noise (quality check, bits="auto") is estimated from about this many pixels
 # per image, spread over its blocks: ~500 tiles, ~5 ms, whatever the image size.
@@ -682,8 +680,7 @@ def write_eman_hdf(
         def submit() -> None:
             nonlocal batch, batch_bytes
             if batch:
-                small = batch_bytes <= INLINE_IMAGE_BYTES and not writer.releases_gil
-                run = InlineExecutor() if small else pool
+                run = InlineExecutor() if batch_bytes <= INLINE_IMAGE_BYTES else pool
                 window.append(run.submit(enc.whole_images, batch))
                 drain(in_flight(width, 3 * batch_bytes))
                 batch, batch_bytes = [], 0
