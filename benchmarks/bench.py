@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py [--quick] [--out DIR]
     python benchmarks/bench.py --stacks [--quick] [--baseline SRC] [--eman2 DIR]
+    python benchmarks/bench.py --stacks --goals [threads|memory] [--repeat N] [--baseline SRC]
 
 Generates deterministic synthetic cryo-EM data in a temporary directory, runs every
 writer/reader case in a fresh subprocess (``bench_worker.py``), and prints markdown
@@ -738,6 +739,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the particle-stack benchmark instead (benchmarks/bench_stacks.py)",
     )
     p.add_argument(
+        "--goals",
+        nargs="?",
+        const="all",
+        choices=("all", "threads", "memory"),
+        help="--stacks: only issue 16's goals (threads: 2 threads vs 1 on 4,000 x 128^2; "
+        "memory: peak RSS of a 100,000-image HDF stack vs .mrcs; default both), "
+        "configurations interleaved",
+    )
+    p.add_argument(
         "--baseline",
         type=Path,
         default=None,
@@ -765,9 +775,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         raise SystemExit("--repeat must be >= 1")
     if args.stacks:
-        from bench_stacks import run_stacks
+        from bench_stacks import run_goals, run_stacks
 
-        return run_stacks(args)
+        return run_goals(args) if args.goals else run_stacks(args)
     t_start = time.perf_counter()
     load_start = loadavg()
     reuse = args.data is not None

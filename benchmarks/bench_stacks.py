@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,7 @@ class StackBench:
         self.cases: list[StackCase] = []
         self.reads: list[ReadCase] = []
         self.big: StackCase | None = None
+        self.big_hdf: StackCase | None = None
         self.opens: OpenCase | None = None
         self.movie: list[Any] = []
         self.movie_ds: Dataset | None = None
@@ -248,6 +250,10 @@ class StackBench:
                 oc.seconds = min(times) if times else None
                 log(f"  open()[{BIG_INDEX}]: {fmt(oc.seconds, 3)} s, {oc.bytes_read} bytes read")
             self.opens = oc
+            if case.output:  # the same stack again, as an HDF input (issue 16)
+                hdf = StackCase(key, "e2compress (HDF input)", None)
+                self.write(hdf, Path(case.output), ds.pixels, count, keep=False)
+                self.big_hdf = hdf
         finally:
             if case.output:
                 Path(case.output).unlink(missing_ok=True)
@@ -418,6 +424,15 @@ def stack_targets(sb: StackBench, quick: bool) -> list[Target]:
                 f"{fmt(q, 2, 'x')} ({fmt(v, 0)} vs {fmt(ref, 0)} MB/s)",
                 ">= 2x",
             )
+    one, all_ = find("stack128", "e2compress", 1), find("stack128", "e2compress", None)
+    q = one.seconds / all_.seconds if one and all_ and one.seconds and all_.seconds else None
+    add(
+        "128^2 stack: all threads vs one thread",
+        q,
+        q is not None and q >= 1.5,
+        f"{fmt(q, 2, 'x')} (noisy on a shared machine; see goals mode)",
+        ">= 1.5x on 2 cores",
+    )
     oc = sb.opens
     sec = oc.seconds if oc and not oc.note else None
     add(
@@ -440,6 +455,18 @@ def stack_targets(sb: StackBench, quick: bool) -> list[Target]:
         else f"{fmt(q, 2, 'x')} ({fmt(big.rss_mb if big else None, 0)} vs "
         f"{fmt(small.rss_mb if small else None, 0)} MB)",
         "<= 1.1x",
+    )
+    h = sb.big_hdf
+    q = h.rss_mb / big.rss_mb if h and big and h.rss_mb and big.rss_mb else None
+    add(
+        f"peak RSS, {BIG[1]:,}-image stack as HDF input vs as .mrcs",
+        q,
+        q is not None and q <= 1.2,
+        "skipped in --quick"
+        if quick
+        else f"{fmt(q, 2, 'x')} ({fmt(h.rss_mb if h else None, 0)} vs "
+        f"{fmt(big.rss_mb if big else None, 0)} MB)",
+        "<= 1.2x",
     )
     return out
 
@@ -481,7 +508,8 @@ def render(
     if sb.reads:
         parts.append(read_table(sb.reads))
     if sb.big is not None:
-        parts.append(stack_table(BIG[0], f"{BIG[1]:,} x {BIG[2]}x{BIG[2]} float32", [sb.big]))
+        big = [sb.big, *([sb.big_hdf] if sb.big_hdf else [])]
+        parts.append(stack_table(BIG[0], f"{BIG[1]:,} x {BIG[2]}x{BIG[2]} float32", big))
     if sb.movie:
         parts.append(movie_table(sb))
     rows = [[t.label, t.measured, t.goal, f"**{t.status}**"] for t in goals]
@@ -535,7 +563,11 @@ def run_stacks(args: argparse.Namespace) -> int:
                 "pixel_ratio": c.pixel_ratio(),
                 "meta_per_image": c.meta_per_image(),
             }
-            for c in [*sb.cases, *([sb.big] if sb.big else [])]
+            for c in [
+                *sb.cases,
+                *([sb.big] if sb.big else []),
+                *([sb.big_hdf] if sb.big_hdf else []),
+            ]
         ],
         "reads": [{**asdict(r), "mb_s": r.mb_s()} for r in sb.reads],
         "open": asdict(sb.opens) if sb.opens else None,
@@ -546,5 +578,149 @@ def run_stacks(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- goals mode
+
+GOAL_THREADS = ("stack128", 4_000, 128)  # issue 16: 2 threads >= 1.5x one thread
+GOAL_MEMORY = BIG  # issue 16: peak RSS of an HDF stack <= 1.2x the same as .mrcs
+
+
+def run_goals(args: argparse.Namespace) -> int:
+    """Only issue 16's two stack goals (``--goals threads|memory``, default both), with
+    every configuration interleaved (new code, then the --baseline tree's) in each of
+    --repeat rounds, so that a shared machine's load hits them alike; fastest run kept."""
+    t_start, load_start = time.perf_counter(), loadavg()
+    reuse = args.data is not None
+    data_dir = args.data or Path(tempfile.mkdtemp(prefix="e2c_goals_data_"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sb = StackBench(args, data_dir, reuse)
+    trees: list[tuple[str, str | None]] = [("e2compress", None)]
+    if sb.baseline:
+        trees.append(("e2compress (baseline)", sb.baseline))
+    lines: list[list[str]] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        info = sb.bench.info()
+        if args.goals in ("all", "threads"):
+            _goal_threads(sb, trees, lines, rows)
+        if args.goals in ("all", "memory") and not args.quick:
+            _goal_memory(sb, trees, lines, rows)
+    finally:
+        shutil.rmtree(sb.out_dir if reuse else data_dir, ignore_errors=True)
+    header = ["case", "code", "one thread / .mrcs", "all threads / HDF", "ratio", "goal"]
+    report = "\n\n".join(
+        [
+            f"## e2compress stack goals ({(time.perf_counter() - t_start) / 60:.1f} min, "
+            f"--repeat {args.repeat}, fastest of interleaved rounds)",
+            machine_text(info, (load_start, loadavg())),
+            table(header, lines),
+        ]
+    )
+    print(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "stack_goals.md").write_text(report + "\n")
+    (args.out / "stack_goals.json").write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+def _goal_threads(
+    sb: StackBench,
+    trees: list[tuple[str, str | None]],
+    lines: list[list[str]],
+    rows: list[dict[str, Any]],
+) -> None:
+    """One thread against all threads on 4,000 x 128^2 at bits 5 (goal: >= 1.5x)."""
+    key, count, box = GOAL_THREADS
+    count = count // 4 if sb.args.quick else count
+    ds = Dataset(key, f"{count:,} x {box}x{box}", f"{key}.mrcs", {"count": count, "box": box})
+    src = sb.bench.generate(ds)
+    dst = sb.out_dir / "threads.hdf"
+    times: dict[tuple[str, int | None], list[float]] = {}
+    for r in range(sb.args.repeat):
+        for label, tree in trees:
+            for threads in (1, None):
+                spec = {"task": "e2compress", "src": str(src), "dst": str(dst)}
+                spec.update(bits=BITS, level=LEVEL, threads=threads)
+                dst.unlink(missing_ok=True)
+                result, _ = sb.runner.run(spec, pythonpath=tree)
+                got = result.get("seconds")
+                times.setdefault((label, threads), []).append(got or math.nan)
+                log(
+                    f"  round {r + 1} {label} threads {threads or 'all'}: {fmt(got, 2)} s "
+                    f"(load {loadavg():.2f}) {result.get('error', '')}"
+                )
+    dst.unlink(missing_ok=True)
+    mb = ds.pixels * 4 / MB
+    for label, _ in trees:
+        one, all_ = min(times[(label, 1)]), min(times[(label, None)])
+        q = one / all_ if all_ > 0 else None
+        lines.append(
+            [
+                f"{ds.title}, bits {BITS}",
+                label,
+                f"{mb / one:.1f} MB/s",
+                f"{mb / all_:.1f} MB/s",
+                fmt(q, 2, "x"),
+                ">= 1.5x",
+            ]
+        )
+        rows.append(
+            {
+                "goal": "threads",
+                "tree": label,
+                "one_s": times[(label, 1)],
+                "all_s": times[(label, None)],
+                "speedup": q,
+            }
+        )
+
+
+def _goal_memory(
+    sb: StackBench,
+    trees: list[tuple[str, str | None]],
+    lines: list[list[str]],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Peak RSS compressing a 100,000 x 32^2 stack given as HDF against as .mrcs."""
+    key, count, box = GOAL_MEMORY
+    ds = Dataset(key, f"{count:,} x {box}x{box}", f"{key}.mrcs", {"count": count, "box": box})
+    src = sb.bench.generate(ds)
+    hdf = sb.out_dir / "big_input.hdf"
+    spec = {
+        "task": "e2compress",
+        "src": str(src),
+        "dst": str(hdf),
+        "bits": BITS,
+        "level": LEVEL,
+        "threads": None,
+    }
+    sb.runner.run(spec)
+    out = sb.out_dir / "big_out.hdf"
+    for label, tree in trees:
+        peaks: dict[str, float | None] = {}
+        for kind, path in (("mrcs", src), ("hdf", hdf)):
+            out.unlink(missing_ok=True)
+            result, rss = sb.runner.run({**spec, "src": str(path), "dst": str(out)}, tree)
+            peaks[kind] = rss if "error" not in result else None
+            log(
+                f"  {label} {kind} input: peak {fmt(rss, 0)} MB, "
+                f"{fmt(result.get('seconds'), 1)} s {result.get('error', '')}"
+            )
+        m, h = peaks["mrcs"], peaks["hdf"]
+        q = h / m if h and m else None
+        lines.append(
+            [
+                f"{ds.title}: peak RSS, HDF input vs .mrcs",
+                label,
+                f"{fmt(m, 0)} MB",
+                f"{fmt(h, 0)} MB",
+                fmt(q, 2, "x"),
+                "<= 1.2x",
+            ]
+        )
+        rows.append({"goal": "memory", "tree": label, **peaks, "ratio": q})
+    for path in (hdf, out):
+        path.unlink(missing_ok=True)
+
+
 if __name__ == "__main__":
-    sys.exit("run it as: python benchmarks/bench.py --stacks")
+    sys.exit("run it as: python benchmarks/bench.py --stacks [--goals]")

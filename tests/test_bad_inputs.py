@@ -165,6 +165,40 @@ def _random_hdf(tmp: Path) -> Path:
     return p
 
 
+def _unwritten_hdf(images: int, missing: int, compressed: bool) -> Callable[[Path], Path]:
+    """An EMAN2 HDF file whose image ``missing`` has a chunk never written (as a writer
+    that crashed leaves it; HDF5 reads it back as fill values without an error)."""
+
+    def build(tmp: Path) -> Path:
+        p = tmp / f"unwritten{images}.hdf"
+        rng = np.random.default_rng(14)
+        with h5py.File(p, "w") as f:
+            group = f.create_group("MDF/images")
+            group.attrs["imageid_max"] = np.array([images - 1], dtype=np.int32)
+            for i in range(images):
+                g = group.create_group(str(i))
+                if compressed:
+                    codes = rng.integers(0, 32, (32, 24)).astype(np.uint8)
+                    ds = g.create_dataset(
+                        "image",
+                        shape=codes.shape,
+                        dtype=np.uint8,
+                        chunks=(8, 24),
+                        compression="gzip",
+                    )
+                    g.attrs["EMAN.stored_renderbits"] = np.array([5], dtype=np.int32)
+                    g.attrs["EMAN.stored_rendermin"] = np.array([-1.0], dtype=F32)
+                    g.attrs["EMAN.stored_rendermax"] = np.array([1.0], dtype=F32)
+                else:
+                    codes = rng.random((32, 24)).astype(F32)
+                    ds = g.create_dataset("image", shape=codes.shape, dtype=F32, chunks=(8, 24))
+                rows = 16 if i == missing else 32  # chunks 2 and 3 of 4 never written
+                ds[:rows] = codes[:rows]
+        return p
+
+    return build
+
+
 BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "nonexistent": (_nonexistent, ("no such file",)),
     "directory": (_directory, ("directory",)),
@@ -185,6 +219,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "random_bytes_tiff": (_random_tiff, ()),
     "foreign_hdf": (_foreign_hdf, ()),
     "random_bytes_hdf": (_random_hdf, ()),
+    "hdf_unwritten_chunk": (_unwritten_hdf(1, 0, True), ("image 0", "unwritten chunks")),
+    "hdf_stack_unwritten_chunk": (_unwritten_hdf(3, 2, False), ("image 2", "unwritten chunks")),
 }
 
 

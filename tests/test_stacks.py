@@ -4,15 +4,28 @@ documented formula, by e2compress (direct HDF5 calls and the h5py fallback) and,
 
 from __future__ import annotations
 
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
 import mrcfile
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import e2compress
-from conftest import eman2_home, eman2_read, eman_decode
+from conftest import (
+    REAL,
+    assert_within_half_step,
+    eman2_home,
+    eman2_read,
+    eman_decode,
+    true_images,
+)
 from e2compress import InputError, h5direct
 
 F32 = np.float32
@@ -27,7 +40,7 @@ def _stack(n: int = 40, box: int = 32, seed: int = 5) -> np.ndarray:
     blob = np.exp(-0.5 * (axis / (box / 6)) ** 2)
     data = rng.standard_normal((n, box, box), dtype=F32) + 2 * blob[:, None] * blob[None, :]
     data[1, :4, :4] = 0.0
-    data[2] = np.round(data[2] * 3)  # integers: stored exactly
+    data[-1] = np.round(data[-1] * 3)  # integers: stored exactly
     return data.astype(F32)
 
 
@@ -67,7 +80,7 @@ def test_plain_h5py_reads_a_stack(bits: int, tmp_path: Path) -> None:
         # our reader: the same values, except exact 0 and integers where EMAN2's float32
         # formula is a few ulp off
         assert np.allclose(ours[i], values, rtol=0, atol=4e-6 * max(1.0, np.abs(values).max()))
-    assert np.array_equal(ours[2], data[2])  # the integer image, exactly
+    assert np.array_equal(ours[-1], data[-1])  # the integer image, exactly
     assert (ours[1][:4, :4] == 0).all()
     with h5py.File(out, "r") as f:
         images = f["MDF/images"]
@@ -91,15 +104,75 @@ def test_stack_metadata_is_small(tmp_path: Path) -> None:
     src = _write_mrcs(tmp_path / "s.mrcs", _stack(n))
     out = tmp_path / "s.hdf"
     e2compress.compress_file(src, out, bits=5)
-    chunk_bytes = 0
     with h5py.File(out, "r") as f:
         for i in range(n):
             ds = f[f"MDF/images/{i}/image"]
             assert ds.chunks == ds.shape  # one chunk per small image
-            chunk_bytes += sum(ds.id.get_chunk_info(k).size for k in range(ds.id.get_num_chunks()))
     size = out.stat().st_size
-    assert (size - chunk_bytes) / n <= 2048
+    assert (size - _chunk_bytes(out)) / n <= 2048
     assert n * 32 * 32 * 4 / size >= 1.5
+
+
+def _chunk_bytes(path: Path) -> int:
+    """Stored bytes of every chunk of every image (the compressed pixels), read with h5py."""
+    total = 0
+    with h5py.File(path, "r") as f:
+        images = f["MDF/images"]
+        for i in range(int(images.attrs["imageid_max"][0]) + 1):
+            ds = images[f"{i}/image"]
+            total += sum(ds.id.get_chunk_info(k).size for k in range(ds.id.get_num_chunks()))
+    return total
+
+
+def _fixed_rule(n: int) -> int:
+    """The most a stack of ``n`` images may add to its compressed pixels: 4 KB + 1 KB
+    an image (a 4-image stack once carried 33 KB, a 37-image one 66 KB)."""
+    return 4096 + 1024 * n
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(n=st.integers(2, 40), box=st.sampled_from([16, 32, 64]), bits=st.sampled_from([0, 5, 12]))
+def test_small_stacks_carry_little_metadata(n: int, box: int, bits: int, tmp_path: Path) -> None:
+    """Whatever the image count, size and bits, a stack's file is its compressed pixels
+    plus at most 4 KB + 1 KB an image (with EMAN2's 7 per-image keys; each further
+    per-image key, e.g. a non-zero origin, adds its own ~60 bytes)."""
+    if h5direct.library() is None:
+        pytest.skip("small chunk-index nodes need the direct HDF5 calls (POSIX dlsym)")
+    src = _write_mrcs(tmp_path / f"s{n}.mrcs", _stack(n, box))
+    out = tmp_path / f"s{n}.hdf"
+    e2compress.compress_file(src, out, bits=bits)
+    assert out.stat().st_size - _chunk_bytes(out) <= _fixed_rule(n)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    ("name", "ratio"),
+    [
+        ("smallStack.mrcs", 4.0),
+        pytest.param(
+            "Unt_050_12.00A_000001.mrcs",
+            3.0,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="2.6x: 3x needs <= 700 bytes an image (now ~920); the 4 KB + 1 KB "
+                "rule itself allows at most 2.4x for 37 images of 21 KB of pixels",
+            ),
+        ),
+    ],
+)
+def test_real_small_stacks_compress_as_whole_files(name: str, ratio: float, tmp_path: Path) -> None:
+    """The two small real stacks of issue 16 at bits 5: the fixed-overhead rule, and
+    the ratio of the whole file against the float32 images."""
+    src = REAL / name
+    out = tmp_path / "out.hdf"
+    report = e2compress.compress_file(src, out, bits=5)
+    n = len(report.images)
+    size = out.stat().st_size
+    assert size - _chunk_bytes(out) <= _fixed_rule(n)
+    float32_bytes = sum(4 * math.prod(im.shape) for im in true_images(src))
+    assert float32_bytes / size >= ratio
 
 
 def test_one_image_is_read_without_the_others(tmp_path: Path) -> None:
@@ -243,7 +316,61 @@ def test_threads_do_not_change_the_file(tmp_path: Path) -> None:
             assert a.render_range(i) == b.render_range(i)
 
 
+PEAK_CHILD = """
+import sys, e2compress
+e2compress.compress_file(sys.argv[1], sys.argv[2], bits=5)
+print([ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0].split()[1])
+"""
+
+
+def _peak_kb(src: Path, dst: Path) -> int:
+    """Peak RSS (kB) of a fresh process compressing ``src`` into ``dst``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-c", PEAK_CHILD, str(src), str(dst)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=True)
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc")
+def test_hdf_stack_input_takes_the_memory_of_mrcs(tmp_path: Path) -> None:
+    """Recompressing an HDF stack needs about the peak memory of the same stack given
+    as .mrcs (HDF5's metadata cache of the input once grew ~18 KB per image: 1.09 GB
+    for 50,000 images; 1.8x the .mrcs peak at 5,000)."""
+    n = 5_000
+    data = np.random.default_rng(3).standard_normal((n, 16, 16), dtype=F32)
+    src = _write_mrcs(tmp_path / "s.mrcs", data)
+    hdf = tmp_path / "s.hdf"
+    e2compress.compress_file(src, hdf, bits=8)
+    mrcs_kb = _peak_kb(src, tmp_path / "from_mrcs.hdf")
+    hdf_kb = _peak_kb(hdf, tmp_path / "from_hdf.hdf")
+    assert hdf_kb <= 1.2 * mrcs_kb, (hdf_kb, mrcs_kb)
+
+
 # --------------------------------------------------------------------------- real EMAN2
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", ["smallStack.mrcs", "Unt_050_12.00A_000001.mrcs"])
+def test_eman2_reads_small_real_stacks(name: str, tmp_path: Path) -> None:
+    """Real EMAN2 reads the small-stack layout (compact links and shared keys, attribute
+    types stored once, small metadata blocks) to read_images' values, within half a
+    step of the source, with its pixel size."""
+    eman2_home()
+    src = REAL / name
+    out = tmp_path / "small.hdf"
+    e2compress.compress_file(src, out, bits=5)
+    ours = np.stack(e2compress.read_images(out))
+    eman2, headers = eman2_read(out, tmp_path)
+    assert eman2.shape == ours.shape
+    scale = np.abs(ours).max(axis=(1, 2), keepdims=True)
+    assert (np.abs(eman2 - ours) <= 4 * np.spacing(F32(1)) * scale).all()
+    with mrcfile.open(src, permissive=True) as m:
+        apix = F32(m.voxel_size.x)
+    for i, (values, mapping) in enumerate(eman_decode(out)):
+        assert mapping is not None
+        assert_within_half_step(true_images(src)[i], values, mapping)
+        assert F32(headers[i]["apix_x"]) == apix
+        assert headers[i]["stored_renderbits"] == 5
 
 
 @pytest.mark.parametrize("bits", [0, 5, 12], ids=lambda b: f"bits{b}")

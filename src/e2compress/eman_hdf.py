@@ -110,10 +110,24 @@ class _AttrMaker:
         self._spaces: dict[tuple[int, ...], Any] = {}
         self._types: dict[np.dtype, Any] = {}
         self._direct = direct
-        self._scalars: dict[np.dtype, tuple[np.ndarray, int]] = {}
+        # per type: buffer, its address, HDF5 type and dataspace ids (kept alive above)
+        self._scalars: dict[np.dtype, tuple[np.ndarray, int, int, int]] = {}
+
+    def share_types(self, fid: Any, dtypes: tuple[np.dtype, ...]) -> None:
+        """Store ``dtypes`` once in the file (see :func:`h5direct.commit_type`) and
+        create attributes of those types with the stored ones (a float32 attribute
+        then takes 10 bytes less, measured 86 bytes less per image of a stack)."""
+        for dtype in dtypes:
+            tid = h5t.py_create(dtype).copy()
+            if h5direct.commit_type(fid, tid):
+                self._types[dtype] = tid
 
     def create(self, gid: Any, name: str, value: Any) -> None:
         """Create attribute ``name`` (which must not exist) with EMAN2's type for ``value``."""
+        fast = _SCALARS.get(type(value)) if self._direct is not None else None
+        if fast is not None:  # most of a stack's image header: no array made
+            self._direct_scalar(gid, name, fast, value)
+            return
         arr = _attr_array(value)
         if arr is None:
             if isinstance(value, np.ndarray):
@@ -130,14 +144,26 @@ class _AttrMaker:
         if tid is None:
             tid = self._types.setdefault(arr.dtype, h5t.py_create(arr.dtype))
         if self._direct is not None and arr.shape == (1,):
-            scalar = self._scalars.get(arr.dtype)
-            if scalar is None:
-                buf = np.zeros(1, dtype=arr.dtype)
-                scalar = self._scalars.setdefault(arr.dtype, (buf, buf.ctypes.data))
-            scalar[0][0] = arr[0]
-            self._direct.create_attr(gid.id, name.encode(), tid.id, space.id, scalar[1])
+            self._direct_scalar(gid, name, arr.dtype, arr[0])
             return
         h5a.create(gid, name.encode(), tid, space).write(arr, mtype=tid)
+
+    def _direct_scalar(self, gid: Any, name: str, dtype: np.dtype, item: Any) -> None:
+        """One number of ``dtype`` as a shape-(1,) attribute, with direct HDF5 calls."""
+        assert self._direct is not None
+        scalar = self._scalars.get(dtype)
+        if scalar is None:
+            buf = np.zeros(1, dtype=dtype)
+            space = self._spaces.get((1,))
+            if space is None:
+                space = self._spaces.setdefault((1,), h5s.create_simple((1,)))
+            tid = self._types.get(dtype)
+            if tid is None:
+                tid = self._types.setdefault(dtype, h5t.py_create(dtype))
+            scalar = self._scalars.setdefault(dtype, (buf, buf.ctypes.data, tid.id, space.id))
+        buf, address, tid_id, space_id = scalar
+        buf[0] = item
+        self._direct.create_attr(gid.id, name.encode(), tid_id, space_id, address)
 
 
 def write_attr(group: h5py.Group, name: str, value: Any) -> None:
@@ -159,18 +185,38 @@ class StackLayout:
     """
 
     chunks_per_image: int = 1
+    images: int = 0  # 0: unknown (many)
 
     @property
     def istore_k(self) -> int:
         """Half the number of entries of one chunk-index node (HDF5: 1..32 here)."""
         return max(1, min(32, -(-self.chunks_per_image // 2)))
 
+    @property
+    def meta_block(self) -> int:
+        """HDF5 metadata block size: the largest power of two up to 1/8 of the
+        stack's metadata (about 1 KB an image), between 1 KB and _STACK_META_BLOCK.
+
+        Small blocks lose ~100 bytes an image in leftovers, large ones up to a block
+        at the end of the file (a 32 KB block made a 4-image stack 4x its pixels).
+        """
+        if self.images <= 0:
+            return _STACK_META_BLOCK
+        eighth = (self.images << 10) // 8
+        return max(1024, min(_STACK_META_BLOCK, 1 << max(0, eighth.bit_length() - 1)))
+
 
 # Attribute counts beyond which HDF5 moves attributes into a separate heap and B-tree
 # ("dense" storage: ~1.5 KB more per image group; measured). An image header is small.
 _IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE = 64, 48
+# Python types of header values stored as one number of EMAN2's type for them
+_SCALARS: dict[type, np.dtype] = {np.float32: _F32, np.int32: _I32, int: _I32}
+_SHARED_TYPES = (_F32, _I32)  # attribute types stored once in a stack file
+_GROUP_MAX_COMPACT = 256  # attributes of /MDF/images kept in its object header
+_GROUP_COMPACT_LINKS = (16, 14)  # HDF5's max_compact, min_dense for its links
 _STACK_MDC_BYTES = 4 << 20  # HDF5 metadata cache of a stack being written
 _STACK_META_BLOCK = 32 << 10  # HDF5 metadata aggregation block of a stack
+_READ_MDC_BYTES = 256 << 10  # HDF5 metadata cache of a file being read
 
 
 class EmanHdfWriter:
@@ -201,8 +247,14 @@ class EmanHdfWriter:
             gcpl = h5p.create(h5p.GROUP_CREATE)
             # EMAN2 opens /MDF/images attributes by creation order: keep it on record.
             gcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED)
+            # the shared keys (an MRC header: ~45) in the object header, not in a
+            # separate heap and two B-trees (4.3 KB more, measured)
+            gcpl.set_attr_phase_change(_GROUP_MAX_COMPACT, _GROUP_MAX_COMPACT - 1)
+            # and the links of up to 16 images (HDF5: 8), not a heap and B-tree (1.1 KB)
+            h5direct.set_property(gcpl, "H5Pset_link_phase_change", *_GROUP_COMPACT_LINKS)
             mdf = h5g.create(self._file.id, b"MDF")
             self._images = h5py.Group(h5g.create(mdf, b"images", gcpl=gcpl))
+            self._attrs.share_types(self._file.id, _SHARED_TYPES)
             self._gcpl = h5p.create(h5p.GROUP_CREATE)
             self._gcpl.set_obj_track_times(False)
             self._gcpl.set_attr_phase_change(_IMAGE_MAX_COMPACT, _IMAGE_MIN_DENSE)
@@ -224,7 +276,10 @@ class EmanHdfWriter:
         # metadata is allocated from blocks of this size; with HDF5's 2 KB the leftover
         # of each block around the variable-size chunks is lost: ~100 bytes per image
         # in the file, and held in memory by the free-space manager (measured)
-        fapl.set_meta_block_size(_STACK_META_BLOCK)
+        fapl.set_meta_block_size(stack.meta_block)
+        # chunks go where they are written, not into 2 KB blocks whose leftovers
+        # are lost (481 bytes of a 4-image stack)
+        h5direct.set_property(fapl, "H5Pset_small_data_block_size", 0)
         if hasattr(fapl, "set_file_locking"):
             fapl.set_file_locking(False, True)
         fid = h5f.create(path.encode(), h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
@@ -565,15 +620,45 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _open_h5(path: str, locking: bool | None) -> h5py.File:
-    """Open read-only; retry without HDF5 file locking where locks are refused."""
+    """Open read-only with a small metadata cache (see :func:`_bound_cache`); retry
+    without HDF5 file locking where locks are refused."""
     if locking is not None:
-        return h5py.File(path, "r", locking=locking)
+        return _bound_cache(h5py.File(path, "r", locking=locking))
     try:
-        return h5py.File(path, "r")
+        return _bound_cache(h5py.File(path, "r"))
     except OSError as exc:
         if "lock" not in str(exc).lower():
             raise
-        return h5py.File(path, "r", locking=False)
+        return _bound_cache(h5py.File(path, "r", locking=False))
+
+
+def _bound_cache(f: h5py.File) -> h5py.File:
+    """Cap the HDF5 metadata cache of a file being read at _READ_MDC_BYTES.
+
+    HDF5 lets it grow to 32 MB of accounted size, about 10x that in memory (measured:
+    +120 MB after opening the 20,000 datasets of a stack; +2 MB with this cap, at the
+    same speed). Each image's metadata is visited once; the group's index stays cached.
+    """
+    config = f.id.get_mdc_config()
+    config.max_size = _READ_MDC_BYTES
+    config.min_size = min(config.min_size, _READ_MDC_BYTES)
+    config.initial_size = min(config.initial_size, _READ_MDC_BYTES)
+    config.set_initial_size = True
+    f.id.set_mdc_config(config)
+    return f
+
+
+def _read_attr(gid: Any, name: bytes) -> Any:
+    """``attrs[name]`` of low-level group ``gid``, with low-level calls for numbers and
+    fixed-length strings (1.7x faster than h5py's general path, which does the rest)."""
+    aid = h5a.open(gid, name)
+    dtype = aid.dtype
+    if dtype.kind not in "iufS" or aid.get_space().get_simple_extent_type() == h5s.NULL:
+        return h5py.Group(gid).attrs[name.decode()]
+    shape = aid.shape
+    out = np.empty(shape, dtype=dtype)
+    aid.read(out)
+    return out if shape else out[()]
 
 
 _RANGE_ATTRS = (
@@ -680,9 +765,15 @@ class EmanHdfFile:
         except (OSError, RuntimeError, ValueError) as exc:
             raise InputError(f"image {index} is damaged ({_first_line(exc)})", self.path) from None
 
-    def _group(self, index: int) -> h5py.Group:
-        self._dsid(index)  # the image must exist
-        return self._images[str(index)]
+    def _group_id(self, index: int) -> Any:
+        """The low-level group of image ``index`` (its dataset is not opened)."""
+        self._check_index(index)
+        try:
+            return h5g.open(self._images_id, b"%d" % index)
+        except KeyError:
+            raise InputError(f"image {index} does not exist", self.path) from None
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise InputError(f"image {index} is damaged ({_first_line(exc)})", self.path) from None
 
     def dataset(self, index: int) -> h5py.Dataset:
         """The raw h5py dataset of image ``index``."""
@@ -778,19 +869,22 @@ class EmanHdfFile:
 
     def raw_attrs(self, index: int) -> dict[str, Any]:
         """Attributes of image ``index`` as stored (names with their ``EMAN.`` prefix)."""
-        group = self._group(index)
+        gid = self._group_id(index)
         out: dict[str, Any] = {}
+        names: list[bytes] = []
         try:
-            names = list(group.attrs)
+            h5a.iterate(gid, names.append)
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise InputError(
                 f"image {index} has damaged attributes ({_first_line(exc)})", self.path
             ) from None
-        for name in names:
-            if not isinstance(name, str):
+        for raw in names:
+            try:
+                name = raw.decode()
+            except UnicodeDecodeError:
                 continue  # a damaged, non-UTF-8 name: not an EMAN2 key
             try:
-                out[name] = group.attrs[name]
+                out[name] = _read_attr(gid, raw)
             except (OSError, RuntimeError, TypeError, ValueError):
                 continue
         return out

@@ -59,6 +59,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 _OPTIONAL: dict[str, tuple[Any, list[Any]]] = {
     "H5Pset_istore_k": (HERR, [HID, ctypes.c_uint]),
     "H5Pset_dset_no_attrs_hint": (HERR, [HID, ctypes.c_bool]),
+    "H5Tcommit_anon": (HERR, [HID, HID, HID, HID]),
+    "H5Pset_small_data_block_size": (HERR, [HID, HSIZE]),
+    "H5Pset_link_phase_change": (HERR, [HID, ctypes.c_uint, ctypes.c_uint]),
 }
 
 
@@ -98,15 +101,28 @@ def library() -> Library | None:
     return Library(funcs, phil)
 
 
-def set_property(plist: Any, name: str, value: int) -> bool:
-    """``name(plist, value)`` for a property-list setting h5py does not wrap (see
+def set_property(plist: Any, name: str, *values: int) -> bool:
+    """``name(plist, *values)`` for a property-list setting h5py does not wrap (see
     ``_OPTIONAL``); False where the function is unavailable or fails."""
     lib = library()
     fn = getattr(lib.f, name, None) if lib is not None else None
     if lib is None or fn is None:
         return False
     with lib.lock:
-        return int(fn(plist.id, value)) >= 0
+        return int(fn(plist.id, *values)) >= 0
+
+
+def commit_type(loc: Any, tid: Any) -> bool:
+    """Store datatype ``tid`` (h5py TypeID) in the file of ``loc`` as an unnamed object
+    (``H5Tcommit_anon``): attributes of that type then refer to it instead of each
+    holding its own description. False where unavailable or refused (``tid`` is
+    unchanged then)."""
+    lib = library()
+    fn = getattr(lib.f, "H5Tcommit_anon", None) if lib is not None else None
+    if lib is None or fn is None:
+        return False
+    with lib.lock:
+        return int(fn(loc.id, tid.id, DEFAULT, DEFAULT)) >= 0
 
 
 def wrap_dataset(hid: int) -> Any:

@@ -731,7 +731,7 @@ def _stack_layout(source: ImageSource, opts: Options) -> StackLayout | None:
     shape3 = source.shape(0)
     chunk = chunk_shape(shape3, _chunk_rows(shape3, opts, stacked=True))
     grid = math.prod(-(-d // c) for d, c in zip(dataset_shape(shape3), chunk, strict=True))
-    return StackLayout(chunks_per_image=grid)
+    return StackLayout(chunks_per_image=grid, images=len(source))
 
 
 def _counter(progress: Progress, source: ImageSource) -> Callable[[int], None]:

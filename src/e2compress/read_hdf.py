@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,15 @@ import numpy as np
 from .eman_hdf import NEVER_COPIED, EmanHdfFile
 from .errors import InputError
 from .sources import ImageSource, reason
+from .verify import stored_whole
 
 
 class HdfSource(ImageSource):
     """An EMAN2 HDF file read through :class:`~e2compress.eman_hdf.EmanHdfFile`.
 
     Raises:
-        InputError: not EMAN2 HDF, no images, or an image of unsupported shape.
+        InputError: not EMAN2 HDF, no images, an image of unsupported shape, or an
+            image with data missing from the file (unwritten chunks).
     """
 
     kind = "hdf"
@@ -25,29 +28,52 @@ class HdfSource(ImageSource):
         self.path = path
         self._file = EmanHdfFile(path, threads=1)
         try:
-            if len(self._file) == 0:
+            count = len(self._file)
+            if count == 0:
                 raise InputError("EMAN2 HDF file holds no images", path)
-            for i in range(len(self._file)):
-                shape = self._file.shape(i)
-                if not 1 <= len(shape) <= 3 or 0 in shape:
-                    raise InputError(f"image {i} has unsupported shape {shape}", path)
+            # (rank, nz, ny, nx) per image, found once: 16 bytes an image
+            self._shapes = np.empty((count, 4), dtype=np.int32)
+            size = os.stat(path).st_size
+            for i in range(count):
+                self._shapes[i] = self._check(i, size)
         except BaseException:
             self._file.close()
             raise
+        self._attrs: tuple[int, dict[str, Any]] | None = None
+
+    def _check(self, index: int, file_size: int) -> tuple[int, int, int, int]:
+        """Image ``index``'s rank and (nz, ny, nx); refused when it has an unsupported
+        shape or data HDF5 would read as fill values (an unwritten chunk, as left by a
+        writer that stopped), checked as our own outputs are after writing."""
+        ds = self._file.dataset(index)
+        shape = tuple(ds.shape)
+        if not 1 <= len(shape) <= 3 or 0 in shape:
+            raise InputError(f"image {index} has unsupported shape {shape}", self.path)
+        try:
+            whole = stored_whole(ds, file_size, need_deflate=False)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise InputError(f"image {index} is damaged ({reason(exc)})", self.path) from None
+        if not whole:
+            raise InputError(
+                f"image {index} has data missing from the file (unwritten chunks, "
+                "e.g. left by a writer that stopped)",
+                self.path,
+            )
+        nz, ny, nx = (1,) * (3 - len(shape)) + shape
+        return len(shape), nz, ny, nx
 
     def __len__(self) -> int:
         return len(self._file)
 
     def shape(self, index: int) -> tuple[int, int, int]:
-        shape = self._file.shape(index)
-        full = (1,) * (3 - len(shape)) + tuple(shape)
-        return int(full[0]), int(full[1]), int(full[2])
+        _, nz, ny, nx = self._shapes[index].tolist()
+        return nz, ny, nx
 
     def dtype(self, index: int) -> np.dtype:
         return self._file.value_dtype(index)
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
-        rank = len(self._file.shape(index))
+        rank = int(self._shapes[index, 0])
         region: tuple[Any, ...]
         if rank == 3:
             region = (z, slice(y0, y1))
@@ -62,13 +88,15 @@ class HdfSource(ImageSource):
         return data.reshape(y1 - y0, -1)
 
     def raw_attrs(self, index: int) -> dict[str, Any]:
-        out = {}
-        for name, value in self._file.raw_attrs(index).items():
-            key = name[5:] if name.startswith("EMAN.") else None
-            if key is not None and key in NEVER_COPIED:
-                continue
-            out[name] = value
-        return out
+        if self._attrs is None or self._attrs[0] != index:  # asked twice per image
+            out = {}
+            for name, value in self._file.raw_attrs(index).items():
+                key = name[5:] if name.startswith("EMAN.") else None
+                if key is not None and key in NEVER_COPIED:
+                    continue
+                out[name] = value
+            self._attrs = (index, out)
+        return dict(self._attrs[1])
 
     def group_attrs(self) -> dict[str, Any]:
         return self._file.group_attrs()
