@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import tifffile
 
 import e2compress
 from conftest import CORE_FILES, plain_name, real_file_params, run_cli, true_images, write_mrc
@@ -158,3 +159,43 @@ def test_cli_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert rc == 1
     assert err.count("\n") == 1
     assert "exists" in err
+
+
+TIFF_FILES = [p for p in real_file_params() if plain_name(p.values[0]).endswith(".tif")]
+
+
+@pytest.mark.parametrize("src", TIFF_FILES)
+def test_tiff_hash_and_restore(src: Path, tmp_path: Path) -> None:
+    """Every TIFF's SHA-256 is recorded; an uncompressed one comes back byte for byte
+    at bits 0, a compressed one is refused in one line with nothing written."""
+    archive = compress(src, tmp_path, 0)
+    with h5py.File(archive, "r") as f:
+        assert f.attrs["e2compress.source_sha256"].decode() == sha256(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    with tifffile.TiffFile(src) as tif:
+        compressed = any(p.compression != 1 for p in tif.pages)
+    if compressed:
+        assert restored_sha256(archive) is None
+        with pytest.raises(InputError, match="compressed"):
+            restore_file(archive, out)
+        assert list(out.iterdir()) == []
+    else:
+        result = restore_file(archive, out)
+        assert result.byte_identical
+        assert result.path.read_bytes() == src.read_bytes()
+        assert restored_sha256(archive) == sha256(src)
+
+
+def test_recompressing_in_place_carries_the_kept_bytes(tmp_path: Path) -> None:
+    """16-bit integers at 16 bits, then in place as float32: still byte for byte."""
+    data = np.arange(-300, 300, dtype=np.int16).reshape(20, 30)
+    src = write_mrc(tmp_path / "s.mrc", data)
+    archive = compress(src, tmp_path, 16)
+    e2compress.compress_file(archive, bits=0, threads=1, force=True)
+    with h5py.File(archive, "r") as f:
+        assert f["MDF/images/0/image"].dtype == np.float32
+        assert f.attrs["e2compress.restorable_sha256"].decode() == sha256(src)
+    result = restore_file(archive, tmp_path / "again.mrc")
+    assert result.byte_identical
+    assert result.path.read_bytes() == src.read_bytes()
