@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import bz2
+import csv
 import hashlib
 import itertools
+import json
 import shutil
+import zlib
 from pathlib import Path
 
 import h5py
@@ -14,7 +17,17 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import CORE_FILES, plain_name, real_file_params, run_cli, true_images, write_mrc
+from conftest import (
+    CORE_FILES,
+    DATA,
+    REAL,
+    eman2_read,
+    plain_name,
+    real_file_params,
+    run_cli,
+    true_images,
+    write_mrc,
+)
 from e2compress.errors import InputError, OutputError
 from e2compress.kept import OrderedHasher
 from e2compress.restore import restore_file, restored_sha256
@@ -199,3 +212,73 @@ def test_recompressing_in_place_carries_the_kept_bytes(tmp_path: Path) -> None:
     result = restore_file(archive, tmp_path / "again.mrc")
     assert result.byte_identical
     assert result.path.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        pytest.param(DATA / "EMD-3001.map", id="EMD-3001.map"),
+        pytest.param(DATA / "13pf_MT.tif", id="13pf_MT.tif"),
+        pytest.param(REAL / "HAADFscan.mrc", id="HAADFscan.mrc", marks=pytest.mark.shared),
+    ],
+)
+def test_eman2_reads_the_same_with_and_without_kept_bytes(src: Path, tmp_path: Path) -> None:
+    """Real EMAN2's read of an archive is the same whether it keeps the source's bytes
+    or not (the kept group and root attributes deleted from a copy)."""
+    archive = compress(src, tmp_path, 8)
+    (tmp_path / "bare").mkdir()
+    bare = tmp_path / "bare" / archive.name  # the same name: EMAN2 reports its path
+    shutil.copy(archive, bare)
+    with h5py.File(bare, "r+") as f:
+        del f["e2compress"]
+        for name in list(f.attrs):
+            del f.attrs[name]
+    with h5py.File(archive, "r") as f:
+        assert f["e2compress/source/kept"].size > 0
+    kept_pixels, kept_headers = eman2_read(archive, tmp_path)
+    bare_pixels, bare_headers = eman2_read(bare, bare.parent)
+    for header in kept_headers + bare_headers:
+        header.pop("source_path", None)
+    np.testing.assert_array_equal(kept_pixels, bare_pixels)
+    assert kept_headers == bare_headers
+
+
+def test_fei2_header_costs_at_most_its_deflated_size(tmp_path: Path) -> None:
+    """The kept 909 KB FEI2 header costs no more in the archive than zlib's level 9."""
+    src = REAL / "HAADFscan.mrc"
+    if not src.exists():
+        pytest.skip("../shared/data is not present beside the repo")
+    archive = compress(src, tmp_path, 0)
+    header = src.read_bytes()[: 1024 + 909312]
+    with h5py.File(archive, "r") as f:
+        stored = f["e2compress/source/kept"].id.get_storage_size()
+        assert f["e2compress/source/kept"][()].tobytes() == header
+    assert stored <= len(zlib.compress(header, 9)) + 64  # + fletcher32 per chunk
+
+
+def test_info_and_batch_report_say_whether_restorable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exact = write_mrc(tmp_path / "exact.mrc", np.arange(600, dtype=np.int16).reshape(20, 30))
+    noisy = write_mrc(
+        tmp_path / "noisy.mrc",
+        np.random.default_rng(2).normal(size=(20, 30)).astype(np.float32),
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, _, err = run_cli(
+        capsys, "--bits", "12", "--outpath", out, "--report", tmp_path / "r.csv", exact, noisy
+    )
+    assert rc == 0, err
+    with open(tmp_path / "r.csv", newline="") as fh:
+        rows = {Path(r["source"]).name: r for r in csv.DictReader(fh)}
+    assert rows["exact.mrc"]["restorable"] == "yes"
+    assert rows["noisy.mrc"]["restorable"] == "no"
+    rc, text, _ = run_cli(capsys, "info", out / "exact.hdf", out / "noisy.hdf")
+    first = [line for line in text.splitlines() if not line.startswith(" ")]
+    assert first[0].endswith("; restore: byte for byte")
+    assert "; restore: headers only" in first[1]
+    rc, text, _ = run_cli(capsys, "info", "--json", out / "exact.hdf")
+    info = json.loads(text)
+    assert info["restorable"] is True
+    assert info["source_sha256"] == sha256(exact)

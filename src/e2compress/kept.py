@@ -274,6 +274,15 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
         _dataset(group, "pieces", lay.pieces.astype("<i8"))
         ok = lay.raw if exact is None else lay.raw and exact
         f.attrs[ATTR + "restorable"] = np.int8(1 if ok else 0)
+        if lay.problem is not None:
+            note = f"cannot be rebuilt: {lay.problem}"
+        elif not lay.raw:
+            note = "cannot be rebuilt: the source's pixels were compressed (TIFF)"
+        elif not ok:
+            note = "headers only: values quantised (or not exact in float32)"
+        else:
+            note = "byte for byte"
+        f.attrs[ATTR + "restore_note"] = np.bytes_(note.encode("utf-8"))
 
 
 def _dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
@@ -336,6 +345,19 @@ def _read_kept(f: h5py.File) -> Kept | None:
     )
 
 
+def restore_note(path: PathLike) -> str | None:
+    """What ``restore`` can make of ``path`` in a few words, as recorded at compression
+    time ("byte for byte", "headers only: ...", "cannot be rebuilt: ..."); None when it
+    keeps no source bytes."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if GROUP not in f or ATTR + "restore_note" not in f.attrs:
+                return None
+            return _text(f.attrs[ATTR + "restore_note"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
 def restorable(path: PathLike) -> bool | None:
     """What the output ``path`` says at compression time: True when it keeps its
     source's bytes and every image was stored exactly (``restore`` rebuilds the file
@@ -346,6 +368,17 @@ def restorable(path: PathLike) -> bool | None:
                 return None
             return bool(int(np.asarray(f.attrs[ATTR + "restorable"]).reshape(-1)[0]))
     except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def recorded_sha256(path: PathLike) -> str | None:
+    """The SHA-256 (hex) of the bytes ``restore`` writes (the source; for a ``.gz``/
+    ``.bz2`` source its decompressed bytes), as recorded in ``path``; None if none is."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            value = f.attrs.get(ATTR + "restorable_sha256")
+            return None if value is None else _text(value)
+    except (OSError, ValueError, TypeError):
         return None
 
 

@@ -28,7 +28,16 @@ import numpy as np
 from .atomic import AtomicOutput, check_output_dir, os_error
 from .eman_hdf import EmanHdfFile, decode
 from .errors import E2CompressError, InputError, OutputError
-from .kept import ATTR, ENCODED, FLIP, GROUP, NEGATE, PERMUTED, PIECE_COLUMNS
+from .kept import (
+    ATTR,
+    ENCODED,
+    FLIP,
+    GROUP,
+    NEGATE,
+    PERMUTED,
+    PIECE_COLUMNS,
+    recorded_sha256,
+)
 from .quantize import F32, RenderRange, integer_step
 from .read_mrc import axis_permutation
 from .sources import strip_compression
@@ -67,17 +76,6 @@ def _text(value: Any) -> str:
     if isinstance(raw, bytes | np.bytes_):
         return bytes(raw).decode("utf-8", "surrogateescape")
     return str(raw)
-
-
-def recorded_sha256(archive: PathLike) -> str | None:
-    """The SHA-256 of the bytes ``restore`` must write (the source file; for a
-    ``.gz``/``.bz2`` source, its decompressed bytes), as recorded; None if not recorded."""
-    try:
-        with h5py.File(archive, "r", locking=False) as f:
-            value = f.attrs.get(ATTR + "restorable_sha256")
-            return None if value is None else _text(value)
-    except (OSError, ValueError, TypeError):
-        return None
 
 
 class _Archive:
