@@ -282,3 +282,58 @@ def test_info_and_batch_report_say_whether_restorable(
     info = json.loads(text)
     assert info["restorable"] is True
     assert info["source_sha256"] == sha256(exact)
+
+
+def _small_archive(tmp_path: Path) -> tuple[Path, Path]:
+    src = write_mrc(tmp_path / "s.mrc", np.arange(6000, dtype=np.int16).reshape(60, 100))
+    return src, compress(src, tmp_path, 0)
+
+
+def _replace(archive: Path, name: str, data: np.ndarray) -> None:
+    with h5py.File(archive, "r+") as f:
+        del f[f"e2compress/source/{name}"]
+        f[f"e2compress/source/{name}"] = data
+
+
+HOSTILE = {
+    "overlapping runs": ("pieces", [[1024, 8000, 0, 0, 0, 0], [1100, 4000, 0, 0, 0, 0]]),
+    "run past the end": ("pieces", [[1024, 1 << 40, 0, 0, 0, 0]]),
+    "no such image": ("pieces", [[1024, 12000, 7, 0, 0, 0]]),
+    "no such type": ("pieces", [[1024, 12000, 0, 0, 3, 0]]),
+    "unknown flag": ("pieces", [[1024, 12000, 0, 0, 0, 64]]),
+    "half a value": ("pieces", [[1024, 11999, 0, 0, 0, 0]]),
+    "wrong kept length": ("kept", np.zeros(10, dtype=np.uint8)),
+    "bad type": ("dtypes", [b"O"]),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_damaged_or_hostile_layout_is_refused(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, archive = _small_archive(tmp_path)
+    name, value = HOSTILE[case]
+    if name == "dtypes":
+        with h5py.File(archive, "r+") as f:
+            f["e2compress/source"].attrs["dtypes"] = np.array(value)
+    else:
+        _replace(archive, name, np.asarray(value, dtype=np.int64 if name == "pieces" else None))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert restored_sha256(archive) is None
+    rc, stdout, err = run_cli(capsys, "restore", archive, out)
+    assert rc == 1
+    assert stdout == ""
+    assert err.count("\n") == 1
+    assert err.startswith(f"ERROR: {archive}: ")
+    assert list(out.iterdir()) == []
+
+
+def test_run_beyond_the_images_leaves_nothing(tmp_path: Path) -> None:
+    """A layout asking for more values than the images hold fails mid-way: the partial
+    file is removed."""
+    _, archive = _small_archive(tmp_path)
+    _replace(archive, "pieces", np.array([[1024, 12000, 0, 10, 0, 0]], dtype=np.int64))
+    with pytest.raises(InputError, match="longer than the stored images"):
+        restore_file(archive, tmp_path / "x.mrc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.hdf", "s.mrc"]

@@ -42,6 +42,9 @@ GROUP = "e2compress/source"
 ATTR = "e2compress."
 FLIP, NEGATE, PERMUTED, ENCODED = 1, 2, 4, 8
 PIECE_COLUMNS = ("offset", "nbytes", "image", "element", "dtype", "flags")
+# A TIFF with more bytes than this outside its pixels keeps none (an MRC keeps its
+# headers, which its reader holds anyway).
+KEPT_LIMIT = 256 << 20
 # Held out-of-order blocks beyond this are dropped and read again at the end.
 PENDING_LIMIT = 256 << 20
 _KEPT_CHUNK = 1 << 22  # bytes per chunk of the kept-bytes dataset
@@ -217,6 +220,37 @@ def pieces_array(rows: list[tuple[int, int, int, int, int, int]]) -> np.ndarray:
     """Rows as the (n, 6) int64 array, sorted by file offset."""
     arr = np.array(rows, dtype=np.int64).reshape(-1, len(PIECE_COLUMNS))
     return arr[np.argsort(arr[:, 0], kind="stable")]
+
+
+def merge_runs(pieces: np.ndarray, values: list[int], itemsizes: list[int]) -> np.ndarray:
+    """Join runs that follow each other both in the file and in the images' stream (the
+    strips of a page, the pages of an ImageJ stack): one row where there were many.
+
+    Args:
+        pieces: sorted rows (:func:`pieces_array`).
+        values: the number of values of each image.
+        itemsizes: bytes per value of each entry of the layout's ``dtypes``.
+    """
+    out: list[list[int]] = []
+    image = end = 0  # where the last run ends in the stream: image, element
+    for row in pieces.tolist():
+        if out:
+            last = out[-1]
+            follows = (row[2] == image and row[3] == end) or (
+                row[2] == image + 1 and row[3] == 0 and end == values[image]
+            )
+            if (
+                row[0] == last[0] + last[1]
+                and row[4:] == last[4:]
+                and not last[5] & ENCODED
+                and follows
+            ):
+                last[1] += row[1]
+                image, end = row[2], row[3] + row[1] // itemsizes[row[4]]
+                continue
+        out.append(row)
+        image, end = row[2], row[3] + row[1] // itemsizes[row[4]]
+    return np.array(out, dtype=np.int64).reshape(-1, len(PIECE_COLUMNS))
 
 
 def overlapping(pieces: np.ndarray, size: int) -> bool:

@@ -37,10 +37,12 @@ from .errors import InputError
 from .kept import (
     ENCODED,
     FLIP,
+    KEPT_LIMIT,
     NEGATE,
     Kept,
     Layout,
     OrderedHasher,
+    merge_runs,
     overlapping,
     pieces_array,
     read_exact,
@@ -286,6 +288,12 @@ class TiffSource(ImageSource):
         pieces = pieces_array(rows)
         if problem is None and overlapping(pieces, self._size):
             problem = "its strips overlap each other"
+        if problem is None:
+            values = [math.prod(self.shape(i)) for i in range(len(frames))]
+            pieces = merge_runs(pieces, values, [np.dtype(d).itemsize for d in dtypes])
+            outside = self._size - int(pieces[:, 1].sum())
+            if outside > KEPT_LIMIT:
+                problem = f"{outside} bytes lie outside its pixels (more than {KEPT_LIMIT})"
         if problem is not None:
             pieces = pieces_array([])
         layout = Layout("tiff", self._size, pieces, dtypes, problem=problem)

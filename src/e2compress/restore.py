@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from .sources import strip_compression
 
 PathLike = str | os.PathLike[str]
 _STEP = 1 << 22  # bytes of kept data read at a time
+_ROWS = 1 << 16  # pixel runs read at a time
 _FLAGS = FLIP | NEGATE | PERMUTED | ENCODED
 
 __all__ = ["RestoreResult", "recorded_sha256", "restore_file", "restored_sha256"]
@@ -121,10 +123,8 @@ class _Archive:
             raise self._fail("kept source bytes have the wrong type")
         if pieces.ndim != 2 or pieces.shape[1] != len(PIECE_COLUMNS) or pieces.dtype.kind != "i":
             raise self._fail("pixel layout has the wrong shape")
-        if pieces.shape[0] > 1 << 26:
-            raise self._fail(f"pixel layout has too many runs ({pieces.shape[0]})")
         self.kept = kept
-        self.pieces = np.asarray(pieces[()], dtype=np.int64)
+        self.pieces = pieces
         self.compression = _text(f.attrs.get(ATTR + "source_compression", b""))
         name = f.attrs.get(ATTR + "restorable_name")
         if name is None:
@@ -140,14 +140,15 @@ class _Archive:
 
     def _check(self) -> None:
         """Every number of the layout against the others and against the images."""
-        p = self.pieces
         if self.size < 0:
             raise self._fail(f"invalid restorable size {self.size}")
         if len(self.axes) != 3:
             raise self._fail("invalid axis order")
         count = len(self.images)
-        pos = 0
-        for offset, nbytes, image, element, dtype, flags in p.tolist():
+        pos = total = 0
+        encoded = False
+        needed = 0
+        for offset, nbytes, image, element, dtype, flags in self.rows():
             if offset < pos or nbytes <= 0 or offset + nbytes > self.size:
                 raise self._fail(
                     f"pixel run at byte {offset} ({nbytes} bytes) overlaps another or "
@@ -158,20 +159,30 @@ class _Archive:
             if nbytes % self.dtypes[dtype].itemsize or flags & ~_FLAGS:
                 raise self._fail(f"pixel run at byte {offset} is not whole values")
             pos = offset + nbytes
-        total = int(p[:, 1].sum()) if len(p) else 0
+            total += nbytes
+            encoded = encoded or bool(flags & ENCODED)
+            needed += nbytes // self.dtypes[dtype].itemsize
         if self.kept.shape[0] != self.size - total:
             raise self._fail(
                 f"holds {self.kept.shape[0]} kept bytes, its layout needs {self.size - total}"
             )
-        if len(p) and bool(np.any(p[:, 5] & ENCODED)):
+        if encoded:
             raise self._fail(
                 "cannot be restored byte for byte: the source's pixels were compressed "
                 "(TIFF compression); use export to write the images"
             )
         values = sum(int(np.prod(self.images.shape(i))) for i in range(count))
-        needed = sum(nb // self.dtypes[dt].itemsize for _, nb, _, _, dt, _ in p.tolist())
         if needed > values:
             raise self._fail(f"its layout needs {needed} values, the images hold {values}")
+
+    def rows(self) -> Iterator[list[int]]:
+        """The pixel runs, read a block at a time (memory bounded at any count)."""
+        count = self.pieces.shape[0]
+        for a in range(0, count, _ROWS):
+            block = np.asarray(self.pieces[a : a + _ROWS], dtype=np.int64)
+            if block.shape[0] != min(_ROWS, count - a):
+                raise self._fail("pixel layout is cut short")
+            yield from block.tolist()
 
     def _shape3(self, index: int) -> tuple[int, int, int]:
         shape = self.images.shape(index)
@@ -192,7 +203,7 @@ class _Archive:
         values = _Values(self)
         pos = 0
         kept_pos = 0
-        for offset, nbytes, image, element, dtype, flags in self.pieces.tolist():
+        for offset, nbytes, image, element, dtype, flags in self.rows():
             if offset > pos:
                 yield from self._kept(kept_pos, offset - pos)
                 kept_pos += offset - pos
@@ -402,6 +413,11 @@ def restore_file(
             if not overwrite:
                 raise OutputError("output exists; not replaced (--force replaces it)", target)
         check_output_dir(target)
+        free = _free_bytes(target.parent)
+        if free is not None and arch.size > free:
+            raise OutputError(
+                f"restoring needs {arch.size} bytes, {target.parent} has {free} free", target
+            )
         digest = hashlib.sha256()
         size = 0
         with AtomicOutput(target) as tmp:
@@ -425,6 +441,13 @@ def restore_file(
         return RestoreResult(target, got == arch.recorded, got, arch.recorded, size, arch.quantised)
     finally:
         arch.close()
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
 
 
 def _same(a: Path, b: Path) -> bool:
