@@ -15,6 +15,8 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import e2compress
 from conftest import (
@@ -337,3 +339,139 @@ def test_run_beyond_the_images_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="longer than the stored images"):
         restore_file(archive, tmp_path / "x.mrc")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.hdf", "s.mrc"]
+
+
+# --------------------------------------------------------------------------- properties
+
+FIXTURE = HealthCheck.function_scoped_fixture
+MRC_MODES = {0: ("u1", "i1"), 1: ("i2",), 2: ("f4",), 6: ("u2",), 12: ("f2",)}
+
+
+def _mrc_bytes(
+    data: np.ndarray, mode: int, order: str, ext: bytes, axes: tuple[int, int, int], signed: bool
+) -> bytes:
+    """An MRC file written by hand (any byte order, extended header, axis order)."""
+    from mrcfile.dtypes import HEADER_DTYPE
+
+    header = np.zeros((), dtype=HEADER_DTYPE.newbyteorder(order))
+    nz, ny, nx = data.shape
+    for key, value in (("nx", nx), ("ny", ny), ("nz", nz), ("mode", mode)):
+        header[key] = value
+    header["mx"], header["my"], header["mz"] = nx, ny, nz
+    header["mapc"], header["mapr"], header["maps"] = axes
+    header["cella"] = (nx, ny, nz)
+    header["cellb"] = (90, 90, 90)
+    header["nsymbt"] = len(ext)
+    header["exttyp"] = b"SERI"
+    header["nversion"] = 20140 if signed else 0
+    header["map"] = b"MAP "
+    stamp = b"DA\x00\x00" if order == "<" else b"\x11\x11\x00\x00"
+    header["machst"] = np.frombuffer(stamp, dtype=np.uint8)
+    return header.tobytes() + ext + data.astype(data.dtype.newbyteorder(order)).tobytes()
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    mode=st.sampled_from(sorted(MRC_MODES)),
+    order=st.sampled_from("<>"),
+    shape=st.tuples(st.integers(1, 4), st.integers(1, 9), st.integers(1, 11)),
+    ext=st.binary(max_size=300),
+    axes=st.permutations([1, 2, 3]),
+    stack=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_mrc_restores_byte_for_byte_at_bits_0(
+    tmp_path_factory: pytest.TempPathFactory,
+    mode: int,
+    order: str,
+    shape: tuple[int, int, int],
+    ext: bytes,
+    axes: list[int],
+    stack: bool,
+    seed: int,
+) -> None:
+    """Every MRC mode, byte order, extended header and axis order, stack or volume."""
+    tmp = tmp_path_factory.mktemp("mrc")
+    rng = np.random.default_rng(seed)
+    kind = MRC_MODES[mode][seed % len(MRC_MODES[mode])]
+    dtype = np.dtype(kind)
+    if dtype.kind == "f":
+        data = rng.normal(0, 100, size=shape).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        data = rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+    raw = _mrc_bytes(data, mode, order, ext, (axes[0], axes[1], axes[2]), dtype.kind == "i")
+    src = tmp / ("s.mrcs" if stack else "s.mrc")
+    src.write_bytes(raw)
+    archive = compress(src, tmp, 0)
+    assert restored_sha256(archive) == hashlib.sha256(raw).hexdigest()
+    result = restore_file(archive, tmp / "back.mrc")
+    assert result.byte_identical
+    assert result.path.read_bytes() == raw
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(["u1", "i1", "u2", "i2", "f4", "f2"]),
+    order=st.sampled_from("<>"),
+    pages=st.integers(1, 4),
+    ny=st.integers(1, 40),
+    nx=st.integers(1, 30),
+    rowsperstrip=st.integers(1, 40),
+    miniswhite=st.booleans(),
+    compression=st.sampled_from([None, None, "zlib", "packbits", "lzw"]),
+    imagej=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_tiff_is_hashed_and_uncompressed_ones_restore(
+    tmp_path_factory: pytest.TempPathFactory,
+    kind: str,
+    order: str,
+    pages: int,
+    ny: int,
+    nx: int,
+    rowsperstrip: int,
+    miniswhite: bool,
+    compression: str | None,
+    imagej: bool,
+    seed: int,
+) -> None:
+    """tifffile-written TIFFs of every pixel type, byte order and strip size: the
+    recorded SHA-256 is the file's; uncompressed ones come back byte for byte at bits 0."""
+    tmp = tmp_path_factory.mktemp("tif")
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(kind)
+    if imagej and (kind in ("i1", "f2") or order == ">" or miniswhite):
+        imagej = False  # ImageJ files are little-endian u1/u2/i2/f4 and min-is-black
+    if dtype.kind == "f":
+        data = rng.normal(0, 100, size=(pages, ny, nx)).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        data = rng.integers(info.min, info.max, size=(pages, ny, nx), endpoint=True)
+        data = data.astype(dtype)
+    src = tmp / "s.tif"
+    tifffile.imwrite(
+        src,
+        data,
+        byteorder=order,
+        imagej=imagej,
+        rowsperstrip=rowsperstrip,
+        photometric="miniswhite" if miniswhite else "minisblack",
+        compression=compression,
+        software="e2compress test",
+        metadata={"spacing": 1.5, "unit": "nm"} if imagej else {},
+    )
+    raw = src.read_bytes()
+    archive = compress(src, tmp, 0)
+    with h5py.File(archive, "r") as f:
+        assert f.attrs["e2compress.source_sha256"].decode() == hashlib.sha256(raw).hexdigest()
+    if compression is not None:
+        assert restored_sha256(archive) is None
+        return
+    result = restore_file(archive, tmp / "back.tif")
+    assert result.byte_identical
+    assert result.path.read_bytes() == raw

@@ -294,14 +294,16 @@ class _Values:
                 raise self.archive._fail(f"invalid axis order {self.archive.axes}")
             images = self.archive.images
             parts = [
-                _convert(np.asarray(images.dataset(i)[()]), images.render_range(i), dtype, 0)
+                _convert(
+                    np.asarray(images.dataset(i)[()]), images.render_range(i), dtype, 0
+                ).reshape(self.archive._shape3(i))
                 for i in range(len(images))
             ]
-            data = np.stack(parts) if len(parts) > 1 else parts[0]
-            if data.ndim == 2:
-                data = data[np.newaxis]
+            data = np.concatenate(parts)  # a stack's images are its sections
             inverse = tuple(int(a) for a in np.argsort(perm))
-            self._whole[key] = np.ascontiguousarray(data.transpose(inverse)).reshape(-1)
+            # numpy joins in native byte order: the file's order is given back here
+            file_order = np.ascontiguousarray(data.transpose(inverse), dtype=dtype)
+            self._whole[key] = file_order.reshape(-1)
         return self._whole[key]
 
 
