@@ -10,6 +10,7 @@ import json
 import shutil
 import zlib
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -179,10 +180,26 @@ def test_cli_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 TIFF_FILES = [p for p in real_file_params() if plain_name(p.values[0]).endswith(".tif")]
 
 
+def assert_same_tiff(a: Path, b: Path, *, strips_moved: bool) -> None:
+    """Same pages, pixels and tags (strip offsets and byte counts aside if moved)."""
+    with tifffile.TiffFile(a) as ta, tifffile.TiffFile(b) as tb:
+        assert len(ta.pages) == len(tb.pages)
+        for pa, pb in zip(ta.pages, tb.pages, strict=True):
+            np.testing.assert_array_equal(pa.asarray(), pb.asarray())
+            assert pa.asarray().dtype == pb.asarray().dtype
+            moved = (273, 279) if strips_moved else ()
+            tags_a = {t.code: t.value for t in pa.tags.values() if t.code not in moved}
+            tags_b = {t.code: t.value for t in pb.tags.values() if t.code not in moved}
+            assert tags_a.keys() == tags_b.keys()
+            for code, value in tags_a.items():
+                np.testing.assert_equal(tags_b[code], value)
+
+
 @pytest.mark.parametrize("src", TIFF_FILES)
 def test_tiff_hash_and_restore(src: Path, tmp_path: Path) -> None:
     """Every TIFF's SHA-256 is recorded; an uncompressed one comes back byte for byte
-    at bits 0, a compressed one is refused in one line with nothing written."""
+    at bits 0, a compressed one with the same pixels and tags (its strips encoded
+    again: byte for byte too when they encode as they were)."""
     archive = compress(src, tmp_path, 0)
     with h5py.File(archive, "r") as f:
         assert f.attrs["e2compress.source_sha256"].decode() == sha256(src)
@@ -190,16 +207,14 @@ def test_tiff_hash_and_restore(src: Path, tmp_path: Path) -> None:
     out.mkdir()
     with tifffile.TiffFile(src) as tif:
         compressed = any(p.compression != 1 for p in tif.pages)
-    if compressed:
-        assert restored_sha256(archive) is None
-        with pytest.raises(InputError, match="compressed"):
-            restore_file(archive, out)
-        assert list(out.iterdir()) == []
-    else:
-        result = restore_file(archive, out)
-        assert result.byte_identical
-        assert result.path.read_bytes() == src.read_bytes()
-        assert restored_sha256(archive) == sha256(src)
+    result = restore_file(archive, out)
+    assert result.path == out / src.name
+    identical = result.path.read_bytes() == src.read_bytes()
+    assert result.byte_identical == identical
+    assert restored_sha256(archive) == (sha256(src) if identical else None)
+    if not compressed:
+        assert identical
+    assert_same_tiff(src, result.path, strips_moved=not identical)
 
 
 def test_recompressing_in_place_carries_the_kept_bytes(tmp_path: Path) -> None:
@@ -440,8 +455,9 @@ def test_any_tiff_is_hashed_and_uncompressed_ones_restore(
     imagej: bool,
     seed: int,
 ) -> None:
-    """tifffile-written TIFFs of every pixel type, byte order and strip size: the
-    recorded SHA-256 is the file's; uncompressed ones come back byte for byte at bits 0."""
+    """tifffile-written TIFFs of every pixel type, byte order, strip size and
+    compression: the recorded SHA-256 is the file's, and they come back byte for byte
+    at bits 0 (compressed strips are encoded again with the same codecs)."""
     tmp = tmp_path_factory.mktemp("tif")
     rng = np.random.default_rng(seed)
     dtype = np.dtype(kind)
@@ -469,9 +485,56 @@ def test_any_tiff_is_hashed_and_uncompressed_ones_restore(
     archive = compress(src, tmp, 0)
     with h5py.File(archive, "r") as f:
         assert f.attrs["e2compress.source_sha256"].decode() == hashlib.sha256(raw).hexdigest()
-    if compression is not None:
-        assert restored_sha256(archive) is None
-        return
-    result = restore_file(archive, tmp / "back.tif")
+    result = restore_file(archive, tmp / "back.tif")  # tifffile's own codecs: the same
     assert result.byte_identical
     assert result.path.read_bytes() == raw
+
+
+@pytest.mark.parametrize("src", [*MRC_FILES, *TIFF_FILES])
+def test_hash_needs_no_extra_read(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compression's own reads cover every byte: the hasher never reads itself."""
+    rereads: list[int] = []
+    finish = OrderedHasher.finish
+
+    def spy(self: OrderedHasher, pread: Any) -> str:
+        digest = finish(self, pread)
+        rereads.append(self.reread)
+        return digest
+
+    monkeypatch.setattr(OrderedHasher, "finish", spy)
+    compress(src, tmp_path, 5)
+    assert rereads == ([] if src.suffix == ".bz2" else [0])
+
+
+def test_compressed_tiff_whose_strips_encode_differently(tmp_path: Path) -> None:
+    """Strips deflated at level 9 and encoded again at tifffile's default level: the
+    ones that grow move to the end of the file and the strip tables are written again;
+    pixels and every other tag are the same, and restore says it is not identical."""
+    rng = np.random.default_rng(5)
+    data = (rng.normal(0, 3, size=(3, 64, 48)).cumsum(axis=2) + 1000).astype(np.uint16)
+    src = tmp_path / "deflate9.tif"
+    tifffile.imwrite(
+        src,
+        data,
+        photometric="minisblack",
+        compression="zlib",
+        compressionargs={"level": 9},
+        rowsperstrip=5,
+    )
+    archive = compress(src, tmp_path, 0)
+    result = restore_file(archive, tmp_path / "back.tif")
+    assert not result.byte_identical
+    assert result.reencoded
+    assert not result.quantised
+    assert "tags and pixels identical" in result.describe()
+    assert restored_sha256(archive) is None
+    assert result.sha256 == sha256(result.path)
+    assert result.size > src.stat().st_size  # strips that grew went to the end
+    assert_same_tiff(src, result.path, strips_moved=True)
+    with tifffile.TiffFile(result.path) as tif:
+        ends = [
+            o + c for p in tif.pages for o, c in zip(p.dataoffsets, p.databytecounts, strict=True)
+        ]
+    assert max(ends) <= result.size

@@ -15,8 +15,10 @@ starting at ``first element``, in the type ``dtypes[dtype index]`` (byte order
 included). Flags: :data:`FLIP` (TIFF: the file stores the rows bottom-up from EMAN2's
 view), :data:`NEGATE` (TIFF MINISWHITE: the image holds minus the stored number),
 :data:`PERMUTED` (MRC axis order other than 1,2,3: the stream is the images
-transposed back by ``axes``), :data:`ENCODED` (compressed TIFF strips: the run's bytes
-are an encoding of the values and cannot be rebuilt byte for byte).
+transposed back by ``axes``), :data:`ENCODED` (a compressed TIFF strip: the run holds
+the encoding of the strip of rows starting at ``first element``; how the page was
+encoded, and where its strip offsets and byte counts are, is a row of
+``/e2compress/source/encoded``, :data:`ENCODED_COLUMNS`).
 
 The SHA-256 is computed from the reads the readers make anyway (:class:`OrderedHasher`):
 blocks arrive from several threads in any order, are hashed as soon as they extend the
@@ -42,6 +44,17 @@ GROUP = "e2compress/source"
 ATTR = "e2compress."
 FLIP, NEGATE, PERMUTED, ENCODED = 1, 2, 4, 8
 PIECE_COLUMNS = ("offset", "nbytes", "image", "element", "dtype", "flags")
+ENCODED_COLUMNS = (
+    "image",
+    "compression",
+    "predictor",
+    "rowsperstrip",
+    "offsets_at",
+    "offsets_itemsize",
+    "counts_at",
+    "counts_itemsize",
+    "strips",
+)
 # A TIFF with more bytes than this outside its pixels keeps none (an MRC keeps its
 # headers, which its reader holds anyway).
 KEPT_LIMIT = 256 << 20
@@ -197,6 +210,9 @@ class Layout:
     dtypes: list[str]  # numpy type strings with byte order, e.g. "<u2"
     axes: tuple[int, int, int] = (1, 2, 3)  # MRC mapc, mapr, maps
     problem: str | None = None  # why the file cannot be rebuilt, if it cannot
+    # TIFF pages whose strips are compressed: ENCODED_COLUMNS rows (see the module doc)
+    encoded: np.ndarray | None = None
+    byteorder: str = "<"  # of a TIFF's offsets and byte counts
 
     def gaps(self) -> list[tuple[int, int]]:
         """(offset, length) of every byte range outside the pixel runs, in file order."""
@@ -214,6 +230,15 @@ class Layout:
     def raw(self) -> bool:
         """True when every pixel run holds plain values (nothing encoded)."""
         return self.problem is None and not bool(np.any(self.pieces[:, 5] & ENCODED))
+
+    @property
+    def rebuildable(self) -> bool:
+        """True when every encoded run belongs to a page that can be encoded again."""
+        if self.problem is not None:
+            return False
+        pages = set() if self.encoded is None else set(self.encoded[:, 0].tolist())
+        images = self.pieces[self.pieces[:, 5] & ENCODED != 0, 2].tolist()
+        return all(image in pages for image in images)
 
 
 def pieces_array(rows: list[tuple[int, int, int, int, int, int]]) -> np.ndarray:
@@ -306,12 +331,17 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
         data = np.frombuffer(kept.kept, dtype=np.uint8)
         _dataset(group, "kept", data)
         _dataset(group, "pieces", lay.pieces.astype("<i8"))
+        if lay.encoded is not None and len(lay.encoded):
+            _dataset(group, "encoded", lay.encoded.astype("<i8"))
+            group.attrs["byteorder"] = np.bytes_(lay.byteorder.encode("ascii"))
         ok = lay.raw if exact is None else lay.raw and exact
         f.attrs[ATTR + "restorable"] = np.int8(1 if ok else 0)
         if lay.problem is not None:
             note = f"cannot be rebuilt: {lay.problem}"
+        elif not lay.raw and not lay.rebuildable:
+            note = "cannot be rebuilt: its compressed TIFF strips cannot be encoded again"
         elif not lay.raw:
-            note = "cannot be rebuilt: the source's pixels were compressed (TIFF)"
+            note = "compressed TIFF: tags and pixels identical, strips encoded again"
         elif not ok:
             note = "headers only: values quantised (or not exact in float32)"
         else:
@@ -366,6 +396,8 @@ def _read_kept(f: h5py.File) -> Kept | None:
         [_text(d) for d in np.asarray(a["dtypes"]).reshape(-1) if _text(d)],
         tuple(int(v) for v in np.asarray(a["axes"]).reshape(-1)[:3]),  # type: ignore[arg-type]
         _text(a["problem"]) if "problem" in a else None,
+        np.asarray(group["encoded"][()], dtype=np.int64) if "encoded" in group else None,
+        _text(a["byteorder"]) if "byteorder" in a else "<",
     )
     root = f.attrs
     name = root.get(ATTR + "restorable_name", root.get(ATTR + "source_name", b""))

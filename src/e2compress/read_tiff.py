@@ -36,6 +36,7 @@ import numpy as np
 from .errors import InputError
 from .kept import (
     ENCODED,
+    ENCODED_COLUMNS,
     FLIP,
     KEPT_LIMIT,
     NEGATE,
@@ -269,6 +270,7 @@ class TiffSource(ImageSource):
         """Where the pixels are; read the bytes between them (IFDs, tags, gaps), which
         also start the file's hash."""
         self._hasher = OrderedHasher(self._size)
+        self._encoded: list[tuple[int, ...]] = []
         dtypes: list[str] = []
         rows: list[tuple[int, int, int, int, int, int]] = []
         problem = None
@@ -296,7 +298,16 @@ class TiffSource(ImageSource):
                 problem = f"{outside} bytes lie outside its pixels (more than {KEPT_LIMIT})"
         if problem is not None:
             pieces = pieces_array([])
-        layout = Layout("tiff", self._size, pieces, dtypes, problem=problem)
+        encoded = np.array(self._encoded, dtype=np.int64).reshape(-1, len(ENCODED_COLUMNS))
+        layout = Layout(
+            "tiff",
+            self._size,
+            pieces,
+            dtypes,
+            problem=problem,
+            encoded=encoded,
+            byteorder=self._tif.byteorder,
+        )
         if problem is None:
             parts = []
             for offset, length in layout.gaps():
@@ -306,12 +317,17 @@ class TiffSource(ImageSource):
             self._kept_bytes = b"".join(parts)
         self._layout = layout
 
-    @staticmethod
     def _page_pieces(
-        k: int, page: Any, code: int, flags: int, rows: list[tuple[int, int, int, int, int, int]]
+        self,
+        k: int,
+        page: Any,
+        code: int,
+        flags: int,
+        rows: list[tuple[int, int, int, int, int, int]],
     ) -> str | None:
-        """Append page ``k``'s pixel runs to ``rows``; the reason if they cannot be kept
-        apart from the rest of the file."""
+        """Append page ``k``'s pixel runs to ``rows`` (and a compressed page's encoding
+        to ``self._encoded``); the reason if they cannot be kept apart from the rest of
+        the file."""
         key = page.keyframe
         offsets, counts = page.dataoffsets, page.databytecounts
         raw = (
@@ -323,8 +339,13 @@ class TiffSource(ImageSource):
             and key.bitspersample == 8 * np.dtype(key.dtype).itemsize
         )
         if not raw:  # the strips hold an encoding of the values
-            for offset, count in zip(offsets, counts, strict=True):
-                rows.append((int(offset), int(count), k, 0, code, flags | ENCODED))
+            nx = page.shape[1]
+            per = int(key.rowsperstrip) or page.shape[0]
+            for i, (offset, count) in enumerate(zip(offsets, counts, strict=True)):
+                rows.append((int(offset), int(count), k, i * per * nx, code, flags | ENCODED))
+            encoding = self._encoding(k, page)
+            if encoding is not None:
+                self._encoded.append(encoding)
             return None
         ny, nx = page.shape
         itemsize = np.dtype(key.dtype).itemsize
@@ -340,6 +361,34 @@ class TiffSource(ImageSource):
         if len(offsets) * per < ny:
             return f"page {k} has fewer strips than rows"
         return None
+
+    def _encoding(self, k: int, page: Any) -> tuple[int, ...] | None:
+        """How page ``k``'s strips are encoded and where their offsets and byte counts
+        are stored (ENCODED_COLUMNS); None when restore could not encode them again
+        (tiles, JPEG, a floating-point predictor, a codec tifffile cannot write)."""
+        import tifffile
+
+        key = page.keyframe
+        if key.is_tiled or key.predictor not in (1, 2) or key.fillorder != 1:
+            return None
+        if key.compression in (6, 7, 33007, 34892) or key.samplesperpixel != 1:
+            return None
+        try:
+            tifffile.TIFF.COMPRESSORS[key.compression]
+        except (KeyError, ValueError, ImportError):
+            return None
+        where = []
+        for code in (273, 279):  # StripOffsets, StripByteCounts
+            tag = page.tags.get(code)
+            if tag is None or tag.count != len(page.dataoffsets):
+                return None
+            fmt = tifffile.TIFF.DATA_FORMATS.get(int(tag.dtype), "")
+            if fmt not in ("1H", "1I", "1Q"):
+                return None
+            where += [int(tag.valueoffset), struct.calcsize(fmt[1])]
+        per = int(key.rowsperstrip) or page.shape[0]
+        strips = len(page.dataoffsets)
+        return (k, int(key.compression), int(key.predictor), per, *where, strips)
 
     def kept(self) -> Kept:
         """The bytes outside the pixels, where the pixels are, and the file's SHA-256

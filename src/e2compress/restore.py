@@ -32,6 +32,7 @@ from .errors import E2CompressError, InputError, OutputError
 from .kept import (
     ATTR,
     ENCODED,
+    ENCODED_COLUMNS,
     FLIP,
     GROUP,
     NEGATE,
@@ -61,6 +62,7 @@ class RestoreResult:
     recorded_sha256: str | None  # of the source's restorable bytes, as recorded
     size: int  # bytes written
     quantised: bool  # some images were stored quantised: their pixels are decoded values
+    reencoded: bool = False  # compressed TIFF strips were encoded again
 
     def describe(self) -> str:
         """One line for the command line."""
@@ -68,6 +70,8 @@ class RestoreResult:
             return f"{self.path}: restored byte for byte ({self.size} bytes, SHA-256 {self.sha256})"
         if self.quantised:
             why = "values were quantised: headers identical, pixels are the decoded values"
+        elif self.reencoded:
+            why = "compressed TIFF strips encoded again: tags and pixels identical"
         else:
             why = "differs from the source although no image was quantised"
         return f"{self.path}: restored, NOT byte-identical ({why}; SHA-256 {self.sha256})"
@@ -125,6 +129,20 @@ class _Archive:
             raise self._fail("pixel layout has the wrong shape")
         self.kept = kept
         self.pieces = pieces
+        self.encoded: dict[int, list[int]] = {}
+        if "encoded" in group:
+            table = group["encoded"]
+            if (
+                table.ndim != 2
+                or table.shape[1] != len(ENCODED_COLUMNS)
+                or table.shape[0] > len(self.images)
+            ):
+                raise self._fail("encoded-page table has the wrong shape")
+            for row in np.asarray(table[()], dtype=np.int64).tolist():
+                self.encoded[row[0]] = row
+        self.byteorder = _text(group.attrs.get("byteorder", b"<"))
+        if self.byteorder not in "<>":
+            raise self._fail("invalid byte order of the encoded-page table")
         self.compression = _text(f.attrs.get(ATTR + "source_compression", b""))
         name = f.attrs.get(ATTR + "restorable_name")
         if name is None:
@@ -148,6 +166,7 @@ class _Archive:
         pos = total = 0
         encoded = False
         needed = 0
+        self.has_encoded = False
         for offset, nbytes, image, element, dtype, flags in self.rows():
             if offset < pos or nbytes <= 0 or offset + nbytes > self.size:
                 raise self._fail(
@@ -156,24 +175,47 @@ class _Archive:
                 )
             if not 0 <= dtype < len(self.dtypes) or not 0 <= image < count or element < 0:
                 raise self._fail(f"pixel run at byte {offset} names no stored image or type")
-            if nbytes % self.dtypes[dtype].itemsize or flags & ~_FLAGS:
+            whole = flags & ENCODED or not nbytes % self.dtypes[dtype].itemsize
+            if not whole or flags & ~_FLAGS:
                 raise self._fail(f"pixel run at byte {offset} is not whole values")
             pos = offset + nbytes
             total += nbytes
-            encoded = encoded or bool(flags & ENCODED)
-            needed += nbytes // self.dtypes[dtype].itemsize
+            if flags & ENCODED:
+                encoded = True
+                if image not in self.encoded:
+                    raise self._fail(
+                        f"cannot be rebuilt: the compressed strips of page {image} cannot "
+                        "be encoded again (tiles, JPEG or an unsupported codec); export "
+                        "writes its pixels"
+                    )
+            else:
+                needed += nbytes // self.dtypes[dtype].itemsize
         if self.kept.shape[0] != self.size - total:
             raise self._fail(
                 f"holds {self.kept.shape[0]} kept bytes, its layout needs {self.size - total}"
             )
         if encoded:
-            raise self._fail(
-                "cannot be restored byte for byte: the source's pixels were compressed "
-                "(TIFF compression); use export to write the images"
-            )
+            self._check_encoded()
+        self.has_encoded = encoded
         values = sum(int(np.prod(self.images.shape(i))) for i in range(count))
         if needed > values:
             raise self._fail(f"its layout needs {needed} values, the images hold {values}")
+
+    def _check_encoded(self) -> None:
+        """The encoded-page table: codecs restore can use, tag values inside the file."""
+        import tifffile
+
+        for image, comp, pred, per, o_at, o_size, c_at, c_size, strips in self.encoded.values():
+            _, ny, _ = self._shape3(image)
+            try:
+                tifffile.TIFF.COMPRESSORS[comp]
+            except (KeyError, ValueError, ImportError):
+                raise self._fail(f"page {image}: cannot encode TIFF compression {comp}") from None
+            if pred not in (1, 2) or per < 1 or strips != -(-ny // per):
+                raise self._fail(f"page {image}: invalid strip encoding")
+            for at, size in ((o_at, o_size), (c_at, c_size)):
+                if size not in (2, 4, 8) or at < 0 or at + size * strips > self.size:
+                    raise self._fail(f"page {image}: strip table outside the file")
 
     def rows(self) -> Iterator[list[int]]:
         """The pixel runs, read a block at a time (memory bounded at any count)."""
@@ -198,19 +240,62 @@ class _Archive:
 
     # ------------------------------------------------------------------ the bytes
 
-    def chunks(self) -> Iterator[bytes | memoryview]:
-        """The restored file, in order, a bounded piece at a time."""
+    def chunks(self) -> Iterator[tuple[int, bytes | memoryview]]:
+        """The restored file as (file offset, bytes), a bounded piece at a time: in file
+        order, except that a compressed TIFF strip that grew when encoded again goes to
+        the end of the file, and its page's strip offsets and byte counts are then
+        written again (the last pieces)."""
         values = _Values(self)
-        pos = 0
-        kept_pos = 0
+        pos = kept_pos = 0
+        tail = self.size
+        strips: dict[int, dict[int, tuple[int, int]]] = {}  # page: strip: (offset, bytes)
+        changed: set[int] = set()
         for offset, nbytes, image, element, dtype, flags in self.rows():
             if offset > pos:
-                yield from self._kept(kept_pos, offset - pos)
-                kept_pos += offset - pos
-            yield from values.run(image, element, nbytes, self.dtypes[dtype], flags)
-            pos = offset + nbytes
+                for data in self._kept(kept_pos, offset - pos):
+                    yield pos, data
+                    pos += len(data)
+                    kept_pos += len(data)
+            if flags & ENCODED:
+                page = self.encoded[image]
+                strip = values.encoded_strip(image, element, page, self.dtypes[dtype], flags)
+                index = element // (page[3] * self._shape3(image)[2])
+                if len(strip) <= nbytes:
+                    yield offset, strip + bytes(nbytes - len(strip))
+                    strips.setdefault(image, {})[index] = (offset, len(strip))
+                else:
+                    yield offset, bytes(nbytes)
+                    yield tail, strip + bytes(len(strip) & 1)  # strips start on a word
+                    strips.setdefault(image, {})[index] = (tail, len(strip))
+                    tail += len(strip) + (len(strip) & 1)
+                if len(strip) != nbytes:
+                    changed.add(image)
+                pos = offset + nbytes
+            else:
+                for piece in values.run(image, element, nbytes, self.dtypes[dtype], flags):
+                    yield pos, piece
+                    pos += len(piece)
         if pos < self.size:
-            yield from self._kept(kept_pos, self.size - pos)
+            for data in self._kept(kept_pos, self.size - pos):
+                yield pos, data
+                pos += len(data)
+        for image in sorted(changed):
+            yield from self._strip_tables(self.encoded[image], strips[image])
+
+    def _strip_tables(
+        self, page: list[int], strips: dict[int, tuple[int, int]]
+    ) -> Iterator[tuple[int, bytes]]:
+        """A page's strip offsets and byte counts, written again after relocation."""
+        image, _, _, _, o_at, o_size, c_at, c_size, count = page
+        if sorted(strips) != list(range(count)):
+            raise self._fail(f"page {image}: its strips are not all in the layout")
+        for at, size, column in ((o_at, o_size, 0), (c_at, c_size, 1)):
+            numbers = [strips[i][column] for i in range(count)]
+            if max(numbers) >= 1 << (8 * size):
+                raise self._fail(
+                    f"page {image}: strips encoded again do not fit its {8 * size}-bit offsets"
+                )
+            yield at, np.array(numbers, dtype=f"{self.byteorder}u{size}").tobytes()
 
     def _kept(self, start: int, length: int) -> Iterator[bytes]:
         for a in range(start, start + length, _STEP):
@@ -266,6 +351,27 @@ class _Values:
             yield section[off : off + take].data.cast("B")
             element += take
             n -= take
+
+    def encoded_strip(
+        self, image: int, element: int, page: list[int], dtype: np.dtype, flags: int
+    ) -> bytes:
+        """The strip of rows starting at value ``element`` of page ``image``, encoded
+        as the page was (``page``: its ENCODED_COLUMNS row)."""
+        import tifffile
+
+        _, compression, predictor, per = page[:4]
+        _, ny, nx = self.archive._shape3(image)
+        row0 = element // nx
+        if element % nx or not 0 <= row0 < ny:
+            raise self.archive._fail(f"page {image}: a strip does not start on a row")
+        rows = min(per, ny - row0)
+        values = self._section(image, 0, dtype, flags)[row0 * nx : (row0 + rows) * nx]
+        data = values.reshape(rows, nx, 1)
+        if predictor == 2:
+            data = tifffile.TIFF.PREDICTORS[2](data, axis=-2)
+        args = {"axis": -2} if compression == 32773 else {}  # PackBits: row by row
+        encoded: bytes = tifffile.TIFF.COMPRESSORS[compression](data, **args)
+        return bytes(encoded)
 
     def _section(self, image: int, z: int, dtype: np.dtype, flags: int) -> np.ndarray:
         key = (image, z, dtype.str, flags)
@@ -349,8 +455,12 @@ def restored_sha256(archive: PathLike) -> str | None:
         return None
     try:
         digest = hashlib.sha256()
-        for chunk in arch.chunks():
+        pos = 0
+        for offset, chunk in arch.chunks():
+            if offset != pos:  # strips moved: not the source's bytes
+                return None
             digest.update(chunk)
+            pos += len(chunk)
         got = digest.hexdigest()
         return got if got == arch.recorded else None
     except E2CompressError:
@@ -420,17 +530,11 @@ def restore_file(
             raise OutputError(
                 f"restoring needs {arch.size} bytes, {target.parent} has {free} free", target
             )
-        digest = hashlib.sha256()
-        size = 0
         with AtomicOutput(target) as tmp:
             try:
-                with open(tmp.path, "wb") as fh:
-                    for chunk in arch.chunks():
-                        fh.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                got = digest.hexdigest()
-                if got != arch.recorded and (arch.exact or not arch.quantised):
+                got, size = _write(arch, tmp.path)
+                damaged = arch.exact or not (arch.quantised or arch.has_encoded)
+                if got != arch.recorded and damaged:
                     raise InputError(
                         f"the rebuilt file's SHA-256 {got} differs from the recorded "
                         f"{arch.recorded} although every value was stored exactly "
@@ -440,9 +544,46 @@ def restore_file(
                 tmp.commit()
             except OSError as exc:
                 raise os_error(exc, target) from None
-        return RestoreResult(target, got == arch.recorded, got, arch.recorded, size, arch.quantised)
+        return RestoreResult(
+            target,
+            got == arch.recorded,
+            got,
+            arch.recorded,
+            size,
+            arch.quantised,
+            arch.has_encoded,
+        )
     finally:
         arch.close()
+
+
+def _write(arch: _Archive, path: Path) -> tuple[str, int]:
+    """Write the restored file to ``path``; its SHA-256 and size. Hashed as written
+    when it is written in order, else read back once (strips moved)."""
+    digest = hashlib.sha256()
+    pos = 0
+    in_order = True
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        for offset, chunk in arch.chunks():
+            view = memoryview(chunk)
+            done = 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], offset + done)
+            if in_order and offset == pos:
+                digest.update(view)
+                pos += len(view)
+            else:
+                in_order = False
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if not in_order:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(_STEP):
+                digest.update(block)
+    return digest.hexdigest(), size
 
 
 def _free_bytes(directory: Path) -> int | None:
