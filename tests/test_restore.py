@@ -538,3 +538,42 @@ def test_compressed_tiff_whose_strips_encode_differently(tmp_path: Path) -> None
             o + c for p in tif.pages for o, c in zip(p.dataoffsets, p.databytecounts, strict=True)
         ]
     assert max(ends) <= result.size
+
+
+def test_only_the_compression_keeps_and_hashes(tmp_path: Path) -> None:
+    """Other readers (info, compare, export, watch) neither keep nor hash."""
+    for src in CORE_FILES:
+        with e2compress.open_source(src) as source:
+            assert source.kept() is None
+        with e2compress.open_source(src, keep=True) as source:
+            for i in range(len(source)):
+                source.image(i)
+            kept = source.kept()
+            assert kept is not None
+            assert kept.source_sha256 == sha256(src)
+
+
+@pytest.mark.parametrize("miniswhite", [False, True])
+def test_quantised_restore_holds_the_decoded_values(tmp_path: Path, miniswhite: bool) -> None:
+    """At 5 bits the rebuilt file has the source's headers and layout and the decoded
+    values, in the source's type (integers rounded), rows and sign as the source stores
+    them."""
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 4000, size=(2, 30, 20)).astype(np.uint16)
+    src = tmp_path / "q.tif"
+    tifffile.imwrite(src, data, photometric="miniswhite" if miniswhite else "minisblack")
+    archive = compress(src, tmp_path, 5)
+    result = restore_file(archive, tmp_path / "back.tif")
+    assert not result.byte_identical
+    assert result.quantised
+    assert "quantised" in result.describe()
+    decoded = e2compress.read_images(archive)  # as EMAN2 sees them: flipped, negated
+    with tifffile.TiffFile(result.path) as tif:
+        for page, values in zip(tif.pages, decoded, strict=True):
+            stored = np.rint(-values if miniswhite else values)[::-1]
+            np.testing.assert_array_equal(page.asarray(), stored.astype(np.uint16))
+    raw, got = src.read_bytes(), result.path.read_bytes()
+    assert len(raw) == len(got)
+    with tifffile.TiffFile(src) as tif:
+        first = int(min(tif.pages[0].dataoffsets))
+    assert raw[:first] == got[:first]

@@ -68,6 +68,8 @@ class _Frame:
 class TiffSource(ImageSource):
     """A TIFF file read as described in the module docstring.
 
+    ``keep``: read the bytes outside the pixels and hash the file (see :meth:`kept`).
+
     Raises:
         InputError: unreadable or damaged TIFF, a page that is not a single-channel 2-D
             image of integers or floats, data beyond the end of the file, or a frame
@@ -76,10 +78,11 @@ class TiffSource(ImageSource):
 
     kind = "tiff"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep: bool = False) -> None:
         import tifffile
 
         self.path = path
+        self._keep = keep
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._cache: tuple[int, np.ndarray] | None = None
@@ -94,7 +97,8 @@ class TiffSource(ImageSource):
             self._fd = os.open(path, os.O_RDONLY)
             self._size = os.fstat(self._fd).st_size
             self._frames = self._find_frames()
-            self._keep()
+            if keep:
+                self._keep_bytes()
         except OSError as exc:
             self.close()
             raise InputError(f"cannot read TIFF file: {reason(exc)}", path) from None
@@ -266,7 +270,7 @@ class TiffSource(ImageSource):
 
     # ------------------------------------------------------------------ kept bytes
 
-    def _keep(self) -> None:
+    def _keep_bytes(self) -> None:
         """Where the pixels are; read the bytes between them (IFDs, tags, gaps), which
         also start the file's hash."""
         self._hasher = OrderedHasher(self._size)
@@ -390,15 +394,16 @@ class TiffSource(ImageSource):
         strips = len(page.dataoffsets)
         return (k, int(key.compression), int(key.predictor), per, *where, strips)
 
-    def kept(self) -> Kept:
+    def kept(self) -> Kept | None:
         """The bytes outside the pixels, where the pixels are, and the file's SHA-256
-        (finished from the reads made so far; bytes no one read are read now).
+        (finished from the reads made so far; bytes no one read are read now); None
+        when opened without ``keep``.
 
         Raises:
             InputError: the file cannot be read to its end.
         """
-        assert self._hasher is not None
-        assert self._layout is not None
+        if self._hasher is None or self._layout is None:
+            return None
         try:
             digest = self._hasher.finish(self._pread)
         except OSError as exc:
