@@ -360,7 +360,8 @@ def _dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
     )
 
 
-def _text(value: Any) -> str:
+def attr_text(value: Any) -> str:
+    """An attribute's text (bytes decoded as file names are: undecodable bytes kept)."""
     raw = np.asarray(value).reshape(-1)[0]
     if isinstance(raw, bytes | np.bytes_):
         return os.fsdecode(bytes(raw))
@@ -390,24 +391,24 @@ def _read_kept(f: h5py.File) -> Kept | None:
         return None
     a = group.attrs
     layout = Layout(
-        _text(a["format"]),
+        attr_text(a["format"]),
         int(np.asarray(a["size"]).reshape(-1)[0]),
         np.asarray(group["pieces"][()], dtype=np.int64).reshape(-1, len(PIECE_COLUMNS)),
-        [_text(d) for d in np.asarray(a["dtypes"]).reshape(-1) if _text(d)],
+        [attr_text(d) for d in np.asarray(a["dtypes"]).reshape(-1) if attr_text(d)],
         tuple(int(v) for v in np.asarray(a["axes"]).reshape(-1)[:3]),  # type: ignore[arg-type]
-        _text(a["problem"]) if "problem" in a else None,
+        attr_text(a["problem"]) if "problem" in a else None,
         np.asarray(group["encoded"][()], dtype=np.int64) if "encoded" in group else None,
-        _text(a["byteorder"]) if "byteorder" in a else "<",
+        attr_text(a["byteorder"]) if "byteorder" in a else "<",
     )
     root = f.attrs
     name = root.get(ATTR + "restorable_name", root.get(ATTR + "source_name", b""))
     return Kept(
         layout,
         np.asarray(group["kept"][()], dtype=np.uint8).tobytes(),
-        _text(root[ATTR + "restorable_sha256"]),
+        attr_text(root[ATTR + "restorable_sha256"]),
         None,
-        _text(name),
-        _text(root.get(ATTR + "source_compression", b"")),
+        attr_text(name),
+        attr_text(root.get(ATTR + "source_compression", b"")),
     )
 
 
@@ -419,7 +420,7 @@ def restore_note(path: PathLike) -> str | None:
         with h5py.File(path, "r", locking=False) as f:
             if GROUP not in f or ATTR + "restore_note" not in f.attrs:
                 return None
-            return _text(f.attrs[ATTR + "restore_note"])
+            return attr_text(f.attrs[ATTR + "restore_note"])
     except (OSError, KeyError, ValueError, TypeError):
         return None
 
@@ -443,7 +444,7 @@ def recorded_sha256(path: PathLike) -> str | None:
     try:
         with h5py.File(path, "r", locking=False) as f:
             value = f.attrs.get(ATTR + "restorable_sha256")
-            return None if value is None else _text(value)
+            return None if value is None else attr_text(value)
     except (OSError, ValueError, TypeError):
         return None
 

@@ -38,6 +38,7 @@ from .kept import (
     NEGATE,
     PERMUTED,
     PIECE_COLUMNS,
+    attr_text,
     recorded_sha256,
 )
 from .quantize import F32, RenderRange, integer_step
@@ -77,13 +78,6 @@ class RestoreResult:
         return f"{self.path}: restored, NOT byte-identical ({why}; SHA-256 {self.sha256})"
 
 
-def _text(value: Any) -> str:
-    raw = np.asarray(value).reshape(-1)[0]
-    if isinstance(raw, bytes | np.bytes_):
-        return bytes(raw).decode("utf-8", "surrogateescape")
-    return str(raw)
-
-
 class _Archive:
     """The kept bytes and pixel layout of an archive, checked against each other."""
 
@@ -112,14 +106,14 @@ class _Archive:
                 "e2compress that did not keep them); nothing to restore"
             )
         if "problem" in group.attrs:
-            raise self._fail(f"cannot be restored: {_text(group.attrs['problem'])}")
-        self.format = _text(group.attrs["format"])
+            raise self._fail(f"cannot be restored: {attr_text(group.attrs['problem'])}")
+        self.format = attr_text(group.attrs["format"])
         self.size = int(np.asarray(group.attrs["size"]).reshape(-1)[0])
         self.axes = tuple(int(a) for a in np.asarray(group.attrs["axes"]).reshape(-1))
         self.dtypes = [
-            _dtype(_text(d), self.path)
+            _dtype(attr_text(d), self.path)
             for d in np.asarray(group.attrs["dtypes"]).reshape(-1)
-            if _text(d)
+            if attr_text(d)
         ]
         kept = group["kept"]
         pieces = group["pieces"]
@@ -140,20 +134,20 @@ class _Archive:
                 raise self._fail("encoded-page table has the wrong shape")
             for row in np.asarray(table[()], dtype=np.int64).tolist():
                 self.encoded[row[0]] = row
-        self.byteorder = _text(group.attrs.get("byteorder", b"<"))
+        self.byteorder = attr_text(group.attrs.get("byteorder", b"<"))
         if self.byteorder not in "<>":
             raise self._fail("invalid byte order of the encoded-page table")
-        self.compression = _text(f.attrs.get(ATTR + "source_compression", b""))
+        self.compression = attr_text(f.attrs.get(ATTR + "source_compression", b""))
         name = f.attrs.get(ATTR + "restorable_name")
         if name is None:
             name = f.attrs.get(ATTR + "source_name")
-            self.name = None if name is None else strip_compression(_text(name))
+            self.name = None if name is None else strip_compression(attr_text(name))
         else:
-            self.name = _text(name)
+            self.name = attr_text(name)
         exact = f.attrs.get(ATTR + "restorable")
         self.exact = exact is not None and bool(np.asarray(exact).reshape(-1)[0])
         recorded = f.attrs.get(ATTR + "restorable_sha256")
-        self.recorded = None if recorded is None else _text(recorded)
+        self.recorded = None if recorded is None else attr_text(recorded)
         self._check()
 
     def _check(self) -> None:
@@ -463,10 +457,7 @@ def restored_sha256(archive: PathLike) -> str | None:
             pos += len(chunk)
         got = digest.hexdigest()
         return got if got == arch.recorded else None
-    except E2CompressError:
-        return None
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:  # damaged datasets
-        del exc
+    except (E2CompressError, OSError, RuntimeError, ValueError, KeyError):  # damaged
         return None
     finally:
         arch.close()
