@@ -43,6 +43,17 @@ PathLike = str | os.PathLike[str]
 GROUP = "e2compress/source"
 ATTR = "e2compress."
 FLIP, NEGATE, PERMUTED, ENCODED = 1, 2, 4, 8
+# Root attributes (``e2compress.<name>``) an output that keeps its source's bytes adds to
+# the record of :mod:`~e2compress.provenance` (source_sha256 only for MRC/TIFF inputs).
+KEPT_ATTRS = (
+    "source_sha256",
+    "restorable_sha256",
+    "restorable_size",
+    "restorable_name",
+    "source_compression",
+    "restorable",
+    "restore_note",
+)
 PIECE_COLUMNS = ("offset", "nbytes", "image", "element", "dtype", "flags")
 ENCODED_COLUMNS = (
     "image",
