@@ -68,6 +68,7 @@ def test_mrc_restores_byte_for_byte_at_bits_0(src: Path, tmp_path: Path) -> None
     assert result.byte_identical
     assert result.sha256 == want
     assert result.path.read_bytes() == restorable_bytes(src)
+    assert ("decompressed bzip2" in result.describe()) == (src.suffix == ".bz2")
 
 
 @pytest.mark.parametrize("src", MRC_FILES)
