@@ -578,3 +578,24 @@ def test_quantised_restore_holds_the_decoded_values(tmp_path: Path, miniswhite: 
     with tifffile.TiffFile(src) as tif:
         first = int(min(tif.pages[0].dataoffsets))
     assert raw[:first] == got[:first]
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_tiled_tiff_is_hashed_and_refused(
+    tmp_path: Path, compression: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tiles are not rebuilt: the hash is still the file's; restore refuses in one line."""
+    data = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)
+    src = tmp_path / "tiled.tif"
+    tifffile.imwrite(src, data, tile=(16, 16), compression=compression)
+    archive = compress(src, tmp_path, 0)
+    with h5py.File(archive, "r") as f:
+        assert f.attrs["e2compress.source_sha256"].decode() == sha256(src)
+    assert restored_sha256(archive) is None
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, _, err = run_cli(capsys, "restore", archive, out)
+    assert rc == 1
+    assert err.count("\n") == 1
+    assert "cannot be encoded again" in err
+    assert list(out.iterdir()) == []
