@@ -527,6 +527,8 @@ class TiffSource(ImageSource):
         return out
 
     def close(self) -> None:
+        if self._hasher is not None:
+            self._hasher.close()
         self._cache = None
         self._tif.close()
         if self._fd is not None:
