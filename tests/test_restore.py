@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import shutil
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -599,3 +600,13 @@ def test_tiled_tiff_is_hashed_and_refused(
     assert err.count("\n") == 1
     assert "cannot be encoded again" in err
     assert list(out.iterdir()) == []
+
+
+def test_no_hashing_thread_outlives_its_file(tmp_path: Path) -> None:
+    """The hasher's thread ends with the file, whether it was compressed or refused."""
+    good = write_mrc(tmp_path / "good.mrc", np.ones((40, 30), dtype=np.float32))
+    bad = write_mrc(tmp_path / "bad.mrc", np.full((40, 30), np.nan, dtype=np.float32))
+    compress(good, tmp_path, 5)
+    with pytest.raises(InputError, match="NaN"):
+        compress(bad, tmp_path, 5)
+    assert not [t for t in threading.enumerate() if t.name == "e2compress-sha256"]
