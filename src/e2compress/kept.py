@@ -70,7 +70,9 @@ ENCODED_COLUMNS = (
 # headers, which its reader holds anyway).
 KEPT_LIMIT = 256 << 20
 # Held out-of-order blocks beyond this are dropped and read again at the end.
-PENDING_LIMIT = 256 << 20
+PENDING_LIMIT = 64 << 20
+# A reader waits for the hashing thread when this much is waiting to be hashed.
+BACKLOG = 16 << 20
 _KEPT_CHUNK = 1 << 22  # bytes per chunk of the kept-bytes dataset
 _READ_STEP = 1 << 22
 
@@ -84,8 +86,10 @@ class OrderedHasher:
     themselves, one of them ended up hashing for all and held up the others' tasks:
     measured 1.6x the hashing time on 2 threads). Blocks beyond a gap are held until
     it is filled (at most :data:`PENDING_LIMIT` bytes; beyond that they are dropped
-    and :meth:`finish` reads what is missing). Repeated reads of hashed bytes are
-    ignored. :meth:`close` (or :meth:`finish`) stops the thread.
+    and :meth:`finish` reads what is missing). A reader waits only when the hash lags
+    :data:`BACKLOG` bytes behind (memory stays bounded when the machine is busy).
+    Repeated reads of hashed bytes are ignored. :meth:`close` (or :meth:`finish`) stops
+    the thread.
     """
 
     def __init__(self, size: int) -> None:
@@ -101,6 +105,7 @@ class OrderedHasher:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.reread = 0  # bytes :meth:`finish` had to read itself
+        self.peak = 0  # most bytes held at once (waiting for a gap or for the thread)
 
     def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Bytes ``data`` read at ``offset`` of the file (kept until hashed)."""
@@ -114,6 +119,7 @@ class OrderedHasher:
                 return
             heapq.heappush(self._heap, (offset, next(self._seq), view))
             self._held += view.nbytes
+            self.peak = max(self.peak, self._held)
             if self._held > PENDING_LIMIT:
                 self._drop()
             if offset <= self._pos:
@@ -123,6 +129,14 @@ class OrderedHasher:
                     )
                     self._thread.start()
                 self._cond.notify_all()
+            # back-pressure: when the hash lags BACKLOG behind, wait for it (it makes
+            # progress on its own, so this cannot deadlock)
+            while (
+                self._held > BACKLOG
+                and not self._closed
+                and (self._busy or (self._heap and self._heap[0][0] <= self._pos))
+            ):
+                self._cond.wait()
 
     def _drop(self) -> None:
         """Forget the held blocks that do not start the unhashed part (lock held)."""
