@@ -610,3 +610,20 @@ def test_no_hashing_thread_outlives_its_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="NaN"):
         compress(bad, tmp_path, 5)
     assert not [t for t in threading.enumerate() if t.name == "e2compress-sha256"]
+
+
+def test_recompressing_a_quantised_archive_as_float_keeps_it_quantised(tmp_path: Path) -> None:
+    """Float data at 10 bits, then in place as float32: the values stay the rounded ones,
+    so the archive must not claim byte for byte (and restore says why, without error)."""
+    data = np.random.default_rng(4).normal(size=(20, 30)).astype(np.float32)
+    src = write_mrc(tmp_path / "f.mrc", data)
+    archive = compress(src, tmp_path, 10)
+    e2compress.compress_file(archive, bits=0, threads=1, force=True)
+    with h5py.File(archive, "r") as f:
+        assert f["MDF/images/0/image"].dtype == np.float32
+        assert int(f.attrs["e2compress.restorable"]) == 0
+        assert "quantised when first compressed" in f.attrs["e2compress.restore_note"].decode()
+    result = restore_file(archive, tmp_path / "back.mrc")
+    assert not result.byte_identical
+    assert "quantised when first compressed" in result.describe()
+    assert result.path.read_bytes()[:1024] == src.read_bytes()[:1024]

@@ -362,6 +362,9 @@ class Kept:
     source_sha256: str | None  # of the input file as it is on disk (None: not known)
     name: str  # the restorable file's name (a .gz/.bz2 input's name without that suffix)
     compression: str = ""  # of the original input: "gzip", "bzip2" or "" (plain)
+    # carried over from an archive: whether its images were stored exactly (None: a
+    # fresh source; a re-compressed archive is exact only if it was before)
+    exact: bool | None = None
 
 
 def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None:
@@ -395,7 +398,7 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
         if lay.encoded is not None and len(lay.encoded):
             _dataset(group, "encoded", lay.encoded.astype("<i8"))
             group.attrs["byteorder"] = np.bytes_(lay.byteorder.encode("ascii"))
-        ok = lay.raw if exact is None else lay.raw and exact
+        ok = lay.raw and exact is not False and kept.exact is not False
         f.attrs[ATTR + "restorable"] = np.int8(1 if ok else 0)
         if lay.problem is not None:
             note = f"cannot be rebuilt: {lay.problem}"
@@ -405,6 +408,8 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
             note = "compressed TIFF: tags and pixels identical, strips encoded again"
         elif not ok:
             note = "headers only: values quantised (or not exact in float32)"
+            if kept.exact is False:
+                note = "headers only: values quantised when first compressed"
         else:
             note = "byte for byte"
         f.attrs[ATTR + "restore_note"] = np.bytes_(note.encode("utf-8"))
@@ -470,6 +475,7 @@ def _read_kept(f: h5py.File) -> Kept | None:
         None,
         attr_text(name),
         attr_text(root.get(ATTR + "source_compression", b"")),
+        bool(int(np.asarray(root.get(ATTR + "restorable", 0)).reshape(-1)[0])),
     )
 
 

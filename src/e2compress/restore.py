@@ -65,6 +65,7 @@ class RestoreResult:
     quantised: bool  # some images were stored quantised: their pixels are decoded values
     reencoded: bool = False  # compressed TIFF strips were encoded again
     compression: str = ""  # of the original input ("gzip", "bzip2"): restored decompressed
+    note: str = ""  # what the archive recorded it could restore (``restore_note``)
 
     def describe(self) -> str:
         """One line for the command line."""
@@ -79,7 +80,7 @@ class RestoreResult:
         elif self.reencoded:
             why = "compressed TIFF strips encoded again: tags and pixels identical"
         else:
-            why = "differs from the source although no image was quantised"
+            why = self.note or "differs from the recorded SHA-256"
         return f"{self.path}: restored, NOT byte-identical ({why}; SHA-256 {self.sha256})"
 
 
@@ -151,6 +152,8 @@ class _Archive:
             self.name = attr_text(name)
         exact = f.attrs.get(ATTR + "restorable")
         self.exact = exact is not None and bool(np.asarray(exact).reshape(-1)[0])
+        note = f.attrs.get(ATTR + "restore_note")
+        self.note = "" if note is None else attr_text(note)
         recorded = f.attrs.get(ATTR + "restorable_sha256")
         self.recorded = None if recorded is None else attr_text(recorded)
         self._check()
@@ -529,8 +532,7 @@ def restore_file(
         with AtomicOutput(target) as tmp:
             try:
                 got, size = _write(arch, tmp.path)
-                damaged = arch.exact or not (arch.quantised or arch.has_encoded)
-                if got != arch.recorded and damaged:
+                if got != arch.recorded and arch.exact:
                     raise InputError(
                         f"the rebuilt file's SHA-256 {got} differs from the recorded "
                         f"{arch.recorded} although every value was stored exactly "
@@ -549,6 +551,7 @@ def restore_file(
             arch.quantised,
             arch.has_encoded,
             arch.compression,
+            arch.note,
         )
     finally:
         arch.close()
