@@ -627,3 +627,18 @@ def test_recompressing_a_quantised_archive_as_float_keeps_it_quantised(tmp_path:
     assert not result.byte_identical
     assert "quantised when first compressed" in result.describe()
     assert result.path.read_bytes()[:1024] == src.read_bytes()[:1024]
+
+
+def test_restored_sha256_of_off_grid_quantised_values_decodes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Levels that are not whole numbers apart cannot give the source back: None at once
+    (a 4 GB movie is not decoded to learn it)."""
+    data = np.random.default_rng(6).normal(size=(30, 40)).astype(np.float32)
+    archive = compress(write_mrc(tmp_path / "n.mrc", data), tmp_path, 8)
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr("e2compress.restore._Values._section", no_decoding)
+    assert restored_sha256(archive) is None

@@ -233,6 +233,16 @@ class _Archive:
         full = (1,) * (3 - len(shape)) + tuple(int(s) for s in shape)
         return full[0], full[1], full[2]
 
+    def could_be_exact(self) -> bool:
+        """False when some image's stored levels are not whole numbers apart (values
+        quantised off the source's): no need to decode to know it is not the source.
+        Conservative: an image whose values happened to lie on its levels counts too."""
+        for i in range(len(self.images)):
+            rng = self.images.render_range(i)
+            if rng is not None and integer_step(rng) is None:
+                return False
+        return True
+
     @property
     def quantised(self) -> bool:
         return any(self.images.render_range(i) is not None for i in range(len(self.images)))
@@ -445,8 +455,8 @@ def _convert(codes: np.ndarray, rng: RenderRange | None, dtype: np.dtype, flags:
 def restored_sha256(archive: PathLike) -> str | None:
     """SHA-256 (hex) of the exact bytes :func:`restore_file` would write, computed
     streaming without writing a file; None when the archive cannot be restored byte
-    for byte (quantised values, no kept bytes, or a result that differs from the
-    recorded SHA-256).
+    for byte (values quantised off whole-number levels, which is known without
+    decoding; no kept bytes; or a result that differs from the recorded SHA-256).
 
     Args:
         archive: an EMAN2 HDF file written by e2compress.
@@ -456,6 +466,8 @@ def restored_sha256(archive: PathLike) -> str | None:
     except E2CompressError:
         return None
     try:
+        if not arch.could_be_exact():
+            return None
         digest = hashlib.sha256()
         pos = 0
         for offset, chunk in arch.chunks():
