@@ -32,12 +32,18 @@ import heapq
 import itertools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
+
+from .quantize import RenderRange, integer_step
+
+if TYPE_CHECKING:
+    from .report import ImageReport
+    from .sources import ImageSource
 
 PathLike = str | os.PathLike[str]
 GROUP = "e2compress/source"
@@ -365,6 +371,27 @@ class Kept:
     # carried over from an archive: whether its images were stored exactly (None: a
     # fresh source; a re-compressed archive is exact only if it was before)
     exact: bool | None = None
+
+
+def stored_exactly(source: ImageSource, images: Sequence[ImageReport]) -> bool:
+    """True when every image's values come back exactly in the source's type: float32
+    storage of a type float32 holds (float16/32, integers of up to 16 bits), or integers
+    stored on a unit step with nothing clamped. Conservative: False when unsure."""
+    if len(images) != len(source):
+        return False
+    for rep in images:
+        dtype = source.dtype(rep.index)
+        if rep.bits == 0:
+            if not (dtype.kind == "f" and dtype.itemsize <= 4) and not (
+                dtype.kind in "iu" and dtype.itemsize <= 2
+            ):
+                return False
+            continue
+        if dtype.kind not in "iu" or rep.truncated or rep.rmin is None or rep.rmax is None:
+            return False
+        if integer_step(RenderRange(rep.bits, rep.rmin, rep.rmax)) != 1:
+            return False
+    return True
 
 
 def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None:

@@ -46,7 +46,7 @@ from .fidelity import (
     quantisation_rms,
     residual_tiles,
 )
-from .kept import write_kept
+from .kept import stored_exactly, write_kept
 from .options import AUTO_BITS, DEFAULT_CHUNK_ROWS, Options
 from .provenance import Identity, Record, check_unchanged, read_record, value_options, write_record
 from .quantize import (
@@ -58,7 +58,6 @@ from .quantize import (
     choose_range,
     header_moments,
     histogram,
-    integer_step,
     merge_stats,
     nooutliers_limits,
     quantize,
@@ -785,27 +784,6 @@ def output_is_complete(src: PathLike, target: PathLike, options: Options | int) 
             return len(out) > 0
     except (E2CompressError, OSError, KeyError, ValueError, RuntimeError):
         return False
-
-
-def stored_exactly(source: ImageSource, images: Sequence[ImageReport]) -> bool:
-    """True when every image's values come back exactly in the source's type: float32
-    storage of a type float32 holds (float16/32, integers of up to 16 bits), or integers
-    stored on a unit step with nothing clamped. Conservative: False when unsure."""
-    if len(images) != len(source):
-        return False
-    for rep in images:
-        dtype = source.dtype(rep.index)
-        if rep.bits == 0:
-            if not (dtype.kind == "f" and dtype.itemsize <= 4) and not (
-                dtype.kind in "iu" and dtype.itemsize <= 2
-            ):
-                return False
-            continue
-        if dtype.kind not in "iu" or rep.truncated or rep.rmin is None or rep.rmax is None:
-            return False
-        if integer_step(RenderRange(rep.bits, rep.rmin, rep.rmax)) != 1:
-            return False
-    return True
 
 
 def _same_file(a: Path, b: Path) -> bool:
