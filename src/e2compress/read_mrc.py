@@ -28,6 +28,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import io
+import math
 import os
 import shutil
 import tempfile
@@ -448,6 +449,10 @@ class MrcSource(ImageSource):
         flags = PERMUTED if axis_permutation(self._axes) is not None else 0
         pieces = pieces_array([(self._offset, nbytes, 0, 0, 0, flags)])
         layout = Layout("mrc", self._size, pieces, [self._dtype.str], self._axes)
+        values = math.prod(self._file_shape)
+        if nbytes != values * self._dtype.itemsize:  # e.g. 4-bit values packed in bytes
+            problem = f"its {values} values are packed in {nbytes} bytes"
+            layout = Layout("mrc", self._size, pieces_array([]), [], problem=problem)
         dec = self._decompressed
         name = strip_compression(self.path.name)
         if dec is not None:
