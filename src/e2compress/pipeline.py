@@ -48,6 +48,7 @@ from .fidelity import (
     quantisation_rms,
     residual_tiles,
 )
+from .kept import stored_exactly, write_kept
 from .options import AUTO_BITS, DEFAULT_CHUNK_ROWS, Options
 from .provenance import Identity, Record, check_unchanged, read_record, value_options, write_record
 from .quantize import (
@@ -1035,7 +1036,7 @@ def compress_file(
         check_output_dir(target)
         # a .gz/.bz2 input is decompressed into a nameless file beside the output
         with open_source(
-            source_path, scratch_dir=target.parent, eer_grouping=opts.eer_grouping
+            source_path, scratch_dir=target.parent, eer_grouping=opts.eer_grouping, keep=True
         ) as source:
             warnings += getattr(source, "notices", [])
             in_place = _same_file(source_path, target)
@@ -1067,6 +1068,9 @@ def compress_file(
                     images = write_eman_hdf(source, out.path, opts, workers, cancel, progress)
                     if ident is not None:
                         write_record(out.path, Record.make(src, ident, len(images), opts))
+                    kept = source.kept()
+                    if kept is not None:
+                        write_kept(out.path, kept, exact=stored_exactly(source, images))
                     check_complete(out.path, images, len(source))
                     if do_verify:
                         verify_output(source, out.path, opts, images, workers, cancel)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .eman_hdf import NEVER_COPIED, EmanHdfFile
 from .errors import InputError
+from .kept import Kept, read_kept
 from .sources import ImageSource, reason
 from .verify import stored_whole
 
@@ -24,8 +25,9 @@ class HdfSource(ImageSource):
 
     kind = "hdf"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep: bool = False) -> None:
         self.path = path
+        self._keep = keep
         self._file = EmanHdfFile(path, threads=1)
         try:
             count = len(self._file)
@@ -97,6 +99,15 @@ class HdfSource(ImageSource):
                 out[name] = value
             self._attrs = (index, out)
         return dict(self._attrs[1])
+
+    def kept(self) -> Kept | None:
+        """The kept bytes of the archive read (re-compression carries them over)."""
+        if not self._keep:
+            return None
+        try:
+            return read_kept(self._file.h5file)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"damaged kept source bytes: {reason(exc)}", self.path) from None
 
     def group_attrs(self) -> dict[str, Any]:
         return self._file.group_attrs()

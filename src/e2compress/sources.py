@@ -17,9 +17,12 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .kept import Kept
 
 from .errors import InputError
 
@@ -79,6 +82,17 @@ class ImageSource(abc.ABC):
     def group_attrs(self) -> dict[str, Any]:
         """Attributes the file stores once for all images (EMAN2 HDF: ``Group.*``)."""
         return {}
+
+    def kept(self) -> Kept | None:
+        """The source's non-pixel bytes, where its pixels lie and its SHA-256, computed
+        from the reads made so far (call after reading every image); None when the
+        source was opened without ``keep`` or the format keeps nothing this way (EMAN2
+        HDF: its attributes are copied as they are).
+
+        Raises:
+            InputError: the file cannot be read to its end.
+        """
+        return None
 
     def dtype(self, index: int) -> np.dtype:
         """Element type :meth:`read` returns."""
@@ -149,7 +163,11 @@ def reason(exc: BaseException) -> str:
 
 
 def open_source(
-    path: PathLike, *, scratch_dir: PathLike | None = None, eer_grouping: int = 1
+    path: PathLike,
+    *,
+    scratch_dir: PathLike | None = None,
+    eer_grouping: int = 1,
+    keep: bool = False,
 ) -> ImageSource:
     """Open ``path`` as an image source, choosing the reader by content and name.
 
@@ -160,6 +178,9 @@ def open_source(
             gone when the source is closed or the process dies); default: the
             system's temporary directory.
         eer_grouping: EER frames summed into each image (1: one image a frame).
+        keep: read the bytes outside the pixels and hash the file from the reads
+            (:meth:`ImageSource.kept`); without it ``kept()`` returns None (the readers
+            of EER, IMAGIC, SPIDER, DM and SER keep nothing yet).
 
     Raises:
         InputError: the file is missing, unreadable, of no supported kind, or
@@ -178,11 +199,13 @@ def open_source(
         raise InputError("file is empty", p)
     name = strip_compression(p.name).lower()
     if magic == HDF5_MAGIC:
-        return HdfSource(p)
+        return HdfSource(p, keep=keep)
     if magic[:4] in TIFF_MAGICS:
-        return EerSource(p, eer_grouping) if name.endswith(EER_SUFFIXES) else TiffSource(p)
+        if name.endswith(EER_SUFFIXES):
+            return EerSource(p, eer_grouping)
+        return TiffSource(p, keep=keep)
     if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)) or name.endswith(MRC_SUFFIXES):
-        return MrcSource(p, magic, scratch_dir=scratch_dir)
+        return MrcSource(p, magic, scratch_dir=scratch_dir, keep=keep)
     if name.endswith(IMAGIC_SUFFIXES):
         return ImagicSource(p)
     if name.endswith(SPIDER_SUFFIXES):

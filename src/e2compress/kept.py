@@ -1,0 +1,556 @@
+"""The source's non-pixel bytes, kept in the output, and the SHA-256 of the source.
+
+A source file is a sequence of *pieces*: pixel runs (bytes that hold image values,
+which the archive stores as images) and the bytes between them (headers, extended
+headers, TIFF IFDs and tags, gaps), which are kept verbatim. The kept bytes are stored
+deflated in the dataset ``/e2compress/source/kept`` (outside ``/MDF``: EMAN2 and plain
+h5py readers of ``/MDF/images`` never see it) and the pixel runs in
+``/e2compress/source/pieces``, one row per run::
+
+    file offset, byte count, image, first element, dtype index, flags
+
+The run holds ``byte count`` bytes of values of the image's *file-order stream* (its
+values in the order the file stores them, continuing into the following images),
+starting at ``first element``, in the type ``dtypes[dtype index]`` (byte order
+included). Flags: :data:`FLIP` (TIFF: the file stores the rows bottom-up from EMAN2's
+view), :data:`NEGATE` (TIFF MINISWHITE: the image holds minus the stored number),
+:data:`PERMUTED` (MRC axis order other than 1,2,3: the stream is the images
+transposed back by ``axes``), :data:`ENCODED` (a compressed TIFF strip: the run holds
+the encoding of the strip of rows starting at ``first element``; how the page was
+encoded, and where its strip offsets and byte counts are, is a row of
+``/e2compress/source/encoded``, :data:`ENCODED_COLUMNS`).
+
+The SHA-256 is computed from the reads the readers make anyway (:class:`OrderedHasher`):
+blocks arrive from several threads in any order, are hashed as soon as they extend the
+hashed prefix of the file, and held only until then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from .quantize import RenderRange, integer_step
+
+if TYPE_CHECKING:
+    from .report import ImageReport
+    from .sources import ImageSource
+
+PathLike = str | os.PathLike[str]
+GROUP = "e2compress/source"
+ATTR = "e2compress."
+FLIP, NEGATE, PERMUTED, ENCODED = 1, 2, 4, 8
+# Root attributes (``e2compress.<name>``) an output that keeps its source's bytes adds to
+# the record of :mod:`~e2compress.provenance` (source_sha256 only for MRC/TIFF inputs).
+KEPT_ATTRS = (
+    "source_sha256",
+    "restorable_sha256",
+    "restorable_size",
+    "restorable_name",
+    "source_compression",
+    "restorable",
+    "restore_note",
+)
+PIECE_COLUMNS = ("offset", "nbytes", "image", "element", "dtype", "flags")
+ENCODED_COLUMNS = (
+    "image",
+    "compression",
+    "predictor",
+    "rowsperstrip",
+    "offsets_at",
+    "offsets_itemsize",
+    "counts_at",
+    "counts_itemsize",
+    "strips",
+)
+# A TIFF with more bytes than this outside its pixels keeps none (an MRC keeps its
+# headers, which its reader holds anyway).
+KEPT_LIMIT = 256 << 20
+# Held out-of-order blocks beyond this are dropped and read again at the end.
+PENDING_LIMIT = 64 << 20
+# A reader waits for the hashing thread when this much is waiting to be hashed.
+BACKLOG = 16 << 20
+_KEPT_CHUNK = 1 << 22  # bytes per chunk of the kept-bytes dataset
+_READ_STEP = 1 << 22
+
+
+class OrderedHasher:
+    """SHA-256 of a file fed from blocks read in any order, by any number of threads.
+
+    ``feed(offset, data)`` hands over bytes read at ``offset`` and returns at once: a
+    thread of the hasher's own hashes blocks in file order as they extend the hashed
+    prefix, so the reading threads never wait for the hash (when they hashed
+    themselves, one of them ended up hashing for all and held up the others' tasks:
+    measured 1.6x the hashing time on 2 threads). Blocks beyond a gap are held until
+    it is filled (at most :data:`PENDING_LIMIT` bytes; beyond that they are dropped
+    and :meth:`finish` reads what is missing). A reader waits only when the hash lags
+    :data:`BACKLOG` bytes behind (memory stays bounded when the machine is busy).
+    Repeated reads of hashed bytes are ignored. :meth:`close` (or :meth:`finish`) stops
+    the thread.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._hash = hashlib.sha256()
+        self._pos = 0  # bytes of the file hashed or being hashed
+        self._heap: list[tuple[int, int, memoryview]] = []
+        self._held = 0
+        self._seq = itertools.count()
+        self._cond = threading.Condition(threading.Lock())
+        self._busy = False
+        self._overflow = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.reread = 0  # bytes :meth:`finish` had to read itself
+        self.peak = 0  # most bytes held at once (waiting for a gap or for the thread)
+
+    def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Bytes ``data`` read at ``offset`` of the file (kept until hashed)."""
+        view = memoryview(data).cast("B")
+        if not view.nbytes:
+            return
+        with self._cond:
+            if self._closed or offset + view.nbytes <= self._pos:
+                return
+            if self._overflow and offset > self._pos:
+                return
+            heapq.heappush(self._heap, (offset, next(self._seq), view))
+            self._held += view.nbytes
+            self.peak = max(self.peak, self._held)
+            if self._held > PENDING_LIMIT:
+                self._drop()
+            if offset <= self._pos:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="e2compress-sha256", daemon=True
+                    )
+                    self._thread.start()
+                self._cond.notify_all()
+            # back-pressure: when the hash lags BACKLOG behind, wait for it (it makes
+            # progress on its own, so this cannot deadlock)
+            while (
+                self._held > BACKLOG
+                and not self._closed
+                and (self._busy or (self._heap and self._heap[0][0] <= self._pos))
+            ):
+                self._cond.wait()
+
+    def _drop(self) -> None:
+        """Forget the held blocks that do not start the unhashed part (lock held)."""
+        keep = [item for item in self._heap if item[0] <= self._pos]
+        self._heap = keep
+        heapq.heapify(self._heap)
+        self._held = sum(item[2].nbytes for item in keep)
+        self._overflow = True
+
+    def _ready(self) -> list[memoryview]:
+        """Pop the held blocks that extend the hashed prefix (lock held)."""
+        ready: list[memoryview] = []
+        while self._heap and self._heap[0][0] <= self._pos:
+            offset, _, view = heapq.heappop(self._heap)
+            self._held -= view.nbytes
+            end = offset + view.nbytes
+            if end > self._pos:
+                ready.append(view[self._pos - offset :])
+                self._pos = end
+        return ready
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                ready = self._ready()
+                while not ready and not self._closed:
+                    self._cond.wait()
+                    ready = self._ready()
+                if not ready:
+                    return
+                self._busy = True
+            try:
+                for view in ready:
+                    self._hash.update(view)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _settle(self) -> int:
+        """Wait until everything that can be hashed is; the bytes hashed."""
+        with self._cond:
+            while self._busy or (self._heap and self._heap[0][0] <= self._pos):
+                if self._thread is None:  # nothing started it: hash here
+                    for view in self._ready():
+                        self._hash.update(view)
+                    continue
+                self._cond.wait()
+            return self._pos
+
+    def finish(self, pread: Callable[[int, int], bytes]) -> str:
+        """The hex digest, reading the bytes no one fed with ``pread(size, offset)``.
+
+        Raises:
+            OSError: a read failed or the file ended early.
+        """
+        try:
+            while (pos := self._settle()) < self.size:
+                with self._cond:
+                    held = self._heap[0][0] if self._heap else self.size
+                want = min(_READ_STEP, max(held, pos + 1) - pos, self.size - pos)
+                block = pread(want, pos)
+                if len(block) != want:
+                    raise OSError(f"file ended at byte {pos + len(block)} of {self.size}")
+                self.reread += want
+                self.feed(pos, block)
+            return self._hash.hexdigest()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the hashing thread and drop what is held."""
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._held = 0
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+
+class HashingReader:
+    """A binary reader that hashes everything read through it (a compressed input)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._raw.read(size)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._raw.readinto(buffer)
+        if n:
+            self.hash.update(memoryview(buffer)[:n])
+            self.size += n
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """The caller closes the underlying file."""
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def digest(self) -> str:
+        """Hex SHA-256 of everything read, after reading the rest of the file."""
+        while True:
+            rest = self.read(_READ_STEP)
+            if not rest:
+                return self.hash.hexdigest()
+
+
+@dataclass
+class Layout:
+    """Where a source's pixels are (pieces) and what lies between them (kept bytes)."""
+
+    format: str  # "mrc" or "tiff"
+    size: int  # bytes of the restorable file (decompressed, for .gz/.bz2)
+    pieces: np.ndarray  # (n, 6) int64, PIECE_COLUMNS, sorted by offset, not overlapping
+    dtypes: list[str]  # numpy type strings with byte order, e.g. "<u2"
+    axes: tuple[int, int, int] = (1, 2, 3)  # MRC mapc, mapr, maps
+    problem: str | None = None  # why the file cannot be rebuilt, if it cannot
+    # TIFF pages whose strips are compressed: ENCODED_COLUMNS rows (see the module doc)
+    encoded: np.ndarray | None = None
+    byteorder: str = "<"  # of a TIFF's offsets and byte counts
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """(offset, length) of every byte range outside the pixel runs, in file order."""
+        out = []
+        pos = 0
+        for offset, nbytes in self.pieces[:, :2].tolist():
+            if offset > pos:
+                out.append((pos, offset - pos))
+            pos = offset + nbytes
+        if pos < self.size:
+            out.append((pos, self.size - pos))
+        return out
+
+    @property
+    def raw(self) -> bool:
+        """True when every pixel run holds plain values (nothing encoded)."""
+        return self.problem is None and not bool(np.any(self.pieces[:, 5] & ENCODED))
+
+    @property
+    def rebuildable(self) -> bool:
+        """True when every encoded run belongs to a page that can be encoded again."""
+        if self.problem is not None:
+            return False
+        pages = set() if self.encoded is None else set(self.encoded[:, 0].tolist())
+        images = self.pieces[self.pieces[:, 5] & ENCODED != 0, 2].tolist()
+        return all(image in pages for image in images)
+
+
+def pieces_array(rows: list[tuple[int, int, int, int, int, int]]) -> np.ndarray:
+    """Rows as the (n, 6) int64 array, sorted by file offset."""
+    arr = np.array(rows, dtype=np.int64).reshape(-1, len(PIECE_COLUMNS))
+    return arr[np.argsort(arr[:, 0], kind="stable")]
+
+
+def merge_runs(pieces: np.ndarray, values: list[int], itemsizes: list[int]) -> np.ndarray:
+    """Join runs that follow each other both in the file and in the images' stream (the
+    strips of a page, the pages of an ImageJ stack): one row where there were many.
+
+    Args:
+        pieces: sorted rows (:func:`pieces_array`).
+        values: the number of values of each image.
+        itemsizes: bytes per value of each entry of the layout's ``dtypes``.
+    """
+    out: list[list[int]] = []
+    image = end = 0  # where the last run ends in the stream: image, element
+    for row in pieces.tolist():
+        if out:
+            last = out[-1]
+            follows = (row[2] == image and row[3] == end) or (
+                row[2] == image + 1 and row[3] == 0 and end == values[image]
+            )
+            if (
+                row[0] == last[0] + last[1]
+                and row[4:] == last[4:]
+                and not last[5] & ENCODED
+                and follows
+            ):
+                last[1] += row[1]
+                image, end = row[2], row[3] + row[1] // itemsizes[row[4]]
+                continue
+        out.append(row)
+        image, end = row[2], row[3] + row[1] // itemsizes[row[4]]
+    return np.array(out, dtype=np.int64).reshape(-1, len(PIECE_COLUMNS))
+
+
+def overlapping(pieces: np.ndarray, size: int) -> bool:
+    """True when runs overlap or leave the file (the layout cannot be rebuilt)."""
+    if not len(pieces):
+        return False
+    ends = pieces[:, 0] + pieces[:, 1]
+    return bool(
+        np.any(pieces[:, 0] < 0)
+        or np.any(pieces[:, 1] <= 0)
+        or np.any(ends > size)
+        or np.any(pieces[1:, 0] < ends[:-1])
+    )
+
+
+@dataclass
+class Kept:
+    """Everything about a source that the archive keeps besides its images."""
+
+    layout: Layout
+    kept: bytes  # the bytes outside the pixel runs, in file order
+    sha256: str  # of the restorable bytes (the file; for .gz/.bz2 the decompressed file)
+    source_sha256: str | None  # of the input file as it is on disk (None: not known)
+    name: str  # the restorable file's name (a .gz/.bz2 input's name without that suffix)
+    compression: str = ""  # of the original input: "gzip", "bzip2" or "" (plain)
+    # carried over from an archive: whether its images were stored exactly (None: a
+    # fresh source; a re-compressed archive is exact only if it was before)
+    exact: bool | None = None
+
+
+def stored_exactly(source: ImageSource, images: Sequence[ImageReport]) -> bool:
+    """True when every image's values come back exactly in the source's type: float32
+    storage of a type float32 holds (float16/32, integers of up to 16 bits), or integers
+    stored on a unit step with nothing clamped. Conservative: False when unsure."""
+    if len(images) != len(source):
+        return False
+    for rep in images:
+        dtype = source.dtype(rep.index)
+        if rep.bits == 0:
+            if not (dtype.kind == "f" and dtype.itemsize <= 4) and not (
+                dtype.kind in "iu" and dtype.itemsize <= 2
+            ):
+                return False
+            continue
+        if dtype.kind not in "iu" or rep.truncated or rep.rmin is None or rep.rmax is None:
+            return False
+        if integer_step(RenderRange(rep.bits, rep.rmin, rep.rmax)) != 1:
+            return False
+    return True
+
+
+def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None:
+    """Store ``kept`` in the output ``path`` (a temporary file, locked by the caller).
+
+    Args:
+        path: the EMAN2 HDF output being written.
+        kept: the source's kept bytes, layout and hashes.
+        exact: whether every image was stored exactly (None: unknown), for
+            ``e2compress.restorable`` (see :func:`restorable`).
+    """
+    lay = kept.layout
+    with h5py.File(path, "r+", locking=False) as f:
+        if kept.source_sha256 is not None:
+            f.attrs[ATTR + "source_sha256"] = np.bytes_(kept.source_sha256.encode("ascii"))
+        f.attrs[ATTR + "restorable_sha256"] = np.bytes_(kept.sha256.encode("ascii"))
+        f.attrs[ATTR + "restorable_size"] = np.int64(lay.size)
+        f.attrs[ATTR + "restorable_name"] = np.bytes_(os.fsencode(kept.name))
+        f.attrs[ATTR + "source_compression"] = np.bytes_(kept.compression.encode("ascii"))
+        group = f.create_group(GROUP)
+        group.attrs["format"] = np.bytes_(lay.format.encode("ascii"))
+        group.attrs["size"] = np.int64(lay.size)
+        group.attrs["dtypes"] = np.array([d.encode("ascii") for d in lay.dtypes] or [b""])
+        group.attrs["axes"] = np.array(lay.axes, dtype=np.int32)
+        group.attrs["columns"] = np.bytes_(",".join(PIECE_COLUMNS).encode("ascii"))
+        if lay.problem is not None:
+            group.attrs["problem"] = np.bytes_(lay.problem.encode("utf-8", "replace"))
+        data = np.frombuffer(kept.kept, dtype=np.uint8)
+        _dataset(group, "kept", data)
+        _dataset(group, "pieces", lay.pieces.astype("<i8"))
+        if lay.encoded is not None and len(lay.encoded):
+            _dataset(group, "encoded", lay.encoded.astype("<i8"))
+            group.attrs["byteorder"] = np.bytes_(lay.byteorder.encode("ascii"))
+        ok = lay.raw and exact is not False and kept.exact is not False
+        f.attrs[ATTR + "restorable"] = np.int8(1 if ok else 0)
+        if lay.problem is not None:
+            note = f"cannot be rebuilt: {lay.problem}"
+        elif not lay.raw and not lay.rebuildable:
+            note = "cannot be rebuilt: its compressed TIFF strips cannot be encoded again"
+        elif not lay.raw:
+            note = "compressed TIFF: tags and pixels identical, strips encoded again"
+        elif not ok:
+            note = "headers only: values quantised (or not exact in float32)"
+            if kept.exact is False:
+                note = "headers only: values quantised when first compressed"
+        else:
+            note = "byte for byte"
+        f.attrs[ATTR + "restore_note"] = np.bytes_(note.encode("utf-8"))
+
+
+def _dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    if data.size == 0:
+        group.create_dataset(name, data=data)
+        return
+    rows = max(1, _KEPT_CHUNK // max(1, data[:1].nbytes))
+    chunks = (min(len(data), rows), *data.shape[1:])
+    group.create_dataset(
+        name, data=data, chunks=chunks, compression="gzip", compression_opts=9, fletcher32=True
+    )
+
+
+def attr_text(value: Any) -> str:
+    """An attribute's text (bytes decoded as file names are: undecodable bytes kept)."""
+    raw = np.asarray(value).reshape(-1)[0]
+    if isinstance(raw, bytes | np.bytes_):
+        return os.fsdecode(bytes(raw))
+    return str(raw)
+
+
+def read_kept(path: PathLike | h5py.File) -> Kept | None:
+    """The kept bytes of an archive, to carry them into a new archive made from it
+    (re-compression in place); None when it keeps none. The input's own SHA-256 is not
+    known (an HDF input is not read in file order) and is left out.
+
+    Args:
+        path: the archive, or the open h5py file.
+
+    Raises:
+        OSError, KeyError, ValueError: a damaged archive.
+    """
+    if isinstance(path, h5py.File):
+        return _read_kept(path)
+    with h5py.File(path, "r", locking=False) as f:
+        return _read_kept(f)
+
+
+def _read_kept(f: h5py.File) -> Kept | None:
+    group = f.get(GROUP)
+    if not isinstance(group, h5py.Group):
+        return None
+    a = group.attrs
+    layout = Layout(
+        attr_text(a["format"]),
+        int(np.asarray(a["size"]).reshape(-1)[0]),
+        np.asarray(group["pieces"][()], dtype=np.int64).reshape(-1, len(PIECE_COLUMNS)),
+        [attr_text(d) for d in np.asarray(a["dtypes"]).reshape(-1) if attr_text(d)],
+        tuple(int(v) for v in np.asarray(a["axes"]).reshape(-1)[:3]),  # type: ignore[arg-type]
+        attr_text(a["problem"]) if "problem" in a else None,
+        np.asarray(group["encoded"][()], dtype=np.int64) if "encoded" in group else None,
+        attr_text(a["byteorder"]) if "byteorder" in a else "<",
+    )
+    root = f.attrs
+    name = root.get(ATTR + "restorable_name", root.get(ATTR + "source_name", b""))
+    return Kept(
+        layout,
+        np.asarray(group["kept"][()], dtype=np.uint8).tobytes(),
+        attr_text(root[ATTR + "restorable_sha256"]),
+        None,
+        attr_text(name),
+        attr_text(root.get(ATTR + "source_compression", b"")),
+        bool(int(np.asarray(root.get(ATTR + "restorable", 0)).reshape(-1)[0])),
+    )
+
+
+def restore_note(path: PathLike) -> str | None:
+    """What ``restore`` can make of ``path`` in a few words, as recorded at compression
+    time ("byte for byte", "headers only: ...", "cannot be rebuilt: ..."); None when it
+    keeps no source bytes."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if GROUP not in f or ATTR + "restore_note" not in f.attrs:
+                return None
+            return attr_text(f.attrs[ATTR + "restore_note"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def restorable(path: PathLike) -> bool | None:
+    """What the output ``path`` says at compression time: True when it keeps its
+    source's bytes and every image was stored exactly (``restore`` rebuilds the file
+    byte for byte and checks its SHA-256), False when not, None when it keeps none."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if GROUP not in f or ATTR + "restorable" not in f.attrs:
+                return None
+            return bool(int(np.asarray(f.attrs[ATTR + "restorable"]).reshape(-1)[0]))
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def recorded_sha256(path: PathLike) -> str | None:
+    """The SHA-256 (hex) of the bytes ``restore`` writes (the source; for a ``.gz``/
+    ``.bz2`` source its decompressed bytes), as recorded in ``path``; None if none is."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            value = f.attrs.get(ATTR + "restorable_sha256")
+            return None if value is None else attr_text(value)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def read_exact(pread: Callable[[int, int], bytes], size: int, offset: int) -> bytes:
+    """``size`` bytes at ``offset``; OSError when the file ends first."""
+    parts = []
+    got = 0
+    while got < size:
+        block = pread(min(size - got, 1 << 30), offset + got)
+        if not block:
+            raise OSError(f"file ended at byte {offset + got}")
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
