@@ -25,6 +25,7 @@ FIELD_NAMES = {
         "chunk_rows",
         "noise_fraction",
         "apix",
+        "checksum",
     )
 }
 AUTO_BITS = -1  # ``bits="auto"``: the fewest bits that pass the noise rule, per image
@@ -64,6 +65,8 @@ class Options:
             checks.
         apix: pixel size in Angstrom written for every image (x, y and z), overriding
             what the input's header says (``--apix``); None keeps the input's.
+        checksum: end every chunk with HDF5's Fletcher-32 checksum, which every HDF5
+            reader verifies on read (see :mod:`e2compress.checksum`).
     """
 
     bits: int = 10
@@ -76,6 +79,7 @@ class Options:
     store_level: bool = False
     noise_fraction: float = DEFAULT_NOISE_FRACTION
     apix: float | None = None
+    checksum: bool = True
 
     def validate(self, names: Mapping[str, str] | None = None) -> Options:
         """Return ``self`` if the settings are possible.
@@ -131,6 +135,8 @@ class Options:
             or not (math.isfinite(apix) and apix > 0)
         ):
             raise E2CompressError(f"{n['apix']} must be a positive number, not {apix!r}")
+        if not isinstance(self.checksum, bool):
+            raise E2CompressError(f"{n['checksum']} must be True or False, not {self.checksum!r}")
         if not _is_int(self.chunk_rows) or self.chunk_rows < 1:
             raise E2CompressError(
                 f"{n['chunk_rows']} must be an integer >= 1, not {self.chunk_rows!r}"
