@@ -1,4 +1,5 @@
-"""Subcommands beside EMAN2's command line: ``info``, ``compare``, ``export``, ``check``.
+"""Subcommands beside EMAN2's command line: ``info``, ``compare``, ``export``,
+``restore``, ``check``.
 
 ``e2compress VERB ...`` runs a subcommand when VERB is the first argument; anything
 else is EMAN2's compression command line, unchanged. A file literally named like a
@@ -18,7 +19,7 @@ from typing import Any
 from . import __version__
 from .errors import E2CompressError
 
-VERBS = ("info", "compare", "export", "check")
+VERBS = ("info", "compare", "export", "restore", "check")
 
 
 def is_command(argv: Sequence[str]) -> bool:
@@ -49,7 +50,7 @@ _threshold = number(float, lambda v: 0 < v < 1, "a threshold between 0 and 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``e2compress info|compare|export``."""
+    """The parser of ``e2compress info|compare|export|restore|check``."""
     p = argparse.ArgumentParser(
         prog="e2compress",
         description="Inspect, check and convert back e2compress (EMAN2 HDF) files.",
@@ -57,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Compress a file named like a subcommand as ./info or after --.",
     )
     p.add_argument("--version", action="version", version=f"e2compress {__version__}")
-    sub = p.add_subparsers(dest="verb", required=True, metavar="{info,compare,export,check}")
+    sub = p.add_subparsers(
+        dest="verb", required=True, metavar="{info,compare,export,restore,check}"
+    )
 
     info = sub.add_parser(
         "info",
@@ -111,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="TIFF compression (default none: every reader)",
     )
 
+    res = sub.add_parser(
+        "restore",
+        help="rebuild the original MRC/TIFF file from an archive (byte for byte when exact)",
+        description="Rebuild the source file of ARCHIVE from its kept header bytes and "
+        "its images. Byte for byte (SHA-256 checked against the recorded one) when every "
+        "value was stored exactly; otherwise headers identical and the decoded pixels, "
+        "and it says so. OUT: a file, or a directory to write the source's name into "
+        "(default: beside the archive). An existing file is kept unless --force.",
+    )
+    res.add_argument("archive", metavar="ARCHIVE")
+    res.add_argument("output", metavar="OUT", nargs="?")
+    res.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
     chk = sub.add_parser(
         "check",
         help="read every chunk of archives again (bit rot), optionally against originals",
@@ -142,6 +158,8 @@ def main(argv: Sequence[str]) -> int:
             return _info(args)
         if args.verb == "compare":
             return _compare(args)
+        if args.verb == "restore":
+            return _restore(args)
         if args.verb == "check":
             return _check(args)
         return _export(args)
@@ -233,6 +251,21 @@ def _export(args: argparse.Namespace) -> int:
     apix = "no pixel size" if report.apix is None else f"{report.apix[0]:.4g} A/px"
     exact = "exact" if report.exact else "decoded values"
     print(f"{report.output}: {report.format}, {dims} {report.dtype} ({exact}), {apix}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from .restore import restore_file
+
+    try:
+        result = restore_file(args.archive, args.output, overwrite=args.force)
+    except E2CompressError as exc:
+        _error(str(exc))
+        return 1
+    except Exception as exc:
+        _error(_unexpected(args.archive, exc))
+        return 1
+    print(result.describe())
     return 0
 
 

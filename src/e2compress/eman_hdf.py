@@ -639,6 +639,11 @@ class EmanHdfFile:
         if self._file.id.valid:
             self._file.close()
 
+    @property
+    def h5file(self) -> h5py.File:
+        """The open h5py file (for what lies outside ``/MDF``, e.g. kept source bytes)."""
+        return self._file
+
     def __len__(self) -> int:
         return self._count
 

@@ -46,6 +46,7 @@ from .fidelity import (
     quantisation_rms,
     residual_tiles,
 )
+from .kept import write_kept
 from .options import AUTO_BITS, DEFAULT_CHUNK_ROWS, Options
 from .provenance import Identity, Record, check_unchanged, read_record, value_options, write_record
 from .quantize import (
@@ -57,6 +58,7 @@ from .quantize import (
     choose_range,
     header_moments,
     histogram,
+    integer_step,
     merge_stats,
     nooutliers_limits,
     quantize,
@@ -790,6 +792,27 @@ def output_is_complete(src: PathLike, target: PathLike, options: Options | int) 
         return False
 
 
+def stored_exactly(source: ImageSource, images: Sequence[ImageReport]) -> bool:
+    """True when every image's values come back exactly in the source's type: float32
+    storage of a type float32 holds (float16/32, integers of up to 16 bits), or integers
+    stored on a unit step with nothing clamped. Conservative: False when unsure."""
+    if len(images) != len(source):
+        return False
+    for rep in images:
+        dtype = source.dtype(rep.index)
+        if rep.bits == 0:
+            if not (dtype.kind == "f" and dtype.itemsize <= 4) and not (
+                dtype.kind in "iu" and dtype.itemsize <= 2
+            ):
+                return False
+            continue
+        if dtype.kind not in "iu" or rep.truncated or rep.rmin is None or rep.rmax is None:
+            return False
+        if integer_step(RenderRange(rep.bits, rep.rmin, rep.rmax)) != 1:
+            return False
+    return True
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -957,6 +980,9 @@ def compress_file(
                     images = write_eman_hdf(source, out.path, opts, workers, cancel, progress)
                     if ident is not None:
                         write_record(out.path, Record.make(src, ident, len(images), opts))
+                    kept = source.kept()
+                    if kept is not None:
+                        write_kept(out.path, kept, exact=stored_exactly(source, images))
                     check_complete(out.path, images, len(source))
                     if do_verify:
                         verify_output(source, out.path, opts, images, workers, cancel)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .eman_hdf import NEVER_COPIED, EmanHdfFile
 from .errors import InputError
+from .kept import Kept, read_kept
 from .sources import ImageSource, reason
 
 
@@ -69,6 +70,13 @@ class HdfSource(ImageSource):
                 continue
             out[name] = value
         return out
+
+    def kept(self) -> Kept | None:
+        """The kept bytes of the archive read (re-compression carries them over)."""
+        try:
+            return read_kept(self._file.h5file)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"damaged kept source bytes: {reason(exc)}", self.path) from None
 
     def group_attrs(self) -> dict[str, Any]:
         return self._file.group_attrs()

@@ -26,6 +26,7 @@ one 3-D image. Axis orders other than 1,2,3 are transposed to x, y, z in memory.
 from __future__ import annotations
 
 import bz2
+import hashlib
 import io
 import os
 import shutil
@@ -42,6 +43,7 @@ import numpy as np
 from mrcfile.mrcinterpreter import MrcInterpreter
 
 from .errors import InputError, OutputError
+from .kept import PERMUTED, HashingReader, Kept, Layout, OrderedHasher, pieces_array, read_exact
 from .sources import BZIP2_MAGIC, GZIP_MAGIC, ImageSource, PathLike, reason, strip_compression
 
 _gzip: Any
@@ -173,8 +175,21 @@ def _free_bytes(directory: str) -> int | None:
         return None
 
 
-def _decompress(path: Path, opener: Callable[..., Any], scratch_dir: PathLike | None) -> int:
-    """Stream ``path`` into an anonymous file in ``scratch_dir``; return its descriptor.
+@dataclass(frozen=True)
+class _Decompressed:
+    """A decompressed input: the scratch file and the SHA-256 of both forms."""
+
+    fd: int
+    sha256: str  # of the decompressed bytes
+    source_sha256: str  # of the compressed file
+    source_size: int
+
+
+def _decompress(
+    path: Path, opener: Callable[..., Any], scratch_dir: PathLike | None
+) -> _Decompressed:
+    """Stream ``path`` into an anonymous file in ``scratch_dir``, hashing both the
+    compressed and the decompressed bytes as they pass.
 
     Raises:
         InputError: corrupt stream, or more or fewer bytes than the MRC header says.
@@ -182,7 +197,21 @@ def _decompress(path: Path, opener: Callable[..., Any], scratch_dir: PathLike | 
     """
     directory = os.fspath(scratch_dir) if scratch_dir is not None else tempfile.gettempdir()
     try:
-        stream = opener(path, "rb")
+        raw = open(path, "rb")  # noqa: SIM115 - closed below, after the stream
+    except OSError as exc:
+        raise InputError(f"cannot open: {reason(exc)}", path) from None
+    reader = HashingReader(raw)
+    try:
+        return _decompress_from(path, reader, opener, directory)
+    finally:
+        raw.close()
+
+
+def _decompress_from(
+    path: Path, reader: HashingReader, opener: Callable[..., Any], directory: str
+) -> _Decompressed:
+    try:
+        stream = opener(reader, "rb")
     except _DECOMPRESS_ERRORS as exc:
         raise InputError(f"corrupt compressed file: {reason(exc)}", path) from None
     with stream:
@@ -208,15 +237,21 @@ def _decompress(path: Path, opener: Callable[..., Any], scratch_dir: PathLike | 
                 f"{directory} has {free} free",
                 path,
             )
+        digest = hashlib.sha256()
         with _scratch_file(directory, path) as tmp:
-            written = _copy(stream, tmp, first, expected, path, directory)
+            written = _copy(stream, tmp, first, expected, path, directory, digest)
             if written < expected:
                 raise InputError(
                     f"decompressed data is truncated: header says {expected} bytes "
                     f"({parser.layout.describe()}), stream holds {written}",
                     path,
                 )
-            return os.dup(tmp.fileno())
+            try:
+                source_sha256 = reader.digest()
+            except OSError as exc:
+                raise InputError(f"cannot read: {reason(exc)}", path) from None
+            fd = os.dup(tmp.fileno())
+            return _Decompressed(fd, digest.hexdigest(), source_sha256, reader.size)
 
 
 def _scratch_file(directory: str, path: Path) -> IO[bytes]:
@@ -239,11 +274,21 @@ def _read_full(stream: Any, size: int) -> bytes:
     return out
 
 
-def _copy(stream: Any, tmp: IO[bytes], first: bytes, limit: int, path: Path, directory: str) -> int:
-    """Copy ``first`` and then ``stream`` to ``tmp``, never more than ``limit`` + 1 bytes."""
+def _copy(
+    stream: Any,
+    tmp: IO[bytes],
+    first: bytes,
+    limit: int,
+    path: Path,
+    directory: str,
+    digest: Any,
+) -> int:
+    """Copy ``first`` and then ``stream`` to ``tmp`` (hashing it into ``digest``), never
+    more than ``limit`` + 1 bytes."""
     written = 0
     chunk = first
     while chunk:
+        digest.update(chunk)
         try:
             tmp.write(chunk)
         except OSError as exc:
@@ -290,6 +335,10 @@ class MrcSource(ImageSource):
         self._fd: int | None = None
         self._data: np.ndarray | None = None
         self._header_keys: dict[str, Any] | None = None
+        self._hasher: OrderedHasher | None = None
+        self._decompressed: _Decompressed | None = None
+        self._kept_bytes = b""
+        self._compression = ""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -300,10 +349,11 @@ class MrcSource(ImageSource):
         self.warnings = [str(w.message) for w in caught]
 
     def _open(self, path: Path, magic: bytes, scratch_dir: PathLike | None) -> None:
-        if magic.startswith(GZIP_MAGIC):
-            self._fd = _decompress(path, _gzip.open, scratch_dir)
-        elif magic.startswith(BZIP2_MAGIC):
-            self._fd = _decompress(path, bz2.open, scratch_dir)
+        if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)):
+            gz = magic.startswith(GZIP_MAGIC)
+            self._compression = "gzip" if gz else "bzip2"
+            self._decompressed = _decompress(path, _gzip.open if gz else bz2.open, scratch_dir)
+            self._fd = self._decompressed.fd
         else:
             try:
                 self._fd = os.open(path, os.O_RDONLY)
@@ -323,6 +373,14 @@ class MrcSource(ImageSource):
             raise InputError("cannot read MRC header", path)
         header = parser.header
         self._header = header
+        self._size = size
+        if self._decompressed is None:
+            self._hasher = OrderedHasher(size)
+        try:  # the headers: kept, and the start of the file's hash
+            self._kept_bytes = read_exact(self._pread, HEADER_BYTES + layout.nsymbt, 0)
+        except OSError as exc:
+            raise InputError(f"cannot read MRC header: {reason(exc)}", path) from None
+        self._feed(0, self._kept_bytes)
         self._ext_type = bytes(header.exttyp).decode("ascii", "replace").strip("\0 ")
         self._fei = _fei_keys(parser) if self._ext_type in ("FEI1", "FEI2") else {}
         self._dtype = layout.dtype
@@ -330,10 +388,10 @@ class MrcSource(ImageSource):
         nx, ny, nz = layout.nx, layout.ny, layout.nz
         self._file_shape = (nz, ny, nx)
         axes = (int(header.mapc), int(header.mapr), int(header.maps))
+        self._axes = axes
         shape: tuple[int, ...] = self._file_shape
-        if axes != (1, 2, 3) and sorted(axes) == [1, 2, 3]:
-            file_axes = [axes[2], axes[1], axes[0]]  # numpy axis 0 = sections
-            perm = tuple(file_axes.index(t) for t in (3, 2, 1))
+        perm = axis_permutation(axes)
+        if perm is not None:
             whole = self._read_file_rows(0, nz * ny).reshape(nz, ny, nx)
             self._data = np.ascontiguousarray(whole.transpose(perm))
             shape = self._data.shape
@@ -353,8 +411,42 @@ class MrcSource(ImageSource):
             raise InputError(f"cannot read pixel data: {reason(exc)}", self.path) from None
         if len(buf) != size:
             raise InputError("file ended while reading pixel data", self.path)
+        self._feed(self._offset + row0 * nx * self._dtype.itemsize, buf)
         arr = np.frombuffer(buf, dtype=self._dtype).reshape(row1 - row0, nx)
         return arr.astype(self._dtype.newbyteorder("="), copy=False)
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        if self._fd is None:
+            raise OSError("file is closed")
+        return os.pread(self._fd, size, offset)
+
+    def _feed(self, offset: int, data: bytes) -> None:
+        if self._hasher is not None:
+            self._hasher.feed(offset, data)
+
+    def kept(self) -> Kept:
+        """The header bytes, the pixel layout and the SHA-256 of the file (finished from
+        the reads made so far; bytes no one read are read now).
+
+        Raises:
+            InputError: the file cannot be read to its end.
+        """
+        nbytes = self._size - self._offset
+        flags = PERMUTED if axis_permutation(self._axes) is not None else 0
+        pieces = pieces_array([(self._offset, nbytes, 0, 0, 0, flags)])
+        layout = Layout("mrc", self._size, pieces, [self._dtype.str], self._axes)
+        dec = self._decompressed
+        name = strip_compression(self.path.name)
+        if dec is not None:
+            return Kept(
+                layout, self._kept_bytes, dec.sha256, dec.source_sha256, name, self._compression
+            )
+        assert self._hasher is not None
+        try:
+            digest = self._hasher.finish(self._pread)
+        except OSError as exc:
+            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
+        return Kept(layout, self._kept_bytes, digest, digest, name)
 
     def __len__(self) -> int:
         return self._count
@@ -441,6 +533,15 @@ class MrcSource(ImageSource):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def axis_permutation(axes: tuple[int, int, int]) -> tuple[int, ...] | None:
+    """How to transpose the file's (section, row, column) array into (z, y, x) for an
+    MRC axis order ``(mapc, mapr, maps)``; None for the standard order or a bad one."""
+    if axes == (1, 2, 3) or sorted(axes) != [1, 2, 3]:
+        return None
+    file_axes = [axes[2], axes[1], axes[0]]  # numpy axis 0 = sections
+    return tuple(file_axes.index(t) for t in (3, 2, 1))
 
 
 def _text(raw: bytes) -> str:

@@ -16,9 +16,12 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .kept import Kept
 
 from .errors import InputError
 
@@ -73,6 +76,16 @@ class ImageSource(abc.ABC):
     def group_attrs(self) -> dict[str, Any]:
         """Attributes the file stores once for all images (EMAN2 HDF: ``Group.*``)."""
         return {}
+
+    def kept(self) -> Kept | None:
+        """The source's non-pixel bytes, where its pixels lie and its SHA-256, computed
+        from the reads made so far (call after reading every image); None when the
+        format keeps nothing this way (EMAN2 HDF: its attributes are copied as they are).
+
+        Raises:
+            InputError: the file cannot be read to its end.
+        """
+        return None
 
     def dtype(self, index: int) -> np.dtype:
         """Element type :meth:`read` returns."""

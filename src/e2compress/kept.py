@@ -1,0 +1,362 @@
+"""The source's non-pixel bytes, kept in the output, and the SHA-256 of the source.
+
+A source file is a sequence of *pieces*: pixel runs (bytes that hold image values,
+which the archive stores as images) and the bytes between them (headers, extended
+headers, TIFF IFDs and tags, gaps), which are kept verbatim. The kept bytes are stored
+deflated in the dataset ``/e2compress/source/kept`` (outside ``/MDF``: EMAN2 and plain
+h5py readers of ``/MDF/images`` never see it) and the pixel runs in
+``/e2compress/source/pieces``, one row per run::
+
+    file offset, byte count, image, first element, dtype index, flags
+
+The run holds ``byte count`` bytes of values of the image's *file-order stream* (its
+values in the order the file stores them, continuing into the following images),
+starting at ``first element``, in the type ``dtypes[dtype index]`` (byte order
+included). Flags: :data:`FLIP` (TIFF: the file stores the rows bottom-up from EMAN2's
+view), :data:`NEGATE` (TIFF MINISWHITE: the image holds minus the stored number),
+:data:`PERMUTED` (MRC axis order other than 1,2,3: the stream is the images
+transposed back by ``axes``), :data:`ENCODED` (compressed TIFF strips: the run's bytes
+are an encoding of the values and cannot be rebuilt byte for byte).
+
+The SHA-256 is computed from the reads the readers make anyway (:class:`OrderedHasher`):
+blocks arrive from several threads in any order, are hashed as soon as they extend the
+hashed prefix of the file, and held only until then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+import numpy as np
+
+PathLike = str | os.PathLike[str]
+GROUP = "e2compress/source"
+ATTR = "e2compress."
+FLIP, NEGATE, PERMUTED, ENCODED = 1, 2, 4, 8
+PIECE_COLUMNS = ("offset", "nbytes", "image", "element", "dtype", "flags")
+# Held out-of-order blocks beyond this are dropped and read again at the end.
+PENDING_LIMIT = 256 << 20
+_KEPT_CHUNK = 1 << 22  # bytes per chunk of the kept-bytes dataset
+_READ_STEP = 1 << 22
+
+
+class OrderedHasher:
+    """SHA-256 of a file fed from blocks read in any order, by any number of threads.
+
+    ``feed(offset, data)`` hands over bytes read at ``offset``; bytes that extend the
+    hashed prefix are hashed at once (by one thread at a time, outside the lock the
+    other threads take), others are held until the gap before them is filled (at most
+    :data:`PENDING_LIMIT` bytes; beyond that they are dropped and :meth:`finish`
+    reads what is missing). Repeated reads of hashed bytes are ignored.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._hash = hashlib.sha256()
+        self._pos = 0  # bytes of the file hashed or being hashed
+        self._heap: list[tuple[int, int, memoryview]] = []
+        self._held = 0
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self._busy = False
+        self._overflow = False
+        self.reread = 0  # bytes :meth:`finish` had to read itself
+
+    def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Bytes ``data`` read at ``offset`` of the file."""
+        view = memoryview(data).cast("B")
+        if not view.nbytes:
+            return
+        with self._lock:
+            if offset + view.nbytes <= self._pos:
+                return
+            if self._overflow and offset > self._pos:
+                return
+            heapq.heappush(self._heap, (offset, next(self._seq), view))
+            self._held += view.nbytes
+            if self._held > PENDING_LIMIT:
+                self._drop()
+            if self._busy:
+                return
+            self._busy = True
+        self._drain()
+
+    def _drop(self) -> None:
+        """Forget the held blocks that do not start the unhashed part (lock held)."""
+        keep = [item for item in self._heap if item[0] <= self._pos]
+        self._heap = keep
+        heapq.heapify(self._heap)
+        self._held = sum(item[2].nbytes for item in keep)
+        self._overflow = True
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                ready: list[memoryview] = []
+                while self._heap and self._heap[0][0] <= self._pos:
+                    offset, _, view = heapq.heappop(self._heap)
+                    self._held -= view.nbytes
+                    end = offset + view.nbytes
+                    if end > self._pos:
+                        ready.append(view[self._pos - offset :])
+                        self._pos = end
+                if not ready:
+                    self._busy = False
+                    return
+            for view in ready:
+                self._hash.update(view)
+
+    @property
+    def complete(self) -> bool:
+        """True when every byte of the file has been hashed."""
+        with self._lock:
+            return self._pos >= self.size and not self._busy
+
+    def finish(self, pread: Callable[[int, int], bytes]) -> str:
+        """The hex digest, reading the bytes no one fed with ``pread(size, offset)``.
+
+        Raises:
+            OSError: a read failed or the file ended early.
+        """
+        while not self.complete:
+            with self._lock:
+                pos, busy = self._pos, self._busy
+                held = self._heap[0][0] if self._heap else self.size
+            if busy:  # another thread is still hashing; cannot happen after the reads
+                threading.Event().wait(0.001)
+                continue
+            want = min(_READ_STEP, max(held, pos + 1) - pos, self.size - pos)
+            block = pread(want, pos)
+            if len(block) != want:
+                raise OSError(f"file ended at byte {pos + len(block)} of {self.size}")
+            self.reread += want
+            self.feed(pos, block)
+        return self._hash.hexdigest()
+
+
+class HashingReader:
+    """A binary reader that hashes everything read through it (a compressed input)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._raw.read(size)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._raw.readinto(buffer)
+        if n:
+            self.hash.update(memoryview(buffer)[:n])
+            self.size += n
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """The caller closes the underlying file."""
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def digest(self) -> str:
+        """Hex SHA-256 of everything read, after reading the rest of the file."""
+        while True:
+            rest = self.read(_READ_STEP)
+            if not rest:
+                return self.hash.hexdigest()
+
+
+@dataclass
+class Layout:
+    """Where a source's pixels are (pieces) and what lies between them (kept bytes)."""
+
+    format: str  # "mrc" or "tiff"
+    size: int  # bytes of the restorable file (decompressed, for .gz/.bz2)
+    pieces: np.ndarray  # (n, 6) int64, PIECE_COLUMNS, sorted by offset, not overlapping
+    dtypes: list[str]  # numpy type strings with byte order, e.g. "<u2"
+    axes: tuple[int, int, int] = (1, 2, 3)  # MRC mapc, mapr, maps
+    problem: str | None = None  # why the file cannot be rebuilt, if it cannot
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """(offset, length) of every byte range outside the pixel runs, in file order."""
+        out = []
+        pos = 0
+        for offset, nbytes in self.pieces[:, :2].tolist():
+            if offset > pos:
+                out.append((pos, offset - pos))
+            pos = offset + nbytes
+        if pos < self.size:
+            out.append((pos, self.size - pos))
+        return out
+
+    @property
+    def raw(self) -> bool:
+        """True when every pixel run holds plain values (nothing encoded)."""
+        return self.problem is None and not bool(np.any(self.pieces[:, 5] & ENCODED))
+
+
+def pieces_array(rows: list[tuple[int, int, int, int, int, int]]) -> np.ndarray:
+    """Rows as the (n, 6) int64 array, sorted by file offset."""
+    arr = np.array(rows, dtype=np.int64).reshape(-1, len(PIECE_COLUMNS))
+    return arr[np.argsort(arr[:, 0], kind="stable")]
+
+
+def overlapping(pieces: np.ndarray, size: int) -> bool:
+    """True when runs overlap or leave the file (the layout cannot be rebuilt)."""
+    if not len(pieces):
+        return False
+    ends = pieces[:, 0] + pieces[:, 1]
+    return bool(
+        np.any(pieces[:, 0] < 0)
+        or np.any(pieces[:, 1] <= 0)
+        or np.any(ends > size)
+        or np.any(pieces[1:, 0] < ends[:-1])
+    )
+
+
+@dataclass
+class Kept:
+    """Everything about a source that the archive keeps besides its images."""
+
+    layout: Layout
+    kept: bytes  # the bytes outside the pixel runs, in file order
+    sha256: str  # of the restorable bytes (the file; for .gz/.bz2 the decompressed file)
+    source_sha256: str | None  # of the input file as it is on disk (None: not known)
+    name: str  # the restorable file's name (a .gz/.bz2 input's name without that suffix)
+    compression: str = ""  # of the original input: "gzip", "bzip2" or "" (plain)
+
+
+def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None:
+    """Store ``kept`` in the output ``path`` (a temporary file, locked by the caller).
+
+    Args:
+        path: the EMAN2 HDF output being written.
+        kept: the source's kept bytes, layout and hashes.
+        exact: whether every image was stored exactly (None: unknown), for
+            ``e2compress.restorable`` (see :func:`restorable`).
+    """
+    lay = kept.layout
+    with h5py.File(path, "r+", locking=False) as f:
+        if kept.source_sha256 is not None:
+            f.attrs[ATTR + "source_sha256"] = np.bytes_(kept.source_sha256.encode("ascii"))
+        f.attrs[ATTR + "restorable_sha256"] = np.bytes_(kept.sha256.encode("ascii"))
+        f.attrs[ATTR + "restorable_size"] = np.int64(lay.size)
+        f.attrs[ATTR + "restorable_name"] = np.bytes_(os.fsencode(kept.name))
+        f.attrs[ATTR + "source_compression"] = np.bytes_(kept.compression.encode("ascii"))
+        group = f.create_group(GROUP)
+        group.attrs["format"] = np.bytes_(lay.format.encode("ascii"))
+        group.attrs["size"] = np.int64(lay.size)
+        group.attrs["dtypes"] = np.array([d.encode("ascii") for d in lay.dtypes] or [b""])
+        group.attrs["axes"] = np.array(lay.axes, dtype=np.int32)
+        group.attrs["columns"] = np.bytes_(",".join(PIECE_COLUMNS).encode("ascii"))
+        if lay.problem is not None:
+            group.attrs["problem"] = np.bytes_(lay.problem.encode("utf-8", "replace"))
+        data = np.frombuffer(kept.kept, dtype=np.uint8)
+        _dataset(group, "kept", data)
+        _dataset(group, "pieces", lay.pieces.astype("<i8"))
+        ok = lay.raw if exact is None else lay.raw and exact
+        f.attrs[ATTR + "restorable"] = np.int8(1 if ok else 0)
+
+
+def _dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    if data.size == 0:
+        group.create_dataset(name, data=data)
+        return
+    rows = max(1, _KEPT_CHUNK // max(1, data[:1].nbytes))
+    chunks = (min(len(data), rows), *data.shape[1:])
+    group.create_dataset(
+        name, data=data, chunks=chunks, compression="gzip", compression_opts=9, fletcher32=True
+    )
+
+
+def _text(value: Any) -> str:
+    raw = np.asarray(value).reshape(-1)[0]
+    if isinstance(raw, bytes | np.bytes_):
+        return os.fsdecode(bytes(raw))
+    return str(raw)
+
+
+def read_kept(path: PathLike | h5py.File) -> Kept | None:
+    """The kept bytes of an archive, to carry them into a new archive made from it
+    (re-compression in place); None when it keeps none. The input's own SHA-256 is not
+    known (an HDF input is not read in file order) and is left out.
+
+    Args:
+        path: the archive, or the open h5py file.
+
+    Raises:
+        OSError, KeyError, ValueError: a damaged archive.
+    """
+    if isinstance(path, h5py.File):
+        return _read_kept(path)
+    with h5py.File(path, "r", locking=False) as f:
+        return _read_kept(f)
+
+
+def _read_kept(f: h5py.File) -> Kept | None:
+    group = f.get(GROUP)
+    if not isinstance(group, h5py.Group):
+        return None
+    a = group.attrs
+    layout = Layout(
+        _text(a["format"]),
+        int(np.asarray(a["size"]).reshape(-1)[0]),
+        np.asarray(group["pieces"][()], dtype=np.int64).reshape(-1, len(PIECE_COLUMNS)),
+        [_text(d) for d in np.asarray(a["dtypes"]).reshape(-1) if _text(d)],
+        tuple(int(v) for v in np.asarray(a["axes"]).reshape(-1)[:3]),  # type: ignore[arg-type]
+        _text(a["problem"]) if "problem" in a else None,
+    )
+    root = f.attrs
+    name = root.get(ATTR + "restorable_name", root.get(ATTR + "source_name", b""))
+    return Kept(
+        layout,
+        np.asarray(group["kept"][()], dtype=np.uint8).tobytes(),
+        _text(root[ATTR + "restorable_sha256"]),
+        None,
+        _text(name),
+        _text(root.get(ATTR + "source_compression", b"")),
+    )
+
+
+def restorable(path: PathLike) -> bool | None:
+    """What the output ``path`` says at compression time: True when it keeps its
+    source's bytes and every image was stored exactly (``restore`` rebuilds the file
+    byte for byte and checks its SHA-256), False when not, None when it keeps none."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if GROUP not in f or ATTR + "restorable" not in f.attrs:
+                return None
+            return bool(int(np.asarray(f.attrs[ATTR + "restorable"]).reshape(-1)[0]))
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def read_exact(pread: Callable[[int, int], bytes], size: int, offset: int) -> bytes:
+    """``size`` bytes at ``offset``; OSError when the file ends first."""
+    parts = []
+    got = 0
+    while got < size:
+        block = pread(min(size - got, 1 << 30), offset + got)
+        if not block:
+            raise OSError(f"file ended at byte {offset + got}")
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
