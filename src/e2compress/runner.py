@@ -67,7 +67,8 @@ class FileResult:
     ``rmin``/``rmax`` are the lowest and highest stored limits over the file's images
     (None for lossless ``bits`` 0); ``truncated`` counts clamped pixels. ``bits`` is a
     text such as ``"7-9"`` when the images of a file were stored at different bits
-    (``--bits auto``); ``note`` says what ``--bits auto`` chose.
+    (``--bits auto``); ``note`` says what ``--bits auto`` chose; ``verified``: the output
+    was decoded and checked against the source pixel by pixel before it replaced anything.
     """
 
     given: str
@@ -85,6 +86,7 @@ class FileResult:
     worker: str = ""
     warnings: list[str] = field(default_factory=list)
     note: str = ""
+    verified: bool = False
 
     @property
     def ratio(self) -> float:
@@ -167,6 +169,7 @@ def from_report(job: Job, report: CompressReport, worker: str) -> FileResult:
         worker=worker,
         warnings=list(report.warnings),
         note=auto_note(job.given, report) if job.options.auto else "",
+        verified=report.verified,
     )
 
 
