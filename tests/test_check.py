@@ -130,3 +130,19 @@ def test_not_an_archive_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert rc == 1
     assert len(err.splitlines()) == 2
     assert err.startswith(f"ERROR: {DATA / 'EMD-3001.map'}: ")
+
+
+def test_an_exact_archive_is_rebuilt_and_hashed(tmp_path: Path) -> None:
+    out = tmp_path / "lossless.hdf"
+    e2compress.compress_file(DATA / "EMD-3001.map", out, bits=0)
+    result = check_archive(out)
+    assert result.ok, result.problems
+    assert result.restores_exactly
+    assert result.describe()[0].endswith("restores its source byte for byte (SHA-256 checked)")
+    with h5py.File(out, "r+") as f:  # the record no longer matches what is rebuilt
+        f.attrs["e2compress.restorable_sha256"] = np.bytes_(b"f" * 64)
+    result = check_archive(out)
+    assert result.problems == [
+        "says it restores its source byte for byte, but the rebuilt bytes do not have "
+        "the recorded SHA-256"
+    ]

@@ -8,7 +8,9 @@ must lie inside the file; a chunk that was never written (which HDF5 would silen
 as zeros) is a problem too. Nothing is decoded into pixel values unless an original is
 given; then each image is decoded and checked against the original as the compression's
 own verification does (within half a step inside the stored range, end codes outside
-it, bit for bit for lossless images).
+it, bit for bit for lossless images). An archive that says it restores its source byte
+for byte (see :mod:`~e2compress.restore`) is rebuilt in memory and its SHA-256 compared
+with the recorded one.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class CheckResult:
     checksummed: int = 0  # chunks whose Fletcher-32 checksum was verified
     original: str | None = None  # the original compared with, if any
     original_identical: bool | None = None  # its SHA-256 equals the recorded one
+    restores_exactly: bool = False  # restore rebuilds the source's recorded SHA-256
     problems: list[str] = field(default_factory=list)
     more_problems: int = 0
 
@@ -87,6 +90,8 @@ class CheckResult:
             f"{_count(self.chunks, 'chunk')} read back "
             f"({with_sum})"
         )
+        if self.restores_exactly:
+            text += "; restores its source byte for byte (SHA-256 checked)"
         if self.original is not None:
             text += f"; every pixel matches {self.original}"
             if self.original_identical:
@@ -103,6 +108,7 @@ class CheckResult:
             "checksummed": self.checksummed,
             "original": self.original,
             "original_identical": self.original_identical,
+            "restores_exactly": self.restores_exactly,
             "problems": self.problems,
             "more_problems": self.more_problems,
         }
@@ -233,6 +239,22 @@ def _image_reports(f: EmanHdfFile) -> list[ImageReport]:
     return reports
 
 
+def _claims_exact(path: PathLike) -> bool:
+    """True when the archive says ``restore`` rebuilds its source byte for byte."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            value = f.attrs.get("e2compress.restorable")
+    except (OSError, ValueError, TypeError):
+        return False
+    return value is not None and bool(int(np.asarray(value).reshape(-1)[0]))
+
+
+def _restored_sha256(path: PathLike) -> str | None:
+    from .restore import restored_sha256
+
+    return restored_sha256(path)
+
+
 def file_sha256(path: PathLike) -> str:
     """SHA-256 (hex) of the file ``path`` (symbolic links followed), read in steps."""
     digest = hashlib.sha256()
@@ -318,6 +340,13 @@ def check_archive(
                     if problem is not None:
                         result.add(problem)
             reports = _image_reports(f) if original is not None and result.ok else []
+        if result.ok and _claims_exact(path):
+            result.restores_exactly = _restored_sha256(path) is not None
+            if not result.restores_exactly:
+                result.add(
+                    "says it restores its source byte for byte, but the rebuilt bytes do "
+                    "not have the recorded SHA-256"
+                )
         if original is not None and result.ok:
             result.original = os.fspath(original)
             recorded = recorded_source_sha256(path)

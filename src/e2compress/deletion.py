@@ -18,8 +18,9 @@ this order (the first that fails keeps the file and says why):
    a ``.gz``/``.bz2`` source: the SHA-256 of its decompressed bytes, as recorded from
    the same read);
 7. a manifest line (JSON) naming the source (path, size, SHA-256), the archive (path,
-   SHA-256), the bits, whether the values are exact or within half a step, and the
-   time is appended and flushed to disk;
+   SHA-256), the bits, whether the values are exact or within half a step, the
+   SHA-256 of what ``restore`` writes (exact archives) and the time is appended and
+   flushed to disk;
 8. the source's name still refers to the file that was hashed (device, inode, size,
    modification and change times).
 
@@ -274,6 +275,7 @@ def delete_source(
         src_sha = _sha256_fd(fd)
         if src_sha != recorded:
             return keep("it changed since it was compressed (its SHA-256 differs)")
+        restored = None
         if claims.exact:
             restored = _restored_sha256(out)
             wanted = claims.restorable_sha256 if claims.compression else src_sha
@@ -299,6 +301,7 @@ def delete_source(
         "bits": bits,
         "values": EXACT if claims.exact else HALF_STEP,
         "restore": "byte for byte" if claims.exact else "headers exact, pixels decoded",
+        "restored_sha256": restored,  # a .gz/.bz2 source: of its decompressed bytes
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "other_links": others,
     }
