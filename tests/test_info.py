@@ -135,7 +135,7 @@ def test_only_a_first_argument_selects_a_subcommand(
 
 
 def test_help_of_each_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
-    for verb in ("info", "compare", "export"):
+    for verb in ("info", "compare", "export", "check"):
         rc, out, _ = run_cli(capsys, verb, "--help")
         assert rc == 0
         assert out.startswith(f"usage: e2compress {verb}")

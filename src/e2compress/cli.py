@@ -43,8 +43,8 @@ near 1 e/px, far more for integrated micrographs, averages and maps.
 --nooutliers is strongly recommended for micrographs and movies.
 
 Subcommands (first argument): info FILE..., compare ORIGINAL COMPRESSED,
-export IN.hdf OUT.mrc|OUT.tif; see e2compress VERB --help. Compress a file
-named like a subcommand as ./info.
+export IN.hdf OUT.mrc|OUT.tif, check ARCHIVE...; see e2compress VERB --help.
+Compress a file named like a subcommand as ./info.
 
 Recompressing an .hdf that is already quantised rounds values that were rounded
 before: to fewer bits, the new rounding error adds to the old one (up to half an
