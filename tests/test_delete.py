@@ -177,7 +177,7 @@ def test_links(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out.mkdir()
     rc, stdout, err = run_cli(
         capsys, "--delete-input", "-v", "1", "--bits", "8", "--outpath", out,
-        folder / "link.mrc", folder / "ints1.mrc",
+        "--manifest", tmp_path / "links.jsonl", folder / "link.mrc", folder / "ints1.mrc",
     )  # fmt: skip
     assert rc == 0
     assert "link.mrc: not deleted: it is a symbolic link (to ints0.mrc)" in err
@@ -186,10 +186,11 @@ def test_links(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert not (folder / "ints1.mrc").exists()
     assert (folder / "twin.mrc").read_bytes() == originals["ints1.mrc"]
     assert (folder / "twin.mrc").stat().st_nlink == 1
-    (line,) = read_manifest(out / MANIFEST)
+    assert not (out / MANIFEST).exists()
+    (line,) = read_manifest(tmp_path / "links.jsonl")
     assert line["source"] == str(folder / "ints1.mrc")
     assert line["other_links"] == 1
-    deleted = f"{folder / 'ints1.mrc'}: deleted (in {out / MANIFEST})"
+    deleted = f"{folder / 'ints1.mrc'}: deleted (in {tmp_path / 'links.jsonl'})"
     assert f"{deleted}; 1 other hard link keeps its data (no space freed)" in stdout
 
 

@@ -659,7 +659,7 @@ def _run(
             totals.add(r)
             progress.done(r)
             _print_result(batch, r)
-            if batch.manifest is not None and r.status == "done":
+            if batch.manifest is not None and r.status == "done" and not batch.cancel.is_set():
                 _delete(batch, r)
             if report is not None:
                 report.add(r)
@@ -682,7 +682,14 @@ def _open_manifest(args: argparse.Namespace) -> Manifest:
 def _delete(batch: _Batch, r: FileResult) -> None:
     """``--delete-input`` for one compressed file (see :mod:`e2compress.deletion`)."""
     assert batch.manifest is not None
-    outcome = delete_source(r.source, r.target, batch.manifest, verified=r.verified, bits=r.bits)
+    try:
+        outcome = delete_source(
+            r.source, r.target, batch.manifest, verified=r.verified, bits=r.bits
+        )
+    except Exception as exc:  # a bug: the file is kept, the batch goes on
+        batch.kept += 1
+        batch.console.err(f"WARNING: {r.source}: not deleted: unexpected error: {exc!r}")
+        return
     if outcome.deleted:
         batch.deleted += 1
         if batch.args.verbose:

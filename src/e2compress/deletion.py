@@ -251,7 +251,7 @@ def delete_source(
         return keep(f"its output {out} cannot be made durable ({exc.strerror or exc})")
     try:
         claims = _claims(out)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         return keep(f"its output {out} cannot be read ({exc})")
     if not claims.header_kept:
         return keep(f"{out} does not keep its header bytes (it could not be restored)")
