@@ -75,6 +75,25 @@ def test_strip_refuses_damage() -> None:
         checksum.strip(b"abc")
 
 
+def test_strip_accepts_what_hdf5_accepts(tmp_path: Path) -> None:
+    """HDF5 also accepts the checksum with the bytes of each 16-bit half swapped
+    (written by HDF5 before 1.6.3); so does our reader: h5py reads such a chunk."""
+    data = bytes(range(7, 250))
+    value = checksum.fletcher32(data)
+    swapped = ((value & 0x00FF00FF) << 8) | ((value >> 8) & 0x00FF00FF)
+    assert swapped != value
+    chunk = data + swapped.to_bytes(4, "little")
+    assert checksum.strip(chunk) == data
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset(
+            "d", shape=(len(data),), dtype=np.uint8, chunks=(len(data),), fletcher32=True
+        )
+        ds.id.write_direct_chunk((0,), chunk)
+    with h5py.File(path, "r") as f:
+        assert bytes(f["d"][...]) == data
+
+
 def _chunks(path: Path) -> list[tuple[str, int, int]]:
     """(dataset, byte offset, size) of every chunk of every image."""
     out = []
