@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from .atomic import AtomicOutput, check_output_dir
 from .errors import E2CompressError
+from .kept import restorable
 from .progress import human_size
 from .runner import STATUSES, FileResult
 
@@ -30,6 +31,7 @@ FIELDS = (
     "rmin",
     "rmax",
     "truncated",
+    "restorable",
     "seconds",
     "worker",
     "message",
@@ -51,10 +53,21 @@ def row(r: FileResult) -> dict[str, Any]:
         "rmin": r.rmin if done else None,
         "rmax": r.rmax if done else None,
         "truncated": r.truncated if done else None,
+        "restorable": _restorable(r),
         "seconds": round(r.seconds, 3),
         "worker": r.worker or None,
         "message": r.message or None,
     }
+
+
+def _restorable(r: FileResult) -> str | None:
+    """Whether the output rebuilds its source byte for byte (``e2compress restore``):
+    "yes", "no" (headers identical, values quantised) or None (it keeps no source bytes,
+    or there is no output)."""
+    if r.status not in ("done", "skipped") or not r.target:
+        return None
+    answer = restorable(r.target)
+    return None if answer is None else "yes" if answer else "no"
 
 
 @dataclass

@@ -12,6 +12,7 @@ import numpy as np
 
 from .eman_hdf import EmanHdfFile
 from .errors import InputError
+from .kept import recorded_sha256, restorable, restore_note
 from .sources import is_hdf5, open_source
 
 PathLike = str | os.PathLike[str]
@@ -53,6 +54,11 @@ class FileInfo:
     bytes: int
     ratio: float  # float32 size of all images over the file size
     images: list[ImageInfo] = field(default_factory=list)
+    # an archive that keeps its source's bytes: True when ``restore`` rebuilds the source
+    # byte for byte, False when only its headers (values quantised); None: keeps none
+    restorable: bool | None = None
+    restore_note: str | None = None  # why not, in a few words
+    source_sha256: str | None = None  # of the source, as recorded
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, one object with an ``images`` list."""
@@ -65,13 +71,27 @@ def file_info(path: PathLike) -> FileInfo:
     Raises :class:`~e2compress.errors.InputError` when the file cannot be read.
     """
     size = os.stat(path).st_size if os.path.exists(path) else 0
+    sha = note = None
     if is_hdf5(path):
         images = _hdf_images(path)
         fmt = "eman2-hdf"
+        exact = restorable(path)
+        if exact is not None:
+            sha, note = recorded_sha256(path), restore_note(path)
     else:
         images, fmt = _source_images(path)
+        exact = None
     floats = sum(4 * math.prod(im.shape) for im in images)
-    return FileInfo(os.fspath(path), fmt, size, floats / size if size else 0.0, images)
+    return FileInfo(
+        os.fspath(path),
+        fmt,
+        size,
+        floats / size if size else 0.0,
+        images,
+        restorable=exact,
+        restore_note=note,
+        source_sha256=sha,
+    )
 
 
 def _apix(header: dict[str, Any]) -> list[float] | None:
@@ -158,6 +178,8 @@ def format_info(info: FileInfo) -> str:
         f"{info.file}: {info.format}, {n} image{'s' * (n != 1)}, {info.bytes} bytes, "
         f"{info.ratio:.2f}x smaller than float32"
     ]
+    if info.restorable is not None:
+        lines[0] += f"; restore: {info.restore_note}"
     for im in info.images:
         dims = " x ".join(str(s) for s in im.shape[::-1])
         apix = "-" if im.apix is None else " x ".join(f"{a:.4g}" for a in im.apix) + " A"

@@ -15,8 +15,10 @@ starting at ``first element``, in the type ``dtypes[dtype index]`` (byte order
 included). Flags: :data:`FLIP` (TIFF: the file stores the rows bottom-up from EMAN2's
 view), :data:`NEGATE` (TIFF MINISWHITE: the image holds minus the stored number),
 :data:`PERMUTED` (MRC axis order other than 1,2,3: the stream is the images
-transposed back by ``axes``), :data:`ENCODED` (compressed TIFF strips: the run's bytes
-are an encoding of the values and cannot be rebuilt byte for byte).
+transposed back by ``axes``), :data:`ENCODED` (a compressed TIFF strip: the run holds
+the encoding of the strip of rows starting at ``first element``; how the page was
+encoded, and where its strip offsets and byte counts are, is a row of
+``/e2compress/source/encoded``, :data:`ENCODED_COLUMNS`).
 
 The SHA-256 is computed from the reads the readers make anyway (:class:`OrderedHasher`):
 blocks arrive from several threads in any order, are hashed as soon as they extend the
@@ -42,6 +44,20 @@ GROUP = "e2compress/source"
 ATTR = "e2compress."
 FLIP, NEGATE, PERMUTED, ENCODED = 1, 2, 4, 8
 PIECE_COLUMNS = ("offset", "nbytes", "image", "element", "dtype", "flags")
+ENCODED_COLUMNS = (
+    "image",
+    "compression",
+    "predictor",
+    "rowsperstrip",
+    "offsets_at",
+    "offsets_itemsize",
+    "counts_at",
+    "counts_itemsize",
+    "strips",
+)
+# A TIFF with more bytes than this outside its pixels keeps none (an MRC keeps its
+# headers, which its reader holds anyway).
+KEPT_LIMIT = 256 << 20
 # Held out-of-order blocks beyond this are dropped and read again at the end.
 PENDING_LIMIT = 256 << 20
 _KEPT_CHUNK = 1 << 22  # bytes per chunk of the kept-bytes dataset
@@ -194,6 +210,9 @@ class Layout:
     dtypes: list[str]  # numpy type strings with byte order, e.g. "<u2"
     axes: tuple[int, int, int] = (1, 2, 3)  # MRC mapc, mapr, maps
     problem: str | None = None  # why the file cannot be rebuilt, if it cannot
+    # TIFF pages whose strips are compressed: ENCODED_COLUMNS rows (see the module doc)
+    encoded: np.ndarray | None = None
+    byteorder: str = "<"  # of a TIFF's offsets and byte counts
 
     def gaps(self) -> list[tuple[int, int]]:
         """(offset, length) of every byte range outside the pixel runs, in file order."""
@@ -212,11 +231,51 @@ class Layout:
         """True when every pixel run holds plain values (nothing encoded)."""
         return self.problem is None and not bool(np.any(self.pieces[:, 5] & ENCODED))
 
+    @property
+    def rebuildable(self) -> bool:
+        """True when every encoded run belongs to a page that can be encoded again."""
+        if self.problem is not None:
+            return False
+        pages = set() if self.encoded is None else set(self.encoded[:, 0].tolist())
+        images = self.pieces[self.pieces[:, 5] & ENCODED != 0, 2].tolist()
+        return all(image in pages for image in images)
+
 
 def pieces_array(rows: list[tuple[int, int, int, int, int, int]]) -> np.ndarray:
     """Rows as the (n, 6) int64 array, sorted by file offset."""
     arr = np.array(rows, dtype=np.int64).reshape(-1, len(PIECE_COLUMNS))
     return arr[np.argsort(arr[:, 0], kind="stable")]
+
+
+def merge_runs(pieces: np.ndarray, values: list[int], itemsizes: list[int]) -> np.ndarray:
+    """Join runs that follow each other both in the file and in the images' stream (the
+    strips of a page, the pages of an ImageJ stack): one row where there were many.
+
+    Args:
+        pieces: sorted rows (:func:`pieces_array`).
+        values: the number of values of each image.
+        itemsizes: bytes per value of each entry of the layout's ``dtypes``.
+    """
+    out: list[list[int]] = []
+    image = end = 0  # where the last run ends in the stream: image, element
+    for row in pieces.tolist():
+        if out:
+            last = out[-1]
+            follows = (row[2] == image and row[3] == end) or (
+                row[2] == image + 1 and row[3] == 0 and end == values[image]
+            )
+            if (
+                row[0] == last[0] + last[1]
+                and row[4:] == last[4:]
+                and not last[5] & ENCODED
+                and follows
+            ):
+                last[1] += row[1]
+                image, end = row[2], row[3] + row[1] // itemsizes[row[4]]
+                continue
+        out.append(row)
+        image, end = row[2], row[3] + row[1] // itemsizes[row[4]]
+    return np.array(out, dtype=np.int64).reshape(-1, len(PIECE_COLUMNS))
 
 
 def overlapping(pieces: np.ndarray, size: int) -> bool:
@@ -272,8 +331,22 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
         data = np.frombuffer(kept.kept, dtype=np.uint8)
         _dataset(group, "kept", data)
         _dataset(group, "pieces", lay.pieces.astype("<i8"))
+        if lay.encoded is not None and len(lay.encoded):
+            _dataset(group, "encoded", lay.encoded.astype("<i8"))
+            group.attrs["byteorder"] = np.bytes_(lay.byteorder.encode("ascii"))
         ok = lay.raw if exact is None else lay.raw and exact
         f.attrs[ATTR + "restorable"] = np.int8(1 if ok else 0)
+        if lay.problem is not None:
+            note = f"cannot be rebuilt: {lay.problem}"
+        elif not lay.raw and not lay.rebuildable:
+            note = "cannot be rebuilt: its compressed TIFF strips cannot be encoded again"
+        elif not lay.raw:
+            note = "compressed TIFF: tags and pixels identical, strips encoded again"
+        elif not ok:
+            note = "headers only: values quantised (or not exact in float32)"
+        else:
+            note = "byte for byte"
+        f.attrs[ATTR + "restore_note"] = np.bytes_(note.encode("utf-8"))
 
 
 def _dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
@@ -287,7 +360,8 @@ def _dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
     )
 
 
-def _text(value: Any) -> str:
+def attr_text(value: Any) -> str:
+    """An attribute's text (bytes decoded as file names are: undecodable bytes kept)."""
     raw = np.asarray(value).reshape(-1)[0]
     if isinstance(raw, bytes | np.bytes_):
         return os.fsdecode(bytes(raw))
@@ -317,23 +391,38 @@ def _read_kept(f: h5py.File) -> Kept | None:
         return None
     a = group.attrs
     layout = Layout(
-        _text(a["format"]),
+        attr_text(a["format"]),
         int(np.asarray(a["size"]).reshape(-1)[0]),
         np.asarray(group["pieces"][()], dtype=np.int64).reshape(-1, len(PIECE_COLUMNS)),
-        [_text(d) for d in np.asarray(a["dtypes"]).reshape(-1) if _text(d)],
+        [attr_text(d) for d in np.asarray(a["dtypes"]).reshape(-1) if attr_text(d)],
         tuple(int(v) for v in np.asarray(a["axes"]).reshape(-1)[:3]),  # type: ignore[arg-type]
-        _text(a["problem"]) if "problem" in a else None,
+        attr_text(a["problem"]) if "problem" in a else None,
+        np.asarray(group["encoded"][()], dtype=np.int64) if "encoded" in group else None,
+        attr_text(a["byteorder"]) if "byteorder" in a else "<",
     )
     root = f.attrs
     name = root.get(ATTR + "restorable_name", root.get(ATTR + "source_name", b""))
     return Kept(
         layout,
         np.asarray(group["kept"][()], dtype=np.uint8).tobytes(),
-        _text(root[ATTR + "restorable_sha256"]),
+        attr_text(root[ATTR + "restorable_sha256"]),
         None,
-        _text(name),
-        _text(root.get(ATTR + "source_compression", b"")),
+        attr_text(name),
+        attr_text(root.get(ATTR + "source_compression", b"")),
     )
+
+
+def restore_note(path: PathLike) -> str | None:
+    """What ``restore`` can make of ``path`` in a few words, as recorded at compression
+    time ("byte for byte", "headers only: ...", "cannot be rebuilt: ..."); None when it
+    keeps no source bytes."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if GROUP not in f or ATTR + "restore_note" not in f.attrs:
+                return None
+            return attr_text(f.attrs[ATTR + "restore_note"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
 
 
 def restorable(path: PathLike) -> bool | None:
@@ -346,6 +435,17 @@ def restorable(path: PathLike) -> bool | None:
                 return None
             return bool(int(np.asarray(f.attrs[ATTR + "restorable"]).reshape(-1)[0]))
     except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def recorded_sha256(path: PathLike) -> str | None:
+    """The SHA-256 (hex) of the bytes ``restore`` writes (the source; for a ``.gz``/
+    ``.bz2`` source its decompressed bytes), as recorded in ``path``; None if none is."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            value = f.attrs.get(ATTR + "restorable_sha256")
+            return None if value is None else attr_text(value)
+    except (OSError, ValueError, TypeError):
         return None
 
 

@@ -952,7 +952,7 @@ def compress_file(
         target = resolve_target(named)
         check_output_dir(target)
         # a .gz/.bz2 input is decompressed into a nameless file beside the output
-        with open_source(source_path, scratch_dir=target.parent) as source:
+        with open_source(source_path, scratch_dir=target.parent, keep=True) as source:
             in_place = _same_file(source_path, target)
             if in_place and source.kind != "hdf":
                 raise OutputError(

@@ -22,8 +22,9 @@ class HdfSource(ImageSource):
 
     kind = "hdf"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep: bool = False) -> None:
         self.path = path
+        self._keep = keep
         self._file = EmanHdfFile(path, threads=1)
         try:
             if len(self._file) == 0:
@@ -73,6 +74,8 @@ class HdfSource(ImageSource):
 
     def kept(self) -> Kept | None:
         """The kept bytes of the archive read (re-compression carries them over)."""
+        if not self._keep:
+            return None
         try:
             return read_kept(self._file.h5file)
         except (OSError, KeyError, ValueError, TypeError) as exc:

@@ -322,6 +322,7 @@ class MrcSource(ImageSource):
         path: the file.
         magic: its first bytes (gzip/bzip2 signatures select decompression).
         scratch_dir: where a compressed file is decompressed to (default: system temp).
+        keep: keep the header bytes and hash the file (see :meth:`kept`).
 
     Raises:
         InputError: unreadable, unsupported mode, or sizes that disagree with the file.
@@ -330,8 +331,16 @@ class MrcSource(ImageSource):
 
     kind = "mrc"
 
-    def __init__(self, path: Path, magic: bytes, *, scratch_dir: PathLike | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        magic: bytes,
+        *,
+        scratch_dir: PathLike | None = None,
+        keep: bool = False,
+    ) -> None:
         self.path = path
+        self._keep = keep
         self._fd: int | None = None
         self._data: np.ndarray | None = None
         self._header_keys: dict[str, Any] | None = None
@@ -374,13 +383,14 @@ class MrcSource(ImageSource):
         header = parser.header
         self._header = header
         self._size = size
-        if self._decompressed is None:
-            self._hasher = OrderedHasher(size)
-        try:  # the headers: kept, and the start of the file's hash
-            self._kept_bytes = read_exact(self._pread, HEADER_BYTES + layout.nsymbt, 0)
-        except OSError as exc:
-            raise InputError(f"cannot read MRC header: {reason(exc)}", path) from None
-        self._feed(0, self._kept_bytes)
+        if self._keep:
+            if self._decompressed is None:
+                self._hasher = OrderedHasher(size)
+            try:  # the headers: kept, and the start of the file's hash
+                self._kept_bytes = read_exact(self._pread, HEADER_BYTES + layout.nsymbt, 0)
+            except OSError as exc:
+                raise InputError(f"cannot read MRC header: {reason(exc)}", path) from None
+            self._feed(0, self._kept_bytes)
         self._ext_type = bytes(header.exttyp).decode("ascii", "replace").strip("\0 ")
         self._fei = _fei_keys(parser) if self._ext_type in ("FEI1", "FEI2") else {}
         self._dtype = layout.dtype
@@ -424,13 +434,16 @@ class MrcSource(ImageSource):
         if self._hasher is not None:
             self._hasher.feed(offset, data)
 
-    def kept(self) -> Kept:
+    def kept(self) -> Kept | None:
         """The header bytes, the pixel layout and the SHA-256 of the file (finished from
-        the reads made so far; bytes no one read are read now).
+        the reads made so far; bytes no one read are read now); None when opened
+        without ``keep``.
 
         Raises:
             InputError: the file cannot be read to its end.
         """
+        if not self._keep:
+            return None
         nbytes = self._size - self._offset
         flags = PERMUTED if axis_permutation(self._axes) is not None else 0
         pieces = pieces_array([(self._offset, nbytes, 0, 0, 0, flags)])

@@ -34,6 +34,20 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .kept import (
+    ENCODED,
+    ENCODED_COLUMNS,
+    FLIP,
+    KEPT_LIMIT,
+    NEGATE,
+    Kept,
+    Layout,
+    OrderedHasher,
+    merge_runs,
+    overlapping,
+    pieces_array,
+    read_exact,
+)
 from .pixelsize import tiff_header_keys
 from .sources import ImageSource, reason
 
@@ -54,6 +68,8 @@ class _Frame:
 class TiffSource(ImageSource):
     """A TIFF file read as described in the module docstring.
 
+    ``keep``: read the bytes outside the pixels and hash the file (see :meth:`kept`).
+
     Raises:
         InputError: unreadable or damaged TIFF, a page that is not a single-channel 2-D
             image of integers or floats, data beyond the end of the file, or a frame
@@ -62,13 +78,17 @@ class TiffSource(ImageSource):
 
     kind = "tiff"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep: bool = False) -> None:
         import tifffile
 
         self.path = path
+        self._keep = keep
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._cache: tuple[int, np.ndarray] | None = None
+        self._hasher: OrderedHasher | None = None
+        self._layout: Layout | None = None
+        self._kept_bytes = b""
         try:
             self._tif = tifffile.TiffFile(path)
         except Exception as exc:  # tifffile raises many types on corrupt files
@@ -77,6 +97,8 @@ class TiffSource(ImageSource):
             self._fd = os.open(path, os.O_RDONLY)
             self._size = os.fstat(self._fd).st_size
             self._frames = self._find_frames()
+            if keep:
+                self._keep_bytes()
         except OSError as exc:
             self.close()
             raise InputError(f"cannot read TIFF file: {reason(exc)}", path) from None
@@ -246,6 +268,148 @@ class TiffSource(ImageSource):
             if expected != count:
                 raise InputError(f"TIFF has {count} images, but {what}", self.path)
 
+    # ------------------------------------------------------------------ kept bytes
+
+    def _keep_bytes(self) -> None:
+        """Where the pixels are; read the bytes between them (IFDs, tags, gaps), which
+        also start the file's hash."""
+        self._hasher = OrderedHasher(self._size)
+        self._encoded: list[tuple[int, ...]] = []
+        dtypes: list[str] = []
+        rows: list[tuple[int, int, int, int, int, int]] = []
+        problem = None
+        frames = self._frames
+        for k, frame in enumerate(frames):
+            page = frame.page
+            stored = np.dtype(self._tif.byteorder + page.dtype.char).str
+            if stored not in dtypes:
+                dtypes.append(stored)
+            flags = FLIP | (NEGATE if frame.negate else 0)
+            if len(frames) > 1 and frames[0].page is frames[1].page:
+                # frames behind one IFD (ImageJ > 4 GB): one run over all of them
+                assert frame.offset is not None
+                rows = [(frame.offset, len(frames) * page.keyframe.nbytes, 0, 0, 0, flags)]
+                break
+            problem = problem or self._page_pieces(k, page, dtypes.index(stored), flags, rows)
+        pieces = pieces_array(rows)
+        if problem is None and overlapping(pieces, self._size):
+            problem = "its strips overlap each other"
+        if problem is None:
+            values = [math.prod(self.shape(i)) for i in range(len(frames))]
+            pieces = merge_runs(pieces, values, [np.dtype(d).itemsize for d in dtypes])
+            outside = self._size - int(pieces[:, 1].sum())
+            if outside > KEPT_LIMIT:
+                problem = f"{outside} bytes lie outside its pixels (more than {KEPT_LIMIT})"
+        if problem is not None:
+            pieces = pieces_array([])
+        encoded = np.array(self._encoded, dtype=np.int64).reshape(-1, len(ENCODED_COLUMNS))
+        layout = Layout(
+            "tiff",
+            self._size,
+            pieces,
+            dtypes,
+            problem=problem,
+            encoded=encoded,
+            byteorder=self._tif.byteorder,
+        )
+        if problem is None:
+            parts = []
+            for offset, length in layout.gaps():
+                data = read_exact(self._pread, length, offset)
+                self._hasher.feed(offset, data)
+                parts.append(data)
+            self._kept_bytes = b"".join(parts)
+        self._layout = layout
+
+    def _page_pieces(
+        self,
+        k: int,
+        page: Any,
+        code: int,
+        flags: int,
+        rows: list[tuple[int, int, int, int, int, int]],
+    ) -> str | None:
+        """Append page ``k``'s pixel runs to ``rows`` (and a compressed page's encoding
+        to ``self._encoded``); the reason if they cannot be kept apart from the rest of
+        the file."""
+        key = page.keyframe
+        offsets, counts = page.dataoffsets, page.databytecounts
+        raw = (
+            key.compression == 1
+            and key.fillorder == 1
+            and key.predictor == 1
+            and not key.is_tiled
+            and key.samplesperpixel == 1
+            and key.bitspersample == 8 * np.dtype(key.dtype).itemsize
+        )
+        if not raw:  # the strips hold an encoding of the values
+            nx = page.shape[1]
+            per = int(key.rowsperstrip) or page.shape[0]
+            for i, (offset, count) in enumerate(zip(offsets, counts, strict=True)):
+                rows.append((int(offset), int(count), k, i * per * nx, code, flags | ENCODED))
+            encoding = self._encoding(k, page)
+            if encoding is not None:
+                self._encoded.append(encoding)
+            return None
+        ny, nx = page.shape
+        itemsize = np.dtype(key.dtype).itemsize
+        per = int(key.rowsperstrip) or ny
+        for i, (offset, count) in enumerate(zip(offsets, counts, strict=True)):
+            r0, r1 = i * per, min((i + 1) * per, ny)
+            if r0 >= ny:
+                return f"page {k} has more strips than rows"
+            need = (r1 - r0) * nx * itemsize
+            if int(count) < need:
+                return f"strip {i} of page {k} is shorter than its rows"
+            rows.append((int(offset), need, k, r0 * nx, code, flags))
+        if len(offsets) * per < ny:
+            return f"page {k} has fewer strips than rows"
+        return None
+
+    def _encoding(self, k: int, page: Any) -> tuple[int, ...] | None:
+        """How page ``k``'s strips are encoded and where their offsets and byte counts
+        are stored (ENCODED_COLUMNS); None when restore could not encode them again
+        (tiles, JPEG, a floating-point predictor, a codec tifffile cannot write)."""
+        import tifffile
+
+        key = page.keyframe
+        if key.is_tiled or key.predictor not in (1, 2) or key.fillorder != 1:
+            return None
+        if key.compression in (6, 7, 33007, 34892) or key.samplesperpixel != 1:
+            return None
+        try:
+            tifffile.TIFF.COMPRESSORS[key.compression]
+        except (KeyError, ValueError, ImportError):
+            return None
+        where = []
+        for code in (273, 279):  # StripOffsets, StripByteCounts
+            tag = page.tags.get(code)
+            if tag is None or tag.count != len(page.dataoffsets):
+                return None
+            fmt = tifffile.TIFF.DATA_FORMATS.get(int(tag.dtype), "")
+            if fmt not in ("1H", "1I", "1Q"):
+                return None
+            where += [int(tag.valueoffset), struct.calcsize(fmt[1])]
+        per = int(key.rowsperstrip) or page.shape[0]
+        strips = len(page.dataoffsets)
+        return (k, int(key.compression), int(key.predictor), per, *where, strips)
+
+    def kept(self) -> Kept | None:
+        """The bytes outside the pixels, where the pixels are, and the file's SHA-256
+        (finished from the reads made so far; bytes no one read are read now); None
+        when opened without ``keep``.
+
+        Raises:
+            InputError: the file cannot be read to its end.
+        """
+        if self._hasher is None or self._layout is None:
+            return None
+        try:
+            digest = self._hasher.finish(self._pread)
+        except OSError as exc:
+            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
+        return Kept(self._layout, self._kept_bytes, digest, digest, self.path.name)
+
     # ------------------------------------------------------------------ pixels
 
     def __len__(self) -> int:
@@ -270,13 +434,53 @@ class TiffSource(ImageSource):
             if self._cache is None or self._cache[0] != index:
                 self._cache = None  # free the previous frame before decoding the next
                 try:
-                    data = self._frames[index].page.asarray()
+                    data = self._decode(self._frames[index].page)
+                except InputError:
+                    raise
                 except Exception as exc:
                     raise InputError(
                         f"cannot decode TIFF page {index}: {reason(exc)}", self.path
                     ) from None
                 self._cache = (index, data[::-1])
             return self._cache[1]
+
+    def _decode(self, page: Any) -> np.ndarray:
+        """Page ``page`` decoded from its strips or tiles, which are read here once and
+        hashed (tifffile decodes them; a kind of page this does not cover is decoded by
+        tifffile's own reader and its segments read again for the hash)."""
+        key = page.keyframe
+        jpeg = key.compression in (6, 7, 33007, 34892)
+        if jpeg or page.is_tiled or len(key.shaped) != 5:
+            data: np.ndarray = page.asarray()
+            self._feed_segments(page)
+            return data
+        out = np.zeros(key.shaped, dtype=key.dtype)
+        decode = key.decode
+        segments = zip(page.dataoffsets, page.databytecounts, strict=True)
+        for i, (offset, count) in enumerate(segments):
+            raw = self._read_segment(int(offset), int(count))
+            if self._hasher is not None:
+                self._hasher.feed(int(offset), raw)
+            segment, (s, d, h, w, _), shape = decode(raw, i, _fullsize=False)
+            if segment is None:
+                continue
+            out[s, d : d + shape[0], h : h + shape[1], w : w + shape[2]] = segment[
+                : key.imagedepth - d, : key.imagelength - h, : key.imagewidth - w
+            ]
+        image: np.ndarray = out.reshape(key.shape)
+        return image
+
+    def _read_segment(self, offset: int, count: int) -> bytes:
+        try:
+            return read_exact(self._pread, count, offset)
+        except OSError as exc:
+            raise InputError(f"cannot read TIFF pixels: {reason(exc)}", self.path) from None
+
+    def _feed_segments(self, page: Any) -> None:
+        if self._hasher is None:
+            return
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+            self._hasher.feed(int(offset), self._read_segment(int(offset), int(count)))
 
     def _rows(self, frame: _Frame, row0: int, row1: int) -> np.ndarray:
         """File rows ``row0:row1`` of an uncompressed frame, as stored (not flipped)."""
@@ -290,6 +494,8 @@ class TiffSource(ImageSource):
             raise InputError(f"cannot read TIFF pixels: {reason(exc)}", self.path) from None
         if len(buf) != size:
             raise InputError("file ended while reading TIFF pixels", self.path)
+        if self._hasher is not None:
+            self._hasher.feed(frame.offset + row0 * nx * stored.itemsize, buf)
         return np.frombuffer(buf, dtype=stored).reshape(row1 - row0, nx)
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +29,25 @@ import numpy as np
 from .atomic import AtomicOutput, check_output_dir, os_error
 from .eman_hdf import EmanHdfFile, decode
 from .errors import E2CompressError, InputError, OutputError
-from .kept import ATTR, ENCODED, FLIP, GROUP, NEGATE, PERMUTED, PIECE_COLUMNS
+from .kept import (
+    ATTR,
+    ENCODED,
+    ENCODED_COLUMNS,
+    FLIP,
+    GROUP,
+    NEGATE,
+    PERMUTED,
+    PIECE_COLUMNS,
+    attr_text,
+    recorded_sha256,
+)
 from .quantize import F32, RenderRange, integer_step
 from .read_mrc import axis_permutation
 from .sources import strip_compression
 
 PathLike = str | os.PathLike[str]
 _STEP = 1 << 22  # bytes of kept data read at a time
+_ROWS = 1 << 16  # pixel runs read at a time
 _FLAGS = FLIP | NEGATE | PERMUTED | ENCODED
 
 __all__ = ["RestoreResult", "recorded_sha256", "restore_file", "restored_sha256"]
@@ -50,6 +63,7 @@ class RestoreResult:
     recorded_sha256: str | None  # of the source's restorable bytes, as recorded
     size: int  # bytes written
     quantised: bool  # some images were stored quantised: their pixels are decoded values
+    reencoded: bool = False  # compressed TIFF strips were encoded again
 
     def describe(self) -> str:
         """One line for the command line."""
@@ -57,27 +71,11 @@ class RestoreResult:
             return f"{self.path}: restored byte for byte ({self.size} bytes, SHA-256 {self.sha256})"
         if self.quantised:
             why = "values were quantised: headers identical, pixels are the decoded values"
+        elif self.reencoded:
+            why = "compressed TIFF strips encoded again: tags and pixels identical"
         else:
             why = "differs from the source although no image was quantised"
         return f"{self.path}: restored, NOT byte-identical ({why}; SHA-256 {self.sha256})"
-
-
-def _text(value: Any) -> str:
-    raw = np.asarray(value).reshape(-1)[0]
-    if isinstance(raw, bytes | np.bytes_):
-        return bytes(raw).decode("utf-8", "surrogateescape")
-    return str(raw)
-
-
-def recorded_sha256(archive: PathLike) -> str | None:
-    """The SHA-256 of the bytes ``restore`` must write (the source file; for a
-    ``.gz``/``.bz2`` source, its decompressed bytes), as recorded; None if not recorded."""
-    try:
-        with h5py.File(archive, "r", locking=False) as f:
-            value = f.attrs.get(ATTR + "restorable_sha256")
-            return None if value is None else _text(value)
-    except (OSError, ValueError, TypeError):
-        return None
 
 
 class _Archive:
@@ -108,14 +106,14 @@ class _Archive:
                 "e2compress that did not keep them); nothing to restore"
             )
         if "problem" in group.attrs:
-            raise self._fail(f"cannot be restored: {_text(group.attrs['problem'])}")
-        self.format = _text(group.attrs["format"])
+            raise self._fail(f"cannot be restored: {attr_text(group.attrs['problem'])}")
+        self.format = attr_text(group.attrs["format"])
         self.size = int(np.asarray(group.attrs["size"]).reshape(-1)[0])
         self.axes = tuple(int(a) for a in np.asarray(group.attrs["axes"]).reshape(-1))
         self.dtypes = [
-            _dtype(_text(d), self.path)
+            _dtype(attr_text(d), self.path)
             for d in np.asarray(group.attrs["dtypes"]).reshape(-1)
-            if _text(d)
+            if attr_text(d)
         ]
         kept = group["kept"]
         pieces = group["pieces"]
@@ -123,33 +121,47 @@ class _Archive:
             raise self._fail("kept source bytes have the wrong type")
         if pieces.ndim != 2 or pieces.shape[1] != len(PIECE_COLUMNS) or pieces.dtype.kind != "i":
             raise self._fail("pixel layout has the wrong shape")
-        if pieces.shape[0] > 1 << 26:
-            raise self._fail(f"pixel layout has too many runs ({pieces.shape[0]})")
         self.kept = kept
-        self.pieces = np.asarray(pieces[()], dtype=np.int64)
-        self.compression = _text(f.attrs.get(ATTR + "source_compression", b""))
+        self.pieces = pieces
+        self.encoded: dict[int, list[int]] = {}
+        if "encoded" in group:
+            table = group["encoded"]
+            if (
+                table.ndim != 2
+                or table.shape[1] != len(ENCODED_COLUMNS)
+                or table.shape[0] > len(self.images)
+            ):
+                raise self._fail("encoded-page table has the wrong shape")
+            for row in np.asarray(table[()], dtype=np.int64).tolist():
+                self.encoded[row[0]] = row
+        self.byteorder = attr_text(group.attrs.get("byteorder", b"<"))
+        if self.byteorder not in "<>":
+            raise self._fail("invalid byte order of the encoded-page table")
+        self.compression = attr_text(f.attrs.get(ATTR + "source_compression", b""))
         name = f.attrs.get(ATTR + "restorable_name")
         if name is None:
             name = f.attrs.get(ATTR + "source_name")
-            self.name = None if name is None else strip_compression(_text(name))
+            self.name = None if name is None else strip_compression(attr_text(name))
         else:
-            self.name = _text(name)
+            self.name = attr_text(name)
         exact = f.attrs.get(ATTR + "restorable")
         self.exact = exact is not None and bool(np.asarray(exact).reshape(-1)[0])
         recorded = f.attrs.get(ATTR + "restorable_sha256")
-        self.recorded = None if recorded is None else _text(recorded)
+        self.recorded = None if recorded is None else attr_text(recorded)
         self._check()
 
     def _check(self) -> None:
         """Every number of the layout against the others and against the images."""
-        p = self.pieces
         if self.size < 0:
             raise self._fail(f"invalid restorable size {self.size}")
         if len(self.axes) != 3:
             raise self._fail("invalid axis order")
         count = len(self.images)
-        pos = 0
-        for offset, nbytes, image, element, dtype, flags in p.tolist():
+        pos = total = 0
+        encoded = False
+        needed = 0
+        self.has_encoded = False
+        for offset, nbytes, image, element, dtype, flags in self.rows():
             if offset < pos or nbytes <= 0 or offset + nbytes > self.size:
                 raise self._fail(
                     f"pixel run at byte {offset} ({nbytes} bytes) overlaps another or "
@@ -157,23 +169,56 @@ class _Archive:
                 )
             if not 0 <= dtype < len(self.dtypes) or not 0 <= image < count or element < 0:
                 raise self._fail(f"pixel run at byte {offset} names no stored image or type")
-            if nbytes % self.dtypes[dtype].itemsize or flags & ~_FLAGS:
+            whole = flags & ENCODED or not nbytes % self.dtypes[dtype].itemsize
+            if not whole or flags & ~_FLAGS:
                 raise self._fail(f"pixel run at byte {offset} is not whole values")
             pos = offset + nbytes
-        total = int(p[:, 1].sum()) if len(p) else 0
+            total += nbytes
+            if flags & ENCODED:
+                encoded = True
+                if image not in self.encoded:
+                    raise self._fail(
+                        f"cannot be rebuilt: the compressed strips of page {image} cannot "
+                        "be encoded again (tiles, JPEG or an unsupported codec); export "
+                        "writes its pixels"
+                    )
+            else:
+                needed += nbytes // self.dtypes[dtype].itemsize
         if self.kept.shape[0] != self.size - total:
             raise self._fail(
                 f"holds {self.kept.shape[0]} kept bytes, its layout needs {self.size - total}"
             )
-        if len(p) and bool(np.any(p[:, 5] & ENCODED)):
-            raise self._fail(
-                "cannot be restored byte for byte: the source's pixels were compressed "
-                "(TIFF compression); use export to write the images"
-            )
+        if encoded:
+            self._check_encoded()
+        self.has_encoded = encoded
         values = sum(int(np.prod(self.images.shape(i))) for i in range(count))
-        needed = sum(nb // self.dtypes[dt].itemsize for _, nb, _, _, dt, _ in p.tolist())
         if needed > values:
             raise self._fail(f"its layout needs {needed} values, the images hold {values}")
+
+    def _check_encoded(self) -> None:
+        """The encoded-page table: codecs restore can use, tag values inside the file."""
+        import tifffile
+
+        for image, comp, pred, per, o_at, o_size, c_at, c_size, strips in self.encoded.values():
+            _, ny, _ = self._shape3(image)
+            try:
+                tifffile.TIFF.COMPRESSORS[comp]
+            except (KeyError, ValueError, ImportError):
+                raise self._fail(f"page {image}: cannot encode TIFF compression {comp}") from None
+            if pred not in (1, 2) or per < 1 or strips != -(-ny // per):
+                raise self._fail(f"page {image}: invalid strip encoding")
+            for at, size in ((o_at, o_size), (c_at, c_size)):
+                if size not in (2, 4, 8) or at < 0 or at + size * strips > self.size:
+                    raise self._fail(f"page {image}: strip table outside the file")
+
+    def rows(self) -> Iterator[list[int]]:
+        """The pixel runs, read a block at a time (memory bounded at any count)."""
+        count = self.pieces.shape[0]
+        for a in range(0, count, _ROWS):
+            block = np.asarray(self.pieces[a : a + _ROWS], dtype=np.int64)
+            if block.shape[0] != min(_ROWS, count - a):
+                raise self._fail("pixel layout is cut short")
+            yield from block.tolist()
 
     def _shape3(self, index: int) -> tuple[int, int, int]:
         shape = self.images.shape(index)
@@ -189,19 +234,62 @@ class _Archive:
 
     # ------------------------------------------------------------------ the bytes
 
-    def chunks(self) -> Iterator[bytes | memoryview]:
-        """The restored file, in order, a bounded piece at a time."""
+    def chunks(self) -> Iterator[tuple[int, bytes | memoryview]]:
+        """The restored file as (file offset, bytes), a bounded piece at a time: in file
+        order, except that a compressed TIFF strip that grew when encoded again goes to
+        the end of the file, and its page's strip offsets and byte counts are then
+        written again (the last pieces)."""
         values = _Values(self)
-        pos = 0
-        kept_pos = 0
-        for offset, nbytes, image, element, dtype, flags in self.pieces.tolist():
+        pos = kept_pos = 0
+        tail = self.size
+        strips: dict[int, dict[int, tuple[int, int]]] = {}  # page: strip: (offset, bytes)
+        changed: set[int] = set()
+        for offset, nbytes, image, element, dtype, flags in self.rows():
             if offset > pos:
-                yield from self._kept(kept_pos, offset - pos)
-                kept_pos += offset - pos
-            yield from values.run(image, element, nbytes, self.dtypes[dtype], flags)
-            pos = offset + nbytes
+                for data in self._kept(kept_pos, offset - pos):
+                    yield pos, data
+                    pos += len(data)
+                    kept_pos += len(data)
+            if flags & ENCODED:
+                page = self.encoded[image]
+                strip = values.encoded_strip(image, element, page, self.dtypes[dtype], flags)
+                index = element // (page[3] * self._shape3(image)[2])
+                if len(strip) <= nbytes:
+                    yield offset, strip + bytes(nbytes - len(strip))
+                    strips.setdefault(image, {})[index] = (offset, len(strip))
+                else:
+                    yield offset, bytes(nbytes)
+                    yield tail, strip + bytes(len(strip) & 1)  # strips start on a word
+                    strips.setdefault(image, {})[index] = (tail, len(strip))
+                    tail += len(strip) + (len(strip) & 1)
+                if len(strip) != nbytes:
+                    changed.add(image)
+                pos = offset + nbytes
+            else:
+                for piece in values.run(image, element, nbytes, self.dtypes[dtype], flags):
+                    yield pos, piece
+                    pos += len(piece)
         if pos < self.size:
-            yield from self._kept(kept_pos, self.size - pos)
+            for data in self._kept(kept_pos, self.size - pos):
+                yield pos, data
+                pos += len(data)
+        for image in sorted(changed):
+            yield from self._strip_tables(self.encoded[image], strips[image])
+
+    def _strip_tables(
+        self, page: list[int], strips: dict[int, tuple[int, int]]
+    ) -> Iterator[tuple[int, bytes]]:
+        """A page's strip offsets and byte counts, written again after relocation."""
+        image, _, _, _, o_at, o_size, c_at, c_size, count = page
+        if sorted(strips) != list(range(count)):
+            raise self._fail(f"page {image}: its strips are not all in the layout")
+        for at, size, column in ((o_at, o_size, 0), (c_at, c_size, 1)):
+            numbers = [strips[i][column] for i in range(count)]
+            if max(numbers) >= 1 << (8 * size):
+                raise self._fail(
+                    f"page {image}: strips encoded again do not fit its {8 * size}-bit offsets"
+                )
+            yield at, np.array(numbers, dtype=f"{self.byteorder}u{size}").tobytes()
 
     def _kept(self, start: int, length: int) -> Iterator[bytes]:
         for a in range(start, start + length, _STEP):
@@ -258,6 +346,27 @@ class _Values:
             element += take
             n -= take
 
+    def encoded_strip(
+        self, image: int, element: int, page: list[int], dtype: np.dtype, flags: int
+    ) -> bytes:
+        """The strip of rows starting at value ``element`` of page ``image``, encoded
+        as the page was (``page``: its ENCODED_COLUMNS row)."""
+        import tifffile
+
+        _, compression, predictor, per = page[:4]
+        _, ny, nx = self.archive._shape3(image)
+        row0 = element // nx
+        if element % nx or not 0 <= row0 < ny:
+            raise self.archive._fail(f"page {image}: a strip does not start on a row")
+        rows = min(per, ny - row0)
+        values = self._section(image, 0, dtype, flags)[row0 * nx : (row0 + rows) * nx]
+        data = values.reshape(rows, nx, 1)
+        if predictor == 2:
+            data = tifffile.TIFF.PREDICTORS[2](data, axis=-2)
+        args = {"axis": -2} if compression == 32773 else {}  # PackBits: row by row
+        encoded: bytes = tifffile.TIFF.COMPRESSORS[compression](data, **args)
+        return bytes(encoded)
+
     def _section(self, image: int, z: int, dtype: np.dtype, flags: int) -> np.ndarray:
         key = (image, z, dtype.str, flags)
         if self._cache is not None and self._cache[0] == key:
@@ -285,14 +394,16 @@ class _Values:
                 raise self.archive._fail(f"invalid axis order {self.archive.axes}")
             images = self.archive.images
             parts = [
-                _convert(np.asarray(images.dataset(i)[()]), images.render_range(i), dtype, 0)
+                _convert(
+                    np.asarray(images.dataset(i)[()]), images.render_range(i), dtype, 0
+                ).reshape(self.archive._shape3(i))
                 for i in range(len(images))
             ]
-            data = np.stack(parts) if len(parts) > 1 else parts[0]
-            if data.ndim == 2:
-                data = data[np.newaxis]
+            data = np.concatenate(parts)  # a stack's images are its sections
             inverse = tuple(int(a) for a in np.argsort(perm))
-            self._whole[key] = np.ascontiguousarray(data.transpose(inverse)).reshape(-1)
+            # numpy joins in native byte order: the file's order is given back here
+            file_order = np.ascontiguousarray(data.transpose(inverse), dtype=dtype)
+            self._whole[key] = file_order.reshape(-1)
         return self._whole[key]
 
 
@@ -338,14 +449,15 @@ def restored_sha256(archive: PathLike) -> str | None:
         return None
     try:
         digest = hashlib.sha256()
-        for chunk in arch.chunks():
+        pos = 0
+        for offset, chunk in arch.chunks():
+            if offset != pos:  # strips moved: not the source's bytes
+                return None
             digest.update(chunk)
+            pos += len(chunk)
         got = digest.hexdigest()
         return got if got == arch.recorded else None
-    except E2CompressError:
-        return None
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:  # damaged datasets
-        del exc
+    except (E2CompressError, OSError, RuntimeError, ValueError, KeyError):  # damaged
         return None
     finally:
         arch.close()
@@ -404,17 +516,16 @@ def restore_file(
             if not overwrite:
                 raise OutputError("output exists; not replaced (--force replaces it)", target)
         check_output_dir(target)
-        digest = hashlib.sha256()
-        size = 0
+        free = _free_bytes(target.parent)
+        if free is not None and arch.size > free:
+            raise OutputError(
+                f"restoring needs {arch.size} bytes, {target.parent} has {free} free", target
+            )
         with AtomicOutput(target) as tmp:
             try:
-                with open(tmp.path, "wb") as fh:
-                    for chunk in arch.chunks():
-                        fh.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                got = digest.hexdigest()
-                if got != arch.recorded and (arch.exact or not arch.quantised):
+                got, size = _write(arch, tmp.path)
+                damaged = arch.exact or not (arch.quantised or arch.has_encoded)
+                if got != arch.recorded and damaged:
                     raise InputError(
                         f"the rebuilt file's SHA-256 {got} differs from the recorded "
                         f"{arch.recorded} although every value was stored exactly "
@@ -424,9 +535,53 @@ def restore_file(
                 tmp.commit()
             except OSError as exc:
                 raise os_error(exc, target) from None
-        return RestoreResult(target, got == arch.recorded, got, arch.recorded, size, arch.quantised)
+        return RestoreResult(
+            target,
+            got == arch.recorded,
+            got,
+            arch.recorded,
+            size,
+            arch.quantised,
+            arch.has_encoded,
+        )
     finally:
         arch.close()
+
+
+def _write(arch: _Archive, path: Path) -> tuple[str, int]:
+    """Write the restored file to ``path``; its SHA-256 and size. Hashed as written
+    when it is written in order, else read back once (strips moved)."""
+    digest = hashlib.sha256()
+    pos = 0
+    in_order = True
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        for offset, chunk in arch.chunks():
+            view = memoryview(chunk)
+            done = 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], offset + done)
+            if in_order and offset == pos:
+                digest.update(view)
+                pos += len(view)
+            else:
+                in_order = False
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if not in_order:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(_STEP):
+                digest.update(block)
+    return digest.hexdigest(), size
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -80,7 +80,8 @@ class ImageSource(abc.ABC):
     def kept(self) -> Kept | None:
         """The source's non-pixel bytes, where its pixels lie and its SHA-256, computed
         from the reads made so far (call after reading every image); None when the
-        format keeps nothing this way (EMAN2 HDF: its attributes are copied as they are).
+        source was opened without ``keep`` or the format keeps nothing this way (EMAN2
+        HDF: its attributes are copied as they are).
 
         Raises:
             InputError: the file cannot be read to its end.
@@ -133,7 +134,9 @@ def reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def open_source(path: PathLike, *, scratch_dir: PathLike | None = None) -> ImageSource:
+def open_source(
+    path: PathLike, *, scratch_dir: PathLike | None = None, keep: bool = False
+) -> ImageSource:
     """Open ``path`` as an image source, choosing the reader by content and name.
 
     Args:
@@ -141,6 +144,8 @@ def open_source(path: PathLike, *, scratch_dir: PathLike | None = None) -> Image
         scratch_dir: where a compressed MRC is decompressed to (an anonymous file,
             gone when the source is closed or the process dies); default: the
             system's temporary directory.
+        keep: read the bytes outside the pixels and hash the file from the reads
+            (:meth:`ImageSource.kept`); without it ``kept()`` returns None.
 
     Raises:
         InputError: the file is missing, unreadable, of no supported kind, or
@@ -159,11 +164,11 @@ def open_source(path: PathLike, *, scratch_dir: PathLike | None = None) -> Image
         raise InputError("file is empty", p)
     name = strip_compression(p.name).lower()
     if magic == HDF5_MAGIC:
-        return HdfSource(p)
+        return HdfSource(p, keep=keep)
     if magic[:4] in TIFF_MAGICS:
-        return TiffSource(p)
+        return TiffSource(p, keep=keep)
     if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)) or name.endswith(MRC_SUFFIXES):
-        return MrcSource(p, magic, scratch_dir=scratch_dir)
+        return MrcSource(p, magic, scratch_dir=scratch_dir, keep=keep)
     if name.endswith(HDF_SUFFIXES):
         raise InputError("not an HDF5 file (bad signature)", p)
     if name.endswith(TIFF_SUFFIXES):
