@@ -136,13 +136,24 @@ def test_what_is_kept_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         d = delete_source(archive, archive, manifest, verified=True)
         assert not d.deleted
         assert "in place" in d.message
-        # no header bytes kept (a TIFF source)
-        tif = tmp_path / "in" / "13pf_MT.tif"
-        tif.write_bytes((DATA / "13pf_MT.tif").read_bytes())
-        e2compress.compress_file(tif, out / "13pf_MT.hdf", bits=8, verify=True)
-        d = delete_source(tif, out / "13pf_MT.hdf", manifest, verified=True)
+        # no header bytes kept: an EMAN2 HDF source (written by h5py here)
+        hdf = tmp_path / "in" / "plain.hdf"
+        with h5py.File(hdf, "w") as f:
+            images = f.create_group("MDF/images")
+            images.attrs["imageid_max"] = np.array([0], dtype=np.int32)
+            images.create_group("0").create_dataset("image", data=np.ones((8, 8), np.float32))
+        e2compress.compress_file(hdf, out / "plain.hdf", bits=8, verify=True)
+        d = delete_source(hdf, out / "plain.hdf", manifest, verified=True)
         assert not d.deleted
         assert "header bytes" in d.message
+        # an e2compress archive as the source: its archive carries the MRC's header
+        # bytes, but no SHA-256 of the HDF file itself
+        mapped = tmp_path / "in" / "map.hdf"
+        e2compress.compress_file(DATA / "EMD-3001.map", mapped, bits=0)
+        e2compress.compress_file(mapped, out / "map.hdf", bits=8, verify=True)
+        d = delete_source(mapped, out / "map.hdf", manifest, verified=True)
+        assert not d.deleted
+        assert "records no SHA-256" in d.message
         # the source changed after it was compressed, same size and time
         data = bytearray(src.read_bytes())
         st = src.stat()
@@ -162,7 +173,8 @@ def test_what_is_kept_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert not d.deleted
         assert "byte for byte" in d.message
     assert src.exists()
-    assert tif.exists()
+    assert hdf.exists()
+    assert mapped.exists()
     assert read_manifest(tmp_path / "m.jsonl") == []
 
 
