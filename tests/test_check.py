@@ -146,3 +146,18 @@ def test_an_exact_archive_is_rebuilt_and_hashed(tmp_path: Path) -> None:
         "says it restores its source byte for byte, but the rebuilt bytes do not have "
         "the recorded SHA-256"
     ]
+
+
+def test_damaged_kept_header_bytes_are_found(tmp_path: Path) -> None:
+    """The source's header bytes kept beside /MDF are read through HDF5's filters."""
+    out = tmp_path / "map.hdf"
+    e2compress.compress_file(DATA / "EMD-3001.map", out, bits=8)
+    with h5py.File(out, "r") as f:
+        kept = f["e2compress/source/kept"]
+        assert kept.fletcher32
+        info = kept.id.get_chunk_info(0)
+    assert check_archive(out).ok
+    _flip(out, info.byte_offset + info.size // 2)
+    result = check_archive(out)
+    assert len(result.problems) == 1
+    assert result.problems[0].startswith("/e2compress/source/kept cannot be read (")

@@ -10,7 +10,8 @@ given; then each image is decoded and checked against the original as the compre
 own verification does (within half a step inside the stored range, end codes outside
 it, bit for bit for lossless images). An archive that says it restores its source byte
 for byte (see :mod:`~e2compress.restore`) is rebuilt in memory and its SHA-256 compared
-with the recorded one.
+with the recorded one. Every other dataset (the kept source header bytes) is read
+through HDF5's own filters, which verify their checksums.
 """
 
 from __future__ import annotations
@@ -239,6 +240,31 @@ def _image_reports(f: EmanHdfFile) -> list[ImageReport]:
     return reports
 
 
+def _check_other_datasets(path: PathLike, result: CheckResult, cancel: Cancel) -> None:
+    """Read every dataset outside ``/MDF`` (the kept source bytes and their layout)
+    through HDF5's own filters, which verify their checksums."""
+    names: list[str] = []
+    with h5py.File(path, "r", locking=False) as f:
+        f.visititems(
+            lambda name, obj: (
+                names.append(name)
+                if isinstance(obj, h5py.Dataset) and not name.startswith("MDF/")
+                else None
+            )
+        )
+        for name in names:
+            cancel.check()
+            ds = f[name]
+            try:
+                if ds.chunks is None:
+                    ds[()]
+                else:
+                    for region in ds.iter_chunks():
+                        ds[region]
+            except (OSError, RuntimeError, ValueError) as exc:
+                result.add(f"/{name} cannot be read ({_first_line(exc)})")
+
+
 def _claims_exact(path: PathLike) -> bool:
     """True when the archive says ``restore`` rebuilds its source byte for byte."""
     try:
@@ -340,6 +366,7 @@ def check_archive(
                     if problem is not None:
                         result.add(problem)
             reports = _image_reports(f) if original is not None and result.ok else []
+        _check_other_datasets(path, result, token)
         if result.ok and _claims_exact(path):
             result.restores_exactly = _restored_sha256(path) is not None
             if not result.restores_exactly:
