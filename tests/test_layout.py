@@ -10,6 +10,7 @@ import pytest
 
 import e2compress
 from conftest import REAL
+from e2compress.kept import KEPT_ATTRS
 from e2compress.provenance import RECORD_KEYS
 
 pytestmark = pytest.mark.shared
@@ -153,11 +154,10 @@ def test_layout(name: str, n: int, shape: tuple[int, ...], bits: int, tmp_path: 
     out = _compress(name, tmp_path, bits=bits)
     with h5py.File(out, "r") as f:
         # never num_dataset (EMAN2 would use its legacy reader); only the record of what
-        # the file was made from and the kept source bytes (e2compress.*, /e2compress),
-        # which EMAN2 ignores
-        assert {f"e2compress.{k}" for k in RECORD_KEYS} <= set(f.attrs)
-        assert all(name.startswith("e2compress.") for name in f.attrs)
-        assert sorted(f.keys()) == ["MDF", "e2compress"]
+        # the file was made from and the source's kept bytes, which EMAN2 ignores
+        assert set(f.attrs) == {f"e2compress.{k}" for k in (*RECORD_KEYS, *KEPT_ATTRS)}
+        assert list(f.keys()) == ["MDF", "e2compress"]
+        assert list(f["e2compress"].keys()) == ["source"]
         assert isinstance(f["MDF"], h5py.Group)
         assert len(f["MDF"].attrs) == 0
         assert list(f["MDF"].keys()) == ["images"]

@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import shutil
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ def test_mrc_restores_byte_for_byte_at_bits_0(src: Path, tmp_path: Path) -> None
     assert result.byte_identical
     assert result.sha256 == want
     assert result.path.read_bytes() == restorable_bytes(src)
+    assert ("decompressed bzip2" in result.describe()) == (src.suffix == ".bz2")
 
 
 @pytest.mark.parametrize("src", MRC_FILES)
@@ -577,3 +579,34 @@ def test_quantised_restore_holds_the_decoded_values(tmp_path: Path, miniswhite: 
     with tifffile.TiffFile(src) as tif:
         first = int(min(tif.pages[0].dataoffsets))
     assert raw[:first] == got[:first]
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_tiled_tiff_is_hashed_and_refused(
+    tmp_path: Path, compression: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tiles are not rebuilt: the hash is still the file's; restore refuses in one line."""
+    data = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)
+    src = tmp_path / "tiled.tif"
+    tifffile.imwrite(src, data, tile=(16, 16), compression=compression)
+    archive = compress(src, tmp_path, 0)
+    with h5py.File(archive, "r") as f:
+        assert f.attrs["e2compress.source_sha256"].decode() == sha256(src)
+    assert restored_sha256(archive) is None
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, _, err = run_cli(capsys, "restore", archive, out)
+    assert rc == 1
+    assert err.count("\n") == 1
+    assert "cannot be encoded again" in err
+    assert list(out.iterdir()) == []
+
+
+def test_no_hashing_thread_outlives_its_file(tmp_path: Path) -> None:
+    """The hasher's thread ends with the file, whether it was compressed or refused."""
+    good = write_mrc(tmp_path / "good.mrc", np.ones((40, 30), dtype=np.float32))
+    bad = write_mrc(tmp_path / "bad.mrc", np.full((40, 30), np.nan, dtype=np.float32))
+    compress(good, tmp_path, 5)
+    with pytest.raises(InputError, match="NaN"):
+        compress(bad, tmp_path, 5)
+    assert not [t for t in threading.enumerate() if t.name == "e2compress-sha256"]

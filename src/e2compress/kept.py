@@ -43,6 +43,17 @@ PathLike = str | os.PathLike[str]
 GROUP = "e2compress/source"
 ATTR = "e2compress."
 FLIP, NEGATE, PERMUTED, ENCODED = 1, 2, 4, 8
+# Root attributes (``e2compress.<name>``) an output that keeps its source's bytes adds to
+# the record of :mod:`~e2compress.provenance` (source_sha256 only for MRC/TIFF inputs).
+KEPT_ATTRS = (
+    "source_sha256",
+    "restorable_sha256",
+    "restorable_size",
+    "restorable_name",
+    "source_compression",
+    "restorable",
+    "restore_note",
+)
 PIECE_COLUMNS = ("offset", "nbytes", "image", "element", "dtype", "flags")
 ENCODED_COLUMNS = (
     "image",
@@ -67,11 +78,14 @@ _READ_STEP = 1 << 22
 class OrderedHasher:
     """SHA-256 of a file fed from blocks read in any order, by any number of threads.
 
-    ``feed(offset, data)`` hands over bytes read at ``offset``; bytes that extend the
-    hashed prefix are hashed at once (by one thread at a time, outside the lock the
-    other threads take), others are held until the gap before them is filled (at most
-    :data:`PENDING_LIMIT` bytes; beyond that they are dropped and :meth:`finish`
-    reads what is missing). Repeated reads of hashed bytes are ignored.
+    ``feed(offset, data)`` hands over bytes read at ``offset`` and returns at once: a
+    thread of the hasher's own hashes blocks in file order as they extend the hashed
+    prefix, so the reading threads never wait for the hash (when they hashed
+    themselves, one of them ended up hashing for all and held up the others' tasks:
+    measured 1.6x the hashing time on 2 threads). Blocks beyond a gap are held until
+    it is filled (at most :data:`PENDING_LIMIT` bytes; beyond that they are dropped
+    and :meth:`finish` reads what is missing). Repeated reads of hashed bytes are
+    ignored. :meth:`close` (or :meth:`finish`) stops the thread.
     """
 
     def __init__(self, size: int) -> None:
@@ -81,18 +95,20 @@ class OrderedHasher:
         self._heap: list[tuple[int, int, memoryview]] = []
         self._held = 0
         self._seq = itertools.count()
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
         self._busy = False
         self._overflow = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
         self.reread = 0  # bytes :meth:`finish` had to read itself
 
     def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Bytes ``data`` read at ``offset`` of the file."""
+        """Bytes ``data`` read at ``offset`` of the file (kept until hashed)."""
         view = memoryview(data).cast("B")
         if not view.nbytes:
             return
-        with self._lock:
-            if offset + view.nbytes <= self._pos:
+        with self._cond:
+            if self._closed or offset + view.nbytes <= self._pos:
                 return
             if self._overflow and offset > self._pos:
                 return
@@ -100,10 +116,13 @@ class OrderedHasher:
             self._held += view.nbytes
             if self._held > PENDING_LIMIT:
                 self._drop()
-            if self._busy:
-                return
-            self._busy = True
-        self._drain()
+            if offset <= self._pos:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="e2compress-sha256", daemon=True
+                    )
+                    self._thread.start()
+                self._cond.notify_all()
 
     def _drop(self) -> None:
         """Forget the held blocks that do not start the unhashed part (lock held)."""
@@ -113,28 +132,46 @@ class OrderedHasher:
         self._held = sum(item[2].nbytes for item in keep)
         self._overflow = True
 
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
-                ready: list[memoryview] = []
-                while self._heap and self._heap[0][0] <= self._pos:
-                    offset, _, view = heapq.heappop(self._heap)
-                    self._held -= view.nbytes
-                    end = offset + view.nbytes
-                    if end > self._pos:
-                        ready.append(view[self._pos - offset :])
-                        self._pos = end
-                if not ready:
-                    self._busy = False
-                    return
-            for view in ready:
-                self._hash.update(view)
+    def _ready(self) -> list[memoryview]:
+        """Pop the held blocks that extend the hashed prefix (lock held)."""
+        ready: list[memoryview] = []
+        while self._heap and self._heap[0][0] <= self._pos:
+            offset, _, view = heapq.heappop(self._heap)
+            self._held -= view.nbytes
+            end = offset + view.nbytes
+            if end > self._pos:
+                ready.append(view[self._pos - offset :])
+                self._pos = end
+        return ready
 
-    @property
-    def complete(self) -> bool:
-        """True when every byte of the file has been hashed."""
-        with self._lock:
-            return self._pos >= self.size and not self._busy
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                ready = self._ready()
+                while not ready and not self._closed:
+                    self._cond.wait()
+                    ready = self._ready()
+                if not ready:
+                    return
+                self._busy = True
+            try:
+                for view in ready:
+                    self._hash.update(view)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _settle(self) -> int:
+        """Wait until everything that can be hashed is; the bytes hashed."""
+        with self._cond:
+            while self._busy or (self._heap and self._heap[0][0] <= self._pos):
+                if self._thread is None:  # nothing started it: hash here
+                    for view in self._ready():
+                        self._hash.update(view)
+                    continue
+                self._cond.wait()
+            return self._pos
 
     def finish(self, pread: Callable[[int, int], bytes]) -> str:
         """The hex digest, reading the bytes no one fed with ``pread(size, offset)``.
@@ -142,20 +179,30 @@ class OrderedHasher:
         Raises:
             OSError: a read failed or the file ended early.
         """
-        while not self.complete:
-            with self._lock:
-                pos, busy = self._pos, self._busy
-                held = self._heap[0][0] if self._heap else self.size
-            if busy:  # another thread is still hashing; cannot happen after the reads
-                threading.Event().wait(0.001)
-                continue
-            want = min(_READ_STEP, max(held, pos + 1) - pos, self.size - pos)
-            block = pread(want, pos)
-            if len(block) != want:
-                raise OSError(f"file ended at byte {pos + len(block)} of {self.size}")
-            self.reread += want
-            self.feed(pos, block)
-        return self._hash.hexdigest()
+        try:
+            while (pos := self._settle()) < self.size:
+                with self._cond:
+                    held = self._heap[0][0] if self._heap else self.size
+                want = min(_READ_STEP, max(held, pos + 1) - pos, self.size - pos)
+                block = pread(want, pos)
+                if len(block) != want:
+                    raise OSError(f"file ended at byte {pos + len(block)} of {self.size}")
+                self.reread += want
+                self.feed(pos, block)
+            return self._hash.hexdigest()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the hashing thread and drop what is held."""
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._held = 0
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
 
 class HashingReader:

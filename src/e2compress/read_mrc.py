@@ -543,6 +543,8 @@ class MrcSource(ImageSource):
         return out
 
     def close(self) -> None:
+        if self._hasher is not None:
+            self._hasher.close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -450,7 +450,7 @@ class TiffSource(ImageSource):
         tifffile's own reader and its segments read again for the hash)."""
         key = page.keyframe
         jpeg = key.compression in (6, 7, 33007, 34892)
-        if jpeg or page.is_tiled or len(key.shaped) != 5:
+        if jpeg or key.is_tiled or len(key.shaped) != 5:
             data: np.ndarray = page.asarray()
             self._feed_segments(page)
             return data
@@ -527,6 +527,8 @@ class TiffSource(ImageSource):
         return out
 
     def close(self) -> None:
+        if self._hasher is not None:
+            self._hasher.close()
         self._cache = None
         self._tif.close()
         if self._fd is not None:

@@ -64,11 +64,16 @@ class RestoreResult:
     size: int  # bytes written
     quantised: bool  # some images were stored quantised: their pixels are decoded values
     reencoded: bool = False  # compressed TIFF strips were encoded again
+    compression: str = ""  # of the original input ("gzip", "bzip2"): restored decompressed
 
     def describe(self) -> str:
         """One line for the command line."""
         if self.byte_identical:
-            return f"{self.path}: restored byte for byte ({self.size} bytes, SHA-256 {self.sha256})"
+            what = f"the decompressed {self.compression} source, " if self.compression else ""
+            return (
+                f"{self.path}: restored byte for byte ({what}{self.size} bytes, "
+                f"SHA-256 {self.sha256})"
+            )
         if self.quantised:
             why = "values were quantised: headers identical, pixels are the decoded values"
         elif self.reencoded:
@@ -543,6 +548,7 @@ def restore_file(
             size,
             arch.quantised,
             arch.has_encoded,
+            arch.compression,
         )
     finally:
         arch.close()
