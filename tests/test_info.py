@@ -52,7 +52,11 @@ def test_info_json_matches_the_file(
             assert im["apix"] == [1.5, 1.5, 1.5]
             plist = ds.id.get_create_plist()
             codes = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-            names = {h5py.h5z.FILTER_SHUFFLE: "shuffle", h5py.h5z.FILTER_DEFLATE: "deflate(1)"}
+            names = {
+                h5py.h5z.FILTER_SHUFFLE: "shuffle",
+                h5py.h5z.FILTER_DEFLATE: "deflate(1)",
+                h5py.h5z.FILTER_FLETCHER32: "fletcher32",
+            }
             assert im["filters"] == [names[c] for c in codes]
             if bits == 0:
                 assert (im["bits"], im["rmin"], im["step"], im["truncated"]) == (
@@ -81,7 +85,7 @@ def test_info_text_and_other_formats(tmp_path: Path, capsys: pytest.CaptureFixtu
     lines = out.splitlines()
     assert lines[0].startswith(f"{hdf}: eman2-hdf, 3 images, {os.path.getsize(hdf)} bytes")
     assert lines[1].startswith("  [0] 70 x 40 uint8  bits 8  range ")
-    assert "filters deflate(1)  chunks 70x40" in lines[1]
+    assert "filters deflate(1)+fletcher32  chunks 70x40" in lines[1]
     assert lines[1].endswith("apix 1.5 x 1.5 x 1.5 A")
     assert lines[4] == f"{tif}: tiff, 36 images, 703618 bytes, 3.96x smaller than float32"
     assert lines[5].startswith("  [0] 94 x 206 uint8  19364 bytes (4.00x)  apix ")
@@ -147,7 +151,7 @@ def test_only_a_first_argument_selects_a_subcommand(
 
 
 def test_help_of_each_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
-    for verb in ("info", "compare", "export"):
+    for verb in ("info", "compare", "export", "check"):
         rc, out, _ = run_cli(capsys, verb, "--help")
         assert rc == 0
         assert out.startswith(f"usage: e2compress {verb}")

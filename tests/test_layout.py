@@ -192,20 +192,21 @@ def test_layout(name: str, n: int, shape: tuple[int, ...], bits: int, tmp_path: 
                 assert ds.id.get_type().get_order() == h5py.h5t.ORDER_LE
 
             # chunked by rows like EMAN2's (8, nx) / (1, 8, nx), but 64 rows by default
-            # (measured in benchmarks/: better ratio and speed); deflate level 1 (+ shuffle)
+            # (measured in benchmarks/: better ratio and speed); deflate level 1 (+ shuffle),
+            # then HDF5's Fletcher-32 checksum of the deflated bytes
             assert ds.chunks is not None
             assert all(c <= s for c, s in zip(ds.chunks, ds.shape, strict=True))
             rows = min(64, shape[-2])
             assert ds.chunks == ((rows, shape[-1]) if len(shape) == 2 else (1, rows, shape[-1]))
             filters = _filters(ds)
             codes = [code for code, _ in filters]
-            assert set(codes) <= {h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE}
-            assert codes[-1] == h5py.h5z.FILTER_DEFLATE
-            assert filters[-1][1][0] == 1  # deflate level
+            assert codes[-2:] == [h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_FLETCHER32]
+            assert filters[-2][1][0] == 1  # deflate level
             if ds.dtype.itemsize > 1:
-                assert codes == [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE]
+                assert codes[0] == h5py.h5z.FILTER_SHUFFLE
+                assert len(codes) == 3
             else:
-                assert codes == [h5py.h5z.FILTER_DEFLATE]
+                assert len(codes) == 2
 
             a = group.attrs
             if n > 1:
@@ -266,8 +267,8 @@ def test_compress_level_is_stored(level: int, tmp_path: Path) -> None:
             assert value.shape == (1,)
             assert int(value[0]) == level
             filters = _filters(group["image"])
-            assert filters[-1][0] == h5py.h5z.FILTER_DEFLATE
-            assert filters[-1][1][0] == level
+            assert filters[-2][0] == h5py.h5z.FILTER_DEFLATE
+            assert filters[-2][1][0] == level
     (img,) = e2compress.read_images(out)[:1]
     assert img.shape == (64, 64)
 
@@ -277,7 +278,7 @@ def test_level_without_store_level_is_not_stored(tmp_path: Path) -> None:
     with h5py.File(out, "r") as f:
         group = f["MDF/images/0"]
         assert "EMAN.render_compress_level" not in group.attrs
-        assert _filters(group["image"])[-1] == (h5py.h5z.FILTER_DEFLATE, (6,))
+        assert _filters(group["image"])[-2] == (h5py.h5z.FILTER_DEFLATE, (6,))
 
 
 @pytest.mark.parametrize("bits", [0, 12], ids=lambda b: f"bits{b}")
@@ -286,7 +287,8 @@ def test_shuffle_can_be_turned_off(bits: int, tmp_path: Path) -> None:
     out = _compress("EMD-3197.map", tmp_path, bits=bits, shuffle=False)
     with h5py.File(out, "r") as f:
         ds = f["MDF/images/0/image"]
-        assert [code for code, _ in _filters(ds)] == [h5py.h5z.FILTER_DEFLATE]
+        codes = [code for code, _ in _filters(ds)]
+        assert codes == [h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_FLETCHER32]
         assert ds.dtype.itemsize > 1
         stored = ds[...]
     with e2compress.open(out) as f:

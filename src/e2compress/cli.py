@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from . import __version__, commands
 from .batch import Inputs, Item, describe, unreadable
 from .batchreport import ReportWriter, Totals
+from .deletion import MANIFEST_NAME, Manifest, delete_source
 from .errors import E2CompressError
 from .executor import Cancel
 from .fidelity import DEFAULT_NOISE_FRACTION
@@ -51,8 +52,8 @@ near 1 e/px, far more for integrated micrographs, averages and maps.
 --nooutliers is strongly recommended for micrographs and movies.
 
 Subcommands (first argument): info FILE..., compare ORIGINAL COMPRESSED,
-export IN.hdf OUT.mrc|OUT.tif; see e2compress VERB --help. Compress a file
-named like a subcommand as ./info.
+export IN.hdf OUT.mrc|OUT.tif, check ARCHIVE...; see e2compress VERB --help.
+Compress a file named like a subcommand as ./info.
 
 Recompressing an .hdf that is already quantised rounds values that were rounded
 before: to fewer bits, the new rounding error adds to the old one (up to half an
@@ -288,6 +289,21 @@ def build_parser(watch: bool = False) -> argparse.ArgumentParser:
         help="replace outputs that are write-protected or have several hard links, and "
         "replace an .hdf in place even when the result is larger",
     )
+    if not watch:
+        p.add_argument(
+            "--delete-input",
+            action="store_true",
+            help="delete each source once its output is verified pixel by pixel, keeps its "
+            "header bytes, restores to the source's SHA-256 where exact, and a manifest line "
+            "is on disk (see docs/safety.md); implies --verify",
+        )
+        p.add_argument(
+            "--manifest",
+            metavar="FILE",
+            default=None,
+            help=f"JSON-lines manifest of deleted sources (default: {MANIFEST_NAME} in "
+            "--outpath, else in the current directory)",
+        )
     p.add_argument("--version", action="version", version=f"e2compress {__version__}")
     _add_scale_options(p, watch)
     return p
@@ -470,6 +486,9 @@ class _Batch:
     cancel: Cancel
     console: _Console
     parent_gone: threading.Event
+    manifest: Manifest | None = None
+    deleted: int = 0
+    kept: int = 0
 
     def cause(self) -> str:
         """Why the run stopped early (the token is set)."""
@@ -511,6 +530,11 @@ def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
     options = _options(args, console)
     if options is None:
         return 2
+    if args.delete_input:
+        if args.verify is False:
+            console.err("e2compress: error: --delete-input needs --verify; drop --no-verify")
+            return 2
+        args.verify = True
     inputs = Inputs(
         args.files,
         recursive=args.recursive,
@@ -644,6 +668,8 @@ def _batch(batch: _Batch, inputs: Inputs) -> int:
     watch_done = threading.Event()
     try:
         report = ReportWriter(args.report) if args.report else None
+        if args.delete_input:
+            batch.manifest = _open_manifest(args)
         with _runner(batch) as runner:
             if watching:
                 _watch_parent(args.ppid, is_parent, cancel, batch.parent_gone, watch_done)
@@ -661,7 +687,11 @@ def _batch(batch: _Batch, inputs: Inputs) -> int:
         return 2
     finally:
         watch_done.set()
+        if batch.manifest is not None:
+            batch.manifest.close()
     summary = f"{counts['done']} compressed, {counts['failed']} failed, {counts['skipped']} skipped"
+    if args.delete_input:
+        summary += f"; {batch.deleted} inputs deleted, {batch.kept} kept"
     many = inputs.count > 1
     if cancel.is_set():  # one line for the batch unless the file's own line says it all
         if many or not counts["stopped"]:
@@ -713,6 +743,8 @@ def _run(
             totals.add(r)
             progress.done(r)
             _print_result(batch, r)
+            if batch.manifest is not None and r.status == "done" and not batch.cancel.is_set():
+                _delete(batch, r)
             if report is not None:
                 report.add(r)
     finally:
@@ -721,6 +753,34 @@ def _run(
         batch.console.around = nullcontext
         if report is not None:
             report.close(totals)
+
+
+def _open_manifest(args: argparse.Namespace) -> Manifest:
+    path = args.manifest or os.path.join(args.outpath or ".", MANIFEST_NAME)
+    try:
+        return Manifest(path)
+    except OSError as exc:
+        raise E2CompressError(f"cannot open the manifest {path}: {exc.strerror or exc}") from None
+
+
+def _delete(batch: _Batch, r: FileResult) -> None:
+    """``--delete-input`` for one compressed file (see :mod:`e2compress.deletion`)."""
+    assert batch.manifest is not None
+    try:
+        outcome = delete_source(
+            r.source, r.target, batch.manifest, verified=r.verified, bits=r.bits
+        )
+    except Exception as exc:  # a bug: the file is kept, the batch goes on
+        batch.kept += 1
+        batch.console.err(f"WARNING: {r.source}: not deleted: unexpected error: {exc!r}")
+        return
+    if outcome.deleted:
+        batch.deleted += 1
+        if batch.args.verbose:
+            batch.console.out(outcome.message)
+    else:
+        batch.kept += 1
+        batch.console.err(f"WARNING: {outcome.message}")
 
 
 def _print_result(batch: _Batch, r: FileResult) -> None:

@@ -1,4 +1,5 @@
-"""Subcommands beside EMAN2's command line: ``info``, ``compare``, ``export``, ``restore``.
+"""Subcommands beside EMAN2's command line: ``info``, ``compare``, ``export``,
+``restore``, ``check``.
 
 ``e2compress VERB ...`` runs a subcommand when VERB is the first argument; anything
 else is EMAN2's compression command line, unchanged. A file literally named like a
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 from . import __version__
 from .errors import E2CompressError
 
-VERBS = ("info", "compare", "export", "restore")
+VERBS = ("info", "compare", "export", "restore", "check")
 
 
 def is_command(argv: Sequence[str]) -> bool:
@@ -48,7 +50,7 @@ _threshold = number(float, lambda v: 0 < v < 1, "a threshold between 0 and 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``e2compress info|compare|export|restore``."""
+    """The parser of ``e2compress info|compare|export|restore|check``."""
     p = argparse.ArgumentParser(
         prog="e2compress",
         description="Inspect, check and convert back e2compress (EMAN2 HDF) files.",
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Compress a file named like a subcommand as ./info or after --.",
     )
     p.add_argument("--version", action="version", version=f"e2compress {__version__}")
-    sub = p.add_subparsers(dest="verb", required=True, metavar="{info,compare,export,restore}")
+    sub = p.add_subparsers(
+        dest="verb", required=True, metavar="{info,compare,export,restore,check}"
+    )
 
     info = sub.add_parser(
         "info",
@@ -122,6 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("archive", metavar="ARCHIVE")
     res.add_argument("output", metavar="OUT", nargs="?")
     res.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+    chk = sub.add_parser(
+        "check",
+        help="read every chunk of archives again (bit rot), optionally against originals",
+        description="Read every chunk of each ARCHIVE again: its Fletcher-32 checksum, its "
+        "deflate stream and its place in the file. With --originals, also decode every "
+        "image and compare it pixel by pixel with the original, as the compression's own "
+        "verification does. One line per archive (one per problem); exit status 1 when "
+        "any archive has a problem.",
+    )
+    chk.add_argument("archives", nargs="+", metavar="ARCHIVE")
+    chk.add_argument(
+        "--originals",
+        metavar="PATH",
+        help="the original file (one ARCHIVE), or a directory holding each archive's "
+        "original under the name the archive records",
+    )
+    chk.add_argument(
+        "--threads", type=number(int, lambda v: v >= 1, "a positive integer"), default=None
+    )
+    chk.add_argument("--json", action="store_true", help="one JSON object per archive per line")
     return p
 
 
@@ -135,6 +160,8 @@ def main(argv: Sequence[str]) -> int:
             return _compare(args)
         if args.verb == "restore":
             return _restore(args)
+        if args.verb == "check":
+            return _check(args)
         return _export(args)
     except KeyboardInterrupt:
         print("e2compress: interrupted", file=sys.stderr)
@@ -240,3 +267,40 @@ def _restore(args: argparse.Namespace) -> int:
         return 1
     print(result.describe())
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .audit import check_archive, original_for
+    from .executor import make_pool
+
+    if args.originals is not None and len(args.archives) > 1 and not os.path.isdir(args.originals):
+        _error(f"--originals {args.originals}: give a directory when checking several archives")
+        return 2
+    status = 0
+    pool = make_pool(args.threads)
+    try:
+        for path in args.archives:
+            try:
+                original = None
+                if args.originals is not None:
+                    original = original_for(path, args.originals)
+                result = check_archive(path, original, pool=pool)
+            except E2CompressError as exc:
+                _error(str(exc))
+                status = 1
+                continue
+            except Exception as exc:  # a bug, reported without a traceback
+                _error(_unexpected(path, exc))
+                status = 1
+                continue
+            if args.json:
+                print(json.dumps(result.to_dict()))
+            elif result.ok:
+                print(result.describe()[0])
+            else:
+                for line in result.describe():
+                    _error(line)
+            status = status or (0 if result.ok else 1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return status

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 from h5py import h5a, h5d, h5f, h5g, h5p, h5s, h5t
 
-from . import codecs, h5direct
+from . import checksum, codecs, h5direct
 from .errors import InputError
 from .quantize import (
     F32_MAX,
@@ -45,6 +45,7 @@ NEVER_COPIED = frozenset(
 )
 DATATYPE = {0: 7, 1: 2, 2: 4}  # EMAN2 EMDataType for float / uchar / ushort storage
 _DEFLATE, _SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
+_FLETCHER32 = h5py.h5z.FILTER_FLETCHER32
 _I32, _F32 = np.dtype("<i4"), np.dtype("<f4")
 # Images up to this many bytes are decoded in the calling thread (a pool task costs more).
 POOL_MIN_BYTES = 1 << 20
@@ -291,8 +292,10 @@ class EmanHdfWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _dcpl(self, dtype: np.dtype, chunks: tuple[int, ...], level: int, shuffle: bool) -> Any:
-        key = (dtype, chunks, level, shuffle)
+    def _dcpl(
+        self, dtype: np.dtype, chunks: tuple[int, ...], level: int, shuffle: bool, checksum: bool
+    ) -> Any:
+        key = (dtype, chunks, level, shuffle, checksum)
         dcpl = self._dcpls.get(key)
         if dcpl is None:
             dcpl = h5p.create(h5p.DATASET_CREATE)
@@ -300,6 +303,8 @@ class EmanHdfWriter:
             if shuffle:
                 dcpl.set_shuffle()
             dcpl.set_deflate(level)
+            if checksum:  # last: it covers the deflated bytes
+                dcpl.set_fletcher32()
             dcpl.set_obj_track_times(False)
             # no attributes go on the dataset: a minimal object header (HDF5 >= 1.10.5)
             h5direct.set_property(dcpl, "H5Pset_dset_no_attrs_hint", 1)
@@ -315,10 +320,13 @@ class EmanHdfWriter:
         level: int = 1,
         chunks: tuple[int, ...] | None = None,
         shuffle: bool = False,
+        checksum: bool = False,
     ) -> Any:
-        """Create ``/MDF/images/<index>/image``, chunked with deflate (and shuffle).
+        """Create ``/MDF/images/<index>/image``, chunked with deflate (and shuffle;
+        with ``checksum``, HDF5's Fletcher-32 filter last).
 
-        Returns the low-level dataset (``write_direct_chunk`` writes its chunks).
+        Returns the low-level dataset (``write_direct_chunk`` writes its chunks, each
+        ending with its checksum when ``checksum``: see :mod:`~e2compress.checksum`).
         """
         dtype = storage_dtype(bits)
         if self.stack is None:
@@ -331,11 +339,12 @@ class EmanHdfWriter:
                 compression="gzip",
                 compression_opts=level,
                 shuffle=shuffle,
+                fletcher32=checksum,
             )
             gid, dsid = group.id, ds.id
         else:
             name = str(index).encode()
-            dcpl = self._dcpl(dtype, chunks or shape, level, shuffle)
+            dcpl = self._dcpl(dtype, chunks or shape, level, shuffle, checksum)
             tid, space = self._h5type(dtype), self._space(shape)
             hid = None
             if self._direct is not None:
@@ -501,8 +510,11 @@ class _Layout:
 
     @property
     def raw_readable(self) -> bool:
-        """Chunked with only deflate and shuffle: chunks can be decoded here."""
-        return self.chunks is not None and all(f in (_DEFLATE, _SHUFFLE) for f in self.filters)
+        """Chunked with only deflate, shuffle and Fletcher-32: chunks can be decoded
+        (and their checksums verified) here."""
+        return self.chunks is not None and all(
+            f in (_DEFLATE, _SHUFFLE, _FLETCHER32) for f in self.filters
+        )
 
 
 def _layout_of(plist: Any) -> _Layout:
@@ -521,6 +533,8 @@ def _decode_chunk(
             continue
         if filters[k] == _DEFLATE:
             data = codecs.inflate(data, nbytes)
+        elif filters[k] == _FLETCHER32:
+            data = checksum.strip(data)
         else:
             data = codecs.unshuffle(data, dtype).tobytes()
     return np.frombuffer(data, dtype=dtype)

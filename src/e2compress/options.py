@@ -26,6 +26,7 @@ FIELD_NAMES = {
         "noise_fraction",
         "apix",
         "eer_grouping",
+        "checksum",
     )
 }
 AUTO_BITS = -1  # ``bits="auto"``: the fewest bits that pass the noise rule, per image
@@ -67,6 +68,8 @@ class Options:
             what the input's header says (``--apix``); None keeps the input's.
         eer_grouping: EER frames summed into each stored image (1: every frame is an
             image, as EMAN2 reads EER); no effect on other inputs.
+        checksum: end every chunk with HDF5's Fletcher-32 checksum, which every HDF5
+            reader verifies on read (see :mod:`e2compress.checksum`).
     """
 
     bits: int = 10
@@ -80,6 +83,7 @@ class Options:
     noise_fraction: float = DEFAULT_NOISE_FRACTION
     apix: float | None = None
     eer_grouping: int = 1
+    checksum: bool = True
 
     def validate(self, names: Mapping[str, str] | None = None) -> Options:
         """Return ``self`` if the settings are possible.
@@ -139,6 +143,8 @@ class Options:
             raise E2CompressError(
                 f"{n['eer_grouping']} must be an integer >= 1, not {self.eer_grouping!r}"
             )
+        if not isinstance(self.checksum, bool):
+            raise E2CompressError(f"{n['checksum']} must be True or False, not {self.checksum!r}")
         if not _is_int(self.chunk_rows) or self.chunk_rows < 1:
             raise E2CompressError(
                 f"{n['chunk_rows']} must be an integer >= 1, not {self.chunk_rows!r}"

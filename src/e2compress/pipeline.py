@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import codecs
+from . import checksum, codecs
 from .atomic import (
     TMP_SUFFIX,
     AtomicOutput,
@@ -472,10 +472,14 @@ class _Encoder:
                 sampled = self._bytes(codes[:probe], shuffle)
                 engine, sample = codecs.choose(self.engines, sampled, margin)
                 if probe == rows:  # the probe was the whole chunk: keep its stream
-                    chunks.append((offset, sample))
+                    chunks.append((offset, self._sealed(sample)))
                     continue
-            chunks.append((offset, engine.compress(self._bytes(codes, shuffle))))
+            chunks.append((offset, self._sealed(engine.compress(self._bytes(codes, shuffle)))))
         return _Encoded(truncated, chunks, stats, engine, shift)
+
+    def _sealed(self, stream: bytes | bytearray) -> bytes | bytearray:
+        """A deflated chunk as stored: with its Fletcher-32 checksum when asked for."""
+        return checksum.append(stream) if self.opts.checksum else stream
 
     def _bytes(self, codes: np.ndarray, shuffle: bool) -> memoryview:
         buf = codecs.shuffle(codes) if shuffle else codes.reshape(-1)
@@ -678,6 +682,7 @@ def _write_job(
         level=opts.level,
         chunks=chunk_shape(job.shape3, _chunk_rows(job.shape3, opts, headers.stacked)),
         shuffle=opts.shuffle_for(job.bits),
+        checksum=opts.checksum,
     )
     truncated = 0
     shift = 0.0

@@ -73,7 +73,8 @@ class FileResult:
     (None for lossless ``bits`` 0); ``truncated`` counts clamped pixels. ``bits`` is a
     text such as ``"7-9"`` when the images of a file were stored at different bits
     (``--bits auto``); ``note`` says what ``--bits auto`` chose and holds the report's
-    notes (an EER movie's dose), one a line.
+    notes (an EER movie's dose), one a line; ``verified``: the output was decoded and
+    checked against the source pixel by pixel before it replaced anything.
     """
 
     given: str
@@ -91,6 +92,7 @@ class FileResult:
     worker: str = ""
     warnings: list[str] = field(default_factory=list)
     note: str = ""
+    verified: bool = False
 
     @property
     def ratio(self) -> float:
@@ -177,6 +179,7 @@ def from_report(job: Job, report: CompressReport, worker: str) -> FileResult:
         worker=worker,
         warnings=list(report.warnings),
         note="\n".join(([auto_note(job.given, report)] if job.options.auto else []) + report.notes),
+        verified=report.verified,
     )
 
 
