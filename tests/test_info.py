@@ -102,7 +102,7 @@ def test_info_says_larger_when_the_file_is_larger_than_float32(
     assert rc == 0
     size = os.path.getsize(tmp_path / "t.hdf")
     assert size > 64
-    assert out.splitlines()[0].endswith(f", {size / 64:.2f}x larger than float32")
+    assert f", {size / 64:.2f}x larger than float32;" in out.splitlines()[0]
     assert "smaller" not in out
 
 

@@ -124,10 +124,15 @@ def _chunk_bytes(path: Path) -> int:
     return total
 
 
+KEPT_RECORD_BYTES = 2048  # the source's kept header bytes, hashes and pixel layout
+
+
 def _fixed_rule(n: int) -> int:
     """The most a stack of ``n`` images may add to its compressed pixels: 4 KB + 1 KB
-    an image (a 4-image stack once carried 33 KB, a 37-image one 66 KB)."""
-    return 4096 + 1024 * n
+    an image (a 4-image stack once carried 33 KB, a 37-image one 66 KB), plus the record
+    that makes the source restorable (an MRC's 1024-byte header kept, its SHA-256 and
+    pixel layout: under 2 KB, once per file)."""
+    return 4096 + 1024 * n + KEPT_RECORD_BYTES
 
 
 @settings(

@@ -33,6 +33,7 @@ from . import checksum, codecs
 from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError
 from .executor import Cancel, bounded, in_flight, make_pool, pool_width
+from .kept import DEFLATED_ATTR, kept_array
 from .options import Options
 from .provenance import read_record
 from .report import ImageReport
@@ -261,6 +262,8 @@ def _check_other_datasets(path: PathLike, result: CheckResult, cancel: Cancel) -
                 else:
                     for region in ds.iter_chunks():
                         ds[region]
+                if ds.parent.attrs.get(DEFLATED_ATTR) is not None:
+                    kept_array(ds.parent)  # small kept bytes: deflated, with zlib's check
             except (OSError, RuntimeError, ValueError) as exc:
                 result.add(f"/{name} cannot be read ({_first_line(exc)})")
 

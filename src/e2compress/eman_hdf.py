@@ -215,6 +215,7 @@ _SCALARS: dict[type, np.dtype] = {np.float32: _F32, np.int32: _I32, int: _I32}
 _SHARED_TYPES = (_F32, _I32)  # attribute types stored once in a stack file
 _GROUP_MAX_COMPACT = 256  # attributes of /MDF/images kept in its object header
 _GROUP_COMPACT_LINKS = (16, 14)  # HDF5's max_compact, min_dense for its links
+_ROOT_COMPACT_ATTRS = 48  # attributes kept in the root group's object header
 _STACK_MDC_BYTES = 4 << 20  # HDF5 metadata cache of a stack being written
 _STACK_META_BLOCK = 32 << 10  # HDF5 metadata aggregation block of a stack
 _READ_MDC_BYTES = 256 << 10  # HDF5 metadata cache of a file being read
@@ -265,6 +266,10 @@ class EmanHdfWriter:
     def _create_stack_file(path: str, stack: StackLayout) -> h5py.File:
         fcpl = h5p.create(h5p.FILE_CREATE)
         h5direct.set_property(fcpl, "H5Pset_istore_k", stack.istore_k)
+        # the root's attributes (the provenance record and the kept source's hashes,
+        # ~20) stay in its object header: past HDF5's 8, a fractal heap and a B-tree
+        # for them cost ~2.5 KB
+        fcpl.set_attr_phase_change(_ROOT_COMPACT_ATTRS, _ROOT_COMPACT_ATTRS - 2)
         fapl = h5p.create(h5p.FILE_ACCESS)
         fapl.set_libver_bounds(h5f.LIBVER_V18, h5f.LIBVER_V18)  # readable by HDF5 >= 1.8
         # HDF5's metadata cache may grow to 32 MB; a stack's images are written once and

@@ -32,6 +32,7 @@ import heapq
 import itertools
 import os
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,8 @@ PENDING_LIMIT = 64 << 20
 # A reader waits for the hashing thread when this much is waiting to be hashed.
 BACKLOG = 16 << 20
 _KEPT_CHUNK = 1 << 22  # bytes per chunk of the kept-bytes dataset
+_COMPACT_BYTES = 4096  # kept data up to this size is stored compact, not chunked
+DEFLATED_ATTR = "kept_deflated"  # on GROUP: "kept" holds a zlib stream of this many bytes
 _READ_STEP = 1 << 22
 
 
@@ -404,7 +407,9 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
             ``e2compress.restorable`` (see :func:`restorable`).
     """
     lay = kept.layout
-    with h5py.File(path, "r+", locking=False) as f:
+    # HDF5 1.8 objects (compact groups, no symbol-table heaps) in small metadata blocks:
+    # a small stack stays small (the image groups and EMAN2's layout are not touched)
+    with h5py.File(path, "r+", locking=False, libver=("v108", "v108"), meta_block_size=512) as f:
         if kept.source_sha256 is not None:
             f.attrs[ATTR + "source_sha256"] = np.bytes_(kept.source_sha256.encode("ascii"))
         f.attrs[ATTR + "restorable_sha256"] = np.bytes_(kept.sha256.encode("ascii"))
@@ -419,8 +424,12 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
         group.attrs["columns"] = np.bytes_(",".join(PIECE_COLUMNS).encode("ascii"))
         if lay.problem is not None:
             group.attrs["problem"] = np.bytes_(lay.problem.encode("utf-8", "replace"))
-        data = np.frombuffer(kept.kept, dtype=np.uint8)
-        _dataset(group, "kept", data)
+        packed = zlib.compress(kept.kept, 9)
+        if len(packed) <= _COMPACT_BYTES:  # deflated here, kept in the object header
+            _dataset(group, "kept", np.frombuffer(packed, dtype=np.uint8))
+            group.attrs[DEFLATED_ATTR] = np.int64(len(kept.kept))
+        else:
+            _dataset(group, "kept", np.frombuffer(kept.kept, dtype=np.uint8))
         _dataset(group, "pieces", lay.pieces.astype("<i8"))
         if lay.encoded is not None and len(lay.encoded):
             _dataset(group, "encoded", lay.encoded.astype("<i8"))
@@ -443,14 +452,53 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
 
 
 def _dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    """Small data in the object header (compact: no chunk index, which costs more than
+    deflate saves on an MRC's 1024 bytes; the 1.8 object header has its own checksum),
+    the rest chunked, deflated and checksummed."""
     if data.size == 0:
         group.create_dataset(name, data=data)
+        return
+    if data.nbytes <= _COMPACT_BYTES:
+        space = h5py.h5s.create_simple(data.shape)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.COMPACT)
+        tid = h5py.h5t.py_create(data.dtype)
+        h5py.h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl).write(
+            h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(data)
+        )
         return
     rows = max(1, _KEPT_CHUNK // max(1, data[:1].nbytes))
     chunks = (min(len(data), rows), *data.shape[1:])
     group.create_dataset(
         name, data=data, chunks=chunks, compression="gzip", compression_opts=9, fletcher32=True
     )
+
+
+def kept_array(group: h5py.Group) -> np.ndarray:
+    """The kept bytes of a ``GROUP`` as uint8: read, and inflated when small kept bytes
+    were stored deflated in the object header (attribute :data:`DEFLATED_ATTR`).
+
+    Raises:
+        ValueError: the dataset is not bytes, or its deflated stream is damaged or does
+            not inflate to the recorded size (at most :data:`KEPT_LIMIT`).
+    """
+    ds = group["kept"]
+    if ds.ndim != 1 or ds.dtype != np.uint8:
+        raise ValueError("kept source bytes have the wrong type")
+    data = np.asarray(ds[()], dtype=np.uint8)
+    if DEFLATED_ATTR not in group.attrs:
+        return data
+    size = int(np.asarray(group.attrs[DEFLATED_ATTR]).reshape(-1)[0])
+    if not 0 <= size <= KEPT_LIMIT:
+        raise ValueError(f"kept source bytes claim an impossible size ({size})")
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(data.tobytes(), size + 1)
+    except zlib.error as exc:
+        raise ValueError(f"kept source bytes are damaged ({exc})") from None
+    if len(raw) != size or not inflater.eof:
+        raise ValueError("kept source bytes are damaged (wrong length)")
+    return np.frombuffer(raw, dtype=np.uint8)
 
 
 def attr_text(value: Any) -> str:
@@ -497,7 +545,7 @@ def _read_kept(f: h5py.File) -> Kept | None:
     name = root.get(ATTR + "restorable_name", root.get(ATTR + "source_name", b""))
     return Kept(
         layout,
-        np.asarray(group["kept"][()], dtype=np.uint8).tobytes(),
+        kept_array(group).tobytes(),
         attr_text(root[ATTR + "restorable_sha256"]),
         None,
         attr_text(name),

@@ -31,6 +31,7 @@ from .eman_hdf import EmanHdfFile, decode
 from .errors import E2CompressError, InputError, OutputError
 from .kept import (
     ATTR,
+    DEFLATED_ATTR,
     ENCODED,
     ENCODED_COLUMNS,
     FLIP,
@@ -39,6 +40,7 @@ from .kept import (
     PERMUTED,
     PIECE_COLUMNS,
     attr_text,
+    kept_array,
     recorded_sha256,
 )
 from .quantize import F32, RenderRange, integer_step
@@ -121,7 +123,10 @@ class _Archive:
             for d in np.asarray(group.attrs["dtypes"]).reshape(-1)
             if attr_text(d)
         ]
-        kept = group["kept"]
+        try:
+            kept = kept_array(group) if DEFLATED_ATTR in group.attrs else group["kept"]
+        except ValueError as exc:
+            raise self._fail(str(exc)) from None
         pieces = group["pieces"]
         if kept.ndim != 1 or kept.dtype != np.uint8:
             raise self._fail("kept source bytes have the wrong type")
