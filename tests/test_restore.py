@@ -348,6 +348,35 @@ def test_damaged_or_hostile_layout_is_refused(
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("claimed", "stream"),
+    [
+        (1 << 40, zlib.compress(bytes(1024))),  # an impossible size
+        (1024, zlib.compress(bytes(1 << 20))),  # inflates past the size it claims
+        (1024, zlib.compress(bytes(1024))[:-3]),  # cut short
+    ],
+)
+def test_hostile_deflated_kept_bytes_are_refused(
+    claimed: int, stream: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Small kept bytes are stored deflated by us; a stream that claims too much,
+    inflates to more than it claims (a zip bomb) or is cut short is refused on one line
+    without inflating more than the claimed size."""
+    _, archive = _small_archive(tmp_path)
+    _replace(archive, "kept", np.frombuffer(stream, dtype=np.uint8))
+    with h5py.File(archive, "r+") as f:
+        f["e2compress/source"].attrs["kept_deflated"] = np.int64(claimed)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert restored_sha256(archive) is None
+    rc, stdout, err = run_cli(capsys, "restore", archive, out)
+    assert rc == 1
+    assert stdout == ""
+    assert err.count("\n") == 1
+    assert "kept source bytes" in err
+    assert list(out.iterdir()) == []
+
+
 def test_run_beyond_the_images_leaves_nothing(tmp_path: Path) -> None:
     """A layout asking for more values than the images hold fails mid-way: the partial
     file is removed."""
