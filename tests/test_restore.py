@@ -671,3 +671,17 @@ def test_restored_sha256_of_off_grid_quantised_values_decodes_nothing(
 
     monkeypatch.setattr("e2compress.restore._Values._section", no_decoding)
     assert restored_sha256(archive) is None
+
+
+def test_restore_into_a_missing_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``restore x.hdf out/`` names a directory: when it does not exist, one line, and no
+    file called ``out`` is written in its place."""
+    _, archive = _small_archive(tmp_path)
+    rc, stdout, err = run_cli(capsys, "restore", archive, f"{tmp_path / 'out'}/")
+    assert rc == 1
+    assert stdout == ""
+    assert err.count("\n") == 1
+    assert "no such directory" in err
+    assert not (tmp_path / "out").exists()

@@ -618,6 +618,8 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _target(arch: _Archive, archive: Path, out: PathLike | None) -> Path:
+    if out is not None and os.fspath(out).endswith(os.sep) and not Path(out).is_dir():
+        raise OutputError(f"no such directory: {os.fspath(out)}", archive)
     if out is not None and not Path(out).is_dir():
         return Path(out)
     directory = Path(out) if out is not None else archive.parent
