@@ -24,6 +24,11 @@ def _text(name: str) -> str:
     return (DOCS / name).read_text(encoding="utf-8")
 
 
+def _slug(heading: str) -> str:
+    """The anchor GitHub and MkDocs give a heading."""
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
+
+
 def _long_options(parser: argparse.ArgumentParser) -> set[str]:
     return {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
 
@@ -32,8 +37,11 @@ def test_readme_is_short_and_keeps_the_ci_test_command() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert len(readme.encode()) <= 8 * 1024
     assert "\n.venv/bin/python -m pytest -q\n" in readme  # .ci/run runs this command
-    for page in re.findall(r"\]\((docs/[^)#]+)", readme):
+    for page, anchor in re.findall(r"\]\((docs/[^)#]+)(?:#([^)]+))?\)", readme):
         assert (REPO / page).is_file(), page
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", (REPO / page).read_text(encoding="utf-8"), re.M)
+            assert anchor in {_slug(h) for h in headings}, (page, anchor)
 
 
 def test_api_page_documents_every_compress_file_parameter() -> None:
