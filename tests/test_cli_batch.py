@@ -364,7 +364,7 @@ def test_100000_listed_files_keep_memory_and_open_files_flat(tmp_path: Path) -> 
 
 
 def test_dask_scheduler_and_worker_started_from_the_venv_bin(tmp_path: Path) -> None:
-    """The README's route: ``dask scheduler`` and ``dask worker`` run from the same bin/
+    """The route in docs/facility.md: ``dask scheduler`` and ``dask worker`` run from the same bin/
     as ``e2compress.py`` (scripts there have bin/ first on sys.path, where the console
     script used to shadow the package), then a batch with --scheduler: every file done."""
     pytest.importorskip("distributed")

@@ -61,7 +61,7 @@ def _bound(mapping: tuple[int, float, float, int]) -> float:
 
 @pytest.mark.parametrize("bits", [0, 5, 12], ids=lambda b: f"bits{b}")
 def test_plain_h5py_reads_a_stack(bits: int, tmp_path: Path) -> None:
-    """Plain h5py + the README formula give the pixels (within half a step), the pixel
+    """Plain h5py + the formula in docs/api.md give the pixels (within half a step), the pixel
     size per image, and the keys shared by all images once on /MDF/images."""
     data = _stack()
     src = _write_mrcs(tmp_path / "p.mrcs", data)

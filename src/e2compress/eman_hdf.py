@@ -9,7 +9,7 @@ than one image) use the :class:`StackLayout`: the HDF5 1.8 file format (compact
 groups, small object headers, one small chunk-index node per image) and, on each image
 group, only the keys EMAN2 needs per image; keys that are the same for every image are
 stored once, as attributes of ``/MDF/images`` (EMAN2 reads them as ``Group.<key>``).
-See the README's "Stack layout" for the measurements behind each setting.
+See docs/format.md, "Stack layout", for the measurements behind each setting.
 """
 
 from __future__ import annotations

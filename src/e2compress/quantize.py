@@ -1,7 +1,7 @@
 """Range selection and quantisation, as EMAN2 does it (pure numpy, no I/O).
 
 All range arithmetic follows EMAN2's ``EMUtil::getRenderMinMax`` in IEEE float32
-(spec §2.2), with two deliberate differences documented in the README:
+(spec §2.2), with two deliberate differences documented in docs/format.md:
 
 * non-integer data that does not straddle zero, with no range option, uses the
   data's own min/max (EMAN2 stores 0, 0 and reads back zeros);
