@@ -33,6 +33,7 @@ from .runner import (
     FileResult,
     Job,
     LocalRunner,
+    Runner,
     Tick,
     make_jobs,
 )
@@ -633,7 +634,7 @@ def _dry_run(inputs: Inputs, console: _Console) -> int:
 
 
 @contextmanager
-def _runner(batch: _Batch) -> Iterator[Any]:
+def _runner(batch: _Batch) -> Iterator[Runner]:
     """A LocalRunner, or a DaskRunner on --scheduler / a new --cluster (closed after),
     once a worker has joined (saying so while it waits)."""
     args = batch.args
@@ -721,7 +722,7 @@ def _batch(batch: _Batch, inputs: Inputs) -> int:
 
 def _run(
     batch: _Batch,
-    runner: Any,
+    runner: Runner,
     jobs: Iterable[Job | None],
     counts: dict[str, int],
     totals: Totals,
