@@ -279,7 +279,7 @@ class _Encoder:
         if st.nonfinite:
             raise InputError(
                 f"image {index}: {st.nonfinite} pixels are NaN or infinite; quantised "
-                "output cannot hold them (use --bits 0 to keep them exactly)",
+                "output cannot hold them (bits=0, --bits 0, keeps them exactly)",
                 self.source.path,
             )
         limits: tuple[float, float] | None = None
