@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from .eman_hdf import EmanHdfFile
-from .errors import E2CompressError, InputError, OutputError, VerificationError
+from .errors import E2CompressError, InputError, Interrupted, OutputError, VerificationError
 from .executor import Cancel
 from .options import Options
 from .pipeline import compress_file, output_path
@@ -35,6 +35,7 @@ __all__ = [
     "ImageReport",
     "ImageSource",
     "InputError",
+    "Interrupted",
     "Options",
     "OutputError",
     "RenderRange",
@@ -62,10 +63,13 @@ def read_images(path: str | os.PathLike[str]) -> list[np.ndarray]:
     EMAN2 HDF values are rescaled with the stored mapping (exact 0.0 and integers);
     MRC and TIFF files are read as EMAN2 sees them (``.mrcs`` sections and TIFF pages
     are separate images, TIFF rows flipped).
+
+    Each image is 2-D ``(ny, nx)`` or 3-D ``(nz, ny, nx)``, whatever the source: a
+    one-row image is ``(1, nx)``, though EMAN2 HDF stores it as a 1-D dataset.
     """
     if is_hdf5(path):
         with EmanHdfFile(path) as f:
-            return [f[i] for i in range(len(f))]
+            return [np.atleast_2d(f[i]) for i in range(len(f))]
     with open_source(path) as src:
         out = []
         for i in range(len(src)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import signal
@@ -32,6 +33,7 @@ from .runner import (
     FileResult,
     Job,
     LocalRunner,
+    Runner,
     Tick,
     make_jobs,
 )
@@ -504,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     the file writers check, so an interrupt at any point cleans up. The previous
     handlers are restored on return.
     """
+    _quiet_tifffile()
     cancel = Cancel()
     if threading.current_thread() is not threading.main_thread():
         return _main(argv, cancel)  # only the main thread can handle signals
@@ -512,6 +515,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv, cancel)
     finally:
         _restore_signals(previous)
+
+
+def _quiet_tifffile() -> None:
+    """tifffile logs damaged tags; the CLI reports every problem itself, on one line.
+
+    Logging is the application's to configure: the library installs no handler, the CLI
+    gives tifffile's logger a NullHandler (once) so Python's last-resort handler does not
+    print its lines on stderr.
+    """
+    logger = logging.getLogger("tifffile")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
 
 
 def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
@@ -619,7 +634,7 @@ def _dry_run(inputs: Inputs, console: _Console) -> int:
 
 
 @contextmanager
-def _runner(batch: _Batch) -> Iterator[Any]:
+def _runner(batch: _Batch) -> Iterator[Runner]:
     """A LocalRunner, or a DaskRunner on --scheduler / a new --cluster (closed after),
     once a worker has joined (saying so while it waits)."""
     args = batch.args
@@ -707,7 +722,7 @@ def _batch(batch: _Batch, inputs: Inputs) -> int:
 
 def _run(
     batch: _Batch,
-    runner: Any,
+    runner: Runner,
     jobs: Iterable[Job | None],
     counts: dict[str, int],
     totals: Totals,

@@ -15,7 +15,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from .blocks import BLOCK_BYTES
-from .errors import Interrupted
+from .errors import E2CompressError, Interrupted
 
 # Blocks in flight are bounded by memory, not by the thread count: a task holds its input
 # block, a float32 copy or two and its compressed chunks (about 3x the block's float bytes).
@@ -66,12 +66,12 @@ def make_pool(threads: int | None) -> Executor:
     """A worker pool of ``threads`` (default: all cores); 1 runs inline.
 
     Raises:
-        ValueError: ``threads`` is given and is not a positive integer.
+        E2CompressError: ``threads`` is given and is not a positive integer.
     """
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
-        raise ValueError(f"threads must be a positive integer, not {threads!r}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be a positive integer, not {threads}")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise E2CompressError(f"threads must be a positive integer, not {threads!r}")
     n = threads or os.cpu_count() or 1
     return InlineExecutor() if n <= 1 else ThreadPoolExecutor(max_workers=n)
 

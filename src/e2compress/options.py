@@ -45,14 +45,17 @@ def _pair_ok(pair: object) -> bool:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Options:
     """What to store: bits, deflate level and the range option (at most one).
 
+    Built with keywords only (``Options(bits=5, level=4)``); :meth:`validate` checks the
+    values. ``dataclasses.replace(options, bits=6)`` changes one field.
+
     Attributes:
-        bits: 0 (lossless float32), 2..16 bits per stored value, or AUTO_BITS (-1,
-            ``"auto"``): per image the fewest bits whose quantisation noise stays within
-            ``noise_fraction`` of the image's noise (see :mod:`e2compress.fidelity`).
+        bits: 0 (lossless float32), 2..16 bits per stored value, or ``"auto"`` (stored
+            as AUTO_BITS, -1): per image the fewest bits whose quantisation noise stays
+            within ``noise_fraction`` of the image's noise (see :mod:`e2compress.fidelity`).
         level: deflate level 0..9 (size and time only, never the values).
         value_range: keep values in [min, max] (``--range``).
         sigrange: keep mean - a*sigma .. mean + b*sigma (``--sigrange``).
@@ -84,6 +87,10 @@ class Options:
     apix: float | None = None
     eer_grouping: int = 1
     checksum: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, str) and self.bits == "auto":
+            object.__setattr__(self, "bits", AUTO_BITS)
 
     def validate(self, names: Mapping[str, str] | None = None) -> Options:
         """Return ``self`` if the settings are possible.

@@ -36,7 +36,6 @@ from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter, StackLayout
 from .errors import E2CompressError, InputError, OutputError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, make_pool, pool_width, settle
 from .fidelity import (
-    DEFAULT_NOISE_FRACTION,
     MAX_BITS,
     NOISE_TILE,
     NoiseEstimate,
@@ -49,7 +48,7 @@ from .fidelity import (
     residual_tiles,
 )
 from .kept import stored_exactly, write_kept
-from .options import AUTO_BITS, DEFAULT_CHUNK_ROWS, Options
+from .options import Options
 from .provenance import Identity, Record, check_unchanged, read_record, value_options, write_record
 from .quantize import (
     F32,
@@ -280,7 +279,7 @@ class _Encoder:
         if st.nonfinite:
             raise InputError(
                 f"image {index}: {st.nonfinite} pixels are NaN or infinite; quantised "
-                "output cannot hold them (use --bits 0 to keep them exactly)",
+                "output cannot hold them (bits=0, --bits 0, keeps them exactly)",
                 self.source.path,
             )
         limits: tuple[float, float] | None = None
@@ -946,19 +945,20 @@ def compress_file(
     src: PathLike,
     dst: PathLike | None = None,
     *,
-    bits: int | str = 10,
-    level: int = 1,
+    bits: int | str | None = None,
+    level: int | None = None,
     value_range: tuple[float, float] | None = None,
     sigrange: tuple[float, float] | None = None,
-    nooutliers: bool = False,
+    nooutliers: bool | None = None,
     threads: int | None = None,
     verify: bool | None = None,
     shuffle: bool | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    store_level: bool = False,
-    noise_fraction: float = DEFAULT_NOISE_FRACTION,
+    chunk_rows: int | None = None,
+    store_level: bool | None = None,
+    noise_fraction: float | None = None,
     apix: float | None = None,
-    eer_grouping: int = 1,
+    eer_grouping: int | None = None,
+    checksum: bool | None = None,
     force: bool = False,
     options: Options | None = None,
     pool: Executor | None = None,
@@ -967,20 +967,26 @@ def compress_file(
 ) -> CompressReport:
     """Compress ``src`` (MRC, TIFF or EMAN2 HDF) into EMAN2 compressed HDF at ``dst``.
 
+    A pure task: everything it uses is passed in (settings, pool, cancel token); it
+    changes no process-wide state (warning filters, logging handlers, signal handlers)
+    and may run in several threads at once.
+
     Args:
         src: the input file.
         dst: the output file; default EMAN2's naming (see :func:`output_path`). A
             symbolic link is followed: its target is replaced and the link kept.
         bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level,
-        noise_fraction, apix, eer_grouping: what to store (see :class:`~e2compress.options.Options`;
-            ``bits="auto"`` chooses per image by the noise rule); ignored when
-            ``options`` is given.
+        noise_fraction, apix, eer_grouping, checksum: what to store, as the fields of
+            :class:`~e2compress.options.Options` of the same names (``bits="auto"``
+            chooses per image by the noise rule); None (not given) keeps the field's
+            default. Give these or ``options``, not both.
         threads: worker threads when no ``pool`` is given (default: all cores).
         verify: decode the written file and check every pixel against the source before
             the rename; default only when replacing the input in place.
         force: replace an output that is write-protected or has several hard links,
             and replace an input in place even when the result is larger.
-        options: a prepared :class:`~e2compress.options.Options`.
+        options: a prepared :class:`~e2compress.options.Options` (instead of the
+            per-field keywords).
         pool: an executor shared between files (the caller shuts it down).
         cancel: a :class:`~e2compress.executor.Cancel` token; setting it stops the work
             at the next block and raises :class:`~e2compress.errors.Interrupted`.
@@ -1005,27 +1011,31 @@ def compress_file(
             kind of file, the input itself when it is not HDF, write-protected or
             hard-linked without ``force``).
         VerificationError: the written file does not decode to the source.
-        E2CompressError: impossible options.
+        E2CompressError: impossible settings or ``threads``, or both ``options`` and
+            per-field keywords given.
+        Interrupted: ``cancel`` was set.
     """
-    if options is None:
-        options = Options(
-            AUTO_BITS if bits == "auto" else bits,  # type: ignore[arg-type]  # validated
-            level,
-            value_range,
-            sigrange,
-            nooutliers,
-            shuffle,
-            chunk_rows,
-            store_level,
-            noise_fraction,
-            apix,
-            eer_grouping,
+    fields: dict[str, Any] = {
+        "bits": bits,
+        "level": level,
+        "value_range": value_range,
+        "sigrange": sigrange,
+        "nooutliers": nooutliers,
+        "shuffle": shuffle,
+        "chunk_rows": chunk_rows,
+        "store_level": store_level,
+        "noise_fraction": noise_fraction,
+        "apix": apix,
+        "eer_grouping": eer_grouping,
+        "checksum": checksum,
+    }
+    given = {name: value for name, value in fields.items() if value is not None}
+    if options is not None and given:
+        raise E2CompressError(
+            f"give options or the keywords {', '.join(given)}, not both "
+            f"(options=dataclasses.replace(options, {next(iter(given))}=...) changes one field)"
         )
-    opts = options.validate()
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-    ):
-        raise E2CompressError(f"threads must be a positive integer, not {threads!r}")
+    opts = (options if options is not None else Options(**given)).validate()
     cancel = cancel or Cancel()
     source_path = Path(src)
     named = Path(dst) if dst is not None else output_path(source_path)
@@ -1033,7 +1043,7 @@ def compress_file(
     partners = [(p, Identity.of(p)) for p in companions(source_path)]  # an IMAGIC pair
     t0 = time.perf_counter()
     own_pool = pool is None
-    workers = pool or make_pool(threads)
+    workers = pool or make_pool(threads)  # checks threads
     warnings: list[str] = []
     notes: list[str] = []
     try:

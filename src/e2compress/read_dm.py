@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,12 +135,11 @@ class DmSource(ImageSource):
 
     def _parse(self, ncem_dm: Any) -> None:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # numpy warnings on damaged tags
-                with ncem_dm.fileDM(self.path, on_memory=False) as dm:
-                    version = int(dm._dmType)
-                    declared = int(np.ravel(dm.fileSize)[0])
-                    tags = dict(dm.allTags)
+            # numpy overflow on damaged tags: np.errstate, not catch_warnings (thread-safe)
+            with np.errstate(all="ignore"), ncem_dm.fileDM(self.path, on_memory=False) as dm:
+                version = int(dm._dmType)
+                declared = int(np.ravel(dm.fileSize)[0])
+                tags = dict(dm.allTags)
         except Exception as exc:  # ncempy raises many types on damaged files
             raise InputError(f"cannot read DM file: {reason(exc)}", self.path) from None
         head = 12 if version == 3 else 16

@@ -1,7 +1,9 @@
 """MRC/CCP4 input, plain or ``.gz``/``.bz2``: mrcfile parses the header, rows are pread.
 
-Sizes first. The 1024-byte header is parsed by mrcfile (permissively, with its
-machine-stamp and byte-order logic) and its nx, ny, nz, mode and nsymbt are checked
+Sizes first. The 1024-byte header is parsed with mrcfile's header dtype and its
+permissive machine-stamp and byte-order rules (:func:`parse_header`; mrcfile's own
+parser would warn, and catching warnings is not thread-safe) and its nx, ny, nz, mode
+and nsymbt are checked
 against the file before the extended header or any pixel is read: the file must hold
 exactly ``1024 + nsymbt + nx*ny*nz*itemsize`` bytes (mode 101: ``(nx+1)//2`` bytes a
 row). Shorter means truncated, longer
@@ -35,12 +37,10 @@ from __future__ import annotations
 
 import bz2
 import hashlib
-import io
 import math
 import os
 import shutil
 import tempfile
-import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +49,7 @@ from typing import IO, Any, cast
 
 import mrcfile.utils
 import numpy as np
-from mrcfile.mrcinterpreter import MrcInterpreter
+from mrcfile.dtypes import HEADER_DTYPE, get_ext_header_dtype
 
 from .errors import InputError, OutputError
 from .kept import PERMUTED, HashingReader, Kept, Layout, OrderedHasher, pieces_array, read_exact
@@ -70,10 +70,6 @@ IMOD_STAMP = 1146047817
 MRC2014_VERSIONS = (20140, 20141)
 MODE_4BIT = 101  # SerialEM: two unsigned 4-bit values a byte, low nibble first
 _CHUNK = 4 << 20  # bytes decompressed per step
-
-
-class _HeaderOnly(Exception):
-    """Raised by :class:`_HeaderParser` to stop mrcfile before the extended header."""
 
 
 @dataclass(frozen=True)
@@ -102,35 +98,39 @@ class _Layout:
         return f"nx={self.nx} ny={self.ny} nz={self.nz} mode {self.mode} nsymbt={self.nsymbt}"
 
 
-class _HeaderParser(MrcInterpreter):  # type: ignore[misc]
-    """mrcfile's permissive header parser over ``stream``, holding the file to its size.
+def parse_header(raw: bytes) -> Any:
+    """The 1024-byte MRC header ``raw`` as a record array in the file's byte order.
 
-    mrcfile allocates as many bytes as the header's nsymbt asks for before reading the
-    extended header. Overriding its documented read hook, the header is checked
-    against ``size`` (all of it: dimensions, mode, nsymbt) before that allocation.
-    With ``size`` None only the 1024-byte header is parsed (:class:`_HeaderOnly`).
+    mrcfile's permissive byte-order rules, without its warnings (which change the
+    process's warning filters when caught, and so are not thread-safe): the machine
+    stamp gives the byte order (little-endian when it is not a known stamp), and a mode
+    that is no MRC mode in that order but is one in the other selects the other.
+    Nothing is checked here; :func:`_layout` checks what the reader relies on.
     """
+    stamp = HEADER_DTYPE.fields["machst"][1]
+    try:
+        order = mrcfile.utils.byte_order_from_machine_stamp(raw[stamp : stamp + 4])
+    except ValueError:
+        order = "<"
+    header = _as_header(raw, order)
+    if not _is_mode(header.mode):
+        other = _as_header(raw, ">" if order == "<" else "<")
+        if _is_mode(other.mode):
+            return other
+    return header
 
-    def __init__(self, stream: IO[bytes], path: Path, size: int | None) -> None:
-        super().__init__(permissive=True)
-        self._read_only = True  # mrcfile's hook: never write the header back on close
-        self._path = path
-        self._size = size
-        self.layout: _Layout | None = None
-        self._iostream = stream
-        try:
-            self._read(header_only=True)
-        except _HeaderOnly:
-            pass
 
-    def _read_bytearray_from_stream(self, number_of_bytes: int) -> tuple[bytearray, int]:
-        if self._header is None:  # the 1024-byte main header
-            return super()._read_bytearray_from_stream(number_of_bytes)  # type: ignore[no-any-return]
-        self.layout = _layout(self._header, self._path)
-        if self._size is None:
-            raise _HeaderOnly
-        _check_size(self.layout, self._size, self._path)
-        return super()._read_bytearray_from_stream(number_of_bytes)  # type: ignore[no-any-return]
+def _as_header(raw: bytes, order: str) -> Any:
+    dtype = HEADER_DTYPE.newbyteorder(order)
+    return np.frombuffer(raw, dtype=dtype, count=1).reshape(()).view(np.recarray)
+
+
+def _is_mode(mode: Any) -> bool:
+    try:
+        mrcfile.utils.dtype_from_mode(mode)
+    except ValueError:
+        return False
+    return True
 
 
 def _layout(header: Any, path: Path) -> _Layout:
@@ -246,15 +246,12 @@ def _decompress_from(
             raise InputError(
                 f"decompressed data ({len(first)} bytes) is too short for an MRC header", path
             )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # reported when the full file is parsed
-            parser = _HeaderParser(io.BytesIO(first), path, None)
-        assert parser.layout is not None
-        expected = parser.layout.total
+        layout = _layout(parse_header(first), path)
+        expected = layout.total
         free = _free_bytes(directory)
         if free is not None and expected > free:
             raise OutputError(
-                f"decompressing needs {expected} bytes (header: {parser.layout.describe()}), "
+                f"decompressing needs {expected} bytes (header: {layout.describe()}), "
                 f"{directory} has {free} free",
                 path,
             )
@@ -264,7 +261,7 @@ def _decompress_from(
             if written < expected:
                 raise InputError(
                     f"decompressed data is truncated: header says {expected} bytes "
-                    f"({parser.layout.describe()}), stream holds {written}",
+                    f"({layout.describe()}), stream holds {written}",
                     path,
                 )
             try:
@@ -370,14 +367,11 @@ class MrcSource(ImageSource):
         self._decompressed: _Decompressed | None = None
         self._kept_bytes = b""
         self._compression = ""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                self._open(path, magic, scratch_dir)
-            except BaseException:
-                self.close()
-                raise
-        self.warnings = [str(w.message) for w in caught]
+        try:
+            self._open(path, magic, scratch_dir)
+        except BaseException:
+            self.close()
+            raise
 
     def _open(self, path: Path, magic: bytes, scratch_dir: PathLike | None) -> None:
         if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)):
@@ -394,15 +388,11 @@ class MrcSource(ImageSource):
             size = os.fstat(self._fd).st_size
             if size < HEADER_BYTES:
                 raise InputError(f"file is too short for an MRC header ({size} bytes)", path)
-            os.lseek(self._fd, 0, os.SEEK_SET)
-            with open(self._fd, "rb", closefd=False) as stream:
-                parser = _HeaderParser(stream, path, size)
+            header = parse_header(read_exact(self._pread, HEADER_BYTES, 0))
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read MRC file: {reason(exc)}", path) from None
-        layout = parser.layout
-        if layout is None:  # mrcfile read no extended header: cannot happen, but be sure
-            raise InputError("cannot read MRC header", path)
-        header = parser.header
+        layout = _layout(header, path)
+        _check_size(layout, size, path)
         self._header = header
         self._size = size
         if self._keep:
@@ -414,7 +404,11 @@ class MrcSource(ImageSource):
                 raise InputError(f"cannot read MRC header: {reason(exc)}", path) from None
             self._feed(0, self._kept_bytes)
         self._ext_type = bytes(header.exttyp).decode("ascii", "replace").strip("\0 ")
-        self._fei = _fei_keys(parser) if self._ext_type in ("FEI1", "FEI2") else {}
+        try:
+            record = _fei_record(header, layout.nsymbt, self._pread)
+        except OSError as exc:
+            raise InputError(f"cannot read MRC extended header: {reason(exc)}", path) from None
+        self._fei = _fei_keys(record) if record is not None else {}
         self._dtype = layout.dtype
         self._packed = layout.mode == MODE_4BIT
         self._row_bytes = layout.row_bytes
@@ -623,21 +617,34 @@ def _clean_text(raw: bytes) -> str | None:
     return None
 
 
-def _fei_keys(mrc: MrcInterpreter) -> dict[str, Any]:
+def _fei_record(header: Any, nsymbt: int, pread: Callable[[int, int], bytes]) -> Any:
+    """The first FEI1/FEI2 extended-header record, or None when the extended header is
+    not one of ``nz`` such records (mrcfile's ``indexed_extended_header`` rules, without
+    its warning).
+
+    Raises:
+        OSError: the extended header cannot be read.
+    """
+    dtype = get_ext_header_dtype(bytes(header.exttyp), header.mode.dtype.byteorder)
+    if dtype is None or nsymbt < max(1, int(header.nz)) * dtype.itemsize:
+        return None
+    first = np.frombuffer(read_exact(pread, dtype.itemsize, HEADER_BYTES), dtype=dtype)[0]
+    if int(first["Metadata size"]) != dtype.itemsize:
+        return None
+    return first
+
+
+def _fei_keys(first: Any) -> dict[str, Any]:
     """Fields of the first FEI extended-header record as ``FEIMRC.<name>``.
+
+    Args:
+        first: the record (:func:`_fei_record`).
 
     Types follow mrcfile's FEI dtypes: 32-bit unsigned bitmasks stay ``np.uint32``,
     32-bit ints are ints, 64-bit ints (time stamps) and doubles are float64, booleans
     0/1; strings are the printable ASCII before the first NUL (other strings and the
     reserved "Unused range" bytes are left out).
     """
-    try:
-        records = mrc.indexed_extended_header
-    except (AttributeError, ValueError):
-        return {}
-    if records is None or len(records) == 0:
-        return {}
-    first = records[0]
     out: dict[str, Any] = {}
     for name in first.dtype.names or ():
         if name.startswith("Unused"):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,10 +86,9 @@ class SerSource(ImageSource):
 
     def _parse(self, ncem_ser: Any) -> None:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with ncem_ser.fileSER(self.path) as ser:
-                    head = dict(ser.head)
+            # numpy overflow on damaged headers: np.errstate, not catch_warnings (thread-safe)
+            with np.errstate(all="ignore"), ncem_ser.fileSER(self.path) as ser:
+                head = dict(ser.head)
         except Exception as exc:  # ncempy raises many types on damaged files
             raise InputError(f"cannot read SER file: {reason(exc)}", self.path) from None
         kind = int(head["DataTypeID"])

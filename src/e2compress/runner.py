@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .batch import Item
 from .errors import E2CompressError, InputError, Interrupted
@@ -375,6 +376,19 @@ def run_job(
             job, "failed", first, bytes_in=job.size, seconds=time.perf_counter() - t0, worker=worker
         )
     return from_report(job, report, worker)
+
+
+class Runner(Protocol):
+    """What runs a batch's jobs: :class:`LocalRunner`, :class:`~e2compress.cluster.DaskRunner`
+    or :class:`~e2compress.watch.WatchRunner`."""
+
+    def run(
+        self, jobs: Iterable[Job | None], cancel: Cancel, on_tick: TickFn | None = None
+    ) -> Iterator[FileResult]:
+        """Each job's result as it finishes. A ``None`` in ``jobs`` hands back the results
+        finished so far; once ``cancel`` is set, the jobs not started come back
+        ``unstarted``. ``on_tick`` receives progress ticks from running files."""
+        ...
 
 
 class LocalRunner:

@@ -13,7 +13,6 @@ against the file before anything is allocated from it; every problem is an
 from __future__ import annotations
 
 import abc
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,8 +39,6 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 GZIP_MAGIC = b"\x1f\x8b"
 BZIP2_MAGIC = b"BZh"
 TIFF_MAGICS = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
-# tifffile logs problems with damaged tags; we report them ourselves, on one line.
-logging.getLogger("tifffile").addHandler(logging.NullHandler())
 
 
 class ImageSource(abc.ABC):

@@ -30,7 +30,7 @@ from .errors import E2CompressError
 from .executor import Cancel
 from .options import Options
 from .pipeline import output_is_complete, output_path
-from .runner import FileResult, Job
+from .runner import FileResult, Job, Runner, TickFn
 from .sources import open_source
 
 Signature = tuple[int, int]  # size, mtime in ns
@@ -277,12 +277,12 @@ class Watcher:
 class WatchRunner:
     """A runner (LocalRunner or DaskRunner) that reports each result to ``watcher``."""
 
-    def __init__(self, runner: Any, watcher: Watcher) -> None:
+    def __init__(self, runner: Runner, watcher: Watcher) -> None:
         self.runner = runner
         self.watcher = watcher
 
     def run(
-        self, jobs: Iterable[Job | None], cancel: Cancel, on_tick: Any = None
+        self, jobs: Iterable[Job | None], cancel: Cancel, on_tick: TickFn | None = None
     ) -> Iterator[FileResult]:
         """The runner's results, each first recorded by the watcher."""
         for result in self.runner.run(jobs, cancel, on_tick):
@@ -292,11 +292,11 @@ class WatchRunner:
 
 def watch(
     watcher: Watcher,
-    runner: Any,
+    runner: Runner,
     make_job: Callable[[Item], Job],
     cancel: Cancel,
     on_result: Callable[[FileResult], None],
-    on_tick: Any = None,
+    on_tick: TickFn | None = None,
     tick: float = 0.5,
 ) -> None:
     """Compress the files of ``watcher`` with ``runner`` (a LocalRunner or DaskRunner) as
