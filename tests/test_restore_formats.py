@@ -1,5 +1,6 @@
-"""Kept bytes and ``restore`` for SPIDER (issue 17): every non-pixel byte of the file
-kept, its SHA-256 recorded, the file rebuilt byte for byte from values stored exactly.
+"""Kept bytes and ``restore`` for SPIDER and IMAGIC (issue 17): every non-pixel byte
+kept, the SHA-256 recorded, the file (an IMAGIC pair: both files) rebuilt byte for byte
+from values stored exactly.
 
 Truth: the bytes the test writers in conftest wrote, hashed by hashlib.
 """
@@ -7,6 +8,7 @@ Truth: the bytes the test writers in conftest wrote, hashed by hashlib.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -16,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import run_cli, write_spider
+from conftest import run_cli, write_imagic, write_spider
 from e2compress.deletion import Manifest, delete_source
 from e2compress.eman_hdf import render_range
 from e2compress.quantize import within_half_step
@@ -64,6 +66,7 @@ def _images(seed: int, n: int, nz: int, ny: int, nx: int) -> np.ndarray:
 def test_any_spider_restores_byte_for_byte_at_bits_0(
     seed: int, order: str, stack: bool, n: int, nz: int, ny: int, nx: int, tmp_path: Path
 ) -> None:
+    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))  # one per example
     src = tmp_path / f"s{seed}.spi"
     write_spider(src, _images(seed, n if stack else 1, nz, ny, nx), order, stack)
     archive = compress(src, 0)
@@ -125,3 +128,120 @@ def test_spider_source_is_deleted_only_when_restorable(tmp_path: Path) -> None:
     assert d.deleted, d.message
     assert not src.exists()
     assert restore_file(archive, tmp_path).path.read_bytes() == raw
+
+
+def _pair(src: Path) -> tuple[bytes, bytes]:
+    return src.read_bytes(), src.with_suffix(".img").read_bytes()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    order=st.sampled_from("<>"),
+    dtype=st.sampled_from([np.float32, np.int16]),
+    n=st.integers(1, 4),
+    nz=st.integers(1, 3),
+    ny=st.integers(1, 9),
+    nx=st.integers(1, 40),
+    bits=st.sampled_from([0, 16]),
+)
+def test_any_imagic_pair_restores_byte_for_byte(
+    seed: int,
+    order: str,
+    dtype: type,
+    n: int,
+    nz: int,
+    ny: int,
+    nx: int,
+    bits: int,
+    tmp_path: Path,
+) -> None:
+    """Float32 at bits 0, int16 at bits 0 or 16 (integers within the bits): both files
+    come back as written, each with its own SHA-256."""
+    if bits and dtype is np.float32:
+        bits = 0
+    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))  # one per example
+    src = tmp_path / f"p{seed}.hed"
+    images = _images(seed, n, nz, ny, nx)
+    if dtype is np.int16:
+        images = np.random.default_rng(seed).integers(-32768, 32768, images.shape)
+    write_imagic(src, images.astype(dtype), order)
+    hed, img = _pair(src)
+    archive = compress(src, bits)
+    with h5py.File(archive, "r") as f:
+        g = f["e2compress/source"]
+        assert [bytes(v).decode() for v in g.attrs["part_sha256"]] == [
+            hashlib.sha256(hed).hexdigest(),
+            hashlib.sha256(img).hexdigest(),
+        ]
+        assert list(g.attrs["part_sizes"]) == [len(hed), len(img)]
+        assert f.attrs["e2compress.restore_note"].decode() == "byte for byte"
+    assert restored_sha256(archive) is not None
+    out = tmp_path / "out"
+    out.mkdir()
+    result = restore_file(archive, out)
+    assert result.byte_identical
+    assert (result.path, result.others) == (out / src.name, (out / src.with_suffix(".img").name,))
+    assert _pair(result.path) == (hed, img)
+
+
+def test_imagic_quantised_keeps_the_header_file_whole(tmp_path: Path) -> None:
+    src = tmp_path / "q.hed"
+    images = _images(4, 3, 1, 12, 10)
+    write_imagic(src, images, ">")
+    hed, _ = _pair(src)
+    archive = compress(src, 5)
+    assert restored_sha256(archive) is None
+    result = restore_file(archive, tmp_path / "r.hed")
+    assert not result.byte_identical
+    assert result.quantised
+    assert result.path.read_bytes() == hed
+    back = np.frombuffer((tmp_path / "r.img").read_bytes(), ">f4").reshape(3, 12, 10)
+    with h5py.File(archive, "r") as f:
+        for k in range(3):
+            rng = render_range(f[f"MDF/images/{k}"].attrs)
+            assert rng is not None
+            assert within_half_step(images[k, 0], back[k, ::-1], rng).all()  # top line first
+
+
+IMAGIC_HOSTILE = {
+    "a path for a name": ("parts", np.array([b"../x.hed", b"x.img"])),
+    "one name twice": ("parts", np.array([b"x.hed", b"x.hed"])),
+    "sizes that do not add up": ("part_sizes", np.array([1024, 5], dtype=np.int64)),
+    "one file only": ("parts", np.array([b"x.hed"])),
+}
+
+
+@pytest.mark.parametrize("case", list(IMAGIC_HOSTILE))
+def test_imagic_hostile_parts_are_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "h.hed"
+    write_imagic(src, _images(5, 2, 1, 4, 4), "<")
+    archive = compress(src, 0)
+    name, value = IMAGIC_HOSTILE[case]
+    with h5py.File(archive, "r+") as f:
+        f["e2compress/source"].attrs[name] = value
+    out = tmp_path / "out"
+    out.mkdir()
+    assert restored_sha256(archive) is None
+    rc, stdout, err = run_cli(capsys, "restore", archive, out)
+    assert (rc, stdout, err.count("\n")) == (1, "", 1)
+    assert err.startswith(f"ERROR: {archive}: ")
+    assert list(out.iterdir()) == []
+
+
+def test_imagic_pair_is_never_deleted(tmp_path: Path) -> None:
+    src = tmp_path / "k.hed"
+    write_imagic(src, _images(6, 2, 1, 6, 6), "<")
+    archive = compress(src, 0)
+    with Manifest(tmp_path / "m.jsonl") as manifest:
+        for half in (src, src.with_suffix(".img")):
+            d = delete_source(half, archive, manifest, verified=True, bits=0)
+            assert not d.deleted
+            assert "k.hed and k.img" in d.message
+            assert "IMAGIC pair" in d.message
+    assert src.exists()
+    assert src.with_suffix(".img").exists()

@@ -173,6 +173,7 @@ class _Claims:
     exact: bool
     compression: str
     restorable_sha256: str | None
+    parts: tuple[str, ...] = ()  # the files of a source of several (an IMAGIC pair)
 
 
 def _claims(archive: Path) -> _Claims:
@@ -184,8 +185,16 @@ def _claims(archive: Path) -> _Claims:
         exact = bool(int(np.asarray(a.get(_ATTR + "restorable", 0)).reshape(-1)[0]))
         compression = _text(a.get(_ATTR + "source_compression", b""))
         recorded = a.get(_ATTR + "restorable_sha256")
+        parts: tuple[str, ...] = ()
+        if kept and "parts" in group.attrs:
+            parts = tuple(_text(v) for v in np.asarray(group.attrs["parts"]).reshape(-1))
         return _Claims(
-            kept, problem, exact, compression, None if recorded is None else _text(recorded)
+            kept,
+            problem,
+            exact,
+            compression,
+            None if recorded is None else _text(recorded),
+            parts,
         )
 
 
@@ -257,6 +266,12 @@ def delete_source(
         return keep(f"{out} does not keep its header bytes (it could not be restored)")
     if claims.problem is not None:
         return keep(f"its header bytes cannot be restored ({claims.problem})")
+    if claims.parts:
+        return keep(
+            f"it is one of the files {' and '.join(claims.parts)} of one source (an IMAGIC "
+            "pair); such sources are never deleted: restore rebuilds them all, delete them "
+            "yourself once you have checked it"
+        )
     recorded = recorded_source_sha256(out)
     if recorded is None:
         return keep(f"{out} records no SHA-256 of the source it was made from")

@@ -20,6 +20,14 @@ the encoding of the strip of rows starting at ``first element``; how the page wa
 encoded, and where its strip offsets and byte counts are, is a row of
 ``/e2compress/source/encoded``, :data:`ENCODED_COLUMNS`).
 
+A source of several files (an IMAGIC ``.hed``/``.img`` pair) is restored as its files
+laid end to end: the layout's offsets are into that joined stream, and ``GROUP``'s
+attributes ``parts``, ``part_sizes`` and ``part_sha256`` name each file, its bytes and
+its SHA-256, in stream order (``restore`` writes each file under its name, splitting
+the stream at the sizes). For such a source ``e2compress.restorable_sha256`` is
+:func:`parts_digest` of the files' names and hashes, and no ``source_sha256`` is
+recorded (no one file is the source).
+
 The SHA-256 is computed from the reads the readers make anyway (:class:`OrderedHasher`):
 blocks arrive from several threads in any order, are hashed as soon as they extend the
 hashed prefix of the file, and held only until then.
@@ -34,7 +42,7 @@ import os
 import threading
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import h5py
@@ -283,6 +291,8 @@ class Layout:
     # TIFF pages whose strips are compressed: ENCODED_COLUMNS rows (see the module doc)
     encoded: np.ndarray | None = None
     byteorder: str = "<"  # of a TIFF's offsets and byte counts
+    # a source of several files: (name, bytes, SHA-256) of each, in stream order
+    parts: list[tuple[str, int, str]] = field(default_factory=list)
 
     def gaps(self) -> list[tuple[int, int]]:
         """(offset, length) of every byte range outside the pixel runs, in file order."""
@@ -309,6 +319,15 @@ class Layout:
         pages = set() if self.encoded is None else set(self.encoded[:, 0].tolist())
         images = self.pieces[self.pieces[:, 5] & ENCODED != 0, 2].tolist()
         return all(image in pages for image in images)
+
+
+def parts_digest(parts: Sequence[tuple[str, str]]) -> str:
+    """The SHA-256 that stands for a source of several files: of the lines
+    ``name NUL sha256-hex LF`` of its files (``parts``: (name, hex digest)), in order."""
+    digest = hashlib.sha256()
+    for name, sha in parts:
+        digest.update(os.fsencode(name) + b"\0" + sha.encode("ascii") + b"\n")
+    return digest.hexdigest()
 
 
 def pieces_array(rows: list[tuple[int, int, int, int, int, int]]) -> np.ndarray:
@@ -424,6 +443,10 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
         group.attrs["columns"] = np.bytes_(",".join(PIECE_COLUMNS).encode("ascii"))
         if lay.problem is not None:
             group.attrs["problem"] = np.bytes_(lay.problem.encode("utf-8", "replace"))
+        if lay.parts:
+            group.attrs["parts"] = np.array([os.fsencode(n) for n, _, _ in lay.parts])
+            group.attrs["part_sizes"] = np.array([n for _, n, _ in lay.parts], dtype=np.int64)
+            group.attrs["part_sha256"] = np.array([h.encode("ascii") for _, _, h in lay.parts])
         packed = zlib.compress(kept.kept, 9)
         if len(packed) <= _COMPACT_BYTES:  # deflated here, kept in the object header
             _dataset(group, "kept", np.frombuffer(packed, dtype=np.uint8))
@@ -540,6 +563,7 @@ def _read_kept(f: h5py.File) -> Kept | None:
         attr_text(a["problem"]) if "problem" in a else None,
         np.asarray(group["encoded"][()], dtype=np.int64) if "encoded" in group else None,
         attr_text(a["byteorder"]) if "byteorder" in a else "<",
+        read_parts(group),
     )
     root = f.attrs
     name = root.get(ATTR + "restorable_name", root.get(ATTR + "source_name", b""))
@@ -552,6 +576,24 @@ def _read_kept(f: h5py.File) -> Kept | None:
         attr_text(root.get(ATTR + "source_compression", b"")),
         bool(int(np.asarray(root.get(ATTR + "restorable", 0)).reshape(-1)[0])),
     )
+
+
+def read_parts(group: h5py.Group) -> list[tuple[str, int, str]]:
+    """The (name, bytes, SHA-256) of each file of a source of several files (empty for
+    one file).
+
+    Raises:
+        ValueError: the three attributes do not agree.
+    """
+    a = group.attrs
+    if "parts" not in a:
+        return []
+    names = [attr_text(v) for v in np.asarray(a["parts"]).reshape(-1)]
+    sizes = [int(v) for v in np.asarray(a["part_sizes"]).reshape(-1)]
+    hashes = [attr_text(v) for v in np.asarray(a["part_sha256"]).reshape(-1)]
+    if not len(names) == len(sizes) == len(hashes) or len(names) < 2:
+        raise ValueError("the files of the source are not recorded consistently")
+    return list(zip(names, sizes, hashes, strict=True))
 
 
 def restore_note(path: PathLike) -> str | None:

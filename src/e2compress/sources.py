@@ -180,7 +180,7 @@ def open_source(
         eer_grouping: EER frames summed into each image (1: one image a frame).
         keep: read the bytes outside the pixels and hash the file from the reads
             (:meth:`ImageSource.kept`); without it ``kept()`` returns None (the readers
-            of EER, IMAGIC, DM and SER keep nothing yet).
+            of EER, DM and SER keep nothing yet).
 
     Raises:
         InputError: the file is missing, unreadable, of no supported kind, or
@@ -207,7 +207,7 @@ def open_source(
     if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)) or name.endswith(MRC_SUFFIXES):
         return MrcSource(p, magic, scratch_dir=scratch_dir, keep=keep)
     if name.endswith(IMAGIC_SUFFIXES):
-        return ImagicSource(p)
+        return ImagicSource(p, keep=keep)
     if name.endswith(SPIDER_SUFFIXES):
         return SpiderSource(p, keep=keep)
     if name.endswith(DM_SUFFIXES):
