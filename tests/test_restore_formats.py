@@ -1,6 +1,6 @@
-"""Kept bytes and ``restore`` for SPIDER and IMAGIC (issue 17): every non-pixel byte
-kept, the SHA-256 recorded, the file (an IMAGIC pair: both files) rebuilt byte for byte
-from values stored exactly.
+"""Kept bytes and ``restore`` for SPIDER, IMAGIC, DM3/DM4 and SER (issue 17): every
+non-pixel byte kept, the SHA-256 recorded, the file (an IMAGIC pair: both files) rebuilt
+byte for byte from values stored exactly.
 
 Truth: the bytes the test writers in conftest wrote, hashed by hashlib.
 """
@@ -8,6 +8,8 @@ Truth: the bytes the test writers in conftest wrote, hashed by hashlib.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import struct
 import tempfile
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import run_cli, write_imagic, write_spider
+from conftest import run_cli, write_dm, write_imagic, write_ser, write_spider
 from e2compress.deletion import Manifest, delete_source
 from e2compress.eman_hdf import render_range
 from e2compress.quantize import within_half_step
@@ -245,3 +247,121 @@ def test_imagic_pair_is_never_deleted(tmp_path: Path) -> None:
             assert "IMAGIC pair" in d.message
     assert src.exists()
     assert src.with_suffix(".img").exists()
+
+
+needs_ncempy = pytest.mark.skipif(
+    importlib.util.find_spec("ncempy") is None, reason="needs the optional extras dm/ser (ncempy)"
+)
+# float32 holds these exactly: stored at bits 0, they come back byte for byte
+EXACT_TYPES = [np.float32, np.int16, np.uint16, np.uint8, np.int8]
+
+
+def _values(seed: int, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        return (rng.normal(size=shape) * 10 ** rng.uniform(-3, 3)).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
+
+
+@needs_ncempy
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    version=st.sampled_from([3, 4]),
+    dtype=st.sampled_from(EXACT_TYPES),
+    shape=st.sampled_from([(1, 9), (6, 5), (2, 4, 3), (3, 7, 8)]),
+    thumbnail=st.booleans(),
+)
+def test_any_dm_restores_byte_for_byte_at_bits_0(
+    seed: int,
+    version: int,
+    dtype: type,
+    shape: tuple[int, ...],
+    thumbnail: bool,
+    tmp_path: Path,
+) -> None:
+    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))  # one per example
+    src = tmp_path / f"d.dm{version}"
+    write_dm(src, _values(seed, shape, dtype), version=version, thumbnail=thumbnail)
+    assert_restores_byte_for_byte(src, compress(src, 0), tmp_path / "r.dm")
+
+
+@needs_ncempy
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(EXACT_TYPES[:4]),
+    n=st.integers(1, 4),
+    spectra=st.booleans(),
+    ny=st.integers(1, 6),
+    nx=st.integers(1, 9),
+    invalid=st.integers(0, 2),
+)
+def test_any_ser_restores_byte_for_byte_at_bits_0(
+    seed: int,
+    dtype: type,
+    n: int,
+    spectra: bool,
+    ny: int,
+    nx: int,
+    invalid: int,
+    tmp_path: Path,
+) -> None:
+    """Images or spectra; elements past the valid count are kept as bytes."""
+    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))  # one per example
+    src = tmp_path / "s.ser"
+    shape = (n + invalid, nx) if spectra else (n + invalid, ny, nx)
+    write_ser(src, _values(seed, shape, dtype), valid=n)
+    assert_restores_byte_for_byte(src, compress(src, 0), tmp_path / "r.ser")
+
+
+@needs_ncempy
+def test_dm_quantised_keeps_every_tag_byte(tmp_path: Path) -> None:
+    src = tmp_path / "q.dm4"
+    data = _values(7, (2, 16, 12), np.float32)
+    write_dm(src, data, tags={"Microscope Info": {"Voltage": 300000.0}})
+    archive = compress(src, 4)
+    assert restored_sha256(archive) is None
+    result = restore_file(archive, tmp_path / "r.dm4")
+    assert not result.byte_identical
+    raw, back = src.read_bytes(), result.path.read_bytes()
+    at = raw.find(np.flip(data, axis=1).astype("<f4").tobytes())  # stored top line first
+    assert at > 0
+    end = at + data.nbytes
+    assert (back[:at], back[end:]) == (raw[:at], raw[end:])  # every byte but the pixels
+    got = np.flip(np.frombuffer(back[at:end], "<f4").reshape(data.shape), axis=1)
+    with h5py.File(archive, "r") as f:
+        for k in range(2):
+            rng = render_range(f[f"MDF/images/{k}"].attrs)
+            assert rng is not None
+            assert within_half_step(data[k], got[k], rng).all()
+
+
+@needs_ncempy
+def test_ser_with_overlapping_elements_is_not_restored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two offsets naming one element: compressed, but neither restored nor deleted."""
+    src = tmp_path / "o.ser"
+    write_ser(src, _values(8, (2, 4, 4), np.float32))
+    raw = bytearray(src.read_bytes())
+    table = struct.unpack_from("<i", raw, 22)[0]  # OffsetArrayOffset
+    first = struct.unpack_from("<i", raw, table)[0]
+    struct.pack_into("<i", raw, table + 4, first)
+    src.write_bytes(bytes(raw))
+    archive = compress(src, 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, stdout, err = run_cli(capsys, "restore", archive, out)
+    assert (rc, stdout, err.count("\n")) == (1, "", 1)
+    assert "pixel runs overlap" in err
+    with Manifest(tmp_path / "m.jsonl") as manifest:
+        d = delete_source(src, archive, manifest, verified=True, bits=0)
+    assert not d.deleted
+    assert "pixel runs overlap" in d.message
+    assert src.exists()

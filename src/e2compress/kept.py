@@ -236,6 +236,65 @@ class OrderedHasher:
             thread.join()
 
 
+class RunKeeper:
+    """Keeps a file's bytes outside known pixel runs and hashes it from the reads (the
+    readers whose pixels lie at offsets their headers give: DM, SER).
+
+    Args:
+        format: the layout's format name.
+        size: bytes of the file.
+        runs: (offset, bytes, image, first element, dtype string, flags) of each run.
+        pread: ``pread(size, offset)`` of the file.
+        name: the file's name.
+
+    Raises:
+        OSError: the bytes outside the runs cannot be read.
+    """
+
+    def __init__(
+        self,
+        format: str,
+        size: int,
+        runs: Sequence[tuple[int, int, int, int, str, int]],
+        pread: Callable[[int, int], bytes],
+        name: str,
+    ) -> None:
+        self._pread = pread
+        self.name = name
+        self.hasher = OrderedHasher(size)
+        dtypes = sorted({run[4] for run in runs})
+        index = {d: k for k, d in enumerate(dtypes)}
+        rows = [(o, n, i, e, index[d], f) for o, n, i, e, d, f in runs]
+        self.layout = Layout(format, size, pieces_array(rows), dtypes)
+        self.kept = b""
+        if overlapping(self.layout.pieces, size):
+            self.layout = Layout(
+                format, size, pieces_array([]), [], problem="its pixel runs overlap"
+            )
+            return
+        gaps = self.layout.gaps()
+        if sum(n for _, n in gaps) > KEPT_LIMIT:
+            problem = f"it holds more than {KEPT_LIMIT} bytes besides its pixels"
+            self.layout = Layout(format, size, pieces_array([]), [], problem=problem)
+            return
+        parts = []
+        for offset, length in gaps:
+            data = read_exact(pread, length, offset)
+            self.hasher.feed(offset, data)
+            parts.append(data)
+        self.kept = b"".join(parts)
+
+    def finish(self) -> Kept:
+        """The kept bytes, the layout and the file's SHA-256 (bytes no read fed are
+        read now).
+
+        Raises:
+            OSError: the file cannot be read to its end.
+        """
+        digest = self.hasher.finish(self._pread)
+        return Kept(self.layout, self.kept, digest, digest, self.name)
+
+
 class HashingReader:
     """A binary reader that hashes everything read through it (a compressed input)."""
 

@@ -180,7 +180,7 @@ def open_source(
         eer_grouping: EER frames summed into each image (1: one image a frame).
         keep: read the bytes outside the pixels and hash the file from the reads
             (:meth:`ImageSource.kept`); without it ``kept()`` returns None (the readers
-            of EER, DM and SER keep nothing yet).
+            of EER keeps nothing: see its ``kept``).
 
     Raises:
         InputError: the file is missing, unreadable, of no supported kind, or
@@ -211,9 +211,9 @@ def open_source(
     if name.endswith(SPIDER_SUFFIXES):
         return SpiderSource(p, keep=keep)
     if name.endswith(DM_SUFFIXES):
-        return DmSource(p)
+        return DmSource(p, keep=keep)
     if name.endswith(SER_SUFFIXES):
-        return SerSource(p)
+        return SerSource(p, keep=keep)
     if name.endswith(HDF_SUFFIXES):
         raise InputError("not an HDF5 file (bad signature)", p)
     if name.endswith(TIFF_SUFFIXES + EER_SUFFIXES):
