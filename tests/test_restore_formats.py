@@ -1,6 +1,7 @@
 """Kept bytes and ``restore`` for SPIDER, IMAGIC, DM3/DM4 and SER (issue 17): every
 non-pixel byte kept, the SHA-256 recorded, the file (an IMAGIC pair: both files) rebuilt
-byte for byte from values stored exactly.
+byte for byte from values stored exactly. EER cannot be rebuilt: restore and deletion
+say why.
 
 Truth: the bytes the test writers in conftest wrote, hashed by hashlib.
 """
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import run_cli, write_dm, write_imagic, write_ser, write_spider
+from conftest import run_cli, write_dm, write_eer, write_imagic, write_ser, write_spider
 from e2compress.deletion import Manifest, delete_source
 from e2compress.eman_hdf import render_range
 from e2compress.quantize import within_half_step
@@ -365,3 +366,30 @@ def test_ser_with_overlapping_elements_is_not_restored(
     assert not d.deleted
     assert "pixel runs overlap" in d.message
     assert src.exists()
+
+
+def test_eer_says_why_it_cannot_be_restored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("imagecodecs")
+    src = write_eer(tmp_path / "m.eer", np.eye(16, dtype=np.uint8)[None].repeat(2, axis=0))
+    archive = compress(src, 0)
+    with h5py.File(archive, "r") as f:
+        assert "sub-pixel" in f.attrs["e2compress.restore_note"].decode()
+        assert int(f.attrs["e2compress.restorable"]) == 0
+        assert "e2compress.restorable_sha256" not in f.attrs
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, stdout, err = run_cli(capsys, "restore", archive, out)
+    assert (rc, stdout, err.count("\n")) == (1, "", 1)
+    assert "sub-pixel" in err
+    assert list(out.iterdir()) == []
+    with Manifest(tmp_path / "m.jsonl") as manifest:
+        d = delete_source(src, archive, manifest, verified=True, bits=0)
+    assert not d.deleted
+    assert "sub-pixel" in d.message
+    assert src.exists()
+    again = tmp_path / "again.hdf"  # an archive of an EER archive carries the reason
+    e2compress.compress_file(archive, again, bits=0, threads=2)
+    with h5py.File(again, "r") as f:
+        assert "sub-pixel" in f["e2compress/source"].attrs["problem"].decode()

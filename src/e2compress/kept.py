@@ -445,7 +445,9 @@ class Kept:
 
     layout: Layout
     kept: bytes  # the bytes outside the pixel runs, in file order
-    sha256: str  # of the restorable bytes (the file; for .gz/.bz2 the decompressed file)
+    # of the restorable bytes (the file; for .gz/.bz2 the decompressed file); "" when not
+    # known (an EER file, which cannot be restored: the layout's problem says why)
+    sha256: str
     source_sha256: str | None  # of the input file as it is on disk (None: not known)
     name: str  # the restorable file's name (a .gz/.bz2 input's name without that suffix)
     compression: str = ""  # of the original input: "gzip", "bzip2" or "" (plain)
@@ -490,7 +492,8 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
     with h5py.File(path, "r+", locking=False, libver=("v108", "v108"), meta_block_size=512) as f:
         if kept.source_sha256 is not None:
             f.attrs[ATTR + "source_sha256"] = np.bytes_(kept.source_sha256.encode("ascii"))
-        f.attrs[ATTR + "restorable_sha256"] = np.bytes_(kept.sha256.encode("ascii"))
+        if kept.sha256:
+            f.attrs[ATTR + "restorable_sha256"] = np.bytes_(kept.sha256.encode("ascii"))
         f.attrs[ATTR + "restorable_size"] = np.int64(lay.size)
         f.attrs[ATTR + "restorable_name"] = np.bytes_(os.fsencode(kept.name))
         f.attrs[ATTR + "source_compression"] = np.bytes_(kept.compression.encode("ascii"))
@@ -629,7 +632,7 @@ def _read_kept(f: h5py.File) -> Kept | None:
     return Kept(
         layout,
         kept_array(group).tobytes(),
-        attr_text(root[ATTR + "restorable_sha256"]),
+        attr_text(root.get(ATTR + "restorable_sha256", b"")),
         None,
         attr_text(name),
         attr_text(root.get(ATTR + "source_compression", b"")),

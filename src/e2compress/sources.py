@@ -179,8 +179,8 @@ def open_source(
             system's temporary directory.
         eer_grouping: EER frames summed into each image (1: one image a frame).
         keep: read the bytes outside the pixels and hash the file from the reads
-            (:meth:`ImageSource.kept`); without it ``kept()`` returns None (the readers
-            of EER keeps nothing: see its ``kept``).
+            (:meth:`ImageSource.kept`); without it ``kept()`` returns None (an EER
+            file keeps only why it cannot be restored).
 
     Raises:
         InputError: the file is missing, unreadable, of no supported kind, or
@@ -202,7 +202,7 @@ def open_source(
         return HdfSource(p, keep=keep)
     if magic[:4] in TIFF_MAGICS:
         if name.endswith(EER_SUFFIXES):
-            return EerSource(p, eer_grouping)
+            return EerSource(p, eer_grouping, keep=keep)
         return TiffSource(p, keep=keep)
     if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)) or name.endswith(MRC_SUFFIXES):
         return MrcSource(p, magic, scratch_dir=scratch_dir, keep=keep)
