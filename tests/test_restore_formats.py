@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import e2compress
 from conftest import run_cli, write_dm, write_eer, write_imagic, write_ser, write_spider
-from e2compress.deletion import Manifest, delete_source
+from e2compress.deletion import Manifest, delete_source, read_manifest
 from e2compress.eman_hdf import render_range
 from e2compress.quantize import within_half_step
 from e2compress.restore import restore_file, restored_sha256
@@ -236,18 +236,49 @@ def test_imagic_hostile_parts_are_one_line(
     assert list(out.iterdir()) == []
 
 
-def test_imagic_pair_is_never_deleted(tmp_path: Path) -> None:
+def test_imagic_pair_is_deleted_whole_when_both_files_are_proven(tmp_path: Path) -> None:
+    src = tmp_path / "k.hed"
+    write_imagic(src, _images(6, 2, 1, 6, 6), "<")
+    hed, img = _pair(src)
+    archive = compress(src, 0)
+    with Manifest(tmp_path / "m.jsonl") as manifest:
+        d = delete_source(src.with_suffix(".img"), archive, manifest, verified=True, bits=0)
+    assert d.deleted, d.message
+    assert not src.exists()
+    assert not src.with_suffix(".img").exists()
+    lines = read_manifest(tmp_path / "m.jsonl")
+    assert [(Path(x["source"]).name, x["source_sha256"]) for x in lines] == [
+        ("k.hed", hashlib.sha256(hed).hexdigest()),
+        ("k.img", hashlib.sha256(img).hexdigest()),
+    ]
+    result = restore_file(archive, tmp_path)
+    assert result.byte_identical
+    assert _pair(result.path) == (hed, img)
+
+
+@pytest.mark.parametrize("damage", ["hed changed", "img changed", "img a link", "img gone"])
+def test_imagic_pair_is_kept_whole_unless_both_are_proven(damage: str, tmp_path: Path) -> None:
     src = tmp_path / "k.hed"
     write_imagic(src, _images(6, 2, 1, 6, 6), "<")
     archive = compress(src, 0)
+    img = src.with_suffix(".img")
+    if damage == "hed changed":
+        src.write_bytes(src.read_bytes()[:-1] + b"x")
+    elif damage == "img changed":
+        img.write_bytes(b"x" + img.read_bytes()[1:])
+    elif damage == "img a link":
+        img.rename(tmp_path / "elsewhere.img")
+        img.symlink_to(tmp_path / "elsewhere.img")
+    else:
+        img.unlink()
     with Manifest(tmp_path / "m.jsonl") as manifest:
-        for half in (src, src.with_suffix(".img")):
-            d = delete_source(half, archive, manifest, verified=True, bits=0)
-            assert not d.deleted
-            assert "k.hed and k.img" in d.message
-            assert "IMAGIC pair" in d.message
+        d = delete_source(src, archive, manifest, verified=True, bits=0)
+    assert not d.deleted
+    assert d.message.count("\n") == 0
+    assert ("k.img" if damage.startswith("img") else "k.hed") in d.message
     assert src.exists()
-    assert src.with_suffix(".img").exists()
+    assert img.exists() or damage == "img gone"
+    assert read_manifest(tmp_path / "m.jsonl") == []
 
 
 needs_ncempy = pytest.mark.skipif(
