@@ -424,3 +424,17 @@ def test_eer_says_why_it_cannot_be_restored(
     e2compress.compress_file(archive, again, bits=0, threads=2)
     with h5py.File(again, "r") as f:
         assert "sub-pixel" in f["e2compress/source"].attrs["problem"].decode()
+
+
+def test_recompressed_imagic_archive_still_restores_the_pair(tmp_path: Path) -> None:
+    src = tmp_path / "c.hed"
+    write_imagic(src, _images(9, 2, 1, 5, 5), ">")
+    archive = compress(src, 0)
+    again = tmp_path / "again.hdf"
+    e2compress.compress_file(archive, again, bits=0, threads=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = restore_file(again, out / "renamed")
+    assert result.byte_identical
+    assert (result.path.name, result.others[0].name) == ("renamed.hed", "renamed.img")
+    assert _pair(result.path) == _pair(src)

@@ -59,7 +59,7 @@ GROUP = "e2compress/source"
 ATTR = "e2compress."
 FLIP, NEGATE, PERMUTED, ENCODED = 1, 2, 4, 8
 # Root attributes (``e2compress.<name>``) an output that keeps its source's bytes adds to
-# the record of :mod:`~e2compress.provenance` (source_sha256 only for MRC/TIFF inputs).
+# the record of :mod:`~e2compress.provenance` (source_sha256 only for sources of one file).
 KEPT_ATTRS = (
     "source_sha256",
     "restorable_sha256",
@@ -341,7 +341,7 @@ class HashingReader:
 class Layout:
     """Where a source's pixels are (pieces) and what lies between them (kept bytes)."""
 
-    format: str  # "mrc" or "tiff"
+    format: str  # "mrc", "tiff", "spider", "imagic", "dm", "ser" or "eer"
     size: int  # bytes of the restorable file (decompressed, for .gz/.bz2)
     pieces: np.ndarray  # (n, 6) int64, PIECE_COLUMNS, sorted by offset, not overlapping
     dtypes: list[str]  # numpy type strings with byte order, e.g. "<u2"

@@ -118,7 +118,7 @@ class _Archive:
         group = f.get(GROUP)
         if not isinstance(group, h5py.Group):
             raise self._fail(
-                "keeps no source bytes (not made from an MRC or TIFF file, or by an "
+                "keeps no source bytes (made from an EMAN2 HDF file, or by an "
                 "e2compress that did not keep them); nothing to restore"
             )
         if "problem" in group.attrs:
@@ -560,9 +560,12 @@ def restore_file(
     """Rebuild the source of ``archive``.
 
     Args:
-        archive: an EMAN2 HDF file written by e2compress from an MRC or TIFF file.
+        archive: an EMAN2 HDF file written by e2compress from an MRC, TIFF, SPIDER,
+            IMAGIC, DM3/DM4 or SER file.
         out: the file to write, or an existing directory to write the source's name
-            into; default: the source's name beside the archive.
+            into; default: the source's name beside the archive. A source of several
+            files (an IMAGIC pair) is written under its files' names; a file name
+            ``out`` gives them its stem (``out.hed`` and ``out.img``).
         overwrite: replace an existing file.
 
     Returns:
