@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import run_cli, write_dm, write_eer, write_imagic, write_ser, write_spider
+from conftest import EMAN2_DATA, run_cli, write_dm, write_eer, write_imagic, write_ser, write_spider
 from e2compress.deletion import Manifest, delete_source, read_manifest
 from e2compress.eman_hdf import render_range
 from e2compress.quantize import within_half_step
@@ -438,3 +439,23 @@ def test_recompressed_imagic_archive_still_restores_the_pair(tmp_path: Path) -> 
     assert result.byte_identical
     assert (result.path.name, result.others[0].name) == ("renamed.hed", "renamed.img")
     assert _pair(result.path) == _pair(src)
+
+
+@pytest.mark.parametrize(
+    "name", ["stack.hed", "square_be.hed", "volume.hed", "stack.spi", "single.spi", "volume_be.spi"]
+)
+def test_files_written_by_eman2_restore_byte_for_byte(name: str, tmp_path: Path) -> None:
+    """Files of an independent writer (real EMAN2, tests/data/eman2/make_files.py)."""
+    src = tmp_path / name
+    originals = [EMAN2_DATA / name]
+    if name.endswith(".hed"):
+        originals.append((EMAN2_DATA / name).with_suffix(".img"))
+    for each in originals:
+        shutil.copyfile(each, tmp_path / each.name)
+    archive = compress(src, 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = restore_file(archive, out)
+    assert result.byte_identical
+    for each, written in zip(originals, (result.path, *result.others), strict=True):
+        assert written.read_bytes() == each.read_bytes()
