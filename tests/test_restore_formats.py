@@ -459,3 +459,18 @@ def test_files_written_by_eman2_restore_byte_for_byte(name: str, tmp_path: Path)
     assert result.byte_identical
     for each, written in zip(originals, (result.path, *result.others), strict=True):
         assert written.read_bytes() == each.read_bytes()
+
+
+def test_spider_headers_past_the_kept_limit_say_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("e2compress.read_spider.KEPT_LIMIT", 2048)  # 3 headers of 1024
+    src = tmp_path / "big.spi"
+    write_spider(src, _images(10, 2, 1, 4, 4), "<")
+    archive = compress(src, 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, stdout, err = run_cli(capsys, "restore", archive, out)
+    assert (rc, stdout, err.count("\n")) == (1, "", 1)
+    assert "headers hold more than 2048 bytes" in err
+    assert list(out.iterdir()) == []

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .kept import Kept, Layout, OrderedHasher, pieces_array, read_exact
+from .kept import KEPT_LIMIT, Kept, Layout, OrderedHasher, pieces_array, read_exact
 from .sources import ImageSource, reason
 
 MIN_HEADER = 1024  # every SPIDER header holds at least 256 words
@@ -144,6 +144,8 @@ class SpiderSource(ImageSource):
         """Read every header whole: kept, and fed to the file's hash."""
         self._hasher = OrderedHasher(self._size)
         count = self._count + 1 if self._stack else 1
+        if count * self._labbyt > KEPT_LIMIT:
+            return  # too many header bytes to hold: kept() says so
         parts = []
         for k in range(count):
             offset = 0 if k == 0 else self._image_offset(k - 1)
@@ -170,6 +172,9 @@ class SpiderSource(ImageSource):
             return None
         rows = [(self._pixel_offset(i), self._image_bytes, i, 0, 0, 0) for i in range(self._count)]
         layout = Layout("spider", self._size, pieces_array(rows), [self._order + "f4"])
+        if not self._kept_bytes:  # more header bytes than KEPT_LIMIT
+            problem = f"its headers hold more than {KEPT_LIMIT} bytes"
+            layout = Layout("spider", self._size, pieces_array([]), [], problem=problem)
         try:
             digest = self._hasher.finish(self._pread_raw)
         except OSError as exc:
