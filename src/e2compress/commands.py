@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     res = sub.add_parser(
         "restore",
-        help="rebuild the original MRC/TIFF file from an archive (byte for byte when exact)",
+        help="rebuild the original file from an archive (byte for byte when exact)",
         description="Rebuild the source file of ARCHIVE from its kept header bytes and "
         "its images. Byte for byte (SHA-256 checked against the recorded one) when every "
         "value was stored exactly; otherwise headers identical and the decoded pixels, "

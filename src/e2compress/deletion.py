@@ -29,6 +29,11 @@ point leaves either the source, or the source gone with its archive complete and
 manifest line on disk; a manifest line whose source still exists means the process
 stopped between the line and the removal (or step 8 failed), and nothing was lost.
 
+A source of several files (an IMAGIC ``.hed``/``.img`` pair, named by either file) is
+deleted whole or not at all: both files must be regular files beside each other, each
+with the SHA-256 the archive records for it (steps 5-6 for each, step 6 against the
+digest of both), a manifest line is written for each, and only then are both removed.
+
 Links: a symbolic link is never deleted, nor its target (deleting the link frees no
 space; deleting the target through it could break other names): name the target
 itself. A file with several hard links loses only the name given, like ``rm``; its
@@ -157,6 +162,120 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _delete_parts(
+    src: Path,
+    out: Path,
+    out_sha: str,
+    claims: _Claims,
+    manifest: Manifest,
+    bits: int | str | None,
+) -> Deletion:
+    """Delete every file of a source of several (the module docstring), or none."""
+    from .kept import parts_digest
+
+    names = claims.parts
+
+    def keep(reason: str, record: dict[str, Any] | None = None) -> Deletion:
+        return Deletion(str(src), False, f"{src}: not deleted: {reason}", record)
+
+    what = " and ".join(names)
+    if (
+        src.name not in names
+        or len(set(names)) != len(names)
+        or len(names) != len(claims.part_sha256)
+    ):
+        return keep(f"{out} was made from the files {what}, not from it")
+    if claims.restorable_sha256 is None:
+        return keep(f"{out} records no SHA-256 of the source it was made from")
+    paths = [src.parent / name for name in names]
+    fds: list[int] = []
+    befores: list[os.stat_result] = []
+    shas: list[str] = []
+    try:
+        for path, recorded in zip(paths, claims.part_sha256, strict=True):
+            try:
+                lst = os.lstat(path)
+                if not stat.S_ISREG(lst.st_mode):
+                    return keep(f"{path.name} (of the same source) is not a regular file")
+                fds.append(os.open(path, os.O_RDONLY | os.O_NOFOLLOW))
+                befores.append(os.fstat(fds[-1]))
+                shas.append(_sha256_fd(fds[-1]))
+            except OSError as exc:
+                return keep(f"{path.name} cannot be read ({exc.strerror or exc})")
+            if shas[-1] != recorded:
+                return keep(f"{path.name} changed since it was compressed (its SHA-256 differs)")
+        if parts_digest(list(zip(names, shas, strict=True))) != claims.restorable_sha256:
+            return keep(f"{out} records the SHA-256 of its files inconsistently")
+        restored = None
+        if claims.exact:
+            restored = _restored_sha256(out)
+            if restored != claims.restorable_sha256:
+                return keep(
+                    f"{out} says it restores {what} byte for byte, but the bytes it restores "
+                    "do not have their SHA-256"
+                )
+        try:
+            afters = [os.fstat(fd) for fd in fds]
+        except OSError as exc:
+            return keep(f"cannot be examined ({exc.strerror or exc})")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if [_identity(a) for a in afters] != [_identity(b) for b in befores]:
+        return keep("it changed while it was being checked")
+    lines: list[dict[str, Any]] = []
+    for path, before, sha in zip(paths, befores, shas, strict=True):
+        lines.append(
+            {
+                "source": os.path.abspath(path),
+                "source_size": before.st_size,
+                "source_sha256": sha,
+                "source_files": [os.path.abspath(p) for p in paths],
+                "output": os.path.abspath(out),
+                "output_sha256": out_sha,
+                "bits": bits,
+                "values": EXACT if claims.exact else HALF_STEP,
+                "restore": "byte for byte" if claims.exact else "headers exact, pixels decoded",
+                "restored_sha256": restored,  # of both files: kept.parts_digest
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "other_links": before.st_nlink - 1,
+            }
+        )
+    line = lines[paths.index(src.parent / src.name)]
+    try:
+        for each in lines:
+            manifest.append(each)
+    except OSError as exc:
+        return keep(f"the manifest line cannot be written ({exc.strerror or exc})")
+    for path, before in zip(paths, befores, strict=True):
+        try:
+            now = os.lstat(path)
+        except OSError as exc:
+            return keep(f"{path.name} cannot be examined ({exc.strerror or exc})", line)
+        if stat.S_ISLNK(now.st_mode) or _identity(now) != _identity(before):
+            return keep(f"{path.name} changed while it was being checked", line)
+    gone: list[str] = []
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            done = f" ({' and '.join(gone)} deleted)" if gone else ""
+            return Deletion(
+                str(src),
+                bool(gone),
+                f"{src}: {path.name} cannot be deleted ({exc.strerror or exc}){done}",
+                line,
+            )
+        gone.append(path.name)
+    try:
+        _fsync_dir(src.parent)
+    except OSError:
+        pass  # the names are gone; flushing their removal is not a safety matter
+    links = sum(b.st_nlink - 1 for b in befores)
+    freed = f"; {links} other hard links keep data (less space freed)" if links else ""
+    return Deletion(str(src), True, f"{src}: deleted with {what} (in {manifest.path}){freed}", line)
+
+
 def _text(value: Any) -> str:
     raw = np.asarray(value).reshape(-1)[0]
     if isinstance(raw, bytes | np.bytes_):
@@ -173,6 +292,8 @@ class _Claims:
     exact: bool
     compression: str
     restorable_sha256: str | None
+    parts: tuple[str, ...] = ()  # the files of a source of several (an IMAGIC pair)
+    part_sha256: tuple[str, ...] = ()  # of each of them
 
 
 def _claims(archive: Path) -> _Claims:
@@ -184,8 +305,19 @@ def _claims(archive: Path) -> _Claims:
         exact = bool(int(np.asarray(a.get(_ATTR + "restorable", 0)).reshape(-1)[0]))
         compression = _text(a.get(_ATTR + "source_compression", b""))
         recorded = a.get(_ATTR + "restorable_sha256")
+        parts: tuple[str, ...] = ()
+        hashes: tuple[str, ...] = ()
+        if kept and "parts" in group.attrs:
+            parts = tuple(_text(v) for v in np.asarray(group.attrs["parts"]).reshape(-1))
+            hashes = tuple(_text(v) for v in np.asarray(group.attrs["part_sha256"]).reshape(-1))
         return _Claims(
-            kept, problem, exact, compression, None if recorded is None else _text(recorded)
+            kept,
+            problem,
+            exact,
+            compression,
+            None if recorded is None else _text(recorded),
+            parts,
+            hashes,
         )
 
 
@@ -257,6 +389,8 @@ def delete_source(
         return keep(f"{out} does not keep its header bytes (it could not be restored)")
     if claims.problem is not None:
         return keep(f"its header bytes cannot be restored ({claims.problem})")
+    if claims.parts:
+        return _delete_parts(src, out, out_sha, claims, manifest, bits)
     recorded = recorded_source_sha256(out)
     if recorded is None:
         return keep(f"{out} records no SHA-256 of the source it was made from")

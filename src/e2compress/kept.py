@@ -20,6 +20,14 @@ the encoding of the strip of rows starting at ``first element``; how the page wa
 encoded, and where its strip offsets and byte counts are, is a row of
 ``/e2compress/source/encoded``, :data:`ENCODED_COLUMNS`).
 
+A source of several files (an IMAGIC ``.hed``/``.img`` pair) is restored as its files
+laid end to end: the layout's offsets are into that joined stream, and ``GROUP``'s
+attributes ``parts``, ``part_sizes`` and ``part_sha256`` name each file, its bytes and
+its SHA-256, in stream order (``restore`` writes each file under its name, splitting
+the stream at the sizes). For such a source ``e2compress.restorable_sha256`` is
+:func:`parts_digest` of the files' names and hashes, and no ``source_sha256`` is
+recorded (no one file is the source).
+
 The SHA-256 is computed from the reads the readers make anyway (:class:`OrderedHasher`):
 blocks arrive from several threads in any order, are hashed as soon as they extend the
 hashed prefix of the file, and held only until then.
@@ -34,7 +42,7 @@ import os
 import threading
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import h5py
@@ -51,7 +59,7 @@ GROUP = "e2compress/source"
 ATTR = "e2compress."
 FLIP, NEGATE, PERMUTED, ENCODED = 1, 2, 4, 8
 # Root attributes (``e2compress.<name>``) an output that keeps its source's bytes adds to
-# the record of :mod:`~e2compress.provenance` (source_sha256 only for MRC/TIFF inputs).
+# the record of :mod:`~e2compress.provenance` (source_sha256 only for sources of one file).
 KEPT_ATTRS = (
     "source_sha256",
     "restorable_sha256",
@@ -228,6 +236,65 @@ class OrderedHasher:
             thread.join()
 
 
+class RunKeeper:
+    """Keeps a file's bytes outside known pixel runs and hashes it from the reads (the
+    readers whose pixels lie at offsets their headers give: DM, SER).
+
+    Args:
+        format: the layout's format name.
+        size: bytes of the file.
+        runs: (offset, bytes, image, first element, dtype string, flags) of each run.
+        pread: ``pread(size, offset)`` of the file.
+        name: the file's name.
+
+    Raises:
+        OSError: the bytes outside the runs cannot be read.
+    """
+
+    def __init__(
+        self,
+        format: str,
+        size: int,
+        runs: Sequence[tuple[int, int, int, int, str, int]],
+        pread: Callable[[int, int], bytes],
+        name: str,
+    ) -> None:
+        self._pread = pread
+        self.name = name
+        self.hasher = OrderedHasher(size)
+        dtypes = sorted({run[4] for run in runs})
+        index = {d: k for k, d in enumerate(dtypes)}
+        rows = [(o, n, i, e, index[d], f) for o, n, i, e, d, f in runs]
+        self.layout = Layout(format, size, pieces_array(rows), dtypes)
+        self.kept = b""
+        if overlapping(self.layout.pieces, size):
+            self.layout = Layout(
+                format, size, pieces_array([]), [], problem="its pixel runs overlap"
+            )
+            return
+        gaps = self.layout.gaps()
+        if sum(n for _, n in gaps) > KEPT_LIMIT:
+            problem = f"it holds more than {KEPT_LIMIT} bytes besides its pixels"
+            self.layout = Layout(format, size, pieces_array([]), [], problem=problem)
+            return
+        parts = []
+        for offset, length in gaps:
+            data = read_exact(pread, length, offset)
+            self.hasher.feed(offset, data)
+            parts.append(data)
+        self.kept = b"".join(parts)
+
+    def finish(self) -> Kept:
+        """The kept bytes, the layout and the file's SHA-256 (bytes no read fed are
+        read now).
+
+        Raises:
+            OSError: the file cannot be read to its end.
+        """
+        digest = self.hasher.finish(self._pread)
+        return Kept(self.layout, self.kept, digest, digest, self.name)
+
+
 class HashingReader:
     """A binary reader that hashes everything read through it (a compressed input)."""
 
@@ -274,7 +341,7 @@ class HashingReader:
 class Layout:
     """Where a source's pixels are (pieces) and what lies between them (kept bytes)."""
 
-    format: str  # "mrc" or "tiff"
+    format: str  # "mrc", "tiff", "spider", "imagic", "dm", "ser" or "eer"
     size: int  # bytes of the restorable file (decompressed, for .gz/.bz2)
     pieces: np.ndarray  # (n, 6) int64, PIECE_COLUMNS, sorted by offset, not overlapping
     dtypes: list[str]  # numpy type strings with byte order, e.g. "<u2"
@@ -283,6 +350,8 @@ class Layout:
     # TIFF pages whose strips are compressed: ENCODED_COLUMNS rows (see the module doc)
     encoded: np.ndarray | None = None
     byteorder: str = "<"  # of a TIFF's offsets and byte counts
+    # a source of several files: (name, bytes, SHA-256) of each, in stream order
+    parts: list[tuple[str, int, str]] = field(default_factory=list)
 
     def gaps(self) -> list[tuple[int, int]]:
         """(offset, length) of every byte range outside the pixel runs, in file order."""
@@ -309,6 +378,15 @@ class Layout:
         pages = set() if self.encoded is None else set(self.encoded[:, 0].tolist())
         images = self.pieces[self.pieces[:, 5] & ENCODED != 0, 2].tolist()
         return all(image in pages for image in images)
+
+
+def parts_digest(parts: Sequence[tuple[str, str]]) -> str:
+    """The SHA-256 that stands for a source of several files: of the lines
+    ``name NUL sha256-hex LF`` of its files (``parts``: (name, hex digest)), in order."""
+    digest = hashlib.sha256()
+    for name, sha in parts:
+        digest.update(os.fsencode(name) + b"\0" + sha.encode("ascii") + b"\n")
+    return digest.hexdigest()
 
 
 def pieces_array(rows: list[tuple[int, int, int, int, int, int]]) -> np.ndarray:
@@ -367,7 +445,9 @@ class Kept:
 
     layout: Layout
     kept: bytes  # the bytes outside the pixel runs, in file order
-    sha256: str  # of the restorable bytes (the file; for .gz/.bz2 the decompressed file)
+    # of the restorable bytes (the file; for .gz/.bz2 the decompressed file); "" when not
+    # known (an EER file, which cannot be restored: the layout's problem says why)
+    sha256: str
     source_sha256: str | None  # of the input file as it is on disk (None: not known)
     name: str  # the restorable file's name (a .gz/.bz2 input's name without that suffix)
     compression: str = ""  # of the original input: "gzip", "bzip2" or "" (plain)
@@ -412,7 +492,8 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
     with h5py.File(path, "r+", locking=False, libver=("v108", "v108"), meta_block_size=512) as f:
         if kept.source_sha256 is not None:
             f.attrs[ATTR + "source_sha256"] = np.bytes_(kept.source_sha256.encode("ascii"))
-        f.attrs[ATTR + "restorable_sha256"] = np.bytes_(kept.sha256.encode("ascii"))
+        if kept.sha256:
+            f.attrs[ATTR + "restorable_sha256"] = np.bytes_(kept.sha256.encode("ascii"))
         f.attrs[ATTR + "restorable_size"] = np.int64(lay.size)
         f.attrs[ATTR + "restorable_name"] = np.bytes_(os.fsencode(kept.name))
         f.attrs[ATTR + "source_compression"] = np.bytes_(kept.compression.encode("ascii"))
@@ -424,6 +505,10 @@ def write_kept(path: PathLike, kept: Kept, *, exact: bool | None = None) -> None
         group.attrs["columns"] = np.bytes_(",".join(PIECE_COLUMNS).encode("ascii"))
         if lay.problem is not None:
             group.attrs["problem"] = np.bytes_(lay.problem.encode("utf-8", "replace"))
+        if lay.parts:
+            group.attrs["parts"] = np.array([os.fsencode(n) for n, _, _ in lay.parts])
+            group.attrs["part_sizes"] = np.array([n for _, n, _ in lay.parts], dtype=np.int64)
+            group.attrs["part_sha256"] = np.array([h.encode("ascii") for _, _, h in lay.parts])
         packed = zlib.compress(kept.kept, 9)
         if len(packed) <= _COMPACT_BYTES:  # deflated here, kept in the object header
             _dataset(group, "kept", np.frombuffer(packed, dtype=np.uint8))
@@ -540,18 +625,37 @@ def _read_kept(f: h5py.File) -> Kept | None:
         attr_text(a["problem"]) if "problem" in a else None,
         np.asarray(group["encoded"][()], dtype=np.int64) if "encoded" in group else None,
         attr_text(a["byteorder"]) if "byteorder" in a else "<",
+        read_parts(group),
     )
     root = f.attrs
     name = root.get(ATTR + "restorable_name", root.get(ATTR + "source_name", b""))
     return Kept(
         layout,
         kept_array(group).tobytes(),
-        attr_text(root[ATTR + "restorable_sha256"]),
+        attr_text(root.get(ATTR + "restorable_sha256", b"")),
         None,
         attr_text(name),
         attr_text(root.get(ATTR + "source_compression", b"")),
         bool(int(np.asarray(root.get(ATTR + "restorable", 0)).reshape(-1)[0])),
     )
+
+
+def read_parts(group: h5py.Group) -> list[tuple[str, int, str]]:
+    """The (name, bytes, SHA-256) of each file of a source of several files (empty for
+    one file).
+
+    Raises:
+        ValueError: the three attributes do not agree.
+    """
+    a = group.attrs
+    if "parts" not in a:
+        return []
+    names = [attr_text(v) for v in np.asarray(a["parts"]).reshape(-1)]
+    sizes = [int(v) for v in np.asarray(a["part_sizes"]).reshape(-1)]
+    hashes = [attr_text(v) for v in np.asarray(a["part_sha256"]).reshape(-1)]
+    if not len(names) == len(sizes) == len(hashes) or len(names) < 2:
+        raise ValueError("the files of the source are not recorded consistently")
+    return list(zip(names, sizes, hashes, strict=True))
 
 
 def restore_note(path: PathLike) -> str | None:

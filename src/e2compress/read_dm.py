@@ -19,6 +19,10 @@ the image's spatial calibration (scale and unit of its x and y dimensions) when 
 a length within 0.01-1000 Angstrom; otherwise EMAN2's rule, CCD pixel size over actual
 magnification, when the file has both. EMAN2 uses only the latter, so for calibrated
 images without a magnification tag (most STEM and processed images) EMAN2 says 1.0.
+
+Opened with ``keep``, every byte outside the read data sets (the tag tree, the
+thumbnail) is kept and the file hashed from the reads: one pixel run per section, rows
+flipped back (:mod:`~e2compress.kept`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .kept import FLIP, Kept, RunKeeper
 from .pixelsize import APIX_RANGE, UNIT_ANGSTROM
 from .sources import ImageSource, reason
 
@@ -114,9 +119,10 @@ class DmSource(ImageSource):
 
     kind = "dm"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep: bool = False) -> None:
         self.path = path
         self._fd: int | None = None
+        self._keeper: RunKeeper | None = None
         try:
             import ncempy.io.dm as ncem_dm
         except ImportError:
@@ -129,9 +135,41 @@ class DmSource(ImageSource):
             raise InputError(f"cannot open: {reason(exc)}", path) from None
         try:
             self._parse(ncem_dm)
+            if keep:
+                self._keep()
         except BaseException:
             self.close()
             raise
+
+    def _keep(self) -> None:
+        runs = []
+        for index, (data, section) in enumerate(self._images):
+            _, ny, nx = data.shape
+            nbytes = ny * nx * data.dtype.itemsize
+            runs.append((data.offset + section * nbytes, nbytes, index, 0, data.dtype.str, FLIP))
+        try:
+            self._keeper = RunKeeper("dm", self._size, runs, self._pread, self.path.name)
+        except OSError as exc:
+            raise InputError(f"cannot read DM file: {reason(exc)}", self.path) from None
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        if self._fd is None:
+            raise OSError("file is closed")
+        return os.pread(self._fd, size, offset)
+
+    def kept(self) -> Kept | None:
+        """The bytes outside the pixels, the pixel runs and the file's SHA-256; None
+        when opened without ``keep``.
+
+        Raises:
+            InputError: the file cannot be read to its end.
+        """
+        if self._keeper is None:
+            return None
+        try:
+            return self._keeper.finish()
+        except OSError as exc:
+            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
 
     def _parse(self, ncem_dm: Any) -> None:
         try:
@@ -225,6 +263,8 @@ class DmSource(ImageSource):
             raise InputError(f"cannot read DM pixels: {reason(exc)}", self.path) from None
         if len(buf) != size:
             raise InputError("DM file ended while reading pixels", self.path)
+        if self._keeper is not None:
+            self._keeper.hasher.feed(start, buf)
         rows = np.frombuffer(buf, data.dtype).reshape(y1 - y0, nx)[::-1]
         return rows.astype(self.dtype(index))
 
@@ -286,6 +326,8 @@ class DmSource(ImageSource):
         return values[0], values[1]
 
     def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.hasher.close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

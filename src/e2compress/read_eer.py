@@ -34,6 +34,10 @@ properly, every strip must lie inside the file); every page must be an EER frame
 strip and of the first frame's size; the number of frames must equal the metadata's
 ``numberOfFrames`` when it is given. EER has no checksum: damage inside a strip that
 keeps the stream decodable gives a wrong frame, which no reader can detect.
+
+Restoring. An EER file cannot be rebuilt from its images (:data:`NOT_RESTORABLE`):
+opened with ``keep``, :meth:`EerSource.kept` records only that reason, which
+``restore`` and source deletion give when they refuse it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .kept import Kept, Layout, pieces_array
 from .read_tiff import TiffSource
 from .sources import reason
 
@@ -102,12 +107,20 @@ def parse_metadata(raw: bytes) -> dict[str, str]:
     return out
 
 
+NOT_RESTORABLE = (
+    "EER stores each electron event with its sub-pixel position bits, run-length coded; "
+    "the images hold event counts on the sensor grid, so those bits are gone and the "
+    "file cannot be rebuilt from them"
+)
+
+
 class EerSource(TiffSource):
     """An EER movie read as the module docstring says.
 
     Args:
         path: the file.
         grouping: frames summed into each image (1: every frame is an image).
+        keep: record why the file cannot be restored (see :meth:`kept`).
 
     Raises:
         InputError: not a well-formed EER file (see the module docstring), or
@@ -116,7 +129,7 @@ class EerSource(TiffSource):
 
     kind = "eer"
 
-    def __init__(self, path: Path, grouping: int = 1) -> None:
+    def __init__(self, path: Path, grouping: int = 1, *, keep: bool = False) -> None:
         if isinstance(grouping, bool) or not isinstance(grouping, int) or grouping < 1:
             raise InputError(f"eer_grouping must be a positive integer, not {grouping!r}", path)
         self._grouping = grouping
@@ -127,7 +140,24 @@ class EerSource(TiffSource):
         self._electrons: dict[int, int] = {}
         self._eer_lock = threading.Lock()
         self._eer_cache: tuple[int, np.ndarray] | None = None
+        self._keep_reason = keep
         super().__init__(path)
+
+    def kept(self) -> Kept | None:
+        """Only why the file cannot be restored (:data:`NOT_RESTORABLE`): no bytes, no
+        SHA-256 (the file is not read again to hash it); None without ``keep``.
+
+        Raises:
+            InputError: the file cannot be examined.
+        """
+        if not self._keep_reason:
+            return None
+        try:
+            size = self.path.stat().st_size
+        except OSError as exc:
+            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
+        layout = Layout("eer", size, pieces_array([]), [], problem=NOT_RESTORABLE)
+        return Kept(layout, b"", "", None, self.path.name)
 
     # ------------------------------------------------------------------ structure
 

@@ -16,10 +16,15 @@ Rows are stored top line first, so they are flipped to EMAN2's bottom-up order. 
 2.99 flips them with nx and ny exchanged, which garbles non-square images (EMAN2
 writes them correctly): for those our values are the ones EMAN2 wrote, not the ones
 its reader returns.
+
+Opened with ``keep``, the ``.hed`` file is kept whole and the ``.img`` file (pixels
+only) is one pixel run with rows flipped back: the pair is restored as two files (see
+:mod:`~e2compress.kept`), each with its own SHA-256 (the ``.img``'s from the reads).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,16 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .kept import (
+    FLIP,
+    KEPT_LIMIT,
+    Kept,
+    Layout,
+    OrderedHasher,
+    parts_digest,
+    pieces_array,
+    read_exact,
+)
 from .sources import ImageSource, reason
 
 HEADER_BYTES = 1024
@@ -122,10 +137,14 @@ class ImagicSource(ImageSource):
 
     kind = "imagic"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep: bool = False) -> None:
         self.path = path
         self._hed_path, self._img_path = imagic_pair(path)
         self._fds: list[int] = []
+        self._keep = keep
+        self._hasher: OrderedHasher | None = None
+        self._hed_bytes: bytes | None = None
+        self._hed_sha256 = ""
         try:
             self._open()
         except BaseException:
@@ -180,7 +199,51 @@ class ImagicSource(ImageSource):
                 self.path,
             )
         self._count = count
+        self._sizes = (hed_size, img_size)
         self._check_dimensions()
+        if self._keep:
+            self._hasher = OrderedHasher(img_size)
+            if hed_size <= KEPT_LIMIT:
+                try:
+                    self._hed_bytes = read_exact(self._pread_hed, hed_size, 0)
+                except OSError as exc:
+                    raise InputError(
+                        f"cannot read IMAGIC header: {reason(exc)}", self.path
+                    ) from None
+                self._hed_sha256 = hashlib.sha256(self._hed_bytes).hexdigest()
+
+    def _pread_hed(self, size: int, offset: int) -> bytes:
+        return os.pread(self._hed, size, offset)
+
+    def _pread_img(self, size: int, offset: int) -> bytes:
+        return os.pread(self._img, size, offset)
+
+    def kept(self) -> Kept | None:
+        """The ``.hed`` bytes, the ``.img`` as one pixel run (rows flipped back) and the
+        SHA-256 of each file (see the module docstring); None when opened without
+        ``keep``.
+
+        Raises:
+            InputError: the files cannot be read to their end.
+        """
+        if not self._keep or self._hasher is None:
+            return None
+        hed_size, img_size = self._sizes
+        try:
+            img_sha = self._hasher.finish(self._pread_img)
+        except OSError as exc:
+            raise InputError(
+                f"cannot read {self._img_path.name}: {reason(exc)}", self.path
+            ) from None
+        hed, img = self._hed_path.name, self._img_path.name
+        parts = [(hed, hed_size, self._hed_sha256), (img, img_size, img_sha)]
+        pieces = pieces_array([(hed_size, img_size, 0, 0, 0, FLIP)])
+        layout = Layout("imagic", hed_size + img_size, pieces, [self._dtype.str], parts=parts)
+        if self._hed_bytes is None:
+            problem = f"its header file ({hed_size} bytes) is too large to keep"
+            layout = Layout("imagic", hed_size + img_size, pieces_array([]), [], problem=problem)
+        digest = parts_digest([(hed, self._hed_sha256), (img, img_sha)])
+        return Kept(layout, self._hed_bytes or b"", digest, None, hed)
 
     def _byte_order(self, first: bytes) -> str:
         """``<`` or ``>``: the order in which ``headrec`` is 1 and the stamp is IMAGIC-5's."""
@@ -235,6 +298,8 @@ class ImagicSource(ImageSource):
             raise InputError(f"cannot read IMAGIC pixels: {reason(exc)}", self.path) from None
         if len(buf) != size:
             raise InputError("IMAGIC data file ended while reading pixels", self.path)
+        if self._hasher is not None:
+            self._hasher.feed(start, buf)
         rows = np.frombuffer(buf, self._dtype).reshape(y1 - y0, nx)[::-1]
         return rows.astype(self.dtype(index))
 
@@ -284,5 +349,7 @@ class ImagicSource(ImageSource):
         return out
 
     def close(self) -> None:
+        if self._hasher is not None:
+            self._hasher.close()
         while self._fds:
             os.close(self._fds.pop())

@@ -14,6 +14,10 @@ Header. ``SER.*`` keys of the series and of each element as EMAN2 names them (EM
 stores the y calibration under the x names; we keep both). The pixel size is the
 element's x and y calibration step (metres) when it lies in 0.01-1000 Angstrom;
 EMAN2 sets none (1.0).
+
+Opened with ``keep``, every byte outside the valid elements' pixels (the series
+header, offset arrays, element headers, tags) is kept and the file hashed from the
+reads: one pixel run per element (:mod:`~e2compress.kept`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .kept import Kept, RunKeeper
 from .pixelsize import APIX_RANGE
 from .sources import ImageSource, reason
 
@@ -66,9 +71,10 @@ class SerSource(ImageSource):
 
     kind = "ser"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep: bool = False) -> None:
         self.path = path
         self._fd: int | None = None
+        self._keeper: RunKeeper | None = None
         try:
             import ncempy.io.ser as ncem_ser
         except ImportError:
@@ -77,12 +83,37 @@ class SerSource(ImageSource):
             self._fd = os.open(path, os.O_RDONLY)
             self._size = os.fstat(self._fd).st_size
             self._parse(ncem_ser)
+            if keep:
+                runs = [
+                    (e.offset, e.shape[0] * e.shape[1] * e.dtype.itemsize, k, 0, e.dtype.str, 0)
+                    for k, e in enumerate(self._elements)
+                ]
+                self._keeper = RunKeeper("ser", self._size, runs, self._pread, path.name)
         except OSError as exc:
             self.close()
             raise InputError(f"cannot read SER file: {reason(exc)}", path) from None
         except BaseException:
             self.close()
             raise
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        if self._fd is None:
+            raise OSError("file is closed")
+        return os.pread(self._fd, size, offset)
+
+    def kept(self) -> Kept | None:
+        """The bytes outside the pixels, the pixel runs and the file's SHA-256; None
+        when opened without ``keep``.
+
+        Raises:
+            InputError: the file cannot be read to its end.
+        """
+        if self._keeper is None:
+            return None
+        try:
+            return self._keeper.finish()
+        except OSError as exc:
+            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
 
     def _parse(self, ncem_ser: Any) -> None:
         try:
@@ -179,6 +210,8 @@ class SerSource(ImageSource):
             raise InputError(f"cannot read SER pixels: {reason(exc)}", self.path) from None
         if len(buf) != size:
             raise InputError("SER file ended while reading pixels", self.path)
+        if self._keeper is not None:
+            self._keeper.hasher.feed(element.offset + y0 * row, buf)
         rows = np.frombuffer(buf, element.dtype).reshape(y1 - y0, nx)
         return rows.astype(self.dtype(index))
 
@@ -192,6 +225,8 @@ class SerSource(ImageSource):
         return frozenset(self._series) | frozenset(same)
 
     def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.hasher.close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

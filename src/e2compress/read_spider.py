@@ -17,6 +17,10 @@ Rows are read as stored (EMAN2 does not flip SPIDER rows). Fourier-space (``ifor
 
 The pixel size (word 38, written by SPIDER since 2010) becomes ``apix_x/y/z`` when it
 lies in 0.01-1000 Angstrom; EMAN2 ignores it (its value is 1.0 for every SPIDER file).
+
+Opened with ``keep``, every header (``labbyt`` bytes each) is kept and the file is
+hashed from the reads: one pixel run per image (:mod:`~e2compress.kept`), so
+``restore`` rebuilds the file byte for byte from float32 values stored exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .kept import KEPT_LIMIT, Kept, Layout, OrderedHasher, pieces_array, read_exact
 from .sources import ImageSource, reason
 
 MIN_HEADER = 1024  # every SPIDER header holds at least 256 words
@@ -56,6 +61,10 @@ def _whole(v: float) -> bool:
 class SpiderSource(ImageSource):
     """A SPIDER image or stack (see the module docstring).
 
+    Args:
+        path: the file.
+        keep: keep the header bytes and hash the file (see :meth:`kept`).
+
     Raises:
         InputError: not a SPIDER header, an unsupported kind (Fourier, indexed stack),
             or sizes that disagree with the file.
@@ -63,9 +72,12 @@ class SpiderSource(ImageSource):
 
     kind = "spider"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep: bool = False) -> None:
         self.path = path
         self._fd: int | None = None
+        self._keep = keep
+        self._hasher: OrderedHasher | None = None
+        self._kept_bytes = b""
         try:
             self._fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
@@ -122,8 +134,57 @@ class SpiderSource(ImageSource):
                 f"{labbyt}-byte headers need {expected} bytes, file has {size}",
                 self.path,
             )
+        self._size = size
         if self._stack:
             self._check_stack()
+        if self._keep:
+            self._keep_headers()
+
+    def _keep_headers(self) -> None:
+        """Read every header whole: kept, and fed to the file's hash."""
+        self._hasher = OrderedHasher(self._size)
+        count = self._count + 1 if self._stack else 1
+        if count * self._labbyt > KEPT_LIMIT:
+            return  # too many header bytes to hold: kept() says so
+        parts = []
+        for k in range(count):
+            offset = 0 if k == 0 else self._image_offset(k - 1)
+            try:
+                raw = read_exact(self._pread, self._labbyt, offset)
+            except OSError as exc:
+                raise InputError(f"cannot read SPIDER header: {reason(exc)}", self.path) from None
+            self._hasher.feed(offset, raw)
+            parts.append(raw)
+        self._kept_bytes = b"".join(parts)
+
+    def _pixel_offset(self, index: int) -> int:
+        """Byte offset of image ``index``'s first pixel."""
+        return self._image_offset(index) + self._labbyt
+
+    def kept(self) -> Kept | None:
+        """The headers, one pixel run per image and the SHA-256 of the file (finished
+        from the reads made so far); None when opened without ``keep``.
+
+        Raises:
+            InputError: the file cannot be read to its end.
+        """
+        if not self._keep or self._hasher is None:
+            return None
+        rows = [(self._pixel_offset(i), self._image_bytes, i, 0, 0, 0) for i in range(self._count)]
+        layout = Layout("spider", self._size, pieces_array(rows), [self._order + "f4"])
+        if not self._kept_bytes:  # more header bytes than KEPT_LIMIT
+            problem = f"its headers hold more than {KEPT_LIMIT} bytes"
+            layout = Layout("spider", self._size, pieces_array([]), [], problem=problem)
+        try:
+            digest = self._hasher.finish(self._pread_raw)
+        except OSError as exc:
+            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
+        return Kept(layout, self._kept_bytes, digest, digest, self.path.name)
+
+    def _pread_raw(self, size: int, offset: int) -> bytes:
+        if self._fd is None:
+            raise OSError("file is closed")
+        return os.pread(self._fd, size, offset)
 
     def _header_words(self, first: bytes) -> tuple[str, np.ndarray]:
         for order in ("<", ">"):
@@ -194,11 +255,13 @@ class SpiderSource(ImageSource):
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
         _, ny, nx = self._shape
-        start = self._image_offset(index) + self._labbyt + (z * ny + y0) * nx * 4
+        start = self._pixel_offset(index) + (z * ny + y0) * nx * 4
         size = (y1 - y0) * nx * 4
         buf = self._pread(size, start)
         if len(buf) != size:
             raise InputError("SPIDER file ended while reading pixels", self.path)
+        if self._hasher is not None:
+            self._hasher.feed(start, buf)
         return np.frombuffer(buf, self._order + "f4").reshape(y1 - y0, nx).astype(np.float32)
 
     def header(self, index: int) -> dict[str, Any]:
@@ -234,6 +297,8 @@ class SpiderSource(ImageSource):
         return out
 
     def close(self) -> None:
+        if self._hasher is not None:
+            self._hasher.close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

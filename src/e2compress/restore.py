@@ -6,7 +6,8 @@ images put back in between, in the source's type and byte order (TIFF rows flipp
 MINISWHITE negated back, MRC axes transposed back). When every value was stored
 exactly the result is the source byte for byte, which the recorded SHA-256 proves;
 otherwise (quantised values) the headers are identical and the pixels are the decoded
-values, and the result says so.
+values, and the result says so. A source of several files (an IMAGIC pair) is written
+as its files, side by side, each checked against its own recorded SHA-256.
 
 Names stored in an archive are data, not paths: the file is written into the directory
 it is given (or beside the archive) under the stored name only when that is a plain
@@ -19,6 +20,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,8 @@ from .kept import (
     PIECE_COLUMNS,
     attr_text,
     kept_array,
+    parts_digest,
+    read_parts,
     recorded_sha256,
 )
 from .quantize import F32, RenderRange, integer_step
@@ -68,9 +72,13 @@ class RestoreResult:
     reencoded: bool = False  # compressed TIFF strips were encoded again
     compression: str = ""  # of the original input ("gzip", "bzip2"): restored decompressed
     note: str = ""  # what the archive recorded it could restore (``restore_note``)
+    others: tuple[Path, ...] = ()  # the other files of a source of several (IMAGIC .img)
 
     def describe(self) -> str:
         """One line for the command line."""
+        if self.others and self.byte_identical:
+            names = " and ".join(str(p) for p in (self.path, *self.others))
+            return f"{names}: restored byte for byte ({self.size} bytes, each file's SHA-256 equal)"
         if self.byte_identical:
             what = f"the decompressed {self.compression} source, " if self.compression else ""
             return (
@@ -110,7 +118,7 @@ class _Archive:
         group = f.get(GROUP)
         if not isinstance(group, h5py.Group):
             raise self._fail(
-                "keeps no source bytes (not made from an MRC or TIFF file, or by an "
+                "keeps no source bytes (made from an EMAN2 HDF file, or by an "
                 "e2compress that did not keep them); nothing to restore"
             )
         if "problem" in group.attrs:
@@ -161,7 +169,46 @@ class _Archive:
         self.note = "" if note is None else attr_text(note)
         recorded = f.attrs.get(ATTR + "restorable_sha256")
         self.recorded = None if recorded is None else attr_text(recorded)
+        self.parts = read_parts(group)
         self._check()
+        if self.parts:
+            self._check_parts()
+
+    def _check_parts(self) -> None:
+        """A source of several files: plain, distinct names whose sizes add up."""
+        names = [stored_name(name, self.path) for name, _, _ in self.parts]
+        if len(set(names)) != len(names) or any(n < 0 for _, n, _ in self.parts):
+            raise self._fail("the files of the source are not recorded consistently")
+        if sum(n for _, n, _ in self.parts) != self.size:
+            raise self._fail("the sizes of the source's files do not add up to its size")
+        if self.has_encoded:
+            raise self._fail("a source of several files holds no encoded strips")
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """Where each file of the source lies in the restored stream (one file: all)."""
+        if not self.parts:
+            return [(0, 1 << 62)]  # strips moved past the end stay in the one file
+        out, pos = [], 0
+        for _, n, _ in self.parts:
+            out.append((pos, pos + n))
+            pos += n
+        return out
+
+    def split(self) -> Iterator[tuple[int, int, memoryview]]:
+        """:meth:`chunks` as (file index, offset in that file, bytes)."""
+        bounds = self.bounds()
+        for offset, chunk in self.chunks():
+            view = memoryview(chunk).cast("B")
+            for k, (a, b) in enumerate(bounds):
+                lo, hi = max(offset, a), min(offset + len(view), b)
+                if lo < hi:
+                    yield k, lo - a, view[lo - offset : hi - offset]
+
+    def combined(self, digests: list[str]) -> str:
+        """The digest to compare with the recorded one (several files: :func:`parts_digest`)."""
+        if not self.parts:
+            return digests[0]
+        return parts_digest([(n, d) for (n, _, _), d in zip(self.parts, digests, strict=True)])
 
     def _check(self) -> None:
         """Every number of the layout against the others and against the images."""
@@ -473,14 +520,15 @@ def restored_sha256(archive: PathLike) -> str | None:
     try:
         if not arch.could_be_exact():
             return None
-        digest = hashlib.sha256()
-        pos = 0
-        for offset, chunk in arch.chunks():
-            if offset != pos:  # strips moved: not the source's bytes
+        count = len(arch.bounds())
+        digests = [hashlib.sha256() for _ in range(count)]
+        pos = [0] * count
+        for k, offset, chunk in arch.split():
+            if offset != pos[k]:  # strips moved: not the source's bytes
                 return None
-            digest.update(chunk)
-            pos += len(chunk)
-        got = digest.hexdigest()
+            digests[k].update(chunk)
+            pos[k] += len(chunk)
+        got = arch.combined([d.hexdigest() for d in digests])
         return got if got == arch.recorded else None
     except (E2CompressError, OSError, RuntimeError, ValueError, KeyError):  # damaged
         return None
@@ -512,9 +560,12 @@ def restore_file(
     """Rebuild the source of ``archive``.
 
     Args:
-        archive: an EMAN2 HDF file written by e2compress from an MRC or TIFF file.
+        archive: an EMAN2 HDF file written by e2compress from an MRC, TIFF, SPIDER,
+            IMAGIC, DM3/DM4 or SER file.
         out: the file to write, or an existing directory to write the source's name
-            into; default: the source's name beside the archive.
+            into; default: the source's name beside the archive. A source of several
+            files (an IMAGIC pair) is written under its files' names; a file name
+            ``out`` gives them its stem (``out.hed`` and ``out.img``).
         overwrite: replace an existing file.
 
     Returns:
@@ -532,23 +583,28 @@ def restore_file(
         raise InputError("no such file", path)
     arch = _Archive(path)
     try:
-        target = _target(arch, path, out)
-        if target.exists() or target.is_symlink():
-            if target.is_dir():
-                raise OutputError("output path is a directory", target)
-            if _same(target, path):
-                raise OutputError("output would replace the archive itself", target)
-            if not overwrite:
-                raise OutputError("output exists; not replaced (--force replaces it)", target)
+        targets = _targets(arch, path, out)
+        target = targets[0]
+        if len(set(targets)) != len(targets):
+            raise OutputError("the source's files would be written to one name", target)
+        for each in targets:
+            if each.exists() or each.is_symlink():
+                if each.is_dir():
+                    raise OutputError("output path is a directory", each)
+                if _same(each, path):
+                    raise OutputError("output would replace the archive itself", each)
+                if not overwrite:
+                    raise OutputError("output exists; not replaced (--force replaces it)", each)
         check_output_dir(target)
         free = _free_bytes(target.parent)
         if free is not None and arch.size > free:
             raise OutputError(
                 f"restoring needs {arch.size} bytes, {target.parent} has {free} free", target
             )
-        with AtomicOutput(target) as tmp:
+        with ExitStack() as stack:
+            tmps = [stack.enter_context(AtomicOutput(each)) for each in targets]
             try:
-                got, size = _write(arch, tmp.path)
+                got, size = _write(arch, [tmp.path for tmp in tmps])
                 if got != arch.recorded and arch.exact:
                     raise InputError(
                         f"the rebuilt file's SHA-256 {got} differs from the recorded "
@@ -556,7 +612,8 @@ def restore_file(
                         "(damaged archive?); nothing written",
                         path,
                     )
-                tmp.commit()
+                for tmp in tmps:
+                    tmp.commit()
             except OSError as exc:
                 raise os_error(exc, target) from None
         return RestoreResult(
@@ -569,38 +626,43 @@ def restore_file(
             arch.has_encoded,
             arch.compression,
             arch.note,
+            tuple(targets[1:]),
         )
     finally:
         arch.close()
 
 
-def _write(arch: _Archive, path: Path) -> tuple[str, int]:
-    """Write the restored file to ``path``; its SHA-256 and size. Hashed as written
-    when it is written in order, else read back once (strips moved)."""
-    digest = hashlib.sha256()
-    pos = 0
-    in_order = True
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+def _write(arch: _Archive, paths: list[Path]) -> tuple[str, int]:
+    """Write the restored file (each file of a source of several) to ``paths``; the
+    digest to compare with the recorded one, and the bytes written. Each file is hashed
+    as written when it is written in order, else read back once (strips moved)."""
+    digests = [hashlib.sha256() for _ in paths]
+    pos = [0] * len(paths)
+    in_order = [True] * len(paths)
+    fds: list[int] = []
     try:
-        for offset, chunk in arch.chunks():
-            view = memoryview(chunk)
+        for each in paths:
+            fds.append(os.open(each, os.O_WRONLY | os.O_TRUNC))
+        for k, offset, view in arch.split():
             done = 0
             while done < len(view):
-                done += os.pwrite(fd, view[done:], offset + done)
-            if in_order and offset == pos:
-                digest.update(view)
-                pos += len(view)
+                done += os.pwrite(fds[k], view[done:], offset + done)
+            if in_order[k] and offset == pos[k]:
+                digests[k].update(view)
+                pos[k] += len(view)
             else:
-                in_order = False
-        size = os.fstat(fd).st_size
+                in_order[k] = False
+        size = sum(os.fstat(fd).st_size for fd in fds)
     finally:
-        os.close(fd)
-    if not in_order:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(_STEP):
-                digest.update(block)
-    return digest.hexdigest(), size
+        for fd in fds:
+            os.close(fd)
+    for k, each in enumerate(paths):
+        if not in_order[k]:
+            digests[k] = hashlib.sha256()
+            with open(each, "rb") as fh:
+                while block := fh.read(_STEP):
+                    digests[k].update(block)
+    return arch.combined([d.hexdigest() for d in digests]), size
 
 
 def _free_bytes(directory: Path) -> int | None:
@@ -617,10 +679,18 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def _target(arch: _Archive, archive: Path, out: PathLike | None) -> Path:
+def _targets(arch: _Archive, archive: Path, out: PathLike | None) -> list[Path]:
+    """The file to write, or each file of a source of several (an ``out`` that is a
+    file name then names them all: its stem with each stored file's suffix)."""
     if out is not None and os.fspath(out).endswith(os.sep) and not Path(out).is_dir():
         raise OutputError(f"no such directory: {os.fspath(out)}", archive)
+    if arch.parts:
+        names = [stored_name(name, archive) for name, _, _ in arch.parts]
+        if out is not None and not Path(out).is_dir():
+            return [Path(out).with_suffix(Path(name).suffix) for name in names]
+        directory = Path(out) if out is not None else archive.parent
+        return [directory / name for name in names]
     if out is not None and not Path(out).is_dir():
-        return Path(out)
+        return [Path(out)]
     directory = Path(out) if out is not None else archive.parent
-    return directory / stored_name(arch.name, archive)
+    return [directory / stored_name(arch.name, archive)]

@@ -176,8 +176,8 @@ def open_source(
             system's temporary directory.
         eer_grouping: EER frames summed into each image (1: one image a frame).
         keep: read the bytes outside the pixels and hash the file from the reads
-            (:meth:`ImageSource.kept`); without it ``kept()`` returns None (the readers
-            of EER, IMAGIC, SPIDER, DM and SER keep nothing yet).
+            (:meth:`ImageSource.kept`); without it ``kept()`` returns None (an EER
+            file keeps only why it cannot be restored).
 
     Raises:
         InputError: the file is missing, unreadable, of no supported kind, or
@@ -199,18 +199,18 @@ def open_source(
         return HdfSource(p, keep=keep)
     if magic[:4] in TIFF_MAGICS:
         if name.endswith(EER_SUFFIXES):
-            return EerSource(p, eer_grouping)
+            return EerSource(p, eer_grouping, keep=keep)
         return TiffSource(p, keep=keep)
     if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)) or name.endswith(MRC_SUFFIXES):
         return MrcSource(p, magic, scratch_dir=scratch_dir, keep=keep)
     if name.endswith(IMAGIC_SUFFIXES):
-        return ImagicSource(p)
+        return ImagicSource(p, keep=keep)
     if name.endswith(SPIDER_SUFFIXES):
-        return SpiderSource(p)
+        return SpiderSource(p, keep=keep)
     if name.endswith(DM_SUFFIXES):
-        return DmSource(p)
+        return DmSource(p, keep=keep)
     if name.endswith(SER_SUFFIXES):
-        return SerSource(p)
+        return SerSource(p, keep=keep)
     if name.endswith(HDF_SUFFIXES):
         raise InputError("not an HDF5 file (bad signature)", p)
     if name.endswith(TIFF_SUFFIXES + EER_SUFFIXES):
