@@ -109,7 +109,34 @@ def _number(value: Any) -> float:
     return out if math.isfinite(out) else 0.0
 
 
-class DmSource(ImageSource):
+class RunKept(ImageSource):
+    """A reader whose pixels are runs at known offsets of one file (DM, SER): the
+    other bytes are kept and the file hashed by a :class:`~e2compress.kept.RunKeeper`."""
+
+    _fd: int | None
+    _keeper: RunKeeper | None
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        if self._fd is None:
+            raise OSError("file is closed")
+        return os.pread(self._fd, size, offset)
+
+    def kept(self) -> Kept | None:
+        """The bytes outside the pixels, the pixel runs and the file's SHA-256; None
+        when opened without ``keep``.
+
+        Raises:
+            InputError: the file cannot be read to its end.
+        """
+        if self._keeper is None:
+            return None
+        try:
+            return self._keeper.finish()
+        except OSError as exc:
+            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
+
+
+class DmSource(RunKept):
     """A DM3/DM4 file (see the module docstring).
 
     Raises:
@@ -151,25 +178,6 @@ class DmSource(ImageSource):
             self._keeper = RunKeeper("dm", self._size, runs, self._pread, self.path.name)
         except OSError as exc:
             raise InputError(f"cannot read DM file: {reason(exc)}", self.path) from None
-
-    def _pread(self, size: int, offset: int) -> bytes:
-        if self._fd is None:
-            raise OSError("file is closed")
-        return os.pread(self._fd, size, offset)
-
-    def kept(self) -> Kept | None:
-        """The bytes outside the pixels, the pixel runs and the file's SHA-256; None
-        when opened without ``keep``.
-
-        Raises:
-            InputError: the file cannot be read to its end.
-        """
-        if self._keeper is None:
-            return None
-        try:
-            return self._keeper.finish()
-        except OSError as exc:
-            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
 
     def _parse(self, ncem_dm: Any) -> None:
         try:

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .kept import Kept, RunKeeper
+from .kept import RunKeeper
 from .pixelsize import APIX_RANGE
-from .sources import ImageSource, reason
+from .read_dm import RunKept
+from .sources import reason
 
 EXTRA_HINT = "install the optional extra: pip install 'e2compress[ser]'"
 IMAGE_TYPE, SPECTRUM_TYPE = 0x4122, 0x4120
@@ -61,7 +62,7 @@ class _Element:
     keys: dict[str, Any]
 
 
-class SerSource(ImageSource):
+class SerSource(RunKept):
     """A TIA ``.ser`` file (see the module docstring).
 
     Raises:
@@ -95,25 +96,6 @@ class SerSource(ImageSource):
         except BaseException:
             self.close()
             raise
-
-    def _pread(self, size: int, offset: int) -> bytes:
-        if self._fd is None:
-            raise OSError("file is closed")
-        return os.pread(self._fd, size, offset)
-
-    def kept(self) -> Kept | None:
-        """The bytes outside the pixels, the pixel runs and the file's SHA-256; None
-        when opened without ``keep``.
-
-        Raises:
-            InputError: the file cannot be read to its end.
-        """
-        if self._keeper is None:
-            return None
-        try:
-            return self._keeper.finish()
-        except OSError as exc:
-            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
 
     def _parse(self, ncem_ser: Any) -> None:
         try:
