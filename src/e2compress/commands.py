@@ -9,15 +9,22 @@ verb is compressed as ``e2compress ./info`` (or ``e2compress -- info``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import __version__
 from .errors import E2CompressError
+
+if TYPE_CHECKING:
+    from .audit import CheckResult
+    from .compare import Comparison
+
+T = TypeVar("T")
 
 VERBS = ("info", "compare", "export", "restore", "check")
 
@@ -176,19 +183,25 @@ def _unexpected(path: str, exc: Exception) -> str:
     return f"{path}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
+def _attempt(path: str, work: Callable[[], T]) -> T | None:
+    """``work()``, or None after one ERROR line naming ``path`` (no traceback, even
+    for a bug)."""
+    try:
+        return work()
+    except E2CompressError as exc:
+        _error(str(exc))
+    except Exception as exc:  # a bug, reported without a traceback
+        _error(_unexpected(path, exc))
+    return None
+
+
 def _info(args: argparse.Namespace) -> int:
     from .info import file_info, format_info
 
     status = 0
     for path in args.files:
-        try:
-            info = file_info(path)
-        except E2CompressError as exc:
-            _error(str(exc))
-            status = 1
-            continue
-        except Exception as exc:  # a bug, reported without a traceback
-            _error(_unexpected(path, exc))
+        info = _attempt(path, functools.partial(file_info, path))
+        if info is None:
             status = 1
             continue
         if args.json:
@@ -201,17 +214,16 @@ def _info(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare_files, format_comparison, plot_comparison
 
-    try:
+    def work() -> Comparison:
         result = compare_files(
             args.original, args.compressed, threshold=args.threshold, apix=args.apix
         )
         if args.plot:
             plot_comparison(result, args.plot)
-    except E2CompressError as exc:
-        _error(str(exc))
-        return 1
-    except Exception as exc:
-        _error(_unexpected(args.compressed, exc))
+        return result
+
+    result = _attempt(args.compressed, work)
+    if result is None:
         return 1
     if args.json:
         print(json.dumps(_json_safe(result.to_dict())))
@@ -233,19 +245,17 @@ def _json_safe(value: Any) -> Any:
 def _export(args: argparse.Namespace) -> int:
     from .export import export_file
 
-    try:
-        report = export_file(
+    report = _attempt(
+        args.input,
+        lambda: export_file(
             args.input,
             args.output,
             force=args.force,
             as_float=args.float,
             tiff_compression=None if args.tiff_compression == "none" else args.tiff_compression,
-        )
-    except E2CompressError as exc:
-        _error(str(exc))
-        return 1
-    except Exception as exc:
-        _error(_unexpected(args.input, exc))
+        ),
+    )
+    if report is None:
         return 1
     dims = " x ".join(str(s) for s in report.shape[::-1])
     apix = "no pixel size" if report.apix is None else f"{report.apix[0]:.4g} A/px"
@@ -257,13 +267,10 @@ def _export(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     from .restore import restore_file
 
-    try:
-        result = restore_file(args.archive, args.output, overwrite=args.force)
-    except E2CompressError as exc:
-        _error(str(exc))
-        return 1
-    except Exception as exc:
-        _error(_unexpected(args.archive, exc))
+    result = _attempt(
+        args.archive, lambda: restore_file(args.archive, args.output, overwrite=args.force)
+    )
+    if result is None:
         return 1
     print(result.describe())
     return 0
@@ -280,17 +287,15 @@ def _check(args: argparse.Namespace) -> int:
     pool = make_pool(args.threads)
     try:
         for path in args.archives:
-            try:
+
+            def work(path: str = path) -> CheckResult:
                 original = None
                 if args.originals is not None:
                     original = original_for(path, args.originals)
-                result = check_archive(path, original, pool=pool)
-            except E2CompressError as exc:
-                _error(str(exc))
-                status = 1
-                continue
-            except Exception as exc:  # a bug, reported without a traceback
-                _error(_unexpected(path, exc))
+                return check_archive(path, original, pool=pool)
+
+            result = _attempt(path, work)
+            if result is None:
                 status = 1
                 continue
             if args.json:
