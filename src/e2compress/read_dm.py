@@ -115,6 +115,26 @@ class RunKept(ImageSource):
 
     _fd: int | None
     _keeper: RunKeeper | None
+    _size: int
+
+    def _open(self, path: Path) -> None:
+        """Open ``path`` for the preads and record its size (one line on failure)."""
+        self.path = path
+        self._fd = None
+        self._keeper = None
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+            self._size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            self.close()
+            raise InputError(f"cannot open: {reason(exc)}", path) from None
+
+    def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.hasher.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _pread(self, size: int, offset: int) -> bytes:
         if self._fd is None:
@@ -148,18 +168,11 @@ class DmSource(RunKept):
 
     def __init__(self, path: Path, *, keep: bool = False) -> None:
         self.path = path
-        self._fd: int | None = None
-        self._keeper: RunKeeper | None = None
         try:
             import ncempy.io.dm as ncem_dm
         except ImportError:
             raise InputError(f"reading DM files needs ncempy: {EXTRA_HINT}", path) from None
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-            self._size = os.fstat(self._fd).st_size
-        except OSError as exc:
-            self.close()
-            raise InputError(f"cannot open: {reason(exc)}", path) from None
+        self._open(path)
         try:
             self._parse(ncem_dm)
             if keep:
@@ -332,10 +345,3 @@ class DmSource(RunKept):
         if data.shape[1] == 1:  # a spectrum: its one row has no calibrated height
             return None
         return values[0], values[1]
-
-    def close(self) -> None:
-        if self._keeper is not None:
-            self._keeper.hasher.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None

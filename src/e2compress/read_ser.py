@@ -74,15 +74,12 @@ class SerSource(RunKept):
 
     def __init__(self, path: Path, *, keep: bool = False) -> None:
         self.path = path
-        self._fd: int | None = None
-        self._keeper: RunKeeper | None = None
         try:
             import ncempy.io.ser as ncem_ser
         except ImportError:
             raise InputError(f"reading SER files needs ncempy: {EXTRA_HINT}", path) from None
+        self._open(path)
         try:
-            self._fd = os.open(path, os.O_RDONLY)
-            self._size = os.fstat(self._fd).st_size
             self._parse(ncem_ser)
             if keep:
                 runs = [
@@ -205,10 +202,3 @@ class SerSource(RunKept):
         first = self._elements[0].keys
         same = {k for k, v in first.items() if all(e.keys.get(k) == v for e in self._elements)}
         return frozenset(self._series) | frozenset(same)
-
-    def close(self) -> None:
-        if self._keeper is not None:
-            self._keeper.hasher.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
