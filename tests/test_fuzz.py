@@ -518,7 +518,7 @@ def test_failed_file_not_read_after_close(tmp_path: Path, monkeypatch: pytest.Mo
     """When one image of a file fails, worker tasks still running for its other images
     must finish before the file is closed (no reads from a closed - or reused - fd)."""
     from e2compress import InputError
-    from e2compress.sources import MrcSource
+    from e2compress.readers import MrcSource
 
     with mrcfile.new(tmp_path / "stack.mrcs") as m:
         m.set_data((np.random.default_rng(4).random((4, 32, 32)) * 10).astype(F32))

@@ -26,7 +26,7 @@ from conftest import (
     write_spider,
 )
 from e2compress import InputError, compress_file, open_source, read_images
-from e2compress.sources import ImagicSource, SpiderSource
+from e2compress.readers import ImagicSource, SpiderSource
 
 # file -> (images, shape (nz, ny, nx), apix)
 EMAN2_FILES = {

@@ -34,7 +34,7 @@ from conftest import (
 from e2compress import InputError, OutputError, compress_file, pipeline
 from e2compress.options import Options
 from e2compress.pipeline import TMP_SUFFIX, output_is_complete
-from e2compress.sources import HdfSource, MrcSource
+from e2compress.readers import HdfSource, MrcSource
 
 F32 = np.float32
 RECORD = "e2compress."  # prefix of the root-group attributes that record the source

@@ -35,7 +35,7 @@ from e2compress.quantize import (
     nooutliers_limits,
     within_half_step,
 )
-from e2compress.sources import open_source
+from e2compress.readers import open_source
 from e2compress.verify import verify_output
 
 F32 = np.float32

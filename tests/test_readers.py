@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import e2compress
 from conftest import REAL, eman2_read, write_mrc
 from e2compress import E2CompressError, InputError, compress_file, read_images
-from e2compress.sources import (
+from e2compress.readers import (
     HdfSource,
     ImageSource,
     MrcSource,
@@ -73,7 +73,9 @@ def assert_no_output(directory: Path, *keep: str) -> None:
 
 
 def test_readers_reexported_from_sources() -> None:
-    from e2compress import read_hdf, read_mrc, read_tiff
+    from e2compress.readers import hdf as read_hdf
+    from e2compress.readers import mrc as read_mrc
+    from e2compress.readers import tiff as read_tiff
 
     assert MrcSource is read_mrc.MrcSource
     assert TiffSource is read_tiff.TiffSource
@@ -89,7 +91,7 @@ def test_readers_reexported_from_sources() -> None:
 NSYMBT_SCRIPT = """
 import resource, sys
 from e2compress.errors import InputError
-from e2compress.sources import open_source
+from e2compress.readers import open_source
 with open("/proc/self/statm") as fh:
     vm = int(fh.read().split()[0]) * resource.getpagesize()
 limit = vm + (512 << 20)
@@ -267,7 +269,7 @@ def test_compressed_mrc_shorter_than_header(suffix: str, tmp_path: Path) -> None
 BOMB_SCRIPT = """
 import resource, sys
 from e2compress.errors import E2CompressError
-from e2compress.sources import open_source
+from e2compress.readers import open_source
 limit = 16 << 20
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 try:

@@ -473,7 +473,7 @@ def test_files_written_by_eman2_restore_byte_for_byte(name: str, tmp_path: Path)
 def test_spider_headers_past_the_kept_limit_say_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("e2compress.read_spider.KEPT_LIMIT", 2048)  # 3 headers of 1024
+    monkeypatch.setattr("e2compress.readers.spider.KEPT_LIMIT", 2048)  # 3 headers of 1024
     src = tmp_path / "big.spi"
     write_spider(src, _images(10, 2, 1, 4, 4), "<")
     archive = compress(src, 0)

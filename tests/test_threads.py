@@ -26,7 +26,7 @@ import tifffile
 
 from conftest import formula_image, true_images, write_mrc
 from e2compress import compress_file, read_images
-from e2compress.read_mrc import parse_header
+from e2compress.readers.mrc import parse_header
 
 THREADS = 4
 ROUNDS = 4
@@ -135,7 +135,7 @@ def test_import_installs_no_logging_handler() -> None:
     """Importing the package (library and CLI module) leaves tifffile's logger alone:
     logging is the application's to configure."""
     code = (
-        "import logging, e2compress, e2compress.cli, e2compress.sources\n"
+        "import logging, e2compress, e2compress.cli, e2compress.readers\n"
         "print(logging.getLogger('tifffile').handlers)"
     )
     proc = subprocess.run(

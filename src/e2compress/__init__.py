@@ -22,8 +22,8 @@ from .executor import Cancel
 from .options import Options
 from .pipeline import compress_file, output_path
 from .quantize import RenderRange, inexact_in_float32
+from .readers import ImageSource, is_hdf5, open_source
 from .report import CompressReport, ImageReport
-from .sources import ImageSource, is_hdf5, open_source
 
 __version__ = "0.1.0"
 

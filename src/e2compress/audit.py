@@ -36,8 +36,8 @@ from .executor import Cancel, bounded, in_flight, make_pool, pool_width
 from .kept import DEFLATED_ATTR, kept_array
 from .options import Options
 from .provenance import read_record
+from .readers import open_source
 from .report import ImageReport
-from .sources import open_source
 from .verify import verify_output
 
 PathLike = str | os.PathLike[str]

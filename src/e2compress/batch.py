@@ -29,7 +29,7 @@ import numpy as np
 from .atomic import TMP_SUFFIX
 from .errors import E2CompressError
 from .pipeline import output_path
-from .sources import (
+from .readers.base import (
     COMPRESSED_SUFFIXES,
     DM_SUFFIXES,
     MRC_SUFFIXES,

@@ -19,7 +19,7 @@ from . import fidelity as fd
 from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError
 from .quantize import RenderRange
-from .sources import ImageSource, is_hdf5, open_source
+from .readers import ImageSource, is_hdf5, open_source
 
 PathLike = str | os.PathLike[str]
 # A 3-D image gets a Fourier *shell* correlation when it is volume-like (nz at least a

@@ -23,7 +23,8 @@ from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error
 from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError, OutputError
 from .quantize import inexact_in_float32, integer_step
-from .sources import MRC_SUFFIXES, TIFF_SUFFIXES, ImageSource, is_hdf5, open_source
+from .readers import ImageSource, is_hdf5, open_source
+from .readers.base import MRC_SUFFIXES, TIFF_SUFFIXES
 
 PathLike = str | os.PathLike[str]
 MRC_MODES = {np.dtype(np.int8): 0, np.dtype(np.int16): 1, np.dtype(np.uint16): 6}

@@ -13,7 +13,7 @@ import numpy as np
 from .eman_hdf import EmanHdfFile
 from .errors import InputError
 from .kept import recorded_sha256, restorable, restore_note
-from .sources import is_hdf5, open_source
+from .readers import is_hdf5, open_source
 
 PathLike = str | os.PathLike[str]
 _FILTER_NAMES = {

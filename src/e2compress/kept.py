@@ -51,8 +51,8 @@ import numpy as np
 from .quantize import RenderRange, integer_step
 
 if TYPE_CHECKING:
+    from .readers import ImageSource
     from .report import ImageReport
-    from .sources import ImageSource
 
 PathLike = str | os.PathLike[str]
 GROUP = "e2compress/source"

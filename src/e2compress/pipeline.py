@@ -72,8 +72,8 @@ from .quantize import (
     valid_limits,
     window_stats,
 )
+from .readers import ImageSource, companions, is_hdf5, open_source, strip_compression
 from .report import CompressReport, ImageReport, ImageReports, mean_warning, quality_warning
-from .sources import ImageSource, companions, is_hdf5, open_source, strip_compression
 from .verify import check_complete, stored_whole, verify_output
 
 __all__ = [

@@ -48,8 +48,8 @@ from .kept import (
     recorded_sha256,
 )
 from .quantize import F32, RenderRange, integer_step
-from .read_mrc import axis_permutation
-from .sources import strip_compression
+from .readers import strip_compression
+from .readers.mrc import axis_permutation
 
 PathLike = str | os.PathLike[str]
 _STEP = 1 << 22  # bytes of kept data read at a time

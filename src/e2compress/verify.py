@@ -25,8 +25,8 @@ from .quantize import (
     storage_dtype,
     within_half_step,
 )
+from .readers import ImageSource
 from .report import ImageReport
-from .sources import ImageSource
 
 PathLike = str | os.PathLike[str]
 # Smaller than the encoder's blocks: a check holds float64 copies of its block.

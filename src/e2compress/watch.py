@@ -30,8 +30,8 @@ from .errors import E2CompressError
 from .executor import Cancel
 from .options import Options
 from .pipeline import output_is_complete, output_path
+from .readers import open_source
 from .runner import FileResult, Job, Runner, TickFn
-from .sources import open_source
 
 Signature = tuple[int, int]  # size, mtime in ns
 SETTLE_SECONDS = 30.0

@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .kept import FLIP, Kept, RunKeeper
-from .pixelsize import APIX_RANGE, UNIT_ANGSTROM
-from .sources import ImageSource, reason
+from ..errors import InputError
+from ..kept import FLIP, Kept, RunKeeper
+from ..pixelsize import APIX_RANGE, UNIT_ANGSTROM
+from .base import ImageSource, reason
 
 EXTRA_HINT = "install the optional extra: pip install 'e2compress[dm]'"
 THUMBNAIL_TYPE = 23  # RGBA, DigitalMicrograph's thumbnail

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .kept import (
+from ..errors import InputError
+from ..kept import (
     FLIP,
     KEPT_LIMIT,
     Kept,
@@ -42,7 +42,7 @@ from .kept import (
     pieces_array,
     read_exact,
 )
-from .sources import ImageSource, reason
+from .base import ImageSource, reason
 
 HEADER_BYTES = 1024
 MACHINE_STAMPS = (16777216, 33686018, 67372036)  # VAX/VMS, little-endian, big-endian

@@ -50,10 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .kept import Kept, Layout, pieces_array
-from .read_tiff import TiffSource
-from .sources import reason
+from ..errors import InputError
+from ..kept import Kept, Layout, pieces_array
+from .base import reason
+from .tiff import TiffSource
 
 # compression -> (run-length bits, horizontal sub-pixel bits, vertical sub-pixel bits)
 EER_CODINGS = {65000: (8, 2, 2), 65001: (7, 2, 2)}

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from .eman_hdf import NEVER_COPIED, EmanHdfFile
-from .errors import InputError
-from .kept import Kept, read_kept
-from .sources import ImageSource, reason
-from .verify import stored_whole
+from ..eman_hdf import NEVER_COPIED, EmanHdfFile
+from ..errors import InputError
+from ..kept import Kept, read_kept
+from ..verify import stored_whole
+from .base import ImageSource, reason
 
 
 class HdfSource(ImageSource):

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .kept import (
+from ..errors import InputError
+from ..kept import (
     ENCODED,
     ENCODED_COLUMNS,
     FLIP,
@@ -48,8 +48,8 @@ from .kept import (
     pieces_array,
     read_exact,
 )
-from .pixelsize import tiff_header_keys
-from .sources import ImageSource, reason
+from ..pixelsize import tiff_header_keys
+from .base import ImageSource, reason
 
 MINISWHITE = 0
 # MINISWHITE values are negated in a type that holds -max of the stored type.

@@ -51,9 +51,9 @@ import mrcfile.utils
 import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE, get_ext_header_dtype
 
-from .errors import InputError, OutputError
-from .kept import PERMUTED, HashingReader, Kept, Layout, OrderedHasher, pieces_array, read_exact
-from .sources import BZIP2_MAGIC, GZIP_MAGIC, ImageSource, PathLike, reason, strip_compression
+from ..errors import InputError, OutputError
+from ..kept import PERMUTED, HashingReader, Kept, Layout, OrderedHasher, pieces_array, read_exact
+from .base import BZIP2_MAGIC, GZIP_MAGIC, ImageSource, PathLike, reason, strip_compression
 
 _gzip: Any
 _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, zlib.error)

@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .kept import RunKeeper
-from .pixelsize import APIX_RANGE
-from .read_dm import RunKept
-from .sources import reason
+from ..errors import InputError
+from ..kept import RunKeeper
+from ..pixelsize import APIX_RANGE
+from .base import reason
+from .dm import RunKept
 
 EXTRA_HINT = "install the optional extra: pip install 'e2compress[ser]'"
 IMAGE_TYPE, SPECTRUM_TYPE = 0x4122, 0x4120

@@ -1,13 +1,6 @@
-"""Input images: the :class:`ImageSource` interface and :func:`open_source` dispatch.
+"""The :class:`ImageSource` interface every reader implements, and the file-name rules.
 
-One reader module per input format: :mod:`.read_mrc` (MRC/CCP4, plain or
-``.gz``/``.bz2``), :mod:`.read_tiff`, :mod:`.read_hdf` (EMAN2 HDF), :mod:`.read_imagic`,
-:mod:`.read_spider`, :mod:`.read_dm` (Gatan DM3/DM4) and :mod:`.read_ser` (FEI/TIA). Each presents
-a file as EMAN2 sees it: a list of images, each (nz, ny, nx) with nz == 1 for 2-D
-images, read a block of rows at a time (safely from several threads), and the header
-keys EMAN2 carries over. Every size or count a file's header claims is checked
-against the file before anything is allocated from it; every problem is an
-:class:`~e2compress.errors.InputError` naming the file, on one line.
+It imports no reader (see :mod:`e2compress.readers` for the list and :func:`open_source`).
 """
 
 from __future__ import annotations
@@ -21,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .kept import Kept
+    from ..kept import Kept
 
-from .errors import InputError
 
 PathLike = str | os.PathLike[str]
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st", ".ali", ".rec", ".ccp4", ".mrcz", ".preali")
@@ -157,94 +149,3 @@ def reason(exc: BaseException) -> str:
     """First line of an exception's message (its type name when it has none)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def open_source(
-    path: PathLike,
-    *,
-    scratch_dir: PathLike | None = None,
-    eer_grouping: int = 1,
-    keep: bool = False,
-) -> ImageSource:
-    """Open ``path`` as an image source, choosing the reader by content and name.
-
-    Args:
-        path: an MRC/CCP4 (plain, ``.gz`` or ``.bz2``), TIFF, EER, EMAN2 HDF, IMAGIC
-            (``.hed`` or ``.img`` of a pair), SPIDER, DM3/DM4 or TIA ``.ser`` file.
-        scratch_dir: where a compressed MRC is decompressed to (an anonymous file,
-            gone when the source is closed or the process dies); default: the
-            system's temporary directory.
-        eer_grouping: EER frames summed into each image (1: one image a frame).
-        keep: read the bytes outside the pixels and hash the file from the reads
-            (:meth:`ImageSource.kept`); without it ``kept()`` returns None (an EER
-            file keeps only why it cannot be restored).
-
-    Raises:
-        InputError: the file is missing, unreadable, of no supported kind, or
-            inconsistent with its own header.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InputError("no such file", p)
-    if p.is_dir():
-        raise InputError("is a directory, not an image file", p)
-    try:
-        magic = _magic(p)
-    except OSError as exc:
-        raise InputError(f"cannot read: {reason(exc)}", p) from None
-    if not magic:
-        raise InputError("file is empty", p)
-    name = strip_compression(p.name).lower()
-    if magic == HDF5_MAGIC:
-        return HdfSource(p, keep=keep)
-    if magic[:4] in TIFF_MAGICS:
-        if name.endswith(EER_SUFFIXES):
-            return EerSource(p, eer_grouping, keep=keep)
-        return TiffSource(p, keep=keep)
-    if magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)) or name.endswith(MRC_SUFFIXES):
-        return MrcSource(p, magic, scratch_dir=scratch_dir, keep=keep)
-    if name.endswith(IMAGIC_SUFFIXES):
-        return ImagicSource(p, keep=keep)
-    if name.endswith(SPIDER_SUFFIXES):
-        return SpiderSource(p, keep=keep)
-    if name.endswith(DM_SUFFIXES):
-        return DmSource(p, keep=keep)
-    if name.endswith(SER_SUFFIXES):
-        return SerSource(p, keep=keep)
-    if name.endswith(HDF_SUFFIXES):
-        raise InputError("not an HDF5 file (bad signature)", p)
-    if name.endswith(TIFF_SUFFIXES + EER_SUFFIXES):
-        raise InputError("not a TIFF file (bad signature)", p)
-    raise InputError(
-        "unrecognised file type (expected MRC, TIFF, EER, EMAN2 HDF, IMAGIC, SPIDER, DM3/DM4"
-        " or SER)",
-        p,
-    )
-
-
-# Re-exported: code and tests import the readers from here.
-from .read_dm import DmSource  # noqa: E402
-from .read_eer import EerSource  # noqa: E402
-from .read_hdf import HdfSource  # noqa: E402
-from .read_imagic import ImagicSource  # noqa: E402
-from .read_mrc import MrcSource  # noqa: E402
-from .read_ser import SerSource  # noqa: E402
-from .read_spider import SpiderSource  # noqa: E402
-from .read_tiff import TiffSource  # noqa: E402
-
-__all__ = [
-    "DmSource",
-    "EerSource",
-    "HdfSource",
-    "ImageSource",
-    "ImagicSource",
-    "MrcSource",
-    "SerSource",
-    "SpiderSource",
-    "TiffSource",
-    "companions",
-    "input_key",
-    "is_hdf5",
-    "open_source",
-    "strip_compression",
-]

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .kept import KEPT_LIMIT, Kept, Layout, OrderedHasher, pieces_array, read_exact
-from .sources import ImageSource, reason
+from ..errors import InputError
+from ..kept import KEPT_LIMIT, Kept, Layout, OrderedHasher, pieces_array, read_exact
+from .base import ImageSource, reason
 
 MIN_HEADER = 1024  # every SPIDER header holds at least 256 words
 APIX_RANGE = (0.01, 1000.0)
