@@ -1,0 +1,189 @@
+"""The compiled kernels (numba) against their numpy twins and independent truth.
+
+The quantiser must give the very codes and clamped counts of EMAN2's float32 renderer
+(the numpy sequence in ``quantize.quantize``) for every float32 input; the Huffman
+deflate coder must give streams that zlib, ISA-L and libdeflate decode to the input, no
+longer than the order-0 entropy allows a Huffman code. Tests of the compiled versions
+skip without numba.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from e2compress import kernels
+from e2compress.quantize import RenderRange, quantize
+
+F32 = np.float32
+SETTINGS = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def _numba_kernels():  # type: ignore[no-untyped-def]
+    pytest.importorskip("numba")
+    from e2compress import kernels_numba
+
+    return kernels_numba
+
+
+@st.composite
+def mappings(draw: st.DrawFn) -> tuple[np.ndarray, RenderRange]:
+    """float32 pixels (including far-out and huge values) and a mapping rmin < rmax."""
+    n = draw(st.integers(1, 3000))
+    bits = draw(st.integers(1, 16))
+    scale = draw(st.sampled_from([1e-30, 1e-6, 1.0, 7.0, 1e4, 1e20, 3e38]))
+    centre = draw(st.sampled_from([0.0, 1.0, -3.5, 1e3, -1e6]))
+    elements = st.floats(-1.0, 1.0, width=32)
+    unit = draw(hnp.arrays(np.float32, n, elements=elements))
+    with np.errstate(over="ignore"):
+        x = (F32(centre) + unit.astype(np.float64) * scale).astype(F32)
+    x[~np.isfinite(x)] = F32(0.0)
+    lo, hi = sorted(draw(st.lists(st.floats(-1.5, 1.5), min_size=2, max_size=2, unique=True)))
+    with np.errstate(over="ignore"):
+        rmin, rmax = F32(centre + lo * scale), F32(centre + hi * scale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = rmax - rmin
+    if not (np.isfinite(span) and rmax > rmin):  # the pipeline refuses such ranges
+        rmin, rmax = F32(-1.0), F32(1.0)
+    if draw(st.booleans()):  # values exactly on the ends and just past them
+        x[: min(4, n)] = [
+            rmin,
+            rmax,
+            np.nextafter(rmin, F32(-np.inf)),
+            np.nextafter(rmax, F32(np.inf)),
+        ][: min(4, n)]
+    return x, RenderRange(bits, float(rmin), float(rmax))
+
+
+def _reference(x: np.ndarray, rng: RenderRange) -> tuple[np.ndarray, int]:
+    """Today's quantiser (EMAN2's renderer in numpy float32) and its clamped count."""
+    out = np.empty(x.shape, dtype=np.uint16)
+    codes, clamped = quantize(x, rng, out=out)
+    return codes, clamped
+
+
+@SETTINGS
+@given(mappings())
+def test_numpy_twin_equals_renderer(case: tuple[np.ndarray, RenderRange]) -> None:
+    x, rng = case
+    want, clamped = _reference(x, rng)
+    got = np.empty(x.shape, dtype=np.uint16)
+    assert kernels.quantize_numpy(x, rng.rmin, rng.rmax, rng.bits, got) == clamped
+    np.testing.assert_array_equal(got, want)
+
+
+@SETTINGS
+@given(mappings(), st.sampled_from([np.uint8, np.uint16]))
+def test_compiled_quantiser_equals_renderer(
+    case: tuple[np.ndarray, RenderRange], dtype: type
+) -> None:
+    knb = _numba_kernels()
+    x, rng = case
+    if dtype is np.uint8 and rng.bits > 8:
+        rng = RenderRange(8, rng.rmin, rng.rmax)
+    want, clamped = _reference(x, rng)
+    got = np.full(x.shape, 7, dtype=dtype)
+    lo, hi = F32(rng.rmin), F32(rng.rmax)
+    n = knb.quantize(x, lo, hi, hi - lo, F32(2**rng.bits - 1), kernels.HALF_DOWN, got)
+    assert n == clamped
+    np.testing.assert_array_equal(got, want)
+    # independent truth: every code within [0, 2**bits - 1], ends clamped
+    assert int(got.max()) <= 2**rng.bits - 1
+    assert np.all(got[x <= lo] == 0)
+    assert np.all(got[x >= hi] == 2**rng.bits - 1)
+
+
+def test_quantize_uses_the_twin_for_other_dtypes() -> None:
+    x = np.arange(-5, 40, dtype=np.float64).reshape(5, 9)
+    got = np.empty(x.shape, dtype=np.uint8)
+    assert kernels.quantize(x, 0.0, 31.0, 5, got) == 5 + 8
+    np.testing.assert_array_equal(got, np.clip(x, 0, 31).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------- deflate
+
+
+@st.composite
+def byte_streams(draw: st.DrawFn) -> np.ndarray:
+    """Bytes of shot-noise-like, skewed (long codes), constant and uniform kinds."""
+    n = draw(st.one_of(st.integers(0, 300), st.integers(60_000, 200_000)))
+    kind = draw(st.sampled_from(["poisson", "fibonacci", "constant", "uniform", "two"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    if kind == "poisson":
+        return np.minimum(rng.poisson(draw(st.floats(0.1, 30.0)), n), 255).astype(np.uint8)
+    if kind == "fibonacci":  # frequencies 1, 1, 2, 3, 5, ...: Huffman depth > 15 unlimited
+        fib = [1, 1]
+        while len(fib) < 30:
+            fib.append(fib[-1] + fib[-2])
+        p = np.array(fib, dtype=np.float64)[::-1]
+        return rng.choice(30, size=n, p=p / p.sum()).astype(np.uint8) * 8
+    if kind == "constant":
+        return np.full(n, draw(st.integers(0, 255)), dtype=np.uint8)
+    if kind == "two":
+        return rng.choice(np.array([0, 255], dtype=np.uint8), size=n)
+    return rng.integers(0, 256, n, dtype=np.uint8)
+
+
+def _entropy_bits(data: np.ndarray) -> float:
+    counts = np.bincount(data, minlength=256)
+    p = counts[counts > 0] / max(1, data.size)
+    return float(-(p * np.log2(p)).sum()) * data.size
+
+
+def _decoders() -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = [("zlib", zlib.decompress)]
+    try:
+        from isal import isal_zlib
+
+        out.append(("isal", isal_zlib.decompress))
+    except ImportError:
+        pass
+    try:
+        import deflate
+
+        out.append(("libdeflate", lambda b, n: deflate.zlib_decompress(b, n)))
+    except ImportError:
+        pass
+    return out
+
+
+@SETTINGS
+@given(byte_streams())
+def test_compiled_deflate_decodes_to_its_input(data: np.ndarray) -> None:
+    _numba_kernels()
+    stream = kernels.huffman_deflate(data)
+    for name, decode in _decoders():
+        got = decode(stream, data.size) if name == "libdeflate" else decode(stream)  # type: ignore[operator]
+        assert bytes(got) == data.tobytes(), name
+    # a Huffman code is within one bit a symbol of the order-0 entropy; each 64 KB
+    # block adds its header (< 300 bytes), the stream 6 bytes
+    blocks = max(1, math.ceil(data.size / kernels.SEGMENT))
+    assert len(stream) * 8 <= _entropy_bits(data) + data.size + blocks * 2400 + 48
+
+
+def test_deflate_fallback_is_zlib_huffman_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "_compiled", lambda name: None)
+    data = np.minimum(np.random.default_rng(3).poisson(1.0, 50_000), 31).astype(np.uint8)
+    c = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    assert kernels.huffman_deflate(data) == c.compress(data.tobytes()) + c.flush()
+
+
+def test_compiled_deflate_is_as_small_as_zlib_huffman_only_on_shot_noise() -> None:
+    _numba_kernels()
+    data = np.minimum(np.random.default_rng(5).poisson(1.0, 1 << 18) * 3, 31).astype(np.uint8)
+    stream = kernels.huffman_deflate(data)
+    assert zlib.decompress(stream) == data.tobytes()
+    c = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    assert len(stream) <= len(c.compress(data.tobytes()) + c.flush()) * 1.002
