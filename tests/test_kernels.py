@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import math
 import zlib
+from pathlib import Path
 
+import h5py
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import e2compress
+from conftest import write_mrc
 from e2compress import kernels
 from e2compress.quantize import RenderRange, quantize
 
@@ -187,3 +191,57 @@ def test_compiled_deflate_is_as_small_as_zlib_huffman_only_on_shot_noise() -> No
     assert zlib.decompress(stream) == data.tobytes()
     c = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
     assert len(stream) <= len(c.compress(data.tobytes()) + c.flush()) * 1.002
+
+
+# --------------------------------------------------------------------------- in the pipeline
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(mappings(), st.integers(5, 40))
+def test_quantize_dispatch_gives_the_renderers_codes(
+    case: tuple[np.ndarray, RenderRange], repeat: int
+) -> None:
+    """``quantize.quantize`` on arrays large enough for the compiled kernel."""
+    x, rng = case
+    big = np.tile(x, -(-kernels.COMPILED_MIN_ITEMS // x.size) * repeat // 5 + 1)
+    want = np.empty(big.shape, dtype=np.uint16)
+    clamped = kernels.quantize_numpy(big, rng.rmin, rng.rmax, rng.bits, want)
+    got = np.empty(big.shape, dtype=np.uint16)
+    codes, n = quantize(big, rng, out=got)
+    assert n == clamped
+    np.testing.assert_array_equal(codes, want)
+
+
+def _stored(path: Path) -> list[tuple[np.ndarray, dict[str, object]]]:
+    """Every image's stored codes (raw dataset values) and attributes."""
+    out = []
+    with h5py.File(path, "r") as f:
+        images = f["MDF/images"]
+        for key in sorted(images, key=int):
+            ds = images[key]["image"]
+            attrs = {k: np.asarray(v).tolist() for k, v in images[key].attrs.items()}
+            out.append((ds[...], attrs))
+    return out
+
+
+@pytest.mark.parametrize("bits", [5, 10])
+@pytest.mark.parametrize("suffix", [".mrc", ".mrcs"])
+def test_files_are_the_same_with_and_without_numba(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bits: int, suffix: str
+) -> None:
+    """Stored codes and every header value, decoded through plain h5py, are identical
+    whether the compiled kernels run or the numpy versions (numba or not installed)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(bits)
+    movie = (rng.poisson(1.0, (3, 300, 280)) * rng.normal(1, 0.05, (300, 280))).astype(F32)
+    movie[1, 5, 7] = -2.5  # clamped by a value range below
+    src = write_mrc(tmp_path / f"m{suffix}", movie)
+    a, b = tmp_path / "numba.hdf", tmp_path / "numpy.hdf"
+    e2compress.compress_file(src, a, bits=bits, value_range=(0.0, 9.0), threads=2)
+    monkeypatch.setattr(kernels, "_compiled", lambda name: None)
+    e2compress.compress_file(src, b, bits=bits, value_range=(0.0, 9.0), threads=2)
+    got, want = _stored(a), _stored(b)
+    assert len(got) == len(want) == (3 if suffix == ".mrcs" else 1)
+    for (codes_a, attrs_a), (codes_b, attrs_b) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(codes_a, codes_b)
+        assert attrs_a == attrs_b

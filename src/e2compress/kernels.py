@@ -52,6 +52,15 @@ def available() -> bool:
     return _numba() is not None
 
 
+COMPILED_MIN_ITEMS = 16 << 10  # smaller arrays stay in numpy: no numba import for them
+
+
+def worth(items: int) -> bool:
+    """Whether an array of ``items`` elements goes to a compiled kernel: numba is
+    available and the array is large enough to repay importing it (~0.2 s once)."""
+    return items >= COMPILED_MIN_ITEMS and available()
+
+
 # --------------------------------------------------------------------------- quantise
 
 
@@ -83,18 +92,9 @@ def quantize(x: np.ndarray, rmin: float, rmax: float, bits: int, out: np.ndarray
     if fn is None or x.dtype != F32:
         return quantize_numpy(x, rmin, rmax, bits, out)
     lo, hi = F32(rmin), F32(rmax)
-    # the count compares against rmax itself (lo + span may round differently)
-    return int(
-        fn(
-            x.reshape(-1),
-            lo,
-            hi,
-            hi - lo,
-            F32((1 << bits) - 1),
-            HALF_DOWN,
-            out.reshape(-1),
-        )
-    )
+    with np.errstate(over="ignore"):  # a span past float32's range: inf, as in numpy
+        span = hi - lo
+    return int(fn(x.reshape(-1), lo, hi, span, F32((1 << bits) - 1), HALF_DOWN, out.reshape(-1)))
 
 
 # --------------------------------------------------------------------------- Huffman deflate

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import kernels
+
 F32 = np.float32
 HIST_BINS = 1024
 F32_MAX = float(np.finfo(np.float32).max)
@@ -569,6 +571,8 @@ def quantize(
     if is_wide(arr.dtype):  # 32/64-bit integers, float64: in their own precision
         return _quantize_wide(arr, rng, out), _count_outside(arr, rng)
     rmin, rmax = F32(rng.rmin), F32(rng.rmax)
+    if arr.dtype == F32 and rmax > rmin and out.flags.c_contiguous and kernels.worth(arr.size):
+        return out, kernels.quantize(np.ascontiguousarray(arr), rmin, rmax, rng.bits, out)
     truncated = 0
     lo = hi = rmin
     if arr.size:
