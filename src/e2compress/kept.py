@@ -35,13 +35,15 @@ hashed prefix of the file, and held only until then.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import heapq
 import itertools
 import os
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +96,21 @@ DEFLATED_ATTR = "kept_deflated"  # on GROUP: "kept" holds a zlib stream of this 
 _READ_STEP = 1 << 22
 
 
+_AGAIN: contextvars.ContextVar[bool] = contextvars.ContextVar("e2c_read_again", default=False)
+
+
+@contextlib.contextmanager
+def read_again_later() -> Iterator[None]:
+    """Reads made in this thread inside the block will be made again (a first pass
+    over an image read twice): they feed a source's hash only where that costs no
+    waiting, and the hash takes the rest from the second read."""
+    token = _AGAIN.set(True)
+    try:
+        yield
+    finally:
+        _AGAIN.reset(token)
+
+
 class OrderedHasher:
     """SHA-256 of a file fed from blocks read in any order, by any number of threads.
 
@@ -125,12 +142,19 @@ class OrderedHasher:
         self.peak = 0  # most bytes held at once (waiting for a gap or for the thread)
 
     def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Bytes ``data`` read at ``offset`` of the file (kept until hashed)."""
+        """Bytes ``data`` read at ``offset`` of the file (kept until hashed).
+
+        Inside :func:`read_again_later` the reader never waits: bytes the hash cannot
+        take at once (not next in order, or the hash lags :data:`BACKLOG` behind) are
+        left for the next read of the same bytes.
+        """
         view = memoryview(data).cast("B")
         if not view.nbytes:
             return
         with self._cond:
             if self._closed or offset + view.nbytes <= self._pos:
+                return
+            if _AGAIN.get() and (offset > self._pos or self._held >= BACKLOG):
                 return
             if self._overflow and offset > self._pos:
                 return
