@@ -35,9 +35,11 @@ SETTINGS = settings(
 
 
 def _numba_kernels():  # type: ignore[no-untyped-def]
+    """The numba module's kernels, made ready in this process (skips without numba)."""
     pytest.importorskip("numba")
     from e2compress import kernels_numba
 
+    assert kernels.warm_up(), kernels._COMPILED.error
     return kernels_numba
 
 
@@ -178,7 +180,7 @@ def test_compiled_deflate_decodes_to_its_input(data: np.ndarray) -> None:
 
 
 def test_deflate_fallback_is_zlib_huffman_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernels, "_compiled", lambda name: None)
+    monkeypatch.setattr(kernels, "compiled", lambda name: None)
     data = np.minimum(np.random.default_rng(3).poisson(1.0, 50_000), 31).astype(np.uint8)
     c = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
     assert kernels.huffman_deflate(data) == c.compress(data.tobytes()) + c.flush()
@@ -201,9 +203,10 @@ def test_compiled_deflate_is_as_small_as_zlib_huffman_only_on_shot_noise() -> No
 def test_quantize_dispatch_gives_the_renderers_codes(
     case: tuple[np.ndarray, RenderRange], repeat: int
 ) -> None:
-    """``quantize.quantize`` on arrays large enough for the compiled kernel."""
+    """``quantize.quantize`` runs the compiled kernel once it is ready."""
+    _numba_kernels()
     x, rng = case
-    big = np.tile(x, -(-kernels.COMPILED_MIN_ITEMS // x.size) * repeat // 5 + 1)
+    big = np.tile(x, repeat)
     want = np.empty(big.shape, dtype=np.uint16)
     clamped = kernels.quantize_numpy(big, rng.rmin, rng.rmax, rng.bits, want)
     got = np.empty(big.shape, dtype=np.uint16)
@@ -231,14 +234,14 @@ def test_files_are_the_same_with_and_without_numba(
 ) -> None:
     """Stored codes and every header value, decoded through plain h5py, are identical
     whether the compiled kernels run or the numpy versions (numba or not installed)."""
-    pytest.importorskip("numba")
+    _numba_kernels()
     rng = np.random.default_rng(bits)
     movie = (rng.poisson(1.0, (3, 300, 280)) * rng.normal(1, 0.05, (300, 280))).astype(F32)
     movie[1, 5, 7] = -2.5  # clamped by a value range below
     src = write_mrc(tmp_path / f"m{suffix}", movie)
     a, b = tmp_path / "numba.hdf", tmp_path / "numpy.hdf"
     e2compress.compress_file(src, a, bits=bits, value_range=(0.0, 9.0), threads=2)
-    monkeypatch.setattr(kernels, "_compiled", lambda name: None)
+    monkeypatch.setattr(kernels, "compiled", lambda name: None)
     e2compress.compress_file(src, b, bits=bits, value_range=(0.0, 9.0), threads=2)
     got, want = _stored(a), _stored(b)
     assert len(got) == len(want) == (3 if suffix == ".mrcs" else 1)

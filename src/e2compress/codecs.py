@@ -73,19 +73,17 @@ def _strategy(strategy: int, name: str) -> Engine:
 
 ZLIB_HUFFMAN = _strategy(zlib.Z_HUFFMAN_ONLY, "huffman")
 RLE = _strategy(zlib.Z_RLE, "rle")
-# Buffers from this size on go to the compiled Huffman coder when numba is installed
-# (smaller ones would not repay importing numba, ~0.2 s, in a process that has not).
-COMPILED_MIN_BYTES = 64 << 10
 
 
 def _huffman(buf: Buffer) -> bytes | bytearray:
-    if memoryview(buf).nbytes >= COMPILED_MIN_BYTES and kernels.available():
+    if kernels.compiled("deflate") is not None:
         return kernels.huffman_deflate(buf)
     return ZLIB_HUFFMAN.compress(buf)
 
 
 # Huffman-only (literals alone, one code table per block): the compiled coder of
-# :mod:`~e2compress.kernels` (about 2x zlib-ng's speed, the same size) or zlib-ng's.
+# :mod:`~e2compress.kernels` once it is ready (about 2x zlib-ng's speed, the same
+# size), else zlib-ng's.
 HUFFMAN = Engine("huffman", _huffman)
 
 

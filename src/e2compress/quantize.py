@@ -571,7 +571,7 @@ def quantize(
     if is_wide(arr.dtype):  # 32/64-bit integers, float64: in their own precision
         return _quantize_wide(arr, rng, out), _count_outside(arr, rng)
     rmin, rmax = F32(rng.rmin), F32(rng.rmax)
-    if arr.dtype == F32 and rmax > rmin and out.flags.c_contiguous and kernels.worth(arr.size):
+    if arr.dtype == F32 and rmax > rmin and out.flags.c_contiguous and kernels.compiled("quantize"):
         return out, kernels.quantize(np.ascontiguousarray(arr), rmin, rmax, rng.bits, out)
     truncated = 0
     lo = hi = rmin
