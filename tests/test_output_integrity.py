@@ -33,7 +33,8 @@ from conftest import (
 )
 from e2compress import InputError, OutputError, compress_file, pipeline
 from e2compress.options import Options
-from e2compress.pipeline import TMP_SUFFIX, output_is_complete
+from e2compress.outputs import output_is_complete
+from e2compress.pipeline import TMP_SUFFIX
 from e2compress.readers import HdfSource, MrcSource
 
 F32 = np.float32

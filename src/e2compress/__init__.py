@@ -20,7 +20,8 @@ from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError, Interrupted, OutputError, VerificationError
 from .executor import Cancel
 from .options import Options
-from .pipeline import compress_file, output_path
+from .outputs import output_path
+from .pipeline import compress_file
 from .quantize import RenderRange, inexact_in_float32
 from .readers import ImageSource, is_hdf5, open_source
 from .report import CompressReport, ImageReport
