@@ -365,7 +365,7 @@ def compress_file(
             if not in_place and not force and foreign_hdf5(target):
                 raise OutputError(
                     "output exists and is an HDF5 file with no EMAN2 images (someone "
-                    "else's data?); not replaced (--force, or force=True, replaces it)",
+                    "else's data?); not replaced (force=True replaces it)",
                     target,
                 )
             do_verify = in_place if verify is None else verify
