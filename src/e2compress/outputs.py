@@ -12,8 +12,9 @@ from pathlib import Path
 
 import h5py
 
+from .atomic import check_replaceable
 from .eman_hdf import EmanHdfFile
-from .errors import E2CompressError
+from .errors import E2CompressError, OutputError
 from .options import Options
 from .provenance import Identity, read_record, value_options
 from .readers import ImageSource, is_hdf5, strip_compression
@@ -95,6 +96,39 @@ def output_is_complete(src: PathLike, target: PathLike, options: Options | int) 
             return len(out) > 0
     except (E2CompressError, OSError, KeyError, ValueError, RuntimeError):
         return False
+
+
+def check_existing(
+    named: Path, target: Path, kind: str, *, in_place: bool, force: bool
+) -> list[str]:
+    """Refuse to write ``target`` (``named``, a link resolved) over what must stay, and
+    warn about what ``force`` replaces.
+
+    Args:
+        named, target: the output as named, and the file it names.
+        kind: the kind of source (``"hdf"``, ``"mrc"`` ...).
+        in_place: the output replaces the input itself.
+        force: replace a write-protected or hard-linked output, or someone else's HDF5.
+
+    Raises:
+        OutputError: the output would replace an input that is not HDF, or is
+            write-protected, hard-linked or an HDF5 file without EMAN2 images, without
+            ``force``.
+    """
+    if in_place and kind != "hdf":
+        raise OutputError(
+            f"the output would replace this {kind.upper()} input with HDF5 data under the "
+            "same name; choose another output name",
+            named,
+        )
+    warnings = check_replaceable(target, force=force)
+    if not in_place and not force and foreign_hdf5(target):
+        raise OutputError(
+            "output exists and is an HDF5 file with no EMAN2 images (someone else's "
+            "data?); not replaced (force=True replaces it)",
+            target,
+        )
+    return warnings
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -1,12 +1,10 @@
 """The compression pipeline: write orchestration, atomic output, ``compress_file``.
 
-The data flow, one module each: a reader (:mod:`~e2compress.readers`) gives the pixels;
-:mod:`~e2compress.encode` measures each image, asks :mod:`~e2compress.plan` how to
-store it, and quantises and deflates its chunks in worker threads (the deflate engines
-release the GIL); this module hands the chunks to HDF5 in order from one thread with
-``write_direct_chunk`` beside the headers of :mod:`~e2compress.layout` (the file is
-exactly what HDF5's own deflate (+ shuffle) filter would decode), then records,
-checks and renames the output into place (:mod:`~e2compress.atomic`).
+A reader (:mod:`~e2compress.readers`) gives the pixels; :mod:`~e2compress.encode`
+measures each image, asks :mod:`~e2compress.plan` how to store it, and quantises and
+deflates its chunks in worker threads; this module hands them to HDF5 in order from one
+thread (``write_direct_chunk``, exactly what HDF5's deflate (+ shuffle) filter decodes)
+with the headers of :mod:`~e2compress.layout`, then checks and renames the output.
 """
 
 from __future__ import annotations
@@ -16,47 +14,55 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy.typing as npt
 
 from . import codecs
 from .atomic import (
     TMP_SUFFIX,
     AtomicOutput,
     check_output_dir,
-    check_replaceable,
     os_error,
     resolve_target,
 )
 from .blocks import Block, blocks, chunk_shape, dataset_shape
 from .eman_hdf import EmanHdfWriter
 from .encode import Encoded, Encoder, ImageJob, chunk_rows
-from .errors import E2CompressError, OutputError
-from .executor import Cancel, InlineExecutor, bounded, in_flight, make_pool, pool_width, settle
+from .errors import E2CompressError
+from .executor import (
+    Cancel,
+    InlineExecutor,
+    bounded,
+    in_flight,
+    pool_or_own,
+    pool_width,
+    settle,
+)
 from .kept import stored_exactly, write_kept
 from .layout import Headers, stack_layout
 from .options import Options
-from .outputs import foreign_hdf5, output_path, requantise_warning, same_file
-from .provenance import Identity, Record, check_unchanged, write_record
-from .quantize import F32, Stats
-from .readers import ImageSource, companions, open_source
-from .report import CompressReport, ImageReport, ImageReports, mean_warning, quality_warning
+from .outputs import check_existing, output_path, requantise_warning, same_file
+from .provenance import Origin, Record, write_record
+from .quantize import Stats
+from .readers import ImageSource, open_source
+from .readers.array import ArraySource
+from .report import (
+    CompressReport,
+    ImageReport,
+    ImageReports,
+    image_report,
+    mean_warning,
+    quality_warning,
+)
 from .verify import check_complete, verify_output
 
-__all__ = [
-    "TMP_SUFFIX",
-    "Cancel",
-    "CompressReport",
-    "ImageReport",
-    "Options",
-    "compress_file",
-    "make_pool",
-    "verify_output",
-    "write_eman_hdf",
-]
+__all__ = ["TMP_SUFFIX", "compress_file", "write_eman_hdf", "write_images"]
 
 PathLike = str | os.PathLike[str]
 SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one worker
@@ -109,29 +115,7 @@ def _write_job(
     job.stats = written
     header = headers.image(job.index, job.shape3, job.rng, job.stats, truncated)
     writer.write_header(job.index, header, headers.raw(job.index))
-    rng = job.rng
-    report = ImageReport(
-        job.index,
-        shape,
-        job.bits,
-        None if rng is None else float(F32(rng.rmin)),
-        None if rng is None else float(F32(rng.rmax)),
-        truncated,
-        "" if rng is None else rng.rule,
-    )
-    q = job.plan.quality
-    if q is not None:
-        report.auto = opts.auto
-        measurable = q.noise.method != "none" and q.noise.sigma > 0
-        report.noise = q.noise.sigma if measurable else None
-        report.noise_method = q.noise.method
-        report.quant_noise = q.quant_rms
-        report.noise_ratio = q.ratio()
-        report.passing_bits = q.passing_bits if report.noise is not None else None
-        if rng is not None:
-            report.mean_change = shift / max(1, math.prod(shape))
-            report.mean_limit = q.mean_limit
-    return report
+    return image_report(job.index, shape, job.rng, truncated, job.plan.quality, opts.auto, shift)
 
 
 def _counter(progress: Progress, source: ImageSource) -> Callable[[int], None]:
@@ -315,107 +299,190 @@ def compress_file(
             per-field keywords given.
         Interrupted: ``cancel`` was set.
     """
-    fields: dict[str, Any] = {
-        "bits": bits,
-        "level": level,
-        "value_range": value_range,
-        "sigrange": sigrange,
-        "nooutliers": nooutliers,
-        "shuffle": shuffle,
-        "chunk_rows": chunk_rows,
-        "store_level": store_level,
-        "noise_fraction": noise_fraction,
-        "apix": apix,
-        "eer_grouping": eer_grouping,
-        "checksum": checksum,
-    }
-    given = {name: value for name, value in fields.items() if value is not None}
-    if options is not None and given:
-        raise E2CompressError(
-            f"give options or the keywords {', '.join(given)}, not both "
-            f"(options=dataclasses.replace(options, {next(iter(given))}=...) changes one field)"
-        )
-    opts = (options if options is not None else Options(**given)).validate()
-    cancel = cancel or Cancel()
+    opts = _settings(
+        options,
+        bits=bits,
+        level=level,
+        value_range=value_range,
+        sigrange=sigrange,
+        nooutliers=nooutliers,
+        shuffle=shuffle,
+        chunk_rows=chunk_rows,
+        store_level=store_level,
+        noise_fraction=noise_fraction,
+        apix=apix,
+        eer_grouping=eer_grouping,
+        checksum=checksum,
+    )
     source_path = Path(src)
     named = Path(dst) if dst is not None else output_path(source_path)
-    ident = Identity.of(source_path)  # before the first read
-    partners = [(p, Identity.of(p)) for p in companions(source_path)]  # an IMAGIC pair
+    origin = Origin.of(source_path)  # before the first read
     t0 = time.perf_counter()
-    own_pool = pool is None
-    workers = pool or make_pool(threads)  # checks threads
-    warnings: list[str] = []
-    notes: list[str] = []
-    try:
+    with pool_or_own(pool, threads) as workers:
         target = resolve_target(named)
         check_output_dir(target)
         # a .gz/.bz2 input is decompressed into a nameless file beside the output
         with open_source(
             source_path, scratch_dir=target.parent, eer_grouping=opts.eer_grouping, keep=True
         ) as source:
-            warnings += getattr(source, "notices", [])
-            in_place = same_file(source_path, target)
-            if in_place and source.kind != "hdf":
-                raise OutputError(
-                    f"the output would replace this {source.kind.upper()} input with HDF5 "
-                    "data under the same name; choose another output name",
-                    named,
-                )
-            warnings += check_replaceable(target, force=force)
-            if not in_place and not force and foreign_hdf5(target):
-                raise OutputError(
-                    "output exists and is an HDF5 file with no EMAN2 images (someone "
-                    "else's data?); not replaced (force=True replaces it)",
-                    target,
-                )
-            do_verify = in_place if verify is None else verify
-            note = requantise_warning(source, opts)
-            warnings += [note] if note else []
-            bytes_in = ident.size if ident is not None else 0
+            run = _Run(opts, workers, cancel or Cancel(), progress, force, verify, t0)
+            return _write(source, named, target, run, origin)
 
-            def unchanged() -> None:
-                check_unchanged(source_path, ident)
-                for path, before in partners:
-                    check_unchanged(path, before)
 
-            with AtomicOutput(target) as out:
-                try:
-                    images = write_eman_hdf(source, out.path, opts, workers, cancel, progress)
-                    if ident is not None:
-                        write_record(out.path, Record.make(src, ident, len(images), opts))
-                    kept = source.kept()
-                    if kept is not None:
-                        write_kept(out.path, kept, exact=stored_exactly(source, images))
-                    check_complete(out.path, images, len(source))
-                    if do_verify:
-                        verify_output(source, out.path, opts, images, workers, cancel)
-                    unchanged()
-                    notes = source.notes()
-                    grown = os.stat(out.path).st_size
-                    if in_place and grown > bytes_in and not force:
-                        warnings.append(
-                            f"{named}: kept as it was: the new file would be larger "
-                            f"({grown} bytes, now {bytes_in})"
-                        )
-                        images = []
-                    else:
-                        out.commit(before_replace=unchanged)
-                except (OSError, RuntimeError) as exc:  # h5py reports failed writes as either
-                    unchanged()  # a source changed under us is the cause to report
-                    raise os_error(exc, target) from None
-                except E2CompressError:
-                    unchanged()
-                    raise
-    finally:
-        if own_pool:
-            workers.shutdown(wait=True, cancel_futures=True)
+def write_images(
+    path: PathLike,
+    images: Sequence[npt.ArrayLike],
+    *,
+    headers: Sequence[Mapping[str, Any] | None] | None = None,
+    bits: int | str | None = None,
+    level: int | None = None,
+    value_range: tuple[float, float] | None = None,
+    sigrange: tuple[float, float] | None = None,
+    nooutliers: bool | None = None,
+    threads: int | None = None,
+    verify: bool | None = None,
+    shuffle: bool | None = None,
+    chunk_rows: int | None = None,
+    store_level: bool | None = None,
+    noise_fraction: float | None = None,
+    apix: float | None = None,
+    checksum: bool | None = None,
+    force: bool = False,
+    options: Options | None = None,
+    pool: Executor | None = None,
+    cancel: Cancel | None = None,
+    progress: Progress | None = None,
+) -> CompressReport:
+    """Compress in-memory images into EMAN2 compressed HDF at ``path``, as
+    :func:`compress_file` does a file (the same settings, atomic output and checks).
+
+    Args:
+        path: the output file (a symbolic link is followed: its target is replaced).
+        images: 2-D ``(ny, nx)`` or 3-D ``(nz, ny, nx)`` arrays of any integer or float
+            type (see :class:`~e2compress.readers.array.ArraySource`); several make a
+            stack. Do not change them until this returns.
+        headers: per image, EMAN2 header keys to store with it (None: none).
+        verify: check every decoded pixel against ``images`` before the rename
+            (default: no).
+        bits, ..., progress: the other keywords, as for :func:`compress_file`.
+
+    Raises:
+        InputError: an image that is not 2-D or 3-D, is empty, is not of an integer or
+            float type or holds values the settings cannot store; ``headers`` of
+            another length.
+        OutputError, VerificationError, E2CompressError, Interrupted: as for
+            :func:`compress_file`.
+    """
+    opts = _settings(
+        options,
+        bits=bits,
+        level=level,
+        value_range=value_range,
+        sigrange=sigrange,
+        nooutliers=nooutliers,
+        shuffle=shuffle,
+        chunk_rows=chunk_rows,
+        store_level=store_level,
+        noise_fraction=noise_fraction,
+        apix=apix,
+        checksum=checksum,
+    )
+    named = Path(path)
+    t0 = time.perf_counter()
+    source = ArraySource(images, headers=headers)
+    with pool_or_own(pool, threads) as workers:
+        target = resolve_target(named)
+        check_output_dir(target)
+        run = _Run(opts, workers, cancel or Cancel(), progress, force, verify, t0)
+        return _write(source, named, target, run, None)
+
+
+def _settings(options: Options | None, **fields: Any) -> Options:
+    """``options``, or an :class:`Options` of the keywords given (not both), validated."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    if options is not None and given:
+        raise E2CompressError(
+            f"give options or the keywords {', '.join(given)}, not both "
+            f"(options=dataclasses.replace(options, {next(iter(given))}=...) changes one field)"
+        )
+    return (options if options is not None else Options(**given)).validate()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """How to write one output: settings, workers and the caller's choices."""
+
+    opts: Options
+    workers: Executor
+    cancel: Cancel
+    progress: Progress | None
+    force: bool
+    verify: bool | None
+    t0: float
+
+
+def _write(
+    source: ImageSource, named: Path, target: Path, run: _Run, origin: Origin | None
+) -> CompressReport:
+    """Write ``source`` to ``target`` (``named``, a link resolved) atomically, checked.
+
+    ``origin``: the input file ``source`` reads (None: images in memory); it is
+    recorded in the output and must not change while it is read.
+    """
+    opts, force = run.opts, run.force
+    warnings: list[str] = list(getattr(source, "notices", []))
+    notes: list[str] = []
+    in_place = origin is not None and same_file(origin.path, target)
+    warnings += check_existing(named, target, source.kind, in_place=in_place, force=force)
+    do_verify = in_place if run.verify is None else run.verify
+    note = requantise_warning(source, opts)
+    warnings += [note] if note else []
+    whole = range(len(source))
+    if origin is None:
+        bytes_in = sum(math.prod(source.shape(i)) * source.dtype(i).itemsize for i in whole)
+    else:
+        bytes_in = origin.ident.size if origin.ident is not None else 0
+
+    def unchanged() -> None:
+        if origin is not None:
+            origin.unchanged()
+
+    with AtomicOutput(target) as out:
+        try:
+            images = write_eman_hdf(source, out.path, opts, run.workers, run.cancel, run.progress)
+            if origin is not None and origin.ident is not None:
+                write_record(out.path, Record.make(origin.path, origin.ident, len(images), opts))
+            kept = source.kept()
+            if kept is not None:
+                write_kept(out.path, kept, exact=stored_exactly(source, images))
+            check_complete(out.path, images, len(source))
+            if do_verify:
+                verify_output(source, out.path, opts, images, run.workers, run.cancel)
+            unchanged()
+            notes = source.notes()
+            grown = os.stat(out.path).st_size
+            if in_place and grown > bytes_in and not force:
+                warnings.append(
+                    f"{named}: kept as it was: the new file would be larger "
+                    f"({grown} bytes, now {bytes_in})"
+                )
+                images = []
+            else:
+                out.commit(before_replace=unchanged)
+        except (OSError, RuntimeError) as exc:  # h5py reports failed writes as either
+            unchanged()  # a source changed under us is the cause to report
+            raise os_error(exc, target) from None
+        except E2CompressError:
+            unchanged()
+            raise
     mode = target.stat()
+    name = str(origin.path if origin is not None else source.path)
     report = CompressReport(
-        source=str(source_path),
+        source=name,
         output=str(named),
         bytes_in=bytes_in,
         bytes_out=mode.st_size if stat.S_ISREG(mode.st_mode) else 0,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - run.t0,
         engine=codecs.engine_names(opts.level),
         verified=do_verify,
         images=images,
@@ -423,10 +490,10 @@ def compress_file(
         warnings=warnings,
         notes=notes,
     )
-    warning = quality_warning(str(source_path), images, opts.noise_fraction)
-    if warning is not None:
-        report.warnings.append(warning)
-    warning = mean_warning(str(source_path), images)
-    if warning is not None:
-        report.warnings.append(warning)
+    for warning in (
+        quality_warning(name, images, opts.noise_fraction),
+        mean_warning(name, images),
+    ):
+        if warning is not None:
+            report.warnings.append(warning)
     return report
