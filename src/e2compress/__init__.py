@@ -5,6 +5,7 @@ Library API::
     import e2compress
     report = e2compress.compress_file("movie.mrc", bits=5)
     images = e2compress.read_images("movie.hdf")
+    e2compress.write_images("stack.hdf", [a, b], bits=8)  # numpy arrays
     with e2compress.open("stack.hdf") as f:
         first = f[0]
         header = f.header(0)
@@ -20,7 +21,8 @@ from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError, Interrupted, OutputError, VerificationError
 from .executor import Cancel
 from .options import Options
-from .pipeline import compress_file, output_path
+from .outputs import output_path
+from .pipeline import compress_file, write_images
 from .quantize import RenderRange, inexact_in_float32
 from .readers import ImageSource, is_hdf5, open_source
 from .report import CompressReport, ImageReport
@@ -46,6 +48,7 @@ __all__ = [
     "open_source",
     "output_path",
     "read_images",
+    "write_images",
 ]
 
 
