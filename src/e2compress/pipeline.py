@@ -9,6 +9,7 @@ with the headers of :mod:`~e2compress.layout`, then checks and renames the outpu
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from . import codecs
+from . import codecs, kernels
 from .atomic import (
     TMP_SUFFIX,
     AtomicOutput,
@@ -44,7 +45,7 @@ from .executor import (
     pool_width,
     settle,
 )
-from .kept import stored_exactly, write_kept
+from .kept import read_again_later, stored_exactly, write_kept
 from .layout import Headers, stack_layout
 from .options import Options
 from .outputs import check_existing, output_path, requantise_warning, same_file
@@ -155,6 +156,7 @@ def write_eman_hdf(
         stack = stack_layout(shape3, chunk_rows(shape3, opts, stacked=True), len(source))
     enc = Encoder(source, opts, cancel or Cancel(), stacked=stacked)
     headers = Headers(source, opts, stacked=stacked)
+    kernels.prepare(len(source) * math.prod(source.shape(0)) * 4 if len(source) else 0)
     width = pool_width(pool)
     reports = ImageReports()  # compact: memory does not grow with the image count
     advance = None if progress is None else _counter(progress, source)
@@ -214,8 +216,13 @@ def _write_large(
     parts = blocks(shape3, enc.rows(shape3))
     window = in_flight(width)
 
+    def first_pass(fn: Callable[[Block], Any], block: Block) -> Any:
+        with read_again_later():  # the source's hash takes what it can't now from encode
+            return fn(block)
+
     def run(fn: Callable[[Block], Any], items: list[Block]) -> list[Any]:
-        with closing(bounded(pool, fn, items, window)) as results:
+        task = functools.partial(first_pass, fn)
+        with closing(bounded(pool, task, items, window)) as results:
             return list(results)
 
     job = ImageJob(index, shape3, *enc.choose(index, parts, run))
