@@ -55,22 +55,29 @@ from .readers import ImageSource
 NOISE_SAMPLE_PIXELS = 1 << 19
 NOISE_SAMPLED_IMAGES = 256  # images of a stack whose noise is measured (fixed bits)
 STACK_CHUNK_BYTES = 1 << 20  # stored bytes up to which a stack's image is one chunk
+VOLUME_CHUNK_BYTES = 1 << 20  # stored bytes of whole sections a volume's chunk holds
 
 BlockMap = Callable[[Callable[[Block], Any], list[Block]], list[Any]]
 Pixels = dict[Block, np.ndarray] | None  # blocks already read
 
 
 def chunk_rows(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> int:
-    """Rows per chunk: ``opts.chunk_rows``, but a whole small image of a stack.
+    """Rows per chunk: ``opts.chunk_rows``, but a whole small image of a stack, and
+    for a volume whose sections are small, whole sections up to ``VOLUME_CHUNK_BYTES``
+    a chunk (``k * ny`` rows: ``k`` sections, see :func:`~e2compress.blocks.chunk_shape`).
 
     A stack is read an image at a time; one chunk per image means one index entry,
     one chunk read and one deflate stream (measured: 128x128 reads 1.2x faster, and
-    the file is smaller). With ``bits="auto"`` the storage is not known yet: the
-    widest (float32) is assumed.
+    the file is smaller). A volume in one chunk per section lost 8-80 % of the ratio
+    of small maps at 5 bits (deflate starts afresh per chunk; docs/performance.md).
+    With ``bits="auto"`` the storage is not known yet: the widest (float32) is assumed.
     """
-    _, ny, nx = shape3
+    nz, ny, nx = shape3
     itemsize = 4 if opts.auto else storage_dtype(opts.bits).itemsize
-    if stacked and ny * nx * itemsize <= STACK_CHUNK_BYTES:
+    section = ny * nx * itemsize
+    if nz > 1 and section <= VOLUME_CHUNK_BYTES:
+        return ny * max(1, min(nz, VOLUME_CHUNK_BYTES // section))
+    if stacked and section <= STACK_CHUNK_BYTES:
         return ny
     return opts.chunk_rows
 
@@ -137,7 +144,7 @@ class Encoder:
         st = block_stats(pixels, None, with_moments=self.moments)
         if st.nonfinite:  # refused by the plan; nothing to measure
             return st, NoiseSample()
-        band = pixels[:rows]
+        band = pixels[: min(rows, block.y1 - block.y0)]  # within one section
         return st, NoiseSample(
             [residual_tiles(band)], float(np.sum(band, dtype=np.float64)), band.size
         )
@@ -155,6 +162,12 @@ class Encoder:
         """The pixels of ``block`` (from ``data`` when the caller has read them)."""
         if data is not None:
             return data[block]
+        if block.sections > 1:  # whole sections, one after the other as rows
+            parts = [
+                self.source.read(index, z, block.y0, block.y1)
+                for z in range(block.z, block.z + block.sections)
+            ]
+            return np.concatenate(parts)
         return self.source.read(index, block.z, block.y0, block.y1)
 
     def stats(self, index: int, block: Block, limits: Limits | None, data: Pixels = None) -> Stats:
@@ -274,9 +287,10 @@ class Encoder:
         """
         self.cancel.check()
         data = self.read(index, block, pixels)
-        _, ny, nx = shape3
+        nz, ny, nx = shape3
         rank = len(dataset_shape(shape3))
-        rows = min(self.rows(shape3), ny)
+        rows = self.rows(shape3)  # of a chunk: whole sections of a volume, or of one
+        rows = min(rows, nz * ny) if rank == 3 and rows > ny else min(rows, ny)
         bits = rng.bits if rng is not None else 0
         dtype = storage_dtype(bits)
         shuffle = self.opts.shuffle_for(bits)
@@ -303,10 +317,8 @@ class Encoder:
                     shift += clamp_shift(piece, rng)
             if n < rows:
                 codes[n:] = 0
-            y = block.y0 + r
-            offset: tuple[int, ...] = (
-                (block.z, y, 0) if rank == 3 else (y, 0) if rank == 2 else (0,)
-            )
+            z, y = divmod(block.z * ny + block.y0 + r, ny)
+            offset: tuple[int, ...] = (z, y, 0) if rank == 3 else (y, 0) if rank == 2 else (0,)
             if engine is None:
                 probe = max(1, min(rows, codecs.PROBE_BYTES // (nx * dtype.itemsize)))
                 margin = 0.0 if self.opts.level <= 1 else 0.02
