@@ -24,6 +24,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -142,8 +143,10 @@ def main() -> None:
         base_env.pop("E2C_NO_NUMBA", None)
         py = [sys.executable, "-c", CHILD, str(src), str(dst), str(args.bits)]
         batch = [str(args.files)]
-        trees = {"e2compress (numba kernels)": (REPO / "src", {})}
-        trees["e2compress (numpy kernels)"] = (REPO / "src", {"E2C_NO_NUMBA": "1"})
+        here = tmpdir / "this" / "src"  # a copy: edits made while this runs do not leak in
+        shutil.copytree(REPO / "src", here, ignore=shutil.ignore_patterns("*.egg-info"))
+        trees = {"e2compress (numba kernels)": (here, {})}
+        trees["e2compress (numpy kernels)"] = (here, {"E2C_NO_NUMBA": "1"})
         if args.baseline:
             tree = baseline_tree(args.baseline, tmpdir / "baseline")
             trees[f"e2compress {args.baseline}"] = (tree, {})

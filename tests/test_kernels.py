@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import write_mrc
+from conftest import assert_within_half_step, eman_decode, write_mrc
 from e2compress import kernels
 from e2compress.quantize import RenderRange, quantize
 
@@ -248,3 +248,45 @@ def test_files_are_the_same_with_and_without_numba(
     for (codes_a, attrs_a), (codes_b, attrs_b) in zip(got, want, strict=True):
         np.testing.assert_array_equal(codes_a, codes_b)
         assert attrs_a == attrs_b
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_a_large_image_that_fits_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frames: int
+) -> None:
+    """Frames over SMALL_IMAGE_BYTES and up to HELD_IMAGE_BYTES: every row is read from
+    the source exactly once, the source's SHA-256 needs no read of its own, and the
+    stored values are within half a step of the source."""
+    from e2compress import pipeline
+    from e2compress.kept import OrderedHasher
+    from e2compress.readers.mrc import MrcSource
+
+    ny, nx = 1900, 1500  # 11.4 MB of float32 a frame
+    assert pipeline.SMALL_IMAGE_BYTES < ny * nx * 4 <= pipeline.HELD_IMAGE_BYTES
+    rng = np.random.default_rng(frames)
+    movie = (rng.poisson(2.0, (frames, ny, nx)) * 1.01).astype(F32)
+    src = write_mrc(tmp_path / "m.mrcs", movie)
+    reads: list[tuple[int, int, int]] = []
+    read = MrcSource.read
+
+    def spy(self: MrcSource, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        reads.extend((index, z, y) for y in range(y0, y1))
+        return read(self, index, z, y0, y1)
+
+    rereads: list[int] = []
+    finish = OrderedHasher.finish
+
+    def finish_spy(self: OrderedHasher, pread: object) -> str:
+        digest = finish(self, pread)  # type: ignore[arg-type]
+        rereads.append(self.reread)
+        return digest
+
+    monkeypatch.setattr(MrcSource, "read", spy)
+    monkeypatch.setattr(OrderedHasher, "finish", finish_spy)
+    out = tmp_path / "m.hdf"
+    e2compress.compress_file(src, out, bits=5, threads=2)
+    assert sorted(reads) == [(i, 0, y) for i in range(frames) for y in range(ny)]
+    assert rereads == [0]
+    for k, (decoded, mapping) in enumerate(eman_decode(out)):
+        assert mapping is not None
+        assert_within_half_step(movie[k], decoded, mapping)

@@ -111,6 +111,21 @@ def read_again_later() -> Iterator[None]:
         _AGAIN.reset(token)
 
 
+_HOLDING: contextvars.ContextVar[int] = contextvars.ContextVar("e2c_holding", default=0)
+
+
+@contextlib.contextmanager
+def holding(nbytes: int) -> Iterator[None]:
+    """Reads made in this thread inside the block are kept by the caller (an image read
+    once and held, up to ``nbytes``): a source's hash may lag that much more before a
+    reader waits for it, since what it holds is in memory anyway."""
+    token = _HOLDING.set(nbytes)
+    try:
+        yield
+    finally:
+        _HOLDING.reset(token)
+
+
 class OrderedHasher:
     """SHA-256 of a file fed from blocks read in any order, by any number of threads.
 
@@ -146,7 +161,8 @@ class OrderedHasher:
 
         Inside :func:`read_again_later` the reader never waits: bytes the hash cannot
         take at once (not next in order, or the hash lags :data:`BACKLOG` behind) are
-        left for the next read of the same bytes.
+        left for the next read of the same bytes. Inside :func:`holding` it waits only
+        when the hash lags that much more.
         """
         view = memoryview(data).cast("B")
         if not view.nbytes:
@@ -161,7 +177,8 @@ class OrderedHasher:
             heapq.heappush(self._heap, (offset, next(self._seq), view))
             self._held += view.nbytes
             self.peak = max(self.peak, self._held)
-            if self._held > PENDING_LIMIT:
+            extra = _HOLDING.get()
+            if self._held > PENDING_LIMIT + extra:
                 self._drop()
             if offset <= self._pos:
                 if self._thread is None:
@@ -173,7 +190,7 @@ class OrderedHasher:
             # back-pressure: when the hash lags BACKLOG behind, wait for it (it makes
             # progress on its own, so this cannot deadlock)
             while (
-                self._held > BACKLOG
+                self._held > BACKLOG + extra
                 and not self._closed
                 and (self._busy or (self._heap and self._heap[0][0] <= self._pos))
             ):

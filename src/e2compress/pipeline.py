@@ -45,7 +45,7 @@ from .executor import (
     pool_width,
     settle,
 )
-from .kept import read_again_later, stored_exactly, write_kept
+from .kept import holding, read_again_later, stored_exactly, write_kept
 from .layout import Headers, stack_layout
 from .options import Options
 from .outputs import check_existing, output_path, requantise_warning, same_file
@@ -71,6 +71,10 @@ SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one w
 # threads only contend (measured: a 256x256 stack runs 1.3x faster inline).
 INLINE_IMAGE_BYTES = 1 << 20
 BATCH_BYTES = 1 << 20  # float32 bytes of small images of a stack encoded per task
+# A larger image up to this many bytes (as stored in the source) is read once and held
+# for both passes (range, then encoding); a larger one is read twice, so memory does
+# not grow with it (a movie given as one 3-D image).
+HELD_IMAGE_BYTES = 64 << 20
 
 Progress = Callable[[int, int], None]  # (pixels encoded so far, pixels in the file)
 
@@ -215,8 +219,13 @@ def _write_large(
 ) -> ImageReport:
     parts = blocks(shape3, enc.rows(shape3))
     window = in_flight(width)
+    held = math.prod(shape3) * enc.source.dtype(index).itemsize
+    held = held if held <= HELD_IMAGE_BYTES else 0
 
     def first_pass(fn: Callable[[Block], Any], block: Block) -> Any:
+        if held:  # read once and kept: the hash may lag as far
+            with holding(held):
+                return fn(block)
         with read_again_later():  # the source's hash takes what it can't now from encode
             return fn(block)
 
@@ -225,10 +234,15 @@ def _write_large(
         with closing(bounded(pool, task, items, window)) as results:
             return list(results)
 
-    job = ImageJob(index, shape3, *enc.choose(index, parts, run))
+    data = dict(zip(parts, run(lambda b: enc.read(index, b), parts), strict=True)) if held else None
+    job = ImageJob(index, shape3, *enc.choose(index, parts, run, data))
     rng = job.rng
-    encoded = bounded(pool, lambda b: enc.encode(index, shape3, b, rng), parts, window)
-    with closing(encoded):
+
+    def encode(block: Block) -> Encoded:
+        pixels = None if data is None else {block: data.pop(block)}  # dropped once encoded
+        return enc.encode(index, shape3, block, rng, pixels=pixels)
+
+    with closing(bounded(pool, encode, parts, window)) as encoded:
         return _write_job(writer, headers, job, encoded, enc.cancel, advance)
 
 
