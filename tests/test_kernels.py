@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import assert_within_half_step, eman_decode, write_mrc
+from conftest import assert_within_half_step, eman2_read, eman_decode, write_mrc
 from e2compress import kernels
 from e2compress.quantize import RenderRange, quantize
 
@@ -290,3 +290,24 @@ def test_a_large_image_that_fits_is_read_once(
     for k, (decoded, mapping) in enumerate(eman_decode(out)):
         assert mapping is not None
         assert_within_half_step(movie[k], decoded, mapping)
+
+
+def test_real_eman2_reads_the_compiled_coders_streams(tmp_path: Path) -> None:
+    """Chunks deflated by the compiled Huffman coder decode in real EMAN2's HDF5."""
+    _numba_kernels()
+    rng = np.random.default_rng(11)
+    image = (rng.poisson(1.0, (700, 600)) * rng.normal(1, 0.05, (700, 600))).astype(F32)
+    src = write_mrc(tmp_path / "h.mrc", image)
+    out = tmp_path / "h.hdf"
+    report = e2compress.compress_file(src, out, bits=5)
+    assert report.engine.startswith("huffman")
+    with h5py.File(out, "r") as f:  # the first chunk is the compiled coder's stream
+        ds = f["MDF/images/0/image"]
+        _, raw = ds.id.read_direct_chunk((0, 0))
+        rows = ds.chunks[0]
+        assert raw[:-4] == kernels.huffman_deflate(np.ascontiguousarray(ds[:rows]))
+    theirs, _ = eman2_read(out, tmp_path)
+    (ours, mapping), *_ = eman_decode(out)
+    assert mapping is not None
+    np.testing.assert_allclose(theirs.reshape(ours.shape), ours, rtol=0, atol=1e-5)
+    assert_within_half_step(image, theirs.reshape(image.shape), mapping)

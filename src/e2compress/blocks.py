@@ -28,26 +28,29 @@ def dataset_shape(shape3: tuple[int, int, int]) -> tuple[int, ...]:
     return (nx,)
 
 
-def chunk_shape(shape3: tuple[int, int, int], rows: int) -> tuple[int, ...]:
-    """HDF5 chunk shape: ``rows`` whole rows of one section, or for a volume and
-    ``rows`` of at least ``ny``, ``rows // ny`` whole sections."""
+def chunk_shape(shape3: tuple[int, int, int], rows: int, sections: int = 1) -> tuple[int, ...]:
+    """HDF5 chunk shape: ``rows`` whole rows of one section, or (a volume) ``sections``
+    whole sections."""
     nz, ny, nx = shape3
     rank = len(dataset_shape(shape3))
     if rank == 1:
         return (nx,)
     if rank == 3:
-        return (min(rows // ny, nz), ny, nx) if rows >= ny else (1, rows, nx)
+        return (min(sections, nz), ny, nx) if sections > 1 else (1, min(rows, ny), nx)
     return (min(rows, ny), nx)
 
 
 def blocks(
-    shape3: tuple[int, int, int], chunk_rows: int, block_bytes: int = BLOCK_BYTES
+    shape3: tuple[int, int, int],
+    chunk_rows: int,
+    block_bytes: int = BLOCK_BYTES,
+    sections: int = 1,
 ) -> list[Block]:
-    """Whole chunks grouped into blocks of about ``block_bytes`` of float32 input
-    (``chunk_rows`` as for :func:`chunk_shape`)."""
+    """Whole chunks (as :func:`chunk_shape`) grouped into blocks of about ``block_bytes``
+    of float32 input."""
     nz, ny, nx = shape3
-    if nz > 1 and chunk_rows >= 2 * ny:  # chunks of several whole sections
-        per_chunk = min(chunk_rows // ny, nz)
+    if nz > 1 and sections > 1:  # chunks of several whole sections
+        per_chunk = min(sections, nz)
         per = per_chunk * max(1, block_bytes // max(1, per_chunk * ny * nx * 4))
         return [Block(z, 0, ny, min(per, nz - z)) for z in range(0, nz, per)]
     rows = min(chunk_rows, ny)

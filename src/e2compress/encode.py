@@ -61,25 +61,25 @@ BlockMap = Callable[[Callable[[Block], Any], list[Block]], list[Any]]
 Pixels = dict[Block, np.ndarray] | None  # blocks already read
 
 
-def chunk_rows(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> int:
-    """Rows per chunk: ``opts.chunk_rows``, but a whole small image of a stack, and
-    for a volume whose sections are small, whole sections up to ``VOLUME_CHUNK_BYTES``
-    a chunk (``k * ny`` rows: ``k`` sections, see :func:`~e2compress.blocks.chunk_shape`).
+def chunk_grid(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> tuple[int, int]:
+    """(sections, rows) of a chunk: ``opts.chunk_rows`` rows of a section, but a whole
+    small image of a stack, and for a volume whose sections are small, whole sections
+    up to ``VOLUME_CHUNK_BYTES`` a chunk (see :func:`~e2compress.blocks.chunk_shape`).
 
     A stack is read an image at a time; one chunk per image means one index entry,
     one chunk read and one deflate stream (measured: 128x128 reads 1.2x faster, and
-    the file is smaller). A volume in one chunk per section lost 8-80 % of the ratio
-    of small maps at 5 bits (deflate starts afresh per chunk; docs/performance.md).
-    With ``bits="auto"`` the storage is not known yet: the widest (float32) is assumed.
+    the file is smaller). A volume in one chunk per section lost up to 26 % of the
+    ratio of small maps (deflate starts afresh per chunk; docs/performance.md). With
+    ``bits="auto"`` the storage is not known yet: the widest (float32) is assumed.
     """
     nz, ny, nx = shape3
     itemsize = 4 if opts.auto else storage_dtype(opts.bits).itemsize
     section = ny * nx * itemsize
     if nz > 1 and section <= VOLUME_CHUNK_BYTES:
-        return ny * max(1, min(nz, VOLUME_CHUNK_BYTES // section))
+        return max(1, min(nz, VOLUME_CHUNK_BYTES // section)), ny
     if stacked and section <= STACK_CHUNK_BYTES:
-        return ny
-    return opts.chunk_rows
+        return 1, ny
+    return 1, opts.chunk_rows
 
 
 @dataclass
@@ -154,9 +154,14 @@ class Encoder:
         """Whether the range pass sums the pixels (``sigrange`` needs mean and sigma)."""
         return self.opts.sigrange is not None
 
-    def rows(self, shape3: tuple[int, int, int]) -> int:
-        """Rows per chunk of an image of this file."""
-        return chunk_rows(shape3, self.opts, self.stacked)
+    def grid(self, shape3: tuple[int, int, int]) -> tuple[int, int]:
+        """(sections, rows) of a chunk of an image of this file."""
+        return chunk_grid(shape3, self.opts, self.stacked)
+
+    def blocks(self, shape3: tuple[int, int, int]) -> list[Block]:
+        """The blocks of whole chunks an image of this file is encoded in."""
+        sections, rows = self.grid(shape3)
+        return blocks(shape3, rows, sections=sections)
 
     def read(self, index: int, block: Block, data: Pixels = None) -> np.ndarray:
         """The pixels of ``block`` (from ``data`` when the caller has read them)."""
@@ -289,8 +294,8 @@ class Encoder:
         data = self.read(index, block, pixels)
         nz, ny, nx = shape3
         rank = len(dataset_shape(shape3))
-        rows = self.rows(shape3)  # of a chunk: whole sections of a volume, or of one
-        rows = min(rows, nz * ny) if rank == 3 and rows > ny else min(rows, ny)
+        sections, rows = self.grid(shape3)  # rows of a chunk, sections one after another
+        rows = min(sections, nz) * ny if rank == 3 and sections > 1 else min(rows, ny)
         bits = rng.bits if rng is not None else 0
         dtype = storage_dtype(bits)
         shuffle = self.opts.shuffle_for(bits)
@@ -342,7 +347,7 @@ class Encoder:
         """Plan and encoding of a small image, all in the calling thread (its pixels
         are read once, for both passes)."""
         shape3 = self.source.shape(index)
-        parts = blocks(shape3, self.rows(shape3))
+        parts = self.blocks(shape3)
         data = {b: self.read(index, b) for b in parts}
         run: BlockMap = lambda fn, items: [fn(b) for b in items]  # noqa: E731
         job = ImageJob(index, shape3, *self.choose(index, parts, run, data))

@@ -32,9 +32,9 @@ from .atomic import (
     os_error,
     resolve_target,
 )
-from .blocks import Block, blocks, chunk_shape, dataset_shape
+from .blocks import Block, chunk_shape, dataset_shape
 from .eman_hdf import EmanHdfWriter
-from .encode import Encoded, Encoder, ImageJob, chunk_rows
+from .encode import Encoded, Encoder, ImageJob, chunk_grid
 from .errors import E2CompressError
 from .executor import (
     Cancel,
@@ -79,6 +79,12 @@ HELD_IMAGE_BYTES = 64 << 20
 Progress = Callable[[int, int], None]  # (pixels encoded so far, pixels in the file)
 
 
+def _chunks(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> tuple[int, ...]:
+    """The HDF5 chunk shape of an image (see :func:`~e2compress.encode.chunk_grid`)."""
+    sections, rows = chunk_grid(shape3, opts, stacked)
+    return chunk_shape(shape3, rows, sections)
+
+
 def _write_job(
     writer: EmanHdfWriter,
     headers: Headers,
@@ -94,7 +100,7 @@ def _write_job(
         shape,
         job.bits,
         level=opts.level,
-        chunks=chunk_shape(job.shape3, chunk_rows(job.shape3, opts, headers.stacked)),
+        chunks=_chunks(job.shape3, opts, headers.stacked),
         shuffle=opts.shuffle_for(job.bits),
         checksum=opts.checksum,
     )
@@ -157,7 +163,7 @@ def write_eman_hdf(
     stack = None
     if stacked:
         shape3 = source.shape(0)
-        stack = stack_layout(shape3, chunk_rows(shape3, opts, stacked=True), len(source))
+        stack = stack_layout(shape3, _chunks(shape3, opts, True), len(source))
     enc = Encoder(source, opts, cancel or Cancel(), stacked=stacked)
     headers = Headers(source, opts, stacked=stacked)
     kernels.prepare(len(source) * math.prod(source.shape(0)) * 4 if len(source) else 0)
@@ -217,7 +223,7 @@ def _write_large(
     width: int,
     advance: Callable[[int], None] | None = None,
 ) -> ImageReport:
-    parts = blocks(shape3, enc.rows(shape3))
+    parts = enc.blocks(shape3)
     window = in_flight(width)
     held = math.prod(shape3) * enc.source.dtype(index).itemsize
     held = held if held <= HELD_IMAGE_BYTES else 0
