@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from . import checksum, codecs
+from .archive import EmanHdfFile
 from .atomic import (
     TMP_SUFFIX,
     AtomicOutput,
@@ -32,7 +33,6 @@ from .atomic import (
     resolve_target,
 )
 from .blocks import Block, blocks, chunk_shape, dataset_shape
-from .eman_hdf import DATATYPE, EmanHdfFile, EmanHdfWriter, StackLayout
 from .errors import E2CompressError, InputError, OutputError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, make_pool, pool_width, settle
 from .fidelity import (
@@ -48,6 +48,7 @@ from .fidelity import (
     residual_tiles,
 )
 from .kept import stored_exactly, write_kept
+from .layout import DATATYPE, EmanHdfWriter, StackLayout
 from .options import Options
 from .provenance import Identity, Record, check_unchanged, read_record, value_options, write_record
 from .quantize import (
@@ -767,7 +768,7 @@ def write_eman_hdf(
     Small images are encoded in batches of about ``BATCH_BYTES`` (one task each, in
     ``pool`` or inline, see ``INLINE_IMAGE_BYTES``) while this thread writes the
     finished ones; large images are split into blocks across the pool. A source of
-    several images is written in the stack layout (see :mod:`~e2compress.eman_hdf`).
+    several images is written in the stack layout (see :mod:`~e2compress.layout`).
     """
     stack = _stack_layout(source, opts)
     enc = _Encoder(source, opts, cancel or Cancel(), stacked=stack is not None)

@@ -28,8 +28,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .archive import EmanHdfFile
 from .atomic import AtomicOutput, check_output_dir, os_error
-from .eman_hdf import EmanHdfFile, decode
+from .decode import decode
 from .errors import E2CompressError, InputError, OutputError
 from .kept import (
     ATTR,
