@@ -32,6 +32,7 @@ from .archive import EmanHdfFile
 from .atomic import AtomicOutput, check_output_dir, os_error
 from .decode import decode
 from .errors import E2CompressError, InputError, OutputError
+from .hashing import parts_digest
 from .kept import (
     ATTR,
     DEFLATED_ATTR,
@@ -44,7 +45,6 @@ from .kept import (
     PIECE_COLUMNS,
     attr_text,
     kept_array,
-    parts_digest,
     read_parts,
     recorded_sha256,
 )
