@@ -670,7 +670,7 @@ def test_restored_sha256_of_off_grid_quantised_values_decodes_nothing(
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded")
 
-    monkeypatch.setattr("e2compress.restore._Values._section", no_decoding)
+    monkeypatch.setattr("e2compress.rebuild._Values._section", no_decoding)
     assert restored_sha256(archive) is None
 
 
