@@ -25,7 +25,7 @@ from .quantize import (
     storage_dtype,
     within_half_step,
 )
-from .readers import ImageSource
+from .readers.base import ImageSource
 from .report import ImageReport
 
 PathLike = str | os.PathLike[str]
