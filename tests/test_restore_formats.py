@@ -32,8 +32,8 @@ from conftest import (
     write_ser,
     write_spider,
 )
+from e2compress.archive import render_range
 from e2compress.deletion import Manifest, delete_source, read_manifest
-from e2compress.eman_hdf import render_range
 from e2compress.quantize import within_half_step
 from e2compress.restore import restore_file, restored_sha256
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import fidelity as fd
-from .eman_hdf import EmanHdfFile
+from .archive import EmanHdfFile
 from .errors import E2CompressError, InputError
 from .quantize import RenderRange
 from .readers import ImageSource, is_hdf5, open_source

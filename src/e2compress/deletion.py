@@ -171,7 +171,7 @@ def _delete_parts(
     bits: int | str | None,
 ) -> Deletion:
     """Delete every file of a source of several (the module docstring), or none."""
-    from .kept import parts_digest
+    from .hashing import parts_digest
 
     names = claims.parts
 
@@ -236,7 +236,7 @@ def _delete_parts(
                 "bits": bits,
                 "values": EXACT if claims.exact else HALF_STEP,
                 "restore": "byte for byte" if claims.exact else "headers exact, pixels decoded",
-                "restored_sha256": restored,  # of both files: kept.parts_digest
+                "restored_sha256": restored,  # of both files: hashing.parts_digest
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "other_links": before.st_nlink - 1,
             }

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .archive import EmanHdfFile
 from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error
-from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError, OutputError
 from .quantize import inexact_in_float32, integer_step
 from .readers import ImageSource, is_hdf5, open_source

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import h5py
 
+from .archive import EmanHdfFile
 from .atomic import check_replaceable
-from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, OutputError
 from .options import Options
 from .provenance import Identity, read_record, value_options

@@ -32,7 +32,6 @@ from .atomic import (
     resolve_target,
 )
 from .blocks import Block, blocks, chunk_shape, dataset_shape
-from .eman_hdf import EmanHdfWriter
 from .encode import Encoded, Encoder, ImageJob, chunk_rows
 from .errors import E2CompressError
 from .executor import (
@@ -45,11 +44,11 @@ from .executor import (
     settle,
 )
 from .kept import stored_exactly, write_kept
-from .layout import Headers, stack_layout
+from .layout import EmanHdfWriter, Headers, stack_layout
 from .options import Options
 from .outputs import check_existing, output_path, requantise_warning, same_file
 from .provenance import Origin, Record, write_record
-from .quantize import Stats
+from .ranges import Stats
 from .readers import ImageSource, open_source
 from .readers.array import ArraySource
 from .report import (
@@ -146,7 +145,7 @@ def write_eman_hdf(
     Small images are encoded in batches of about ``BATCH_BYTES`` (one task each, in
     ``pool`` or inline, see ``INLINE_IMAGE_BYTES``) while this thread writes the
     finished ones; large images are split into blocks across the pool. A source of
-    several images is written in the stack layout (see :mod:`~e2compress.eman_hdf`).
+    several images is written in the stack layout (see :mod:`~e2compress.layout`).
     """
     stacked = len(source) > 1
     stack = None

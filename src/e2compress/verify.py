@@ -12,8 +12,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .archive import EmanHdfFile, render_range
 from .blocks import Block, blocks
-from .eman_hdf import EmanHdfFile, render_range
 from .errors import VerificationError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, pool_width
 from .options import Options
@@ -25,7 +25,7 @@ from .quantize import (
     storage_dtype,
     within_half_step,
 )
-from .readers import ImageSource
+from .readers.base import ImageSource
 from .report import ImageReport
 
 PathLike = str | os.PathLike[str]

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..kept import FLIP, Kept, RunKeeper
+from ..hashing import RunKeeper
+from ..kept import FLIP, Kept
 from ..pixelsize import APIX_RANGE, UNIT_ANGSTROM
 from .base import ImageSource, reason
 
@@ -111,7 +112,7 @@ def _number(value: Any) -> float:
 
 class RunKept(ImageSource):
     """A reader whose pixels are runs at known offsets of one file (DM, SER): the
-    other bytes are kept and the file hashed by a :class:`~e2compress.kept.RunKeeper`."""
+    other bytes are kept and the file hashed by a :class:`~e2compress.hashing.RunKeeper`."""
 
     _fd: int | None
     _keeper: RunKeeper | None

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..eman_hdf import NEVER_COPIED, EmanHdfFile
+from ..archive import EmanHdfFile
+from ..attrs import NEVER_COPIED
 from ..errors import InputError
 from ..kept import Kept, read_kept
 from ..verify import stored_whole
@@ -16,7 +17,7 @@ from .base import ImageSource, reason
 
 
 class HdfSource(ImageSource):
-    """An EMAN2 HDF file read through :class:`~e2compress.eman_hdf.EmanHdfFile`.
+    """An EMAN2 HDF file read through :class:`~e2compress.archive.EmanHdfFile`.
 
     Raises:
         InputError: not EMAN2 HDF, no images, an image of unsupported shape, or an

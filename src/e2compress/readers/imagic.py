@@ -32,16 +32,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..kept import (
-    FLIP,
-    KEPT_LIMIT,
-    Kept,
-    Layout,
-    OrderedHasher,
-    parts_digest,
-    pieces_array,
-    read_exact,
-)
+from ..hashing import OrderedHasher, parts_digest, read_exact
+from ..kept import FLIP, KEPT_LIMIT, Kept, Layout, pieces_array
 from .base import ImageSource, reason
 
 HEADER_BYTES = 1024

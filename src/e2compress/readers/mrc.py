@@ -52,7 +52,8 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE, get_ext_header_dtype
 
 from ..errors import InputError, OutputError
-from ..kept import PERMUTED, HashingReader, Kept, Layout, OrderedHasher, pieces_array, read_exact
+from ..hashing import HashingReader, OrderedHasher, read_exact
+from ..kept import PERMUTED, Kept, Layout, pieces_array
 from .base import BZIP2_MAGIC, GZIP_MAGIC, ImageSource, PathLike, reason, strip_compression
 
 _gzip: Any

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..kept import RunKeeper
+from ..hashing import RunKeeper
 from ..pixelsize import APIX_RANGE
 from .base import reason
 from .dm import RunKept

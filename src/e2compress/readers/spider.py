@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..kept import KEPT_LIMIT, Kept, Layout, OrderedHasher, pieces_array, read_exact
+from ..hashing import OrderedHasher, read_exact
+from ..kept import KEPT_LIMIT, Kept, Layout, pieces_array
 from .base import ImageSource, reason
 
 MIN_HEADER = 1024  # every SPIDER header holds at least 256 words

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..hashing import OrderedHasher, read_exact
 from ..kept import (
     ENCODED,
     ENCODED_COLUMNS,
@@ -42,11 +43,9 @@ from ..kept import (
     NEGATE,
     Kept,
     Layout,
-    OrderedHasher,
     merge_runs,
     overlapping,
     pieces_array,
-    read_exact,
 )
 from ..pixelsize import tiff_header_keys
 from .base import ImageSource, reason
