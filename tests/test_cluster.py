@@ -247,7 +247,7 @@ def test_slurm_settings_from_a_dask_config_file(
 def test_cluster_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     need_jobqueue()
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(E2CompressError, match="sbatch is not on PATH"):
+    with pytest.raises(E2CompressError, match=r"^cluster='slurm': sbatch is not on PATH"):
         jobqueue_cluster("slurm", cores=2, memory="1GB")
     with pytest.raises(E2CompressError, match="unknown cluster kind"):
         jobqueue_cluster("kubernetes")

@@ -15,7 +15,8 @@ from pathlib import Path
 from . import commands
 from .batch import Inputs, Item, describe, unreadable
 from .batchreport import ReportWriter
-from .cli_args import FLAGS, build_parser, normalise_argv
+from .cli_args import FLAGS, WORDS, build_parser, normalise_argv
+from .commands import flagged
 from .console import Console, LinePrinter, Stop, install_signals, quiet_tifffile, restore_signals
 from .deletion import MANIFEST_NAME, Manifest
 from .drive import Outcome, Settings, drive
@@ -78,7 +79,7 @@ def _main(argv: Sequence[str] | None, cancel: Cancel) -> int:
     try:
         inputs.check()
     except E2CompressError as exc:
-        console.err(f"e2compress: error: {exc}")
+        console.err(f"e2compress: error: {flagged(str(exc), WORDS)}")
         return 2
     with inputs:
         if args.dry_run:
@@ -127,7 +128,7 @@ def _options(args: argparse.Namespace, console: Console) -> Options | None:
             eer_grouping=args.eer_grouping,
         ).validate(FLAGS)
     except E2CompressError as exc:
-        console.err(f"e2compress: error: {exc}")
+        console.err(f"e2compress: error: {flagged(str(exc), WORDS)}")
         return None
 
 
@@ -218,7 +219,7 @@ def _batch(
                 manifest=manifest,
             )
     except E2CompressError as exc:  # a report or a cluster that cannot be had: no work done
-        console.err(f"e2compress: error: {exc}")
+        console.err(f"e2compress: error: {flagged(str(exc), WORDS)}")
         return 2
     summary = outcome.summary(deleting=args.delete_input)
     many = inputs.count > 1
@@ -309,7 +310,7 @@ def _main_watch(argv: Sequence[str], cancel: Cancel) -> int:
                     finished=watcher.finished,
                 )
     except E2CompressError as exc:
-        console.err(f"e2compress: error: {exc}")
+        console.err(f"e2compress: error: {flagged(str(exc), WORDS)}")
         return 2
     console.out(f"e2compress watch: {stop.cause()}: {outcome.summary()}")
     return stop.status()

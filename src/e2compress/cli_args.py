@@ -11,7 +11,7 @@ from . import __version__, commands
 from .deletion import MANIFEST_NAME
 from .fidelity import DEFAULT_NOISE_FRACTION
 from .options import AUTO_BITS
-from .runner import SETTLE_SECONDS, SETTLE_WAIT
+from .runner import AUTO_CHOSE, SETTLE_SECONDS, SETTLE_WAIT
 
 DESCRIPTION = """\
 Convert image files (MRC/MRCS/MAP/CCP4 incl. .gz/.bz2, TIFF, EMAN2 HDF) to
@@ -85,6 +85,14 @@ FLAGS = {
     "noise_fraction": "--noise-fraction",
     "apix": "--apix",
     "eer_grouping": "--eer-grouping",
+}
+CLUSTERS = ("slurm", "pbs", "sge", "lsf")
+# Library messages name parameters; the command line prints its own words for them.
+WORDS = {
+    "recursive needs": "--recursive needs",
+    "a jobqueue cluster needs": "--cluster needs",
+    AUTO_CHOSE: ": --bits auto chose ",
+    **{f"cluster={k!r}": f"--cluster {k}" for k in CLUSTERS},
 }
 
 
@@ -351,7 +359,7 @@ def _add_scale_options(p: argparse.ArgumentParser, watch: bool) -> None:
     d.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler")
     d.add_argument(
         "--cluster",
-        choices=("slurm", "pbs", "sge", "lsf"),
+        choices=CLUSTERS,
         help="start a Dask cluster through this batch system (dask-jobqueue)",
     )
     d.add_argument("--jobs", type=_threads, default=1, metavar="N", help="--cluster jobs")

@@ -326,7 +326,7 @@ def _import_jobqueue() -> Any:
         import dask_jobqueue
     except ImportError:
         raise E2CompressError(
-            "--cluster needs dask-jobqueue: pip install 'e2compress[dask]'"
+            "a jobqueue cluster needs dask-jobqueue: pip install 'e2compress[dask]'"
         ) from None
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -351,7 +351,7 @@ def jobqueue_cluster(kind: str, **settings: Any) -> Any:
     submit = cls.job_cls.submit_command
     if shutil.which(submit) is None:
         raise E2CompressError(
-            f"--cluster {kind}: {submit} is not on PATH (run on a {kind.upper()} submit host)"
+            f"cluster={kind!r}: {submit} is not on PATH (run on a {kind.upper()} submit host)"
         )
     kwargs = {k: v for k, v in settings.items() if v is not None}
     if dask.config.get(f"jobqueue.{kind}.processes", None) is None:
@@ -359,7 +359,7 @@ def jobqueue_cluster(kind: str, **settings: Any) -> Any:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise E2CompressError(f"--cluster {kind}: {exc}") from None
+        raise E2CompressError(f"cluster={kind!r}: {exc}") from None
 
 
 @contextmanager

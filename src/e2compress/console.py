@@ -10,9 +10,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from types import FrameType
 from typing import Any, TextIO
 
+from .cli_args import WORDS
+from .commands import flagged
 from .deletion import Deletion
 from .executor import Cancel
 from .runner import FileResult, Tick
@@ -146,6 +149,12 @@ class LinePrinter:
     def result(self, r: FileResult) -> None:
         """The lines for one finished file."""
         console, verbose = self.console, self.verbose
+        r = replace(
+            r,
+            message=flagged(r.message, WORDS),
+            warnings=[flagged(w, WORDS) for w in r.warnings],
+            note=flagged(r.note, WORDS),
+        )
         for line in dict.fromkeys(r.warnings):
             console.err(f"WARNING: {line}")
         if r.status == "failed":

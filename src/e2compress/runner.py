@@ -27,6 +27,7 @@ from .report import CompressReport, bits_text
 STATUSES = ("done", "skipped", "failed", "stopped", "unstarted")
 SETTLE_SECONDS = 5.0  # the default minimum age of an input (the CLI's --settle)
 SETTLE_WAIT = 10  # a younger input is waited for up to this many times the settle time
+AUTO_CHOSE = ": bits=auto chose "  # in the note of a file stored with bits=auto
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,9 @@ def from_report(job: Job, report: CompressReport, worker: str) -> FileResult:
 
 
 def auto_note(given: str, report: CompressReport) -> str:
-    """What ``--bits auto`` chose for one file (printed with -v)."""
+    """What ``bits=auto`` chose for one file (the command line prints it with -v)."""
     noisy = [im for im in report.images if im.noise is not None]
-    text = f"{given}: --bits auto chose {bits_text(report.images)}"
+    text = f"{given}{AUTO_CHOSE}{bits_text(report.images)}"
     if noisy:
         worst = max(noisy, key=lambda im: im.noise_ratio or 0.0)
         ratio = worst.noise_ratio or 0.0
