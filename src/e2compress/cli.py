@@ -17,14 +17,14 @@ from .batch import Inputs, Item, describe, unreadable
 from .batchreport import ReportWriter
 from .cli_args import FLAGS, WORDS, build_parser, normalise_argv
 from .commands import flagged
-from .console import Console, LinePrinter, Stop, install_signals, quiet_tifffile, restore_signals
+from .console import Console, LinePrinter, Stop, install_signals, restore_signals
 from .deletion import MANIFEST_NAME, Manifest
 from .drive import Outcome, Settings, drive
 from .errors import E2CompressError
 from .executor import Cancel
 from .options import Options
 from .progress import Progress, human_size
-from .runner import LocalRunner, Runner
+from .runner import LocalRunner, Runner, quiet_tifffile
 
 __all__ = ["build_parser", "entry", "main"]
 

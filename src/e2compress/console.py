@@ -3,7 +3,6 @@ batch, signal handling and the ``--ppid`` watch."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -207,15 +206,3 @@ def restore_signals(previous: dict[int, Any]) -> None:
     """Put back the handlers :func:`install_signals` replaced."""
     for s, h in previous.items():
         signal.signal(s, h)
-
-
-def quiet_tifffile() -> None:
-    """tifffile logs damaged tags; the CLI reports every problem itself, on one line.
-
-    Logging is the application's to configure: the library installs no handler, the CLI
-    (and each Dask worker, see :mod:`e2compress.cluster`) gives tifffile's logger a
-    NullHandler (once) so Python's last-resort handler does not print its lines on stderr.
-    """
-    logger = logging.getLogger("tifffile")
-    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-        logger.addHandler(logging.NullHandler())

@@ -9,6 +9,7 @@ running a job again after its worker was lost is harmless.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -118,6 +119,20 @@ class Tick:
 
 
 TickFn = Callable[[Tick], None]
+
+
+def quiet_tifffile() -> None:
+    """Give tifffile's logger a NullHandler (once), so Python's last-resort handler does
+    not print its lines about damaged tags on stderr: every problem is reported in the
+    file's result instead.
+
+    Logging is the application's to configure, so the library installs no handler at
+    import; the command line calls this, and so does each Dask worker's setup
+    (:class:`~e2compress.cluster.ChunkPool`), as it is a process of the batch's own.
+    """
+    logger = logging.getLogger("tifffile")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
 
 
 def file_size(path: Path) -> int:
