@@ -395,8 +395,8 @@ def run_job(
 
 
 class Runner(Protocol):
-    """What runs a batch's jobs: :class:`LocalRunner`, :class:`~e2compress.cluster.DaskRunner`
-    or :class:`~e2compress.watch.WatchRunner`."""
+    """What runs a batch's jobs (for :func:`~e2compress.drive.drive`): :class:`LocalRunner`
+    or :class:`~e2compress.cluster.DaskRunner`."""
 
     def run(
         self, jobs: Iterable[Job | None], cancel: Cancel, on_tick: TickFn | None = None
