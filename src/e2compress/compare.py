@@ -407,7 +407,7 @@ def plot_comparison(result: Comparison, path: PathLike) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise E2CompressError(
-            "--plot needs matplotlib: pip install 'e2compress[plot]'", path
+            "plotting needs matplotlib: pip install 'e2compress[plot]'", path
         ) from None
     overall = result.overall
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -141,7 +141,7 @@ def restore_file(
                 if _same(each, path):
                     raise OutputError("output would replace the archive itself", each)
                 if not overwrite:
-                    raise OutputError("output exists; not replaced (--force replaces it)", each)
+                    raise OutputError("output exists; kept (overwrite=True replaces it)", each)
         check_output_dir(target)
         free = _free_bytes(target.parent)
         if free is not None and arch.size > free:
