@@ -152,9 +152,24 @@ def test_arrays_that_are_not_images_are_refused(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_one_array_is_not_taken_for_a_list(tmp_path: Path) -> None:
+    """A 3-D array could be a volume or a stack: the caller says which."""
+    with pytest.raises(InputError, match=r"\[volume\] for one volume, list\(stack\)"):
+        write_images(tmp_path / "v.hdf", np.zeros((2, 3, 4)), threads=1)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_headers_must_match_the_images() -> None:
     with pytest.raises(InputError, match="1 headers for 2 images"):
         ArraySource([np.zeros((2, 2)), np.zeros((2, 2))], headers=[{}])
+
+
+@pytest.mark.parametrize("key", ["nx", "datatype", "stored_renderbits", "render_min"])
+def test_headers_cannot_describe_other_data(tmp_path: Path, key: str) -> None:
+    """A stored mapping (or size) given with float32 pixels would decode them wrongly."""
+    with pytest.raises(InputError, match=f"image 0: header key '{key}' is set by the writer"):
+        write_images(tmp_path / "h.hdf", [np.ones((2, 2))], headers=[{key: 8}], bits=0)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_array_source_reads_rows_in_native_order() -> None:

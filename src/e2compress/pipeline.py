@@ -279,7 +279,7 @@ def compress_file(
     The output appears atomically; on any error the input and any previous output are
     untouched. The source must not change while it is read: its size, times and inode
     are checked after the last read and again just before the rename. The output
-    records what it was made from (see :func:`output_is_complete`).
+    records what it was made from (see :func:`~e2compress.outputs.output_is_complete`).
 
     Compressing an already quantised EMAN2 file again (e.g. 10 -> 5 bits) rounds values
     that were already rounded: the error bound is the sum of both half steps. Asking
