@@ -1053,7 +1053,7 @@ def compress_file(
         with open_source(
             source_path, scratch_dir=target.parent, eer_grouping=opts.eer_grouping, keep=True
         ) as source:
-            warnings += getattr(source, "notices", [])
+            warnings += source.notices()
             in_place = _same_file(source_path, target)
             if in_place and source.kind != "hdf":
                 raise OutputError(

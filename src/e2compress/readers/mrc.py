@@ -359,11 +359,9 @@ class MrcSource(ImageSource):
     ) -> None:
         self.path = path
         self._keep = keep
-        self._fd: int | None = None
         self._data: np.ndarray | None = None
         self._header_keys: dict[str, Any] | None = None
-        self.notices: list[str] = []  # warnings for the user, one line each
-        self._hasher: OrderedHasher | None = None
+        self._notices: list[str] = []  # warnings for the user, one line each
         self._decompressed: _Decompressed | None = None
         self._kept_bytes = b""
         self._compression = ""
@@ -424,7 +422,7 @@ class MrcSource(ImageSource):
             self._data = np.ascontiguousarray(whole.transpose(perm))
             shape = self._data.shape
         elif axes not in ((1, 2, 3), (0, 0, 0)):  # 0, 0, 0: unset, as in old files
-            self.notices.append(
+            self._notices.append(
                 f"{path}: axis order mapc, mapr, maps = {axes} is not an order of 1, 2, 3; "
                 "read as 1, 2, 3 (x, y, z as stored)"
             )
@@ -433,13 +431,10 @@ class MrcSource(ImageSource):
         self._count = shape[0] if self._stack else 1
 
     def _read_file_rows(self, row0: int, row1: int) -> np.ndarray:
-        fd = self._fd
-        if fd is None:
-            raise InputError("file is closed", self.path)
         nx = self._file_shape[2]
         size = (row1 - row0) * self._row_bytes
         try:
-            buf = os.pread(fd, size, self._offset + row0 * self._row_bytes)
+            buf = self._pread(size, self._offset + row0 * self._row_bytes)
         except OSError as exc:
             raise InputError(f"cannot read pixel data: {reason(exc)}", self.path) from None
         if len(buf) != size:
@@ -449,11 +444,6 @@ class MrcSource(ImageSource):
             return unpack_4bit(buf, row1 - row0, nx)
         arr = np.frombuffer(buf, dtype=self._dtype).reshape(row1 - row0, nx)
         return arr.astype(self._dtype.newbyteorder("="), copy=False)
-
-    def _pread(self, size: int, offset: int) -> bytes:
-        if self._fd is None:
-            raise OSError("file is closed")
-        return os.pread(self._fd, size, offset)
 
     def _feed(self, offset: int, data: bytes) -> None:
         if self._hasher is not None:
@@ -571,12 +561,12 @@ class MrcSource(ImageSource):
         out.update(self._fei)
         return out
 
+    def notices(self) -> list[str]:
+        return list(self._notices)
+
     def close(self) -> None:
-        if self._hasher is not None:
-            self._hasher.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._data = None  # a transposed file's images: gone with the file
+        super().close()
 
 
 def unpack_4bit(buf: bytes, rows: int, nx: int) -> np.ndarray:

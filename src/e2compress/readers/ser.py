@@ -22,7 +22,6 @@ reads: one pixel run per element (:mod:`~e2compress.kept`).
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..kept import RunKeeper
 from ..pixelsize import APIX_RANGE
 from .base import reason
-from .dm import RunKept
+from .runs import RunKept
 
 EXTRA_HINT = "install the optional extra: pip install 'e2compress[ser]'"
 IMAGE_TYPE, SPECTRUM_TYPE = 0x4122, 0x4120
@@ -86,7 +84,7 @@ class SerSource(RunKept):
                     (e.offset, e.shape[0] * e.shape[1] * e.dtype.itemsize, k, 0, e.dtype.str, 0)
                     for k, e in enumerate(self._elements)
                 ]
-                self._keeper = RunKeeper("ser", self._size, runs, self._pread, path.name)
+                self._keep_runs(runs)
         except OSError as exc:
             self.close()
             raise InputError(f"cannot read SER file: {reason(exc)}", path) from None
@@ -117,8 +115,7 @@ class SerSource(RunKept):
 
     def _element(self, k: int, offset: int, kind: int) -> _Element:
         head = _IMAGE_HEAD if kind == IMAGE_TYPE else _SPECTRUM_HEAD
-        assert self._fd is not None
-        raw = os.pread(self._fd, head.size, offset) if 0 <= offset < self._size else b""
+        raw = self._pread(head.size, offset) if 0 <= offset < self._size else b""
         if len(raw) != head.size:
             raise InputError(f"SER file is truncated: element {k} is cut off", self.path)
         values = head.unpack(raw)
@@ -180,17 +177,7 @@ class SerSource(RunKept):
         element = self._elements[index]
         nx = element.shape[1]
         row = nx * element.dtype.itemsize
-        size = (y1 - y0) * row
-        if self._fd is None:
-            raise InputError("file is closed", self.path)
-        try:
-            buf = os.pread(self._fd, size, element.offset + y0 * row)
-        except OSError as exc:
-            raise InputError(f"cannot read SER pixels: {reason(exc)}", self.path) from None
-        if len(buf) != size:
-            raise InputError("SER file ended while reading pixels", self.path)
-        if self._keeper is not None:
-            self._keeper.hasher.feed(element.offset + y0 * row, buf)
+        buf = self._read_run((y1 - y0) * row, element.offset + y0 * row, "SER")
         rows = np.frombuffer(buf, element.dtype).reshape(y1 - y0, nx)
         return rows.astype(self.dtype(index))
 

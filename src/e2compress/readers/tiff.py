@@ -153,10 +153,6 @@ class TiffSource(ImageSource):
         except (TypeError, ValueError):
             raise InputError(f"TIFF page {k} has an invalid photometric tag", self.path) from None
 
-    def _pread(self, size: int, offset: int) -> bytes:
-        assert self._fd is not None
-        return os.pread(self._fd, size, offset)
-
     def _check_ifd(self, k: int, page: Any, last: bool) -> None:
         """Page ``k``'s IFD and its tag values lie inside the file, and the last IFD ends
         the chain (tifffile silently stops reading pages at an offset past the end)."""
@@ -527,10 +523,6 @@ class TiffSource(ImageSource):
         return out
 
     def close(self) -> None:
-        if self._hasher is not None:
-            self._hasher.close()
         self._cache = None
         self._tif.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        super().close()
