@@ -151,11 +151,11 @@ class DmSource(RunKept):
                 tags = dict(dm.allTags)
         except Exception as exc:  # ncempy raises many types on damaged files
             raise InputError(f"cannot read DM file: {reason(exc)}", self.path) from None
-        head = 12 if version == 3 else 16
-        if self._size < declared + head:
+        # the root length is the file's length less 16 (DM3) or 24 (DM4) bytes
+        end = declared + (16 if version == 3 else 24)
+        if self._size < end:
             raise InputError(
-                f"DM file is truncated: its header says {declared + head} bytes, "
-                f"file has {self._size}",
+                f"DM file is truncated: its header says {end} bytes, file has {self._size}",
                 self.path,
             )
         sets = self._data_sets(tags)

@@ -39,6 +39,9 @@ IMAGE_TYPE, SPECTRUM_TYPE = 0x4122, 0x4120
 SER_DTYPES = {1: "u1", 2: "<u2", 3: "<u4", 4: "i1", 5: "<i2", 6: "<i4", 7: "<f4", 8: "<f8"}
 _IMAGE_HEAD = struct.Struct("<ddiddihii")  # x cal, y cal, type, nx, ny: 50 bytes
 _SPECTRUM_HEAD = struct.Struct("<ddihi")  # cal, type, length: 26 bytes
+_SERIES_HEAD = struct.Struct("<hhhiiii")  # ... TotalNumberElements, ValidNumberElements
+_OFFSET_SIZE = {0x0210: 4, 0x0220: 8}  # SeriesVersion -> bytes of an offset
+_TAG_SIZE = {0x4152: 6, 0x4142: 22}  # TagTypeID -> bytes of a tag (type, time[, x, y])
 _SERIES_KEYS = (
     "ByteOrder",
     "SeriesID",
@@ -78,6 +81,7 @@ class SerSource(RunKept):
             raise InputError(f"reading SER files needs ncempy: {EXTRA_HINT}", path) from None
         self._open(path)
         try:
+            self._check_counts()
             self._parse(ncem_ser)
             if keep:
                 runs = [
@@ -91,6 +95,34 @@ class SerSource(RunKept):
         except BaseException:
             self.close()
             raise
+
+    def _check_counts(self) -> None:
+        """The element counts and the offset arrays against the file, before ncempy
+        allocates arrays of the claimed length; each valid element's tag inside the
+        file (the tags end the file: a cut shows there first)."""
+        raw = self._pread(_SERIES_HEAD.size + 8, 0)
+        if len(raw) < _SERIES_HEAD.size + 8:
+            raise InputError(f"file is too short for a SER header ({self._size} bytes)", self.path)
+        _, _, version, _, tag_type, total, valid = _SERIES_HEAD.unpack_from(raw)
+        size = _OFFSET_SIZE.get(version)
+        if size is None:
+            return  # not a known series version: ncempy says so
+        table = struct.unpack_from("<i" if size == 4 else "<q", raw, _SERIES_HEAD.size)[0]
+        if not 0 <= valid <= total or table < 0 or table + 2 * total * size > self._size:
+            raise InputError(
+                f"SER file is truncated or damaged: {valid} valid of {total} elements, "
+                f"offset arrays at byte {table}, file has {self._size} bytes",
+                self.path,
+            )
+        tag_size = _TAG_SIZE.get(tag_type)
+        tags = self._pread(valid * size, table + total * size)
+        for k, offset in enumerate(np.frombuffer(tags, "<i4" if size == 4 else "<i8")):
+            if tag_size is not None and offset + tag_size > self._size:
+                raise InputError(
+                    f"SER file is truncated: the tag of element {k} needs bytes "
+                    f"{offset}..{offset + tag_size}, file has {self._size}",
+                    self.path,
+                )
 
     def _parse(self, ncem_ser: Any) -> None:
         try:
