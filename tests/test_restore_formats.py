@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -23,7 +22,6 @@ from hypothesis import strategies as st
 
 import e2compress
 from conftest import (
-    EMAN2_DATA,
     eman2_read,
     run_cli,
     write_dm,
@@ -449,26 +447,6 @@ def test_recompressed_imagic_archive_still_restores_the_pair(tmp_path: Path) -> 
     assert result.byte_identical
     assert (result.path.name, result.others[0].name) == ("renamed.hed", "renamed.img")
     assert _pair(result.path) == _pair(src)
-
-
-@pytest.mark.parametrize(
-    "name", ["stack.hed", "square_be.hed", "volume.hed", "stack.spi", "single.spi", "volume_be.spi"]
-)
-def test_files_written_by_eman2_restore_byte_for_byte(name: str, tmp_path: Path) -> None:
-    """Files of an independent writer (real EMAN2, tests/data/eman2/make_files.py)."""
-    src = tmp_path / name
-    originals = [EMAN2_DATA / name]
-    if name.endswith(".hed"):
-        originals.append((EMAN2_DATA / name).with_suffix(".img"))
-    for each in originals:
-        shutil.copyfile(each, tmp_path / each.name)
-    archive = compress(src, 0)
-    out = tmp_path / "out"
-    out.mkdir()
-    result = restore_file(archive, out)
-    assert result.byte_identical
-    for each, written in zip(originals, (result.path, *result.others), strict=True):
-        assert written.read_bytes() == each.read_bytes()
 
 
 def test_spider_headers_past_the_kept_limit_say_why(
