@@ -116,7 +116,7 @@ class SerSource(RunKept):
             )
         tag_size = _TAG_SIZE.get(tag_type)
         tags = self._pread(valid * size, table + total * size)
-        for k, offset in enumerate(np.frombuffer(tags, "<i4" if size == 4 else "<i8")):
+        for k, offset in enumerate(np.frombuffer(tags, "<i4" if size == 4 else "<i8").tolist()):
             if tag_size is not None and offset + tag_size > self._size:
                 raise InputError(
                     f"SER file is truncated: the tag of element {k} needs bytes "
