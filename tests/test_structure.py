@@ -16,8 +16,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "e2compress"
 MAX_LINES = 520
-# Modules other developers are still splitting (issue 15); the lead empties this set.
-IN_PROGRESS = {"cli.py", "readers/mrc.py", "readers/tiff.py"}
 
 
 def module_names(root: Path) -> dict[str, Path]:
@@ -141,18 +139,8 @@ def test_no_module_over_the_line_limit() -> None:
         path.relative_to(PACKAGE).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
         for path in PACKAGE.rglob("*.py")
     }
-    over = sorted(
-        f"{name}: {n} lines"
-        for name, n in long.items()
-        if n > MAX_LINES and name not in IN_PROGRESS
-    )
+    over = sorted(f"{name}: {n} lines" for name, n in long.items() if n > MAX_LINES)
     assert not over, f"modules over {MAX_LINES} lines: {', '.join(over)}"
-
-
-def test_in_progress_modules_exist() -> None:
-    """An exemption for a module that is gone (renamed, split) is stale: drop it."""
-    stale = sorted(name for name in IN_PROGRESS if not (PACKAGE / name).is_file())
-    assert not stale, f"IN_PROGRESS names modules that do not exist: {stale}"
 
 
 def test_no_import_cycles() -> None:

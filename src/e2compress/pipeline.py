@@ -429,7 +429,7 @@ def _write(
     recorded in the output and must not change while it is read.
     """
     opts, force = run.opts, run.force
-    warnings: list[str] = list(getattr(source, "notices", []))
+    warnings: list[str] = source.notices()
     notes: list[str] = []
     in_place = origin is not None and same_file(origin.path, target)
     warnings += check_existing(named, target, source.kind, in_place=in_place, force=force)

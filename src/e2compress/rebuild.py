@@ -39,7 +39,7 @@ from .kept import (
 )
 from .quantize import F32, RenderRange, integer_step
 from .readers import strip_compression
-from .readers.mrc import axis_permutation
+from .readers.mrc_header import axis_permutation
 
 PathLike = str | os.PathLike[str]
 STEP = 1 << 22  # bytes of kept data read at a time
