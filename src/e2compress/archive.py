@@ -272,7 +272,8 @@ class EmanHdfFile:
             hid = direct.open_dataset(self._images_id.id, b"%d/image" % index)
             if hid is not None:
                 dsid = h5direct.wrap_dataset(hid)
-                info = direct.info(hid, self._types, self._plists)
+                chunks = [layout.chunks for layout in self._layouts]
+                info = direct.info(hid, self._types, self._plists, chunks)
                 if info is not None:
                     dtype = self._dtype(dsid, info.type_index)
                     return dsid, info.dims, dtype, self._layout_for(dsid, info.plist_index)
