@@ -205,3 +205,37 @@ def read_values(
             pass
     data = _read_all(dsid, shape, dtype)
     return data if decoder is None else decoder(data)
+
+
+def _filter_ids(ds: h5py.Dataset) -> list[int]:
+    plist = ds.id.get_create_plist()
+    return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
+
+
+def stored_whole(ds: h5py.Dataset, file_size: int, *, need_deflate: bool) -> bool:
+    """True when every chunk of ``ds`` is written and lies inside the file (no decoding).
+
+    An unwritten chunk would read back as the fill value (zeros) without any error.
+    """
+    if ds.chunks is None:
+        if need_deflate:
+            return False
+        offset = ds.id.get_offset()
+        return offset is not None and offset + ds.id.get_storage_size() <= file_size
+    if need_deflate and h5py.h5z.FILTER_DEFLATE not in _filter_ids(ds):
+        return False
+    expected = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True))
+    found = 0
+    inside = True
+
+    def visit(info: Any) -> None:
+        nonlocal found, inside
+        found += 1
+        inside = inside and info.byte_offset + info.size <= file_size
+
+    if hasattr(ds.id, "chunk_iter"):
+        ds.id.chunk_iter(visit)
+    else:  # HDF5 before 1.12.3
+        for k in range(ds.id.get_num_chunks()):
+            visit(ds.id.get_chunk_info(k))
+    return found == expected and inside

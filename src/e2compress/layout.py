@@ -34,7 +34,7 @@ from .blocks import chunk_shape, dataset_shape
 from .options import Options
 from .quantize import F32, RenderRange, storage_dtype
 from .ranges import Stats
-from .readers import ImageSource
+from .readers.base import ImageSource
 
 PathLike = str | os.PathLike[str]
 DATATYPE = {0: 7, 1: 2, 2: 4}  # EMAN2 EMDataType for float / uchar / ushort storage

@@ -10,9 +10,9 @@ import numpy as np
 
 from ..archive import EmanHdfFile
 from ..attrs import NEVER_COPIED
+from ..decode import stored_whole
 from ..errors import InputError
 from ..kept import Kept, read_kept
-from ..verify import stored_whole
 from .base import ImageSource, reason
 
 
