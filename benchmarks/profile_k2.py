@@ -29,7 +29,7 @@ import numpy as np
 from e2compress import checksum, codecs, kernels
 from e2compress.blocks import blocks
 from e2compress.fidelity import residual_tiles
-from e2compress.quantize import block_stats, choose_range, header_moments, merge_stats
+from e2compress.ranges import block_stats, choose_range, header_moments, merge_stats
 from e2compress.readers import open_source
 
 HERE = Path(__file__).resolve().parent

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,13 +270,42 @@ def test_scheduler_batch_of_real_and_synthetic_files(
 # --------------------------------------------------------------------------- watch
 
 
-def wait_until(check: object, what: str, seconds: float = 60.0) -> None:
+HANG_SECONDS = 120.0
+
+
+def wait_until(check: object, what: str, seconds: float = HANG_SECONDS) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if check():  # type: ignore[operator]
             return
         time.sleep(0.05)
     raise AssertionError(f"{what}: not within {seconds} s")
+
+
+class Lines:
+    """A process's stdout, line by line, read by a thread (so a test can wait for a line)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.proc = proc
+        assert proc.stdout is not None
+        self.thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: io.TextIOBase) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str) -> None:
+        wait_until(lambda: text in self.lines or self.proc.poll() is not None, repr(text))
+        assert text in self.lines, (text, self.lines)
+
+    def rest(self) -> list[str]:
+        """Every line, once the process has exited."""
+        self.thread.join(HANG_SECONDS)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return self.lines
 
 
 def test_watch_command_stops_on_sigterm_and_restarts_without_redoing(tmp_path: Path) -> None:
@@ -290,11 +320,12 @@ def test_watch_command_stops_on_sigterm_and_restarts_without_redoing(tmp_path: P
         argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        write_mrc(watched / "a.mrc", data)
+        write_mrc(watched / ".a.mrc", data)  # hidden while written: not watched
+        os.replace(watched / ".a.mrc", watched / "a.mrc")
         wait_until(lambda: (out / "a.hdf").exists(), "the output")
     finally:
         first.send_signal(signal.SIGTERM)
-        stdout, stderr = first.communicate(timeout=60)
+        stdout, stderr = first.communicate(timeout=HANG_SECONDS)
     assert first.returncode == 143, stderr
     assert "Traceback" not in stderr
     assert (
@@ -306,14 +337,17 @@ def test_watch_command_stops_on_sigterm_and_restarts_without_redoing(tmp_path: P
     again = subprocess.Popen(
         argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    lines = Lines(again)
     try:
-        time.sleep(2.0)  # the settle time four times over
+        lines.wait_for(f"Skipping {watched / 'a.mrc'}: {out / 'a.hdf'} is complete")
     finally:
         again.send_signal(signal.SIGINT)
-        stdout, stderr = again.communicate(timeout=60)
+        again.wait(HANG_SECONDS)
+    assert again.stderr is not None
+    with again.stderr:
+        stderr = again.stderr.read()
     assert again.returncode == 130, stderr
-    assert f"Skipping {watched / 'a.mrc'}: {out / 'a.hdf'} is complete" in stdout
-    assert stdout.splitlines()[-1].endswith(": 0 compressed, 0 failed, 1 skipped")
+    assert lines.rest()[-1].endswith(": 0 compressed, 0 failed, 1 skipped")
     after = (out / "a.hdf").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 

@@ -4,6 +4,7 @@ local run does, survives a worker killed mid-file, and dask-jobqueue gets our se
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import signal
 import stat
@@ -184,6 +185,22 @@ def test_cancel_before_the_batch_submits_nothing(client: Client, tmp_path: Path)
     assert all(not keys for keys in client.processing().values())
 
 
+def tifffile_quiet() -> bool:
+    """Whether tifffile's logger has a NullHandler (run on a worker)."""
+    return any(isinstance(h, logging.NullHandler) for h in logging.getLogger("tifffile").handlers)
+
+
+def test_workers_quiet_tifffile_as_the_command_line_does(client: Client) -> None:
+    """The chunk-pool plugin gives each worker process tifffile's NullHandler (the
+    library installs none at import)."""
+    client.run(importlib.import_module, "e2compress.cluster")
+    assert not any(client.run(tifffile_quiet).values())
+    DaskRunner(client)
+    quiet = client.run(tifffile_quiet)
+    assert len(quiet) == 2
+    assert all(quiet.values())
+
+
 # --------------------------------------------------------------------------- dask-jobqueue
 
 
@@ -247,7 +264,7 @@ def test_slurm_settings_from_a_dask_config_file(
 def test_cluster_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     need_jobqueue()
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(E2CompressError, match="sbatch is not on PATH"):
+    with pytest.raises(E2CompressError, match=r"^cluster='slurm': sbatch is not on PATH"):
         jobqueue_cluster("slurm", cores=2, memory="1GB")
     with pytest.raises(E2CompressError, match="unknown cluster kind"):
         jobqueue_cluster("kubernetes")

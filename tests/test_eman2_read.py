@@ -16,7 +16,8 @@ import pytest
 
 import e2compress
 from conftest import EMAN2_WRITTEN
-from e2compress.quantize import block_stats, choose_range, quantize
+from e2compress.quantize import quantize
+from e2compress.ranges import block_stats, choose_range
 
 pytestmark = pytest.mark.shared
 

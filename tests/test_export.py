@@ -19,9 +19,9 @@ import tifffile
 
 import e2compress
 from conftest import plain_name, real_file_params, run_cli, true_images, write_mrc
-from e2compress.eman_hdf import EmanHdfWriter
 from e2compress.errors import InputError, OutputError
 from e2compress.export import export_file
+from e2compress.layout import EmanHdfWriter
 
 INT_FILES = {
     "fei-extended.mrc",

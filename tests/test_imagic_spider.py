@@ -47,18 +47,15 @@ def read_all(path: Path) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("name", list(EMAN2_FILES))
 def test_eman2_written_files(name: str) -> None:
-    """Every image EMAN2 wrote comes back with the values it was given, in float32."""
+    """The reader and the pixel size of each file EMAN2 wrote, by either name of a pair
+    (their values, shapes and blocks: test_reader_contract.TestWrittenByEman2)."""
     count, shape, apix = EMAN2_FILES[name]
     with open_source(EMAN2_DATA / name) as src:
         assert isinstance(src, ImagicSource if name.endswith((".hed", ".img")) else SpiderSource)
         assert len(src) == count
         for k in range(count):
             assert src.shape(k) == shape
-            assert src.dtype(k) == np.float32
-            got = src.image(k).reshape(shape)
-            np.testing.assert_array_equal(got, formula_image(k, shape))
             assert src.header(k).get("apix_x") == apix
-    assert_blocks_consistent(EMAN2_DATA / name)
 
 
 def test_imagic_header_keys() -> None:

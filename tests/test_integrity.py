@@ -21,7 +21,8 @@ from e2compress import (
     plan,
 )
 from e2compress.errors import Interrupted
-from e2compress.quantize import RenderRange, Stats, choose_range, half_step_bound, within_half_step
+from e2compress.quantize import RenderRange, half_step_bound, within_half_step
+from e2compress.ranges import Stats, choose_range
 
 F32 = np.float32
 

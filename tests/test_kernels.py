@@ -258,7 +258,7 @@ def test_a_large_image_that_fits_is_read_once(
     the source exactly once, the source's SHA-256 needs no read of its own, and the
     stored values are within half a step of the source."""
     from e2compress import pipeline
-    from e2compress.kept import OrderedHasher
+    from e2compress.hashing import OrderedHasher
     from e2compress.readers.mrc import MrcSource
 
     ny, nx = 1900, 1500  # 11.4 MB of float32 a frame

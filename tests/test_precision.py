@@ -26,15 +26,8 @@ from conftest import assert_within_half_step, eman2_read, eman_decode, run_cli, 
 from e2compress.errors import InputError, VerificationError
 from e2compress.export import export_file
 from e2compress.info import file_info
-from e2compress.quantize import (
-    RenderRange,
-    block_stats,
-    choose_range,
-    histogram,
-    integer_step,
-    nooutliers_limits,
-    within_half_step,
-)
+from e2compress.quantize import RenderRange, integer_step, within_half_step
+from e2compress.ranges import block_stats, choose_range, histogram, nooutliers_limits
 from e2compress.readers import open_source
 from e2compress.verify import verify_output
 
@@ -311,7 +304,7 @@ def test_clamping_that_moves_the_mean_is_warned(tmp_path: Path) -> None:
 
 def test_integer_limits_widen_outward() -> None:
     data = np.array([0, 1, 1, 2, 3, 9], dtype=np.uint16)
-    from e2compress.quantize import integer_limits
+    from e2compress.ranges import integer_limits
 
     assert integer_limits((0.4, 2.93)) == (0.0, 3.0)
     clamped = block_stats(data, integer_limits((0.4, 2.93)))

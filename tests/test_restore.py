@@ -33,7 +33,8 @@ from conftest import (
     write_mrc,
 )
 from e2compress.errors import InputError, OutputError
-from e2compress.kept import OrderedHasher, kept_array, read_again_later
+from e2compress.hashing import OrderedHasher, read_again_later
+from e2compress.kept import kept_array
 from e2compress.restore import restore_file, restored_sha256
 
 MRC_FILES = [p for p in real_file_params() if not plain_name(p.values[0]).endswith(".tif")]
@@ -687,7 +688,7 @@ def test_restored_sha256_of_off_grid_quantised_values_decodes_nothing(
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded")
 
-    monkeypatch.setattr("e2compress.restore._Values._section", no_decoding)
+    monkeypatch.setattr("e2compress.rebuild._Values._section", no_decoding)
     assert restored_sha256(archive) is None
 
 

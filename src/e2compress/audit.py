@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from . import checksum, codecs
-from .eman_hdf import EmanHdfFile
+from .archive import EmanHdfFile
 from .errors import E2CompressError, InputError
 from .executor import Cancel, bounded, in_flight, make_pool, pool_width
 from .kept import DEFLATED_ATTR, kept_array

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import fidelity as fd
-from .eman_hdf import EmanHdfFile
+from .archive import EmanHdfFile
 from .errors import E2CompressError, InputError
 from .quantize import RenderRange
 from .readers import ImageSource, is_hdf5, open_source
@@ -407,7 +407,7 @@ def plot_comparison(result: Comparison, path: PathLike) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise E2CompressError(
-            "--plot needs matplotlib: pip install 'e2compress[plot]'", path
+            "plotting needs matplotlib: pip install 'e2compress[plot]'", path
         ) from None
     overall = result.overall
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))

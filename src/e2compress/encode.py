@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import checksum, codecs
-from .blocks import Block, blocks, dataset_shape
+from .blocks import Block, blocks, chunk_shape, dataset_shape
 from .errors import InputError
 from .executor import Cancel
 from .fidelity import NOISE_TILE, residual_tiles
@@ -31,20 +31,15 @@ from .plan import (
     stored_limits,
     wanted_limits,
 )
-from .quantize import (
-    F32,
+from .quantize import F32, RenderRange, clamp_shift, is_wide, quantize, storage_dtype
+from .ranges import (
     HIST_BINS,
-    RenderRange,
     Stats,
     block_stats,
-    clamp_shift,
     header_moments,
     histogram,
-    is_wide,
     merge_stats,
     nooutliers_limits,
-    quantize,
-    storage_dtype,
     valid_limits,
     window_stats,
 )
@@ -80,6 +75,12 @@ def chunk_grid(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> tu
     if stacked and section <= STACK_CHUNK_BYTES:
         return 1, ny
     return 1, opts.chunk_rows
+
+
+def image_chunks(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> tuple[int, ...]:
+    """The HDF5 chunk shape of an image (see :func:`chunk_grid`)."""
+    sections, rows = chunk_grid(shape3, opts, stacked)
+    return chunk_shape(shape3, rows, sections)
 
 
 @dataclass

@@ -32,9 +32,8 @@ from .atomic import (
     os_error,
     resolve_target,
 )
-from .blocks import Block, chunk_shape, dataset_shape
-from .eman_hdf import EmanHdfWriter
-from .encode import Encoded, Encoder, ImageJob, chunk_grid
+from .blocks import Block, dataset_shape
+from .encode import Encoded, Encoder, ImageJob, image_chunks
 from .errors import E2CompressError
 from .executor import (
     Cancel,
@@ -45,12 +44,13 @@ from .executor import (
     pool_width,
     settle,
 )
-from .kept import holding, read_again_later, stored_exactly, write_kept
-from .layout import Headers, stack_layout
+from .hashing import holding, read_again_later
+from .kept import stored_exactly, write_kept
+from .layout import EmanHdfWriter, Headers, stack_layout
 from .options import Options
 from .outputs import check_existing, output_path, requantise_warning, same_file
 from .provenance import Origin, Record, write_record
-from .quantize import Stats
+from .ranges import Stats
 from .readers import ImageSource, open_source
 from .readers.array import ArraySource
 from .report import (
@@ -71,18 +71,11 @@ SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one w
 # threads only contend (measured: a 256x256 stack runs 1.3x faster inline).
 INLINE_IMAGE_BYTES = 1 << 20
 BATCH_BYTES = 1 << 20  # float32 bytes of small images of a stack encoded per task
-# A larger image up to this many bytes (as stored in the source) is read once and held
-# for both passes (range, then encoding); a larger one is read twice, so memory does
-# not grow with it (a movie given as one 3-D image).
+# Larger images up to this size (as stored) are read once and held for both passes (range,
+# encoding); larger ones are read twice: memory does not grow with them (a 3-D movie).
 HELD_IMAGE_BYTES = 64 << 20
 
 Progress = Callable[[int, int], None]  # (pixels encoded so far, pixels in the file)
-
-
-def _chunks(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> tuple[int, ...]:
-    """The HDF5 chunk shape of an image (see :func:`~e2compress.encode.chunk_grid`)."""
-    sections, rows = chunk_grid(shape3, opts, stacked)
-    return chunk_shape(shape3, rows, sections)
 
 
 def _write_job(
@@ -100,7 +93,7 @@ def _write_job(
         shape,
         job.bits,
         level=opts.level,
-        chunks=_chunks(job.shape3, opts, headers.stacked),
+        chunks=image_chunks(job.shape3, opts, headers.stacked),
         shuffle=opts.shuffle_for(job.bits),
         checksum=opts.checksum,
     )
@@ -157,13 +150,13 @@ def write_eman_hdf(
     Small images are encoded in batches of about ``BATCH_BYTES`` (one task each, in
     ``pool`` or inline, see ``INLINE_IMAGE_BYTES``) while this thread writes the
     finished ones; large images are split into blocks across the pool. A source of
-    several images is written in the stack layout (see :mod:`~e2compress.eman_hdf`).
+    several images is written in the stack layout (see :mod:`~e2compress.layout`).
     """
     stacked = len(source) > 1
     stack = None
     if stacked:
         shape3 = source.shape(0)
-        stack = stack_layout(shape3, _chunks(shape3, opts, True), len(source))
+        stack = stack_layout(shape3, image_chunks(shape3, opts, True), len(source))
     enc = Encoder(source, opts, cancel or Cancel(), stacked=stacked)
     headers = Headers(source, opts, stacked=stacked)
     kernels.prepare(len(source) * math.prod(source.shape(0)) * 4 if len(source) else 0)
@@ -307,7 +300,7 @@ def compress_file(
     The output appears atomically; on any error the input and any previous output are
     untouched. The source must not change while it is read: its size, times and inode
     are checked after the last read and again just before the rename. The output
-    records what it was made from (see :func:`output_is_complete`).
+    records what it was made from (see :func:`~e2compress.outputs.output_is_complete`).
 
     Compressing an already quantised EMAN2 file again (e.g. 10 -> 5 bits) rounds values
     that were already rounded: the error bound is the sum of both half steps. Asking
@@ -457,7 +450,7 @@ def _write(
     recorded in the output and must not change while it is read.
     """
     opts, force = run.opts, run.force
-    warnings: list[str] = list(getattr(source, "notices", []))
+    warnings: list[str] = source.notices()
     notes: list[str] = []
     in_place = origin is not None and same_file(origin.path, target)
     warnings += check_existing(named, target, source.kind, in_place=in_place, force=force)
