@@ -35,7 +35,7 @@ F32 = np.float32
 HALF_DOWN = np.nextafter(F32(0.5), F32(0.0))  # 0.49999997: trunc(x + this) == roundf(x)
 
 
-# Importing numba and loading its cached machine code costs ~1.5 s of CPU once per
+# Importing numba and loading its cached machine code costs 0.7-1.5 s of CPU once per
 # process (numba initialises its whole target); the kernels save ~0.6 ms per MB of
 # float32 input. So they are made ready in a background thread only for work of at
 # least this many float32-equivalent bytes (one large file, or a batch), and used from
