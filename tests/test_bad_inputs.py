@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import DATA, assert_within_half_step, run_cli, write_mrc
 from e2compress import E2CompressError, compress_file, output_path
 from e2compress.quantize import RenderRange
+from helpers import DATA, assert_within_half_step, run_cli, write_mrc
 
 F32 = np.float32
 TMP_SUFFIX = ".e2compress.tmp"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import DATA, run_cli, write_mrc
 from e2compress.audit import check_archive
+from helpers import DATA, run_cli, write_mrc
 
 
 def _chunk_places(path: Path) -> list[tuple[int, int]]:

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import DATA, eman2_read
 from e2compress import checksum
 from e2compress.errors import InputError
+from helpers import DATA, eman2_read
 
 SETTINGS = settings(
     max_examples=200,

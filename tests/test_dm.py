@@ -1,7 +1,7 @@
 """Gatan DM3/DM4 input through ncempy (optional extra ``dm``): values, stacks, the pixel
 size from the calibration, EMAN2's header keys, damaged files refused on one line.
 
-The files are made by the test writer (conftest.write_dm), in the layout
+The files are made by the test writer (helpers.write_dm), in the layout
 DigitalMicrograph writes (thumbnail first, top line first); test_eman2_formats checks
 that real EMAN2 reads them as e2compress does. The small real DM files the ncempy and
 rosettasciio projects publish are GPL-licensed and so not bundled (see docs/inputs.md).
@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import assert_blocks_consistent, assert_keys_kept, write_dm
 from e2compress import InputError, compress_file, open_source, read_images
+from helpers import assert_blocks_consistent, assert_keys_kept, write_dm
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ncempy") is None, reason="needs the optional extra dm (ncempy)"

@@ -1,7 +1,7 @@
 """EER movies (Falcon 4/4i): decoding, grouping, header, integrity, and real EMAN2.
 
-No small real EER file is public: the files are written by ``conftest.write_eer`` from
-known event frames (the truth), with strips coded by ``conftest.eer_encode`` from the
+No small real EER file is public: the files are written by ``helpers.write_eer`` from
+known event frames (the truth), with strips coded by ``helpers.eer_encode`` from the
 format's description; imagecodecs' own decoder is checked against the same truth, so the
 encoder cannot agree with our reader by sharing a mistake.
 """
@@ -20,10 +20,10 @@ import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import eer_encode, eman2_read, eman_decode, run_cli, write_eer
 from e2compress import E2CompressError, InputError, compress_file, open_source
 from e2compress.options import Options
 from e2compress.pipeline import output_is_complete
+from helpers import eer_encode, eman2_read, eman_decode, run_cli, write_eer
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 CODINGS = {65000: (8, 2, 2), 65001: (7, 2, 2), 65002: (7, 2, 2)}

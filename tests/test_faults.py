@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import mrcfile
 import numpy as np
 import pytest
 
-from conftest import DATA, assert_within_half_step, cli_args, eman_decode
 from e2compress import OutputError, VerificationError, compress_file, pipeline
 from e2compress.cli import main
+from helpers import DATA, assert_within_half_step, cli_args, eman_decode, write_mrc
 
 F32 = np.float32
 TMP_SUFFIX = pipeline.TMP_SUFFIX
@@ -48,12 +47,6 @@ INPLACE_FRAMES = 12
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def write_mrc(path: Path, data: np.ndarray) -> Path:
-    with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(data)
-    return path
 
 
 def small_image(seed: int, shape: tuple[int, ...] = (48, 64)) -> np.ndarray:

@@ -27,21 +27,21 @@ from types import FrameType
 from typing import Any
 
 import h5py
-import mrcfile
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import (
+from e2compress import E2CompressError, compress_file, open_source
+from helpers import (
     REAL,
     Mapping,
     assert_within_half_step,
     eman_decode,
     write_eer,
+    write_mrc,
     write_mrc_4bit,
 )
-from e2compress import E2CompressError, compress_file, open_source
 
 pytestmark = pytest.mark.shared
 
@@ -74,8 +74,7 @@ def _synthetic_hdf(path: Path) -> None:
     work = Path(tempfile.mkdtemp())
     try:
         data = (np.random.default_rng(5).random((3, 24, 32)) * 50 - 10).astype(F32)
-        with mrcfile.new(work / "s.mrcs") as m:
-            m.set_data(data)
+        write_mrc(work / "s.mrcs", data)
         compress_file(work / "s.mrcs", path, bits=8, threads=1)
     finally:
         shutil.rmtree(work)
@@ -503,8 +502,7 @@ def test_huge_values_no_overflow_warnings(tmp_path: Path) -> None:
     """Finite float32 pixels near 1e20 (their squares overflow float32): compressed
     without RuntimeWarnings on stderr, and the header's sigma is finite."""
     img = (np.random.default_rng(3).random((32, 32)) * 3e20).astype(F32)
-    with mrcfile.new(tmp_path / "big.mrc") as m, np.errstate(over="ignore"):
-        m.set_data(img)  # mrcfile's own header statistics overflow
+    write_mrc(tmp_path / "big.mrc", img)  # mrcfile's own header statistics overflow
     proc = _cli(tmp_path, "big.mrc")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
@@ -520,8 +518,9 @@ def test_failed_file_not_read_after_close(tmp_path: Path, monkeypatch: pytest.Mo
     from e2compress import InputError
     from e2compress.readers import MrcSource
 
-    with mrcfile.new(tmp_path / "stack.mrcs") as m:
-        m.set_data((np.random.default_rng(4).random((4, 32, 32)) * 10).astype(F32))
+    write_mrc(
+        tmp_path / "stack.mrcs", (np.random.default_rng(4).random((4, 32, 32)) * 10).astype(F32)
+    )
     reads: list[tuple[int, bool]] = []
     real_read = MrcSource.read
 

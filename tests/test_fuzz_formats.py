@@ -26,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import EMAN2_DATA, eman_decode, write_dm, write_ser
 from e2compress import E2CompressError, compress_file, open_source
+from helpers import EMAN2_DATA, eman_decode, write_dm, write_ser
 
 SCALE = float(os.environ.get("E2C_FUZZ_EXAMPLES", "1"))
 HANG_SECONDS = 60

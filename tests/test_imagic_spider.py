@@ -16,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import (
+from e2compress import InputError, compress_file, open_source, read_images
+from e2compress.readers import ImagicSource, SpiderSource
+from helpers import (
     EMAN2_DATA,
     assert_blocks_consistent,
     assert_keys_kept,
@@ -25,8 +27,6 @@ from conftest import (
     write_imagic,
     write_spider,
 )
-from e2compress import InputError, compress_file, open_source, read_images
-from e2compress.readers import ImagicSource, SpiderSource
 
 # file -> (images, shape (nz, ny, nx), apix)
 EMAN2_FILES = {

@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import assert_within_half_step, eman2_read, eman_decode, run_cli, write_mrc
 from e2compress.errors import InputError, VerificationError
 from e2compress.export import export_file
 from e2compress.info import file_info
@@ -37,6 +36,7 @@ from e2compress.quantize import (
 )
 from e2compress.readers import open_source
 from e2compress.verify import verify_output
+from helpers import assert_within_half_step, eman2_read, eman_decode, run_cli, write_mrc
 
 F32 = np.float32
 SETTINGS = settings(
@@ -242,8 +242,7 @@ def test_float64_keeps_its_distinct_values(tmp_path: Path) -> None:
     assert np.unique(got).size > 100  # +-4 sigma on a 0.03 step (the range spans 2048)
     (_, mapping), *_ = eman_decode(out)
     assert mapping is not None
-    step = RenderRange(*mapping[:3]).step
-    assert np.abs(got - truth).max() <= step / 2 * (1 + 1e-4)
+    assert_within_half_step(truth, got, mapping)
     rep = export_file(out, tmp_path / "back.tif")  # TIFF holds float64: the decoded values
     assert rep.dtype == "float64"
     assert np.array_equal(tifffile.imread(tmp_path / "back.tif")[::-1], got)

@@ -20,8 +20,8 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import EMAN2_WRITTEN, REAL
-from e2compress.quantize import RenderRange, within_half_step
+from e2compress.quantize import RenderRange, range_limits, within_half_step
+from helpers import EMAN2_WRITTEN, REAL
 
 pytestmark = pytest.mark.shared
 
@@ -184,20 +184,21 @@ def _stored(group: h5py.Group) -> tuple[float, float, int, int]:
 def _check_decoded(
     decoded: np.ndarray, orig: np.ndarray, rmin: float, rmax: float, bits: int, where: str
 ) -> list[str]:
-    """Inside [rmin, rmax] within half a step; outside clamped to the end values."""
+    """Inside [rmin, rmax] within half a step; outside clamped to the end values (the
+    library's rule, ``quantize.within_half_step``)."""
     problems = []
-    o = np.asarray(orig, dtype=np.float64)
-    d = decoded.astype(np.float64)
-    step = (rmax - rmin) / ((1 << bits) - 1)
-    ulp = float(np.spacing(F32(max(abs(rmin), abs(rmax)))))
-    below, above = o < F32(rmin), o > F32(rmax)
+    rng = RenderRange(bits, rmin, rmax)
+    ok = within_half_step(orig, decoded, rng)
+    lo, hi = range_limits(rng)
+    wide = np.asarray(orig).astype(np.float64)
+    below, above = wide < lo, wide > hi
     inside = ~(below | above)
-    if not within_half_step(o, d, RenderRange(bits, rmin, rmax))[inside].all():
-        err = float(np.abs(d[inside] - o[inside]).max())
-        problems.append(f"{where}: max decode error {err} > half step {step / 2}")
-    if below.any() and not np.all(np.abs(d[below] - rmin) <= 2 * ulp):
+    if not ok[inside].all():
+        err = float(np.abs(decoded.astype(np.float64)[inside] - wide[inside]).max())
+        problems.append(f"{where}: max decode error {err} > half step {rng.step / 2}")
+    if not ok[below].all():
         problems.append(f"{where}: pixels below rmin do not decode to rmin")
-    if above.any() and not np.all(np.abs(d[above] - rmax) <= 2 * ulp):
+    if not ok[above].all():
         problems.append(f"{where}: pixels above rmax do not decode to rmax")
     return problems
 

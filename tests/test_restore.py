@@ -21,7 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import (
+from e2compress.errors import InputError, OutputError
+from e2compress.kept import OrderedHasher, kept_array
+from e2compress.restore import restore_file, restored_sha256
+from helpers import (
     CORE_FILES,
     DATA,
     REAL,
@@ -32,9 +35,6 @@ from conftest import (
     true_images,
     write_mrc,
 )
-from e2compress.errors import InputError, OutputError
-from e2compress.kept import OrderedHasher, kept_array
-from e2compress.restore import restore_file, restored_sha256
 
 MRC_FILES = [p for p in real_file_params() if not plain_name(p.values[0]).endswith(".tif")]
 

@@ -3,7 +3,7 @@ non-pixel byte kept, the SHA-256 recorded, the file (an IMAGIC pair: both files)
 byte for byte from values stored exactly. EER cannot be rebuilt: restore and deletion
 say why.
 
-Truth: the bytes the test writers in conftest wrote, hashed by hashlib.
+Truth: the bytes the test writers in helpers.py wrote, hashed by hashlib.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import (
+from e2compress.deletion import Manifest, delete_source, read_manifest
+from e2compress.eman_hdf import render_range
+from e2compress.quantize import within_half_step
+from e2compress.restore import restore_file, restored_sha256
+from helpers import (
     EMAN2_DATA,
     eman2_read,
     run_cli,
@@ -32,10 +36,6 @@ from conftest import (
     write_ser,
     write_spider,
 )
-from e2compress.deletion import Manifest, delete_source, read_manifest
-from e2compress.eman_hdf import render_range
-from e2compress.quantize import within_half_step
-from e2compress.restore import restore_file, restored_sha256
 
 
 def sha256(path: Path) -> str:

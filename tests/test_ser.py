@@ -1,6 +1,6 @@
 """FEI/TIA ``.ser`` input through ncempy (optional extra ``ser``): every element one image
 in file row order (as EMAN2 reads it), the pixel size from the calibration, damaged
-files refused on one line. Files come from the test writer (conftest.write_ser), checked
+files refused on one line. Files come from the test writer (helpers.write_ser), checked
 against real EMAN2 in test_eman2_formats; the real SER files ncempy and rosettasciio
 publish are GPL-3.0 and not bundled."""
 
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_blocks_consistent, assert_keys_kept, write_ser
 from e2compress import InputError, compress_file, open_source, read_images
+from helpers import assert_blocks_consistent, assert_keys_kept, write_ser
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ncempy") is None, reason="needs the optional extra ser (ncempy)"
