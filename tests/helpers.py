@@ -5,12 +5,17 @@ files (MRC, mode-101 MRC, EER, IMAGIC, SPIDER, DM, SER)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import signal
 import struct
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import h5py
@@ -146,6 +151,63 @@ def assert_file_within_half_step(
         count = assert_within_half_step(orig, values, mapping)
         assert clamped is None or count == clamped
     return [m for _, m in images]
+
+
+TMP_SUFFIX = ".e2compress.tmp"  # the writer's temporary files: .<name>.e2compress.tmp
+
+
+def temporaries(root: Path) -> list[Path]:
+    """Every temporary file of the writer left anywhere under ``root``, sorted."""
+    return sorted(p for p in root.rglob("*") if p.name.endswith(TMP_SUFFIX))
+
+
+def listing(root: Path) -> set[str]:
+    """The names in directory ``root``."""
+    return {p.name for p in root.iterdir()}
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of the file ``path`` (hex)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
+    """XOR the byte at ``offset`` of ``path`` with ``mask`` in place (a bit flip)."""
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ mask]))
+
+
+def one_line(error: BaseException | pytest.ExceptionInfo[Any], path: Path | None = None) -> str:
+    """The message of ``error``: one non-empty line, naming ``path`` when given."""
+    message = str(error.value if isinstance(error, pytest.ExceptionInfo) else error)
+    assert message
+    assert "\n" not in message
+    assert path is None or str(path) in message
+    return message
+
+
+class Hang(BaseException):
+    """Raised by SIGALRM (a BaseException so that no reader can turn it into an error)."""
+
+
+@contextmanager
+def hard_timeout(seconds: int) -> Iterator[None]:
+    """Raise :class:`Hang` in the main thread after ``seconds`` (a generous hang guard,
+    never a timing assertion)."""
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise Hang(f"no result after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def cli_args(*argv: object) -> list[str]:

@@ -28,7 +28,7 @@ import tifffile
 import e2compress
 from e2compress import cli, pipeline, runner
 from e2compress.quantize import RenderRange, half_step_bound
-from helpers import assert_within_half_step, eman_decode, run_cli, write_mrc
+from helpers import assert_within_half_step, eman_decode, listing, run_cli, temporaries, write_mrc
 
 F32 = np.float32
 SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
@@ -65,15 +65,6 @@ def assert_decodes_within_half_step(orig: np.ndarray, path: Path) -> dict[str, f
     got, m = read_eman(path)
     assert_within_half_step(orig, got, (m["bits"], m["rmin"], m["rmax"], m["truncated"]))
     return m
-
-
-def listing(path: Path) -> set[str]:
-    return {p.name for p in path.iterdir()}
-
-
-def no_temporaries(path: Path) -> None:
-    left = [p.name for p in path.rglob("*") if p.name.endswith(pipeline.TMP_SUFFIX)]
-    assert left == []
 
 
 # --------------------------------------------------------------------------- EMAN2 usage
@@ -691,7 +682,7 @@ def test_bits_zero_is_lossless(tmp_path: Path, capsys: pytest.CaptureFixture[str
     got, m = read_eman(tmp_path / "a.hdf")
     assert m["bits"] == 0
     np.testing.assert_array_equal(got, img)
-    no_temporaries(tmp_path)
+    assert temporaries(tmp_path) == []
 
 
 def test_each_failure_is_reported_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -894,7 +885,7 @@ def test_sighup_mid_write_cleans_up_and_exits_129(tmp_path: Path) -> None:
             proc.communicate(timeout=60)
     assert proc.returncode == 129, err
     assert "Traceback" not in err
-    no_temporaries(tmp_path)
+    assert temporaries(tmp_path) == []
     assert src.read_bytes() == before
     assert out == ""
     if target.exists():  # stopped after its last block: the output is complete and right

@@ -27,7 +27,14 @@ from e2compress.errors import E2CompressError
 from e2compress.executor import Cancel
 from e2compress.options import Options
 from e2compress.runner import FileResult, Job, Tick, run_job
-from helpers import CORE_FILES, assert_file_within_half_step, eman_decode, run_cli, write_mrc
+from helpers import (
+    CORE_FILES,
+    assert_file_within_half_step,
+    eman_decode,
+    run_cli,
+    temporaries,
+    write_mrc,
+)
 
 F32 = np.float32
 HANG_SECONDS = 180
@@ -123,10 +130,6 @@ def test_batch_on_a_local_cluster_matches_the_local_run(client: Client, tmp_path
     assert finished <= set(results)
     assert finished  # per-file progress came back from the workers
     assert not [p for p in os.listdir(out) if p.endswith(pipeline.TMP_SUFFIX)]
-
-
-def temporaries(out: Path) -> list[Path]:
-    return [p for p in out.iterdir() if p.name.endswith(pipeline.TMP_SUFFIX)]
 
 
 def test_a_worker_killed_mid_file_is_retried_elsewhere(client: Client, tmp_path: Path) -> None:

@@ -34,7 +34,15 @@ import pytest
 
 from e2compress import OutputError, VerificationError, compress_file, pipeline
 from e2compress.cli import main
-from helpers import DATA, assert_within_half_step, cli_args, eman_decode, write_mrc
+from helpers import (
+    DATA,
+    assert_within_half_step,
+    cli_args,
+    eman_decode,
+    listing,
+    temporaries,
+    write_mrc,
+)
 
 F32 = np.float32
 TMP_SUFFIX = pipeline.TMP_SUFFIX
@@ -83,14 +91,6 @@ def assert_matches_source(path: Path, images: list[np.ndarray], bits: int) -> No
         assert mapping[0] == bits
         clamped = assert_within_half_step(orig, got, mapping)
         assert clamped <= 0.01 * orig.size  # no range option given: hardly anything is clamped
-
-
-def temporaries(root: Path) -> list[str]:
-    return sorted(p.name for p in root.rglob(".*") if p.name.endswith(TMP_SUFFIX))
-
-
-def listing(root: Path) -> set[str]:
-    return {p.name for p in root.iterdir()}
 
 
 def tmp_name(target: Path) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -21,9 +20,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import h5py
@@ -38,6 +35,7 @@ from helpers import (
     Mapping,
     assert_within_half_step,
     eman_decode,
+    hard_timeout,
     write_eer,
     write_mrc,
     write_mrc_4bit,
@@ -104,24 +102,6 @@ def _seeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- the property
-
-
-class Hang(BaseException):
-    """Raised by SIGALRM (a BaseException so that no reader can turn it into an error)."""
-
-
-@contextmanager
-def hard_timeout(seconds: int) -> Iterator[None]:
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise Hang(f"no result after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def assert_holds(decoded: np.ndarray, mapping: Mapping, orig: np.ndarray) -> None:

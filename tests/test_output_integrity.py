@@ -25,14 +25,16 @@ import pytest
 import e2compress
 from e2compress import InputError, OutputError, compress_file, pipeline
 from e2compress.options import Options
-from e2compress.pipeline import TMP_SUFFIX, output_is_complete
+from e2compress.pipeline import output_is_complete
 from e2compress.readers import HdfSource, MrcSource
 from helpers import (
     assert_file_within_half_step,
     eman2_home,
     eman2_read,
     eman_decode,
+    listing,
     run_cli,
+    temporaries,
     write_mrc,
 )
 
@@ -47,10 +49,6 @@ def image(seed: int, shape: tuple[int, ...] = (40, 56)) -> np.ndarray:
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def listing(d: Path) -> set[str]:
-    return {p.name for p in d.iterdir()}
 
 
 def decoded(path: Path) -> list[np.ndarray]:
@@ -73,11 +71,6 @@ def compressed_hdf(d: Path, name: str, data: np.ndarray, bits: int) -> Path:
     compress_file(staging, out, bits=bits, threads=1)
     staging.unlink()
     return out
-
-
-def no_temporaries(*dirs: Path) -> None:
-    for d in dirs:
-        assert not [p.name for p in d.iterdir() if p.name.endswith(TMP_SUFFIX)]
 
 
 # --------------------------------------------------------------------------- 1. source changes
@@ -611,7 +604,7 @@ def test_existing_output_of_another_kind_is_refused(tmp_path: Path) -> None:
     empty.touch()  # nothing to lose: replaced
     compress_file(src, empty, bits=5, threads=1)
     assert stored_bits(empty) == [5]
-    no_temporaries(tmp_path)
+    assert temporaries(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- 7. requantising

@@ -36,7 +36,7 @@ from e2compress.quantize import (
 )
 from e2compress.readers import open_source
 from e2compress.verify import verify_output
-from helpers import assert_within_half_step, eman2_read, eman_decode, run_cli, write_mrc
+from helpers import assert_within_half_step, eman2_read, eman_decode, one_line, run_cli, write_mrc
 
 F32 = np.float32
 SETTINGS = settings(
@@ -88,13 +88,6 @@ def sources(draw: st.DrawFn) -> np.ndarray:
     return (centre + span * unit).astype(dtype)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc)
-    assert text
-    assert "\n" not in text
-    return text
-
-
 @SETTINGS
 @given(
     data=sources(),
@@ -112,7 +105,7 @@ def test_every_value_in_native_precision(
             tmp / "in.tif", out, bits=bits, nooutliers=nooutliers, verify=True, threads=1
         )
     except (InputError, VerificationError) as exc:
-        text = _one_line(exc)
+        text = one_line(exc)
         # refused only where no EMAN2 storage holds the values: float32 (bits 0) for
         # values it cannot represent, or a range float32 limits cannot express
         assert isinstance(exc, InputError), text  # noqa: PT017
@@ -365,7 +358,7 @@ def test_nooutliers_clamps_a_few_huge_values(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("option", "half"), [(["--nooutliers"], True), ([], False)])
-def test_huge_values_refused_one_line(
+def test_huge_values_refusedone_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], half: bool
 ) -> None:
     _huge(tmp_path / "huge.mrc", half)
@@ -395,7 +388,7 @@ def test_float64_spike_past_float32(tmp_path: Path, bits: int | str, nooutliers:
     except InputError as exc:
         error = exc
     if error is not None:
-        assert "spike.tif" in _one_line(error)
+        assert "spike.tif" in one_line(error)
         assert not out.exists()
         return
     assert nooutliers

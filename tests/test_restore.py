@@ -32,15 +32,12 @@ from helpers import (
     plain_name,
     real_file_params,
     run_cli,
+    sha256,
     true_images,
     write_mrc,
 )
 
 MRC_FILES = [p for p in real_file_params() if not plain_name(p.values[0]).endswith(".tif")]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def restorable_bytes(path: Path) -> bytes:

@@ -30,16 +30,13 @@ from helpers import (
     EMAN2_DATA,
     eman2_read,
     run_cli,
+    sha256,
     write_dm,
     write_eer,
     write_imagic,
     write_ser,
     write_spider,
 )
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def compress(src: Path, bits: int | str) -> Path:
