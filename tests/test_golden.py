@@ -25,6 +25,7 @@ from helpers import (
     F32,
     assert_file_within_half_step,
     assert_within_half_step,
+    eman2_read,
     eman_decode,
     formula_image,
     spec_nooutliers_limits,
@@ -139,6 +140,21 @@ def test_golden_attributes_follow_the_spec(source: str, case: str) -> None:
             truncated = group.attrs["EMAN.stored_truncated"]
             assert truncated.dtype == np.int32
             assert int(np.ravel(truncated)[0]) == clamped
+
+
+@pytest.mark.parametrize(("source", "case"), CASES)
+def test_real_eman2_reads_the_golden(source: str, case: str, tmp_path: Path) -> None:
+    """Real EMAN2 (``$E2C_EMAN2``; skipped without it) reads every golden file as the
+    source, within half a step (its float32 decode is inside the rule's slack)."""
+    path, truth = golden(source, case), originals(source)
+    stack, headers = eman2_read(path, tmp_path)
+    assert len(headers) == len(truth)
+    values = stack.reshape(len(truth), -1)
+    for got, orig, (_, mapping) in zip(values, truth, eman_decode(path), strict=True):
+        if mapping is None:
+            assert np.array_equal(got.reshape(orig.shape), orig.astype(F32))
+        else:
+            assert_within_half_step(orig, got.reshape(orig.shape), mapping)
 
 
 def snapshot(path: Path) -> dict[str, Any]:
