@@ -258,18 +258,24 @@ def compress_file(
         src: the input file.
         dst: the output file; default EMAN2's naming (see :func:`output_path`). A
             symbolic link is followed: its target is replaced and the link kept.
-        bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level,
-        noise_fraction, apix, eer_grouping, checksum: what to store, as the fields of
-            :class:`~e2compress.options.Options` of the same names (``bits="auto"``
-            chooses per image by the noise rule); None (not given) keeps the field's
-            default. Give these or ``options``, not both.
+        bits: 2..16 bits per stored value (0: lossless float32; ``"auto"``: by the noise rule).
+        level: deflate level 0..9 (size and time only, never the values).
+        value_range: keep values in [min, max].
+        sigrange: keep values in mean - a*sigma .. mean + b*sigma, given (a, b).
+        nooutliers: clamp the histogram's extreme tails, as EMAN2 does.
         threads: worker threads when no ``pool`` is given (default: all cores).
-        verify: decode the written file and check every pixel against the source before
-            the rename; default only when replacing the input in place.
+        verify: check each decoded pixel against the source before renaming (default: if in place).
+        shuffle: the HDF5 shuffle filter (None: on for multi-byte storage).
+        chunk_rows: rows per HDF5 chunk.
+        store_level: record ``level`` in each image header, as EMAN2 does.
+        noise_fraction: the most quantisation noise allowed, as a fraction of the image's noise.
+        apix: pixel size in Angstrom for every image, instead of the input's.
+        eer_grouping: EER frames summed into each stored image.
+        checksum: end every chunk with HDF5's Fletcher-32 checksum.
         force: replace an output that is write-protected or has several hard links,
             and replace an input in place even when the result is larger.
-        options: a prepared :class:`~e2compress.options.Options` (instead of the
-            per-field keywords).
+        options: a prepared :class:`~e2compress.options.Options` instead of the settings
+            above (its fields of the same names; a setting not given keeps the default), not both.
         pool: an executor shared between files (the caller shuts it down).
         cancel: a :class:`~e2compress.executor.Cancel` token; setting it stops the work
             at the next block and raises :class:`~e2compress.errors.Interrupted`.
@@ -361,16 +367,29 @@ def write_images(
             type (see :class:`~e2compress.readers.array.ArraySource`); several make a
             stack. Do not change them until this returns.
         headers: per image, EMAN2 header keys to store with it (None: none).
-        verify: check every decoded pixel against ``images`` before the rename
-            (default: no).
-        bits, ..., progress: the other keywords, as for :func:`compress_file`.
+        bits: 2..16 bits per stored value (0: lossless float32; ``"auto"``: by the noise rule).
+        level: deflate level 0..9 (size and time only, never the values).
+        value_range: keep values in [min, max].
+        sigrange: keep values in mean - a*sigma .. mean + b*sigma, given (a, b).
+        nooutliers: clamp the histogram's extreme tails, as EMAN2 does.
+        threads: worker threads when no ``pool`` is given (default: all cores).
+        verify: check every decoded pixel against ``images`` before the rename (default: no).
+        shuffle: the HDF5 shuffle filter (None: on for multi-byte storage).
+        chunk_rows: rows per HDF5 chunk.
+        store_level: record ``level`` in each image header, as EMAN2 does.
+        noise_fraction: the most quantisation noise allowed, as a fraction of the image's noise.
+        apix: pixel size in Angstrom for every image, instead of the headers'.
+        checksum: end every chunk with HDF5's Fletcher-32 checksum.
+        force: replace an output that is write-protected or has several hard links.
+        options: a prepared ``Options`` instead of the settings, as for :func:`compress_file`.
+        pool: an executor shared between files (the caller shuts it down).
+        cancel: a ``Cancel`` token; setting it stops the work and raises ``Interrupted``.
+        progress: called as ``progress(done, total)``, as for :func:`compress_file`.
 
     Raises:
-        InputError: an image that is not 2-D or 3-D, is empty, is not of an integer or
-            float type or holds values the settings cannot store; ``headers`` of
-            another length.
-        OutputError, VerificationError, E2CompressError, Interrupted: as for
-            :func:`compress_file`.
+        InputError: an image that is not 2-D or 3-D, is empty, is not of an integer or float type
+            or holds values the settings cannot store; ``headers`` of another length.
+        OutputError, VerificationError, E2CompressError, Interrupted: as for :func:`compress_file`.
     """
     opts = _settings(
         options,
