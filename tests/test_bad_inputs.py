@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import DATA, assert_within_half_step, run_cli, write_mrc
 from e2compress import E2CompressError, compress_file, output_path
 from e2compress.quantize import RenderRange
+from helpers import DATA, assert_within_half_step, run_cli, temporaries, write_mrc
 
 F32 = np.float32
 TMP_SUFFIX = ".e2compress.tmp"
@@ -54,10 +54,6 @@ def snapshot(path: Path) -> object:
     if path.exists():
         return path.read_bytes()
     return None
-
-
-def temporaries(root: Path) -> list[str]:
-    return [p.name for p in root.rglob(".*") if p.name.endswith(TMP_SUFFIX)]
 
 
 # --------------------------------------------------------------------------- bad inputs

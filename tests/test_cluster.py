@@ -22,13 +22,20 @@ pytest.importorskip("distributed")
 import dask.config
 from distributed import Client, LocalCluster
 
-from conftest import CORE_FILES, eman_decode, run_cli, write_mrc
 from e2compress import pipeline
 from e2compress.cluster import DaskRunner, jobqueue_cluster, load_config
 from e2compress.errors import E2CompressError
 from e2compress.executor import Cancel
 from e2compress.options import Options
 from e2compress.runner import FileResult, Job, Tick, run_job
+from helpers import (
+    CORE_FILES,
+    assert_file_within_half_step,
+    eman_decode,
+    run_cli,
+    temporaries,
+    write_mrc,
+)
 
 F32 = np.float32
 HANG_SECONDS = 180
@@ -126,10 +133,6 @@ def test_batch_on_a_local_cluster_matches_the_local_run(client: Client, tmp_path
     assert not [p for p in os.listdir(out) if p.endswith(pipeline.TMP_SUFFIX)]
 
 
-def temporaries(out: Path) -> list[Path]:
-    return [p for p in out.iterdir() if p.name.endswith(pipeline.TMP_SUFFIX)]
-
-
 def test_a_worker_killed_mid_file_is_retried_elsewhere(client: Client, tmp_path: Path) -> None:
     """SIGKILL the worker writing a file: Dask reruns that task on another worker; the
     deterministic temporary file is reused and every output is complete and right."""
@@ -166,13 +169,7 @@ def test_a_worker_killed_mid_file_is_retried_elsewhere(client: Client, tmp_path:
     assert all(r.status == "done" for r in results), [r.message for r in results]
     assert by_name[killed[1]].worker != killed[0]  # finished by another worker
     for p, data in files:
-        images = eman_decode(out / f"{p.stem}.hdf")
-        ((values, mapping),) = images
-        assert mapping is not None
-        bits, rmin, rmax, truncated = mapping
-        step = (rmax - rmin) / (2**bits - 1)
-        assert truncated == 0
-        assert np.abs(values.reshape(data.shape) - data).max() <= step / 2 * 1.001
+        assert_file_within_half_step(out / f"{p.stem}.hdf", [data])
     assert temporaries(out) == []
 
 
@@ -296,9 +293,7 @@ def test_heartbeats_hand_back_finished_files(client: Client, tmp_path: Path) -> 
     for r in DaskRunner(client).run(jobs(), Cancel()):
         got.append(r)
     assert [(r.given, r.status) for r in got] == [(src.name, "done"), (src2.name, "done")]
-    ((values, m),) = eman_decode(tmp_path / "a.hdf")
-    assert m is not None
-    assert np.abs(values - data).max() <= (m[2] - m[1]) / 255 / 2 * 1.001
+    assert_file_within_half_step(tmp_path / "a.hdf", [data], bits=8)
 
 
 def test_no_worker_ever_joining_is_said_and_times_out(

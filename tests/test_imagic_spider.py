@@ -16,17 +16,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import (
+from e2compress import InputError, compress_file, open_source, read_images
+from e2compress.readers import ImagicSource, SpiderSource
+from helpers import (
     EMAN2_DATA,
     assert_blocks_consistent,
     assert_keys_kept,
     formula_image,
+    one_line,
     run_cli,
     write_imagic,
     write_spider,
 )
-from e2compress import InputError, compress_file, open_source, read_images
-from e2compress.readers import ImagicSource, SpiderSource
 
 # file -> (images, shape (nz, ny, nx), apix)
 EMAN2_FILES = {
@@ -129,13 +130,6 @@ def test_spider_any_stack(tmp_path: Path, images: np.ndarray, order: str, stack:
 # --------------------------------------------------------------------------- refused
 
 
-def _one_line(exc: pytest.ExceptionInfo[InputError], path: Path) -> str:
-    message = str(exc.value)
-    assert "\n" not in message
-    assert str(path) in message
-    return message
-
-
 def _stack(tmp_path: Path, kind: str) -> Path:
     data = np.arange(3 * 2 * 5 * 4, dtype=np.float32).reshape(3, 2, 5, 4)
     if kind == "imagic":
@@ -155,7 +149,7 @@ def test_truncated_refused(tmp_path: Path, which: str, cut: int) -> None:
     victim.write_bytes(victim.read_bytes()[:-cut])
     with pytest.raises(InputError) as exc:
         open_source(path)
-    assert "truncated" in _one_line(exc, path)
+    assert "truncated" in one_line(exc, path)
 
 
 @pytest.mark.parametrize("which", ["hed", "img", "spi"])
@@ -165,7 +159,7 @@ def test_longer_than_header_refused(tmp_path: Path, which: str) -> None:
     victim.write_bytes(victim.read_bytes() + b"\0" * 1024)
     with pytest.raises(InputError) as exc:
         open_source(path)
-    assert "longer" in _one_line(exc, path)
+    assert "longer" in one_line(exc, path)
 
 
 def test_imagic_half_missing(tmp_path: Path) -> None:
@@ -174,7 +168,7 @@ def test_imagic_half_missing(tmp_path: Path) -> None:
         (tmp_path / gone).unlink()
         with pytest.raises(InputError) as exc:
             open_source(tmp_path / named)
-        assert f"{gone} is missing" in _one_line(exc, tmp_path / named)
+        assert f"{gone} is missing" in one_line(exc, tmp_path / named)
         assert path.parent == tmp_path
 
 
@@ -202,7 +196,7 @@ def test_imagic_bad_header(
     _patch(path, offset, fmt, value)
     with pytest.raises(InputError) as exc:
         open_source(path)
-    assert message in _one_line(exc, path)
+    assert message in one_line(exc, path)
 
 
 @pytest.mark.parametrize(
@@ -221,7 +215,7 @@ def test_spider_bad_header(tmp_path: Path, word: int, value: float, message: str
     _patch(path, 4 * word, "<f", value)
     with pytest.raises(InputError) as exc:
         open_source(path)
-    assert message in _one_line(exc, path)
+    assert message in one_line(exc, path)
 
 
 def test_spider_image_header_disagrees(tmp_path: Path) -> None:
@@ -231,7 +225,7 @@ def test_spider_image_header_disagrees(tmp_path: Path) -> None:
     _patch(path, second + 4, "<f", 6.0)  # its nrow
     with pytest.raises(InputError) as exc:
         open_source(path)
-    assert "SPIDER image 1 is 4x6x2" in _one_line(exc, path)
+    assert "SPIDER image 1 is 4x6x2" in one_line(exc, path)
 
 
 # --------------------------------------------------------------------------- compressed

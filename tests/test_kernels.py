@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import assert_within_half_step, eman2_read, eman_decode, write_mrc
 from e2compress import kernels
 from e2compress.quantize import RenderRange, quantize
+from helpers import assert_within_half_step, eman2_read, eman_decode, write_mrc
 
 F32 = np.float32
 SETTINGS = settings(
@@ -257,12 +257,12 @@ def test_a_large_image_that_fits_is_read_once(
     """Frames over SMALL_IMAGE_BYTES and up to HELD_IMAGE_BYTES: every row is read from
     the source exactly once, the source's SHA-256 needs no read of its own, and the
     stored values are within half a step of the source."""
-    from e2compress import pipeline
+    from e2compress import encode, pipeline
     from e2compress.hashing import OrderedHasher
     from e2compress.readers.mrc import MrcSource
 
     ny, nx = 1900, 1500  # 11.4 MB of float32 a frame
-    assert pipeline.SMALL_IMAGE_BYTES < ny * nx * 4 <= pipeline.HELD_IMAGE_BYTES
+    assert pipeline.SMALL_IMAGE_BYTES < ny * nx * 4 <= encode.HELD_IMAGE_BYTES
     rng = np.random.default_rng(frames)
     movie = (rng.poisson(2.0, (frames, ny, nx)) * 1.01).astype(F32)
     src = write_mrc(tmp_path / "m.mrcs", movie)

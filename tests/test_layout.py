@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import REAL
 from e2compress.kept import KEPT_ATTRS
 from e2compress.provenance import RECORD_KEYS
+from helpers import REAL
 
 pytestmark = pytest.mark.shared
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_mrc
 from e2compress.batch import Inputs
 from e2compress.errors import E2CompressError
 from e2compress.export import export_file
 from e2compress.options import Options
 from e2compress.runner import Job, run_job
+from helpers import write_mrc
 
 
 def no_flag(text: str) -> None:

@@ -36,7 +36,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import (
+from e2compress import InputError, compress_file, open_source
+from e2compress.readers import ImageSource, companions, strip_compression
+from e2compress.restore import restore_file, restored_sha256
+from helpers import (
     CORE_FILES,
     DATA,
     EMAN2_DATA,
@@ -50,9 +53,6 @@ from conftest import (
     write_ser,
     write_spider,
 )
-from e2compress import InputError, compress_file, open_source
-from e2compress.readers import ImageSource, companions, strip_compression
-from e2compress.restore import restore_file, restored_sha256
 from test_restore_formats import assert_restores_byte_for_byte, compress
 
 HUGE = 2**31 - 1  # a count no file of these tests holds

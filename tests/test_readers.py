@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import REAL, eman2_read, write_mrc
 from e2compress import E2CompressError, InputError, compress_file, read_images
 from e2compress.readers import (
     HdfSource,
@@ -38,6 +37,7 @@ from e2compress.readers import (
     open_source,
     strip_compression,
 )
+from helpers import REAL, eman2_read, write_mrc
 
 F32 = np.float32
 SRC = Path(e2compress.__file__).resolve().parents[1]  # the e2compress under test

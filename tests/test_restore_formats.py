@@ -3,7 +3,7 @@ non-pixel byte kept, the SHA-256 recorded, the file (an IMAGIC pair: both files)
 byte for byte from values stored exactly. EER cannot be rebuilt: restore and deletion
 say why.
 
-Truth: the bytes the test writers in conftest wrote, hashed by hashlib.
+Truth: the bytes the test writers in helpers.py wrote, hashed by hashlib.
 """
 
 from __future__ import annotations
@@ -21,24 +21,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import (
+from e2compress.archive import render_range
+from e2compress.deletion import Manifest, delete_source, read_manifest
+from e2compress.hashing import RunKeeper
+from e2compress.quantize import within_half_step
+from e2compress.restore import restore_file, restored_sha256
+from helpers import (
     eman2_read,
     run_cli,
+    sha256,
     write_dm,
     write_eer,
     write_imagic,
     write_ser,
     write_spider,
 )
-from e2compress.archive import render_range
-from e2compress.deletion import Manifest, delete_source, read_manifest
-from e2compress.hashing import RunKeeper
-from e2compress.quantize import within_half_step
-from e2compress.restore import restore_file, restored_sha256
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def compress(src: Path, bits: int | str) -> Path:

@@ -214,3 +214,131 @@ def test_checker_reports_every_member_of_a_longer_cycle(tmp_path: Path) -> None:
         },
     )
     assert cycles(import_graph(pkg)) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+ARCHITECTURE = PACKAGE.parents[1] / "docs" / "architecture.md"
+NEVER_IN_PURE = {"h5py", "mrcfile", "tifffile", "imagecodecs", "ncempy"}
+# (module, call) the "never" rules allow: restoring the SIGINT handler that importing
+# dask-jobqueue replaces
+ALLOWED_CALLS = {("e2compress.cluster", "signal.signal")}
+
+
+def parts_table(text: str) -> dict[str, tuple[set[str], set[str]]]:
+    """docs/architecture.md's table: part -> (its modules, the parts it may import)."""
+    rows: dict[str, tuple[set[str], set[str]]] = {}
+    section = text.split("## Parts", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines():
+        cells = [c.strip().replace("\\", "") for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("Part", "") or set(cells[0]) <= {"-"}:
+            continue
+        part, modules, may = cells
+        rows[part] = (
+            {m.strip() for m in modules.split(",")},
+            {p.strip() for p in may.split(",")},
+        )
+    return rows
+
+
+def _short(name: str) -> str:
+    return "e2compress" if name == "e2compress" else name.removeprefix("e2compress.")
+
+
+def _parts() -> tuple[dict[str, str], dict[str, set[str]]]:
+    table = parts_table(ARCHITECTURE.read_text(encoding="utf-8"))
+    part_of: dict[str, str] = {}
+    for part, (modules, _) in table.items():
+        for module in modules:
+            assert module not in part_of, f"{module} is in two parts of architecture.md"
+            part_of[module] = part
+    allowed = {
+        part: set(table) if may == {"every part"} else may for part, (_, may) in table.items()
+    }
+    return part_of, allowed
+
+
+def test_architecture_names_every_module_once() -> None:
+    part_of, _ = _parts()
+    modules = {_short(name) for name in module_names(PACKAGE)}
+    assert sorted(modules - set(part_of)) == [], "modules missing from docs/architecture.md"
+    assert sorted(set(part_of) - modules) == [], "architecture.md names modules that are gone"
+
+
+def wrong_imports(
+    graph: dict[str, set[str]], part_of: dict[str, str], allowed: dict[str, set[str]]
+) -> list[str]:
+    """Each import from a module into a part its own part may not import."""
+    return sorted(
+        f"{_short(a)} ({part_of[_short(a)]}) imports {_short(b)} ({part_of[_short(b)]})"
+        for a, targets in graph.items()
+        for b in targets
+        if _short(a) in part_of and part_of[_short(b)] not in allowed[part_of[_short(a)]]
+    )
+
+
+def test_imports_follow_the_architecture() -> None:
+    part_of, allowed = _parts()
+    assert wrong_imports(import_graph(PACKAGE), part_of, allowed) == []
+
+
+def _calls(tree: ast.AST) -> set[str]:
+    """Dotted names of the functions ``tree`` calls (``open``, ``sys.exit``, ...)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func, parts = node.func, []
+            while isinstance(func, ast.Attribute):
+                parts.append(func.attr)
+                func = func.value
+            if isinstance(func, ast.Name):
+                found.add(".".join([func.id, *reversed(parts)]))
+    return found
+
+
+def test_what_each_part_never_does() -> None:
+    """pure: no I/O libraries, no open(); no part but cli prints, exits, parses
+    arguments or installs signal handlers."""
+    part_of, _ = _parts()
+    broken = []
+    for name, path in module_names(PACKAGE).items():
+        part = part_of.get(_short(name))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {
+            alias.name.split(".")[0]
+            for node in _imports(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            (node.module or "").split(".")[0]
+            for node in _imports(tree)
+            if isinstance(node, ast.ImportFrom) and not node.level
+        }
+        calls = _calls(tree)
+        if part == "pure":
+            broken += [f"{name} imports {m}" for m in sorted(imported & NEVER_IN_PURE)]
+            broken += [f"{name} calls open()" for c in calls if c in ("open", "io.open")]
+        if part != "cli":
+            broken += [f"{name} imports argparse" for m in imported if m == "argparse"]
+            broken += [
+                f"{name} calls {c}"
+                for c in sorted(calls)
+                if c in ("print", "sys.exit", "exit", "signal.signal")
+                and (name, c) not in ALLOWED_CALLS
+            ]
+    assert broken == []
+
+
+def test_the_architecture_rules_can_fail() -> None:
+    """The table parser reads the rows, and a lower part importing a higher one is
+    caught."""
+    text = (
+        "## Parts\n\n| Part | Modules | May import |\n|---|---|---|\n"
+        "| low | x, y | low |\n| high | z | low, high |\n\n## Next\n| q | r | s |\n"
+    )
+    table = parts_table(text)
+    assert table == {"low": ({"x", "y"}, {"low"}), "high": ({"z"}, {"low", "high"})}
+    part_of = {"x": "low", "y": "low", "z": "high"}
+    allowed = {part: may for part, (_, may) in table.items()}
+    graph = {"e2compress.x": {"e2compress.y"}, "e2compress.z": {"e2compress.x"}}
+    assert wrong_imports(graph, part_of, allowed) == []
+    graph["e2compress.y"] = {"e2compress.z"}
+    assert wrong_imports(graph, part_of, allowed) == ["y (low) imports z (high)"]

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import DATA, assert_within_half_step, eman2_read, eman_decode, write_mrc
 from e2compress.encode import VOLUME_CHUNK_BYTES
+from helpers import DATA, assert_within_half_step, eman2_read, eman_decode, write_mrc
 
 F32 = np.float32
 

@@ -20,7 +20,6 @@ import tifffile
 
 pytest.importorskip("watchdog")
 
-from conftest import assert_within_half_step, eman_decode, write_mrc
 from e2compress.batch import Item
 from e2compress.deletion import Deletion
 from e2compress.drive import Settings, drive
@@ -28,6 +27,7 @@ from e2compress.executor import Cancel
 from e2compress.options import Options
 from e2compress.runner import FileResult, LocalRunner, Tick
 from e2compress.watch import Watcher, incomplete
+from helpers import assert_within_half_step, eman_decode, write_mrc
 
 F32 = np.float32
 HANG_SECONDS = 120.0

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import e2compress
-from conftest import assert_within_half_step, eman_decode, write_mrc
 from e2compress import InputError, write_images
 from e2compress.quantize import integer_step
 from e2compress.readers.array import ArraySource
+from helpers import assert_within_half_step, eman_decode, write_mrc
 
 DTYPES = ["uint8", "int16", "uint16", "int32", "float32", "float64"]
 SHAPES = [(1, 37), (40, 33), (3, 20, 17)]

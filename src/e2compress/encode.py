@@ -8,6 +8,8 @@ shuffled, deflated, with their checksum) that the writer hands to HDF5 as they a
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +21,7 @@ from .blocks import Block, blocks, chunk_shape, dataset_shape
 from .errors import InputError
 from .executor import Cancel
 from .fidelity import NOISE_TILE, residual_tiles
+from .hashing import holding, read_again_later
 from .options import Options
 from .plan import (
     Limits,
@@ -51,6 +54,9 @@ NOISE_SAMPLE_PIXELS = 1 << 19
 NOISE_SAMPLED_IMAGES = 256  # images of a stack whose noise is measured (fixed bits)
 STACK_CHUNK_BYTES = 1 << 20  # stored bytes up to which a stack's image is one chunk
 VOLUME_CHUNK_BYTES = 1 << 20  # stored bytes of whole sections a volume's chunk holds
+# Larger images up to this size (as stored) are read once and held for both passes (range,
+# encoding); larger ones are read twice: memory does not grow with them (a 3-D movie).
+HELD_IMAGE_BYTES = 64 << 20
 
 BlockMap = Callable[[Callable[[Block], Any], list[Block]], list[Any]]
 Pixels = dict[Block, np.ndarray] | None  # blocks already read
@@ -343,6 +349,38 @@ class Encoder:
     def _bytes(self, codes: np.ndarray, shuffle: bool) -> memoryview:
         buf = codecs.shuffle(codes) if shuffle else codes.reshape(-1)
         return buf.data.cast("B")
+
+    def large(
+        self, index: int, shape3: tuple[int, int, int], run: BlockMap
+    ) -> tuple[ImageJob, list[Block], Callable[[Block], Encoded]]:
+        """Plan a large image, its blocks measured by ``run`` (across the pool), and
+        return its plan, its blocks and the task that encodes a block.
+
+        An image of up to ``HELD_IMAGE_BYTES`` as stored is read once and held for both
+        passes (its reads feed the source's hash without waiting: they are in memory
+        anyway); a larger one is read again to encode it, its first pass feeding the
+        hash only what costs no waiting (the hash takes the rest from the second).
+        """
+        parts = self.blocks(shape3)
+        held = math.prod(shape3) * self.source.dtype(index).itemsize
+        held = held if held <= HELD_IMAGE_BYTES else 0
+
+        def first_pass(fn: Callable[[Block], Any], block: Block) -> Any:
+            with holding(held) if held else read_again_later():
+                return fn(block)
+
+        def measure(fn: Callable[[Block], Any], items: list[Block]) -> list[Any]:
+            return run(functools.partial(first_pass, fn), items)
+
+        read = measure(lambda b: self.read(index, b), parts) if held else []
+        data = dict(zip(parts, read, strict=True)) if held else None
+        job = ImageJob(index, shape3, *self.choose(index, parts, measure, data))
+
+        def encode(block: Block) -> Encoded:
+            pixels = None if data is None else {block: data.pop(block)}  # dropped once encoded
+            return self.encode(index, shape3, block, job.rng, pixels=pixels)
+
+        return job, parts, encode
 
     def whole_image(self, index: int, engine: codecs.Engine | None = None) -> ImageJob:
         """Plan and encoding of a small image, all in the calling thread (its pixels

@@ -9,7 +9,6 @@ with the headers of :mod:`~e2compress.layout`, then checks and renames the outpu
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import stat
@@ -44,7 +43,6 @@ from .executor import (
     pool_width,
     settle,
 )
-from .hashing import holding, read_again_later
 from .kept import stored_exactly, write_kept
 from .layout import EmanHdfWriter, Headers, stack_layout
 from .options import Options
@@ -71,9 +69,6 @@ SMALL_IMAGE_BYTES = 8 << 20  # images up to this size are encoded whole by one w
 # threads only contend (measured: a 256x256 stack runs 1.3x faster inline).
 INLINE_IMAGE_BYTES = 1 << 20
 BATCH_BYTES = 1 << 20  # float32 bytes of small images of a stack encoded per task
-# Larger images up to this size (as stored) are read once and held for both passes (range,
-# encoding); larger ones are read twice: memory does not grow with them (a 3-D movie).
-HELD_IMAGE_BYTES = 64 << 20
 
 Progress = Callable[[int, int], None]  # (pixels encoded so far, pixels in the file)
 
@@ -216,31 +211,13 @@ def _write_large(
     width: int,
     advance: Callable[[int], None] | None = None,
 ) -> ImageReport:
-    parts = enc.blocks(shape3)
     window = in_flight(width)
-    held = math.prod(shape3) * enc.source.dtype(index).itemsize
-    held = held if held <= HELD_IMAGE_BYTES else 0
-
-    def first_pass(fn: Callable[[Block], Any], block: Block) -> Any:
-        if held:  # read once and kept: the hash may lag as far
-            with holding(held):
-                return fn(block)
-        with read_again_later():  # the source's hash takes what it can't now from encode
-            return fn(block)
 
     def run(fn: Callable[[Block], Any], items: list[Block]) -> list[Any]:
-        task = functools.partial(first_pass, fn)
-        with closing(bounded(pool, task, items, window)) as results:
+        with closing(bounded(pool, fn, items, window)) as results:
             return list(results)
 
-    data = dict(zip(parts, run(lambda b: enc.read(index, b), parts), strict=True)) if held else None
-    job = ImageJob(index, shape3, *enc.choose(index, parts, run, data))
-    rng = job.rng
-
-    def encode(block: Block) -> Encoded:
-        pixels = None if data is None else {block: data.pop(block)}  # dropped once encoded
-        return enc.encode(index, shape3, block, rng, pixels=pixels)
-
+    job, parts, encode = enc.large(index, shape3, run)
     with closing(bounded(pool, encode, parts, window)) as encoded:
         return _write_job(writer, headers, job, encoded, enc.cancel, advance)
 
@@ -279,18 +256,24 @@ def compress_file(
         src: the input file.
         dst: the output file; default EMAN2's naming (see :func:`output_path`). A
             symbolic link is followed: its target is replaced and the link kept.
-        bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level,
-        noise_fraction, apix, eer_grouping, checksum: what to store, as the fields of
-            :class:`~e2compress.options.Options` of the same names (``bits="auto"``
-            chooses per image by the noise rule); None (not given) keeps the field's
-            default. Give these or ``options``, not both.
+        bits: 2..16 bits per stored value (0: lossless float32; ``"auto"``: by the noise rule).
+        level: deflate level 0..9 (size and time only, never the values).
+        value_range: keep values in [min, max].
+        sigrange: keep values in mean - a*sigma .. mean + b*sigma, given (a, b).
+        nooutliers: clamp the histogram's extreme tails, as EMAN2 does.
         threads: worker threads when no ``pool`` is given (default: all cores).
-        verify: decode the written file and check every pixel against the source before
-            the rename; default only when replacing the input in place.
+        verify: check each decoded pixel against the source before renaming (default: if in place).
+        shuffle: the HDF5 shuffle filter (None: on for multi-byte storage).
+        chunk_rows: rows per HDF5 chunk.
+        store_level: record ``level`` in each image header, as EMAN2 does.
+        noise_fraction: the most quantisation noise allowed, as a fraction of the image's noise.
+        apix: pixel size in Angstrom for every image, instead of the input's.
+        eer_grouping: EER frames summed into each stored image.
+        checksum: end every chunk with HDF5's Fletcher-32 checksum.
         force: replace an output that is write-protected or has several hard links,
             and replace an input in place even when the result is larger.
-        options: a prepared :class:`~e2compress.options.Options` (instead of the
-            per-field keywords).
+        options: a prepared :class:`~e2compress.options.Options` instead of the settings
+            above (its fields of the same names; a setting not given keeps the default), not both.
         pool: an executor shared between files (the caller shuts it down).
         cancel: a :class:`~e2compress.executor.Cancel` token; setting it stops the work
             at the next block and raises :class:`~e2compress.errors.Interrupted`.
@@ -382,16 +365,29 @@ def write_images(
             type (see :class:`~e2compress.readers.array.ArraySource`); several make a
             stack. Do not change them until this returns.
         headers: per image, EMAN2 header keys to store with it (None: none).
-        verify: check every decoded pixel against ``images`` before the rename
-            (default: no).
-        bits, ..., progress: the other keywords, as for :func:`compress_file`.
+        bits: 2..16 bits per stored value (0: lossless float32; ``"auto"``: by the noise rule).
+        level: deflate level 0..9 (size and time only, never the values).
+        value_range: keep values in [min, max].
+        sigrange: keep values in mean - a*sigma .. mean + b*sigma, given (a, b).
+        nooutliers: clamp the histogram's extreme tails, as EMAN2 does.
+        threads: worker threads when no ``pool`` is given (default: all cores).
+        verify: check every decoded pixel against ``images`` before the rename (default: no).
+        shuffle: the HDF5 shuffle filter (None: on for multi-byte storage).
+        chunk_rows: rows per HDF5 chunk.
+        store_level: record ``level`` in each image header, as EMAN2 does.
+        noise_fraction: the most quantisation noise allowed, as a fraction of the image's noise.
+        apix: pixel size in Angstrom for every image, instead of the headers'.
+        checksum: end every chunk with HDF5's Fletcher-32 checksum.
+        force: replace an output that is write-protected or has several hard links.
+        options: a prepared ``Options`` instead of the settings, as for :func:`compress_file`.
+        pool: an executor shared between files (the caller shuts it down).
+        cancel: a ``Cancel`` token; setting it stops the work and raises ``Interrupted``.
+        progress: called as ``progress(done, total)``, as for :func:`compress_file`.
 
     Raises:
-        InputError: an image that is not 2-D or 3-D, is empty, is not of an integer or
-            float type or holds values the settings cannot store; ``headers`` of
-            another length.
-        OutputError, VerificationError, E2CompressError, Interrupted: as for
-            :func:`compress_file`.
+        InputError: an image that is not 2-D or 3-D, is empty, is not of an integer or float type
+            or holds values the settings cannot store; ``headers`` of another length.
+        OutputError, VerificationError, E2CompressError, Interrupted: as for :func:`compress_file`.
     """
     opts = _settings(
         options,
