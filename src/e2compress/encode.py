@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,10 +319,12 @@ class Encoder:
             if rng is None:
                 codes[:n] = piece
                 if moments:
-                    stats = stats.merge(block_stats(codes[:n]))
+                    for part in self._sum_parts(codes[:n], ny):
+                        stats = stats.merge(block_stats(part))
             else:
                 if moments:
-                    stats = stats.merge(header_moments(piece, work))
+                    for part in self._sum_parts(piece, ny):
+                        stats = stats.merge(header_moments(part, work))
                 clamped = quantize(piece, rng, out=codes[:n], work=work)[1]
                 if clamped:
                     truncated += clamped
@@ -341,6 +343,16 @@ class Encoder:
                     continue
             chunks.append((offset, self._sealed(engine.compress(self._bytes(codes, shuffle)))))
         return Encoded(truncated, chunks, stats, engine, shift)
+
+    def _sum_parts(self, piece: np.ndarray, ny: int) -> Iterator[np.ndarray]:
+        """``piece`` (rows of whole sections, or of one) cut into the pieces the header
+        sums are taken over: ``chunk_rows`` rows of one section at most, whatever the
+        chunk, so a volume's mean and sigma do not depend on its chunking (float32 sums)."""
+        step = min(self.opts.chunk_rows, ny)
+        for s in range(0, piece.shape[0], ny):
+            section = piece[s : s + ny]
+            for r in range(0, section.shape[0], step):
+                yield section[r : r + step]
 
     def _sealed(self, stream: bytes | bytearray) -> bytes | bytearray:
         """A deflated chunk as stored: with its Fletcher-32 checksum when asked for."""
