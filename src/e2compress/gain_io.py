@@ -1,0 +1,92 @@
+"""The gain image of a counts archive, stored beside EMAN2's images.
+
+An archive written with ``counts`` holds the movie's integer counts as its EMAN2 images
+(``/MDF/images``, stored exactly) and the gain in the dataset :data:`GAIN` (float32,
+ny x nx, deflate + shuffle + Fletcher-32, filters built into every HDF5 library),
+outside ``/MDF``: EMAN2 reads the movie as its count images only. The movie's values
+are ``float32(count) * gain`` (a float32 multiply), bit for bit. The dataset's
+attributes record that (``images = "counts"``, ``values``), the source's element type
+(``source_dtype``) and the gain given to pixels that are 0 in every frame
+(``unexposed_gain``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+
+from .counts import UNEXPOSED_GAIN
+from .errors import InputError
+
+PathLike = str | os.PathLike[str]
+GAIN = "e2compress/gain"
+_CHUNK_BYTES = 1 << 20
+
+
+def write_gain(path: PathLike, gain: np.ndarray, source_dtype: np.dtype) -> None:
+    """Store ``gain`` in the output ``path`` (a temporary file, locked by the caller).
+
+    Args:
+        path: the EMAN2 HDF output being written (its images are the counts).
+        gain: float32 (ny, nx).
+        source_dtype: the source's element type (byte order included).
+    """
+    data = np.ascontiguousarray(gain, dtype=np.float32)
+    ny, nx = data.shape
+    rows = max(1, min(ny, _CHUNK_BYTES // max(1, 4 * nx)))
+    with h5py.File(path, "r+", locking=False) as f:
+        ds = f.create_dataset(
+            GAIN,
+            data=data,
+            chunks=(rows, nx),
+            compression="gzip",
+            compression_opts=6,
+            shuffle=True,
+            fletcher32=True,
+        )
+        ds.attrs["images"] = np.bytes_(b"counts")
+        ds.attrs["values"] = np.bytes_(b"float32(count) * gain")
+        ds.attrs["source_dtype"] = np.bytes_(source_dtype.str.encode("ascii"))
+        ds.attrs["unexposed_gain"] = np.float32(UNEXPOSED_GAIN)
+
+
+def gain_of(f: h5py.File) -> np.ndarray | None:
+    """The gain of an open archive (float32, ny x nx); None when it holds none.
+
+    Raises:
+        ValueError: the gain dataset is not a float32 image.
+    """
+    ds = f.get(GAIN)
+    if ds is None:
+        return None
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.dtype != np.float32:
+        raise ValueError("its gain is not a float32 image")
+    return np.asarray(ds[()], dtype=np.float32)
+
+
+def has_gain(path: PathLike) -> bool:
+    """True when ``path`` is an HDF5 file holding a gain (an archive of counts)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return GAIN in f
+    except (OSError, ValueError):
+        return False
+
+
+def read_gain(path: PathLike) -> np.ndarray | None:
+    """The gain image of a counts archive (float32, ny x nx), None when it holds none.
+
+    The archive's images (``read_images``, ``open``, EMAN2) are the counts; the movie
+    is ``np.float32(count) * gain``.
+
+    Raises:
+        InputError: the file cannot be read, or its gain is damaged.
+    """
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return gain_of(f)
+    except (OSError, ValueError, KeyError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read the gain ({text})", path) from None
