@@ -8,12 +8,19 @@ pass for 0.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+from pathlib import Path
 
+import h5py
+import mrcfile
 import numpy as np
 import pytest
+import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import e2compress
+from conftest import REAL_FILES, eman2_read, run_cli
 from e2compress.counts import (
     MAX_COUNT,
     UNEXPOSED_GAIN,
@@ -22,6 +29,10 @@ from e2compress.counts import (
     from_counts,
     to_counts,
 )
+from e2compress.errors import InputError
+from e2compress.export import export_file
+from e2compress.readers import open_source
+from e2compress.restore import restore_file
 
 F32 = np.float32
 U32 = np.uint32
@@ -112,9 +123,9 @@ def test_a_high_dose_movie_whose_gain_cannot_be_found_is_refused_not_guessed() -
     [
         ("ulp", "is not a whole count"),
         ("negative", "negative"),
-        ("minus_zero", "-0.0"),
-        ("nan", "NaN"),
-        ("inf", "infinite"),
+        ("minus_zero", "-0.0 is negative"),
+        ("nan", "nan is NaN"),
+        ("inf", "inf is infinite"),
     ],
 )
 def test_a_pixel_that_does_not_fit_is_refused_where_it_is(change: str, words: str) -> None:
@@ -190,3 +201,187 @@ def test_accepted_means_exact(seed: int, dose: float) -> None:
     movie, _, _ = gain_movie(seed, (12, 10), 6, dose, 0.2, dead=0)
     with contextlib.suppress(NotCounts):
         roundtrip(movie)  # checks the bits when accepted
+
+
+# --------------------------------------------------------------------------- files
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_movie(path: Path, movie: np.ndarray) -> Path:
+    """A float32 movie as a big-endian ``.mrcs`` or a multi-page TIFF."""
+    if path.suffix == ".mrcs":
+        with mrcfile.new(path, overwrite=True) as m:
+            m.set_data(movie.astype(">f4"))
+            m.voxel_size = 1.06
+    else:
+        tifffile.imwrite(path, movie)
+    return path
+
+
+def movie_values(path: Path) -> np.ndarray:
+    """The movie as EMAN2 sees its file (TIFF rows flipped), float32."""
+    with open_source(path) as source:
+        return np.stack([np.asarray(source.image(i), dtype=F32) for i in range(len(source))])
+
+
+def check_archive(src: Path, out: Path, tmp: Path) -> None:
+    """``out`` holds ``src``'s movie as counts and a gain, and gives it back exactly."""
+    movie = movie_values(src)
+    gain = e2compress.read_gain(out)
+    assert gain is not None
+    assert gain.dtype == F32
+    assert gain.shape == movie.shape[1:]
+    counts = np.stack(e2compress.read_images(out))
+    assert np.array_equal(counts, np.rint(counts))  # whole counts
+    assert same_bits(from_counts(counts, gain), movie)
+    with h5py.File(out, "r") as f:
+        assert f["e2compress/gain"].fletcher32
+        assert f["e2compress/gain"].compression == "gzip"
+        assert f["e2compress/gain"].attrs["images"] == b"counts"
+        for i in range(len(counts)):
+            ds = f[f"MDF/images/{i}/image"]
+            assert ds.dtype == np.uint8
+            assert f[f"MDF/images/{i}"].attrs["EMAN.stored_renderbits"] == 8
+    restored = restore_file(out, tmp / ("restored" + src.suffix))
+    assert restored.byte_identical
+    assert sha256(restored.path) == sha256(src)
+    exported = tmp / "exported.mrcs"
+    report = export_file(out, exported)
+    assert report.dtype == "float32"
+    with mrcfile.open(exported) as m:
+        assert same_bits(np.asarray(m.data, dtype=F32), movie)
+
+
+@pytest.mark.parametrize("suffix", [".mrcs", ".tif"])
+def test_movie_round_trips_bit_for_bit(suffix: str, tmp_path: Path) -> None:
+    movie, _, _ = gain_movie(7, (40, 36), 9)
+    src = write_movie(tmp_path / f"movie{suffix}", movie)
+    out = tmp_path / "movie.hdf"
+    report = e2compress.compress_file(src, out, counts=True, verify=True)
+    assert report.verified
+    assert not report.warnings
+    check_archive(src, out, tmp_path)
+
+
+def test_cli_counts(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    movie, _, _ = gain_movie(8, (32, 30), 6)
+    src = write_movie(tmp_path / "movie.mrcs", movie)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    rc, _, err = run_cli(capsys, "--counts", "--outpath", out_dir, src)
+    assert rc == 0, err
+    check_archive(src, out_dir / "movie.hdf", tmp_path)
+
+
+def test_counts_takes_no_range_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = write_movie(tmp_path / "movie.mrcs", gain_movie(8, (8, 8), 2)[0])
+    rc, _, err = run_cli(capsys, "--counts", "--nooutliers", src)
+    assert rc == 2
+    assert "--counts" in err
+    assert "--nooutliers" in err
+    assert not (tmp_path / "movie.hdf").exists()
+
+
+def bad_movie(kind: str) -> np.ndarray:
+    movie, _, _ = gain_movie(9, (24, 20), 5)
+    if kind == "ulp":
+        movie[3, 4, 5] = np.nextafter(movie[3].max(), F32(np.inf))
+    elif kind == "negative":
+        movie[3, 4, 5] = F32(-0.75)
+    elif kind == "past_65535":
+        movie[3, 4, 5] = F32(70000) * movie[3:].max()
+    return movie
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("ulp", "is not a whole count"),
+        ("negative", "negative"),
+        ("past_65535", "more than 65535"),
+        ("float64", "float64, not float32"),
+    ],
+)
+def test_a_movie_that_does_not_fit_is_refused(
+    kind: str, words: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """One line naming the file and the problem, exit 1, no output, the input intact."""
+    if kind == "float64":
+        src = tmp_path / "movie.tif"
+        tifffile.imwrite(src, gain_movie(9, (24, 20), 5)[0].astype(np.float64))
+    else:
+        src = write_movie(tmp_path / "movie.mrcs", bad_movie(kind))
+    before = sha256(src)
+    rc, _out, err = run_cli(capsys, "--counts", src)
+    assert rc == 1
+    lines = [line for line in err.splitlines() if str(src) in line]
+    assert len(lines) == 1, err
+    assert words in lines[0]
+    if kind != "float64":
+        assert "(y=4, x=5)" in lines[0]
+    assert sha256(src) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_a_counts_archive_is_not_compressed_again(tmp_path: Path) -> None:
+    """Its images are counts: a file made from them would lose the gain."""
+    src = write_movie(tmp_path / "movie.mrcs", gain_movie(10, (16, 16), 4)[0])
+    out = tmp_path / "movie.hdf"
+    e2compress.compress_file(src, out, counts=True)
+    before = sha256(out)
+    for counts in (False, True):
+        with pytest.raises(InputError, match="lose the gain"):
+            e2compress.compress_file(out, tmp_path / "again.hdf", counts=counts)
+        with pytest.raises(InputError, match="lose the gain"):
+            e2compress.compress_file(out, bits=5, counts=counts)  # in place
+    assert sha256(out) == before
+    assert not (tmp_path / "again.hdf").exists()
+
+
+def test_real_eman2_reads_the_counts(tmp_path: Path) -> None:
+    movie, _, _ = gain_movie(11, (30, 28), 5, dose=150.0 / 5)
+    movie[:, 0, 0] = np.array([1, 0, 300, 2, 0], dtype=F32) * F32(0.8125)  # uint16 counts
+    movie[:, 0, 1] = np.array([1, 0, 3, 2, 0], dtype=F32) * F32(1.25)
+    src = write_movie(tmp_path / "movie.mrcs", movie)
+    out = tmp_path / "movie.hdf"
+    try:
+        e2compress.compress_file(src, out, counts=True)
+    except InputError:  # dose 30: some pixel's gain cannot be found; use a counting dose
+        movie, _, _ = gain_movie(11, (30, 28), 5)
+        movie[:, 0, 0] = np.array([1, 0, 300, 2, 0], dtype=F32) * F32(0.8125)
+        src = write_movie(tmp_path / "movie.mrcs", movie)
+        e2compress.compress_file(src, out, counts=True)
+    ours = np.stack(e2compress.read_images(out))
+    theirs, _ = eman2_read(out, tmp_path)
+    assert np.array_equal(theirs, ours)
+    assert theirs.max() >= 300
+    assert same_bits(from_counts(theirs, e2compress.read_gain(out)), movie)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("path", [p for p in REAL_FILES if p.suffix != ".bz2"], ids=str)
+def test_real_files_are_refused_or_exact(
+    path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No file in ../shared/data/real is a gain-normalised movie (MANIFEST.md): each is
+    refused with one line, or (a float32 image of non-negative values is its own gain
+    times counts of 1) stored and given back bit for bit. Never anything else."""
+    out = tmp_path / "out.hdf"
+    refused = ""
+    try:
+        e2compress.compress_file(path, out, counts=True)
+    except InputError as exc:
+        refused = str(exc)
+    if refused:
+        assert "\n" not in refused
+        assert "counts" in refused
+        assert not out.exists()
+        return
+    movie = movie_values(path)
+    counts = np.stack(e2compress.read_images(out))
+    assert same_bits(from_counts(counts, e2compress.read_gain(out)), movie)
+    if path.name.lower().endswith((".mrc", ".mrcs", ".map", ".ccp4", ".tif", ".tiff")):
+        assert restore_file(out, tmp_path / path.name).byte_identical

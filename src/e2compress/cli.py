@@ -110,6 +110,7 @@ FLAGS = {
     "noise_fraction": "--noise-fraction",
     "apix": "--apix",
     "eer_grouping": "--eer-grouping",
+    "counts": "--counts",
 }
 
 
@@ -221,6 +222,12 @@ def build_parser(watch: bool = False) -> argparse.ArgumentParser:
         metavar="N",
         help="EER movies: sum every N frames into one image (default 1: one image a "
         "frame, as EMAN2; about 1,000 mostly empty 4K images a movie)",
+    )
+    p.add_argument(
+        "--counts",
+        action="store_true",
+        help="gain-normalised float32 movies: store the integer counts and the gain, "
+        "exactly (refused unless every pixel is a count times its gain; docs/counts.md)",
     )
     p.add_argument(
         "--compresslevel",
@@ -609,6 +616,7 @@ def _options(args: argparse.Namespace, console: _Console) -> Options | None:
             noise_fraction=args.noise_fraction,
             apix=args.apix,
             eer_grouping=args.eer_grouping,
+            counts=args.counts,
         ).validate(FLAGS)
     except E2CompressError as exc:
         console.err(f"e2compress: error: {exc}")

@@ -92,9 +92,11 @@ class GainEstimator:
         bad = u >= _NOT_FINITE_OR_NEGATIVE
         if bad.any():
             first = int(np.argmax(bad))
+            value = frame.flat[first]
+            what = "NaN" if np.isnan(value) else "infinite" if np.isinf(value) else "negative"
             raise NotCounts(
-                f"{label}, {where(first, self.shape[1])}: value {frame.flat[first]} "
-                "is not a count times a gain (negative, -0.0, infinite or NaN)"
+                f"{label}, {where(first, self.shape[1])}: value {value} is {what}, not a "
+                "count times a gain"
             )
         for a in range(0, u.size, _SPAN):  # in cache-sized pieces: numpy's temporaries stay small
             b = min(a + _SPAN, u.size)

@@ -102,14 +102,22 @@ class CountsSource(_Wrapper):
         check: called between frames (raises to stop).
 
     Raises:
-        InputError: not float32, images of different sizes, a negative/-0.0/NaN/
-            infinite value, or a count past 65535 (one line naming the file and where).
+        InputError: not float32, a single frame, images of different sizes, a
+            negative/-0.0/NaN/infinite value, or a count past 65535 (one line naming the
+            file and where).
     """
 
     def __init__(self, inner: ImageSource, check: Callable[[], None] | None = None) -> None:
         super().__init__(inner)
         self.source_dtype = inner.dtype(0) if len(inner) else np.dtype(F32)
         ny, nx = frame_shape(inner)
+        frames = sum(inner.shape(i)[0] for i in range(len(inner)))
+        if frames < 2:
+            raise InputError(
+                "counts: a single image; its gain cannot be told from its counts (a "
+                "movie of several frames is needed)",
+                inner.path,
+            )
         estimator = GainEstimator((ny, nx))
         try:
             for i in range(len(inner)):

@@ -66,27 +66,44 @@ def gain_of(f: h5py.File) -> np.ndarray | None:
     return np.asarray(ds[()], dtype=np.float32)
 
 
+def _open(path: PathLike) -> h5py.File:
+    """Open read-only; without HDF5 file locking where the file is open already with
+    other locking flags, or locks are refused."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        return h5py.File(path, "r", locking=False)
+
+
 def has_gain(path: PathLike) -> bool:
     """True when ``path`` is an HDF5 file holding a gain (an archive of counts)."""
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with _open(path) as f:
             return GAIN in f
     except (OSError, ValueError):
         return False
 
 
-def read_gain(path: PathLike) -> np.ndarray | None:
+def read_gain(path: PathLike | h5py.File) -> np.ndarray | None:
     """The gain image of a counts archive (float32, ny x nx), None when it holds none.
 
     The archive's images (``read_images``, ``open``, EMAN2) are the counts; the movie
     is ``np.float32(count) * gain``.
 
+    Args:
+        path: the archive, or the open h5py file.
+
     Raises:
         InputError: the file cannot be read, or its gain is damaged.
     """
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        if isinstance(path, h5py.File):
+            return gain_of(path)
+        with _open(path) as f:
             return gain_of(f)
     except (OSError, ValueError, KeyError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"cannot read the gain ({text})", path) from None
+        name = path.filename if isinstance(path, h5py.File) else path
+        raise InputError(f"cannot read the gain ({text})", name) from None
