@@ -10,6 +10,8 @@ archive and gives back ``float32(count) * gain``, the movie's own values.
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,8 @@ from .readers.base import ImageSource, PathLike
 
 if TYPE_CHECKING:
     from .kept import Kept
+
+_CACHED_FRAMES = 2  # frames of counts kept for the pipeline's second read
 
 
 def _frame_label(source: ImageSource, index: int, z: int) -> str:
@@ -132,18 +136,39 @@ class CountsSource(_Wrapper):
             raise InputError(f"counts: {exc}", inner.path) from None
         self.gain = found.image
         self.largest = found.largest
+        with np.errstate(divide="ignore"):
+            self._inverse = np.reciprocal(self.gain)
+        # the pipeline reads each block twice (range, then encode): the last frames'
+        # counts are kept, so each is read and checked once
+        self._cache: OrderedDict[tuple[int, int, int, int], np.ndarray] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = _CACHED_FRAMES * ny * nx * self.counts_dtype.itemsize
+        self._lock = threading.Lock()
 
     def dtype(self, index: int) -> np.dtype:
         return self.counts_dtype
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        key = (index, z, y0, y1)
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None:
+            return np.array(hit)
         values = np.asarray(self.inner.read(index, z, y0, y1), dtype=F32)
+        label = _frame_label(self, index, z)
         try:
-            return to_counts(
-                values, self.gain[y0:y1], self.counts_dtype, _frame_label(self, index, z), y0
+            counts = to_counts(
+                values, self.gain[y0:y1], self.counts_dtype, label, y0, self._inverse[y0:y1]
             )
         except NotCounts as exc:
             raise InputError(f"counts: {exc}", self.path) from None
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = counts
+                self._cache_bytes += counts.nbytes
+            while self._cache_bytes > self._cache_limit and self._cache:
+                self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return np.array(counts)
 
     @property
     def bits(self) -> int:
