@@ -19,9 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import mrcfile
-import numpy as np
-
 SHAPE = (3838, 3710)
 WORKER = """
 import json, resource, sys, time
@@ -42,14 +39,29 @@ print(json.dumps({"seconds": seconds, "out": report.bytes_out, "in": report.byte
 """
 
 
-def write_movie(path: Path, frames: int, dose: float, spread: float, seed: int = 0) -> None:
-    """The movie, one frame at a time (float32 count * gain, multiplied in float32)."""
-    rng = np.random.default_rng(seed)
-    gain = (1.0 + spread * rng.standard_normal(SHAPE)).astype(np.float32)
-    with mrcfile.new_mmap(path, (frames, *SHAPE), mrc_mode=2, overwrite=True) as m:
-        m.set_image_stack()
-        for i in range(frames):
-            m.data[i] = rng.poisson(dose, SHAPE).astype(np.float32) * gain
+WRITER = """
+import sys
+import mrcfile
+import numpy as np
+path, frames, dose, spread = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+shape = tuple(int(v) for v in sys.argv[5:7])
+rng = np.random.default_rng(0)
+gain = (1.0 + spread * rng.standard_normal(shape)).astype(np.float32)
+with mrcfile.new_mmap(path, (frames, *shape), mrc_mode=2, overwrite=True) as m:
+    m.set_image_stack()
+    for i in range(frames):  # float32 count * gain, multiplied in float32
+        m.data[i] = rng.poisson(dose, shape).astype(np.float32) * gain
+"""
+
+
+def write_movie(path: Path, frames: int, dose: float, spread: float) -> None:
+    """The movie, one frame at a time, in a child process (this one stays small: a
+    child's peak RSS starts at its parent's)."""
+    subprocess.run(
+        [sys.executable, "-c", WRITER, str(path), str(frames), str(dose), str(spread)]
+        + [str(v) for v in SHAPE],
+        check=True,
+    )
 
 
 def run(src: Path, dst: Path, mode: str, threads: int) -> dict[str, float]:

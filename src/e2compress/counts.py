@@ -16,6 +16,7 @@ any pixel that does not fit. A pixel that is 0 in every frame gets gain 1.0
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +28,9 @@ MAX_COUNT = 65535  # counts are stored as uint8 or uint16
 _NONE = np.uint32(0xFFFFFFFF)  # "no value yet" in the smallest-values tracker
 _NOT_FINITE_OR_NEGATIVE = np.uint32(0x7F800000)  # float32 bits at or above: inf, NaN, sign set
 _MAX_DIVISOR = 64  # the most counts a pixel's smallest value is searched for
-_ULPS = (0, -1, 1, -2, 2)
-_SPAN = (
-    1 << 16
-)  # pixels processed at a time  # float32 neighbours of a divided value tried as the gain
+_ULPS = (0, -1, 1, -2, 2)  # float32 neighbours of a divided value tried as the gain
+_SPAN = 1 << 16  # pixels processed at a time
+_BANDS = 8  # bands of a frame shared between threads
 
 
 class NotCounts(ValueError):
@@ -76,12 +76,13 @@ class GainEstimator:
         self.vmax = np.zeros(n, dtype=U32)
         self.frames = 0
 
-    def add(self, frame: np.ndarray, label: str) -> None:
+    def add(self, frame: np.ndarray, label: str, pool: Executor | None = None) -> None:
         """Take one frame (float32, ``shape``).
 
         Args:
             frame: the frame's values.
             label: how to name the frame in a message (``frame 3``).
+            pool: threads to share the work with (bands of rows; numpy releases the GIL).
 
         Raises:
             NotCounts: a value is negative (-0.0 included), infinite or NaN.
@@ -89,33 +90,51 @@ class GainEstimator:
         if frame.dtype != F32 or frame.shape != self.shape:
             raise NotCounts(f"{label}: not a float32 frame of {self.shape}")
         u = np.ascontiguousarray(frame).view(U32).reshape(-1)
-        bad = u >= _NOT_FINITE_OR_NEGATIVE
-        if bad.any():
-            first = int(np.argmax(bad))
+        band = -(-u.size // _BANDS // _SPAN) * _SPAN or _SPAN
+        starts = range(0, u.size, band)
+        if pool is None:
+            firsts = [self._band(u, a, min(a + band, u.size)) for a in starts]
+        else:
+            firsts = list(pool.map(lambda a: self._band(u, a, min(a + band, u.size)), starts))
+        bad = [f for f in firsts if f >= 0]
+        if bad:
+            first = min(bad)
             value = frame.flat[first]
             what = "NaN" if np.isnan(value) else "infinite" if np.isinf(value) else "negative"
             raise NotCounts(
                 f"{label}, {where(first, self.shape[1])}: value {value} is {what}, not a "
                 "count times a gain"
             )
-        for a in range(0, u.size, _SPAN):  # in cache-sized pieces: numpy's temporaries stay small
-            b = min(a + _SPAN, u.size)
-            _insert(u[a:b], self.m1[a:b], self.m2[a:b], self.m3[a:b], self.vmax[a:b])
         self.frames += 1
+
+    def _band(self, u: np.ndarray, start: int, stop: int) -> int:
+        """Insert ``u[start:stop]`` in cache-sized pieces (numpy's temporaries stay
+        small); the first bad pixel's index (-1: none; then nothing was inserted)."""
+        for a in range(start, stop, _SPAN):
+            b = min(a + _SPAN, stop)
+            bad = u[a:b] >= _NOT_FINITE_OR_NEGATIVE
+            if bad.any():
+                return a + int(np.argmax(bad))
+        for a in range(start, stop, _SPAN):
+            b = min(a + _SPAN, stop)
+            _insert(u[a:b], self.m1[a:b], self.m2[a:b], self.m3[a:b], self.vmax[a:b])
+        return -1
 
     def result(self) -> Gain:
         """The gain image, and the largest count any pixel holds (estimated; the exact
         check is :func:`to_counts`)."""
         n = self.m1.size
         gain = np.empty(n, dtype=F32)
-        most = np.zeros(n, dtype=np.float64)
+        largest, at = 0, 0
         for a in range(0, n, _SPAN):
             b = min(a + _SPAN, n)
             m = [(t[a:b] + U32(1)).view(F32) for t in (self.m1, self.m2, self.m3)]  # _NONE -> 0
             gain[a:b] = estimate_gain(*m)
-            most[a:b] = np.rint(self.vmax[a:b].view(F32) / gain[a:b].astype(np.float64))
-        at = int(np.argmax(most)) if n else 0
-        return Gain(gain.reshape(self.shape), int(most[at]) if n else 0, at)
+            most = np.rint(self.vmax[a:b].view(F32) / gain[a:b].astype(np.float64))
+            k = int(np.argmax(most))
+            if most[k] > largest:
+                largest, at = int(most[k]), a + k
+        return Gain(gain.reshape(self.shape), largest, at)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,7 @@ class CountsSource(_Wrapper):
     Args:
         inner: the movie's reader (closed with this source).
         check: called between frames (raises to stop).
+        pool: threads to share the gain estimate with.
 
     Raises:
         InputError: not float32, a single frame, images of different sizes, a
@@ -111,7 +113,12 @@ class CountsSource(_Wrapper):
             file and where).
     """
 
-    def __init__(self, inner: ImageSource, check: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        inner: ImageSource,
+        check: Callable[[], None] | None = None,
+        pool: Executor | None = None,
+    ) -> None:
         super().__init__(inner)
         self.source_dtype = inner.dtype(0) if len(inner) else np.dtype(F32)
         ny, nx = frame_shape(inner)
@@ -129,7 +136,7 @@ class CountsSource(_Wrapper):
                     if check is not None:
                         check()
                     frame = np.asarray(inner.read(i, z, 0, ny), dtype=F32)
-                    estimator.add(frame, _frame_label(inner, i, z))
+                    estimator.add(frame, _frame_label(inner, i, z), pool)
             found: Gain = estimator.result()
             self.counts_dtype = found.dtype()
         except NotCounts as exc:
@@ -197,7 +204,10 @@ class GainedSource(_Wrapper):
 
 
 def counts_input(
-    source: ImageSource, opts: Options, check: Callable[[], None] | None = None
+    source: ImageSource,
+    opts: Options,
+    check: Callable[[], None] | None = None,
+    pool: Executor | None = None,
 ) -> tuple[ImageSource, Options]:
     """The source to compress and the options to store it with (the compression hook).
 
@@ -210,6 +220,7 @@ def counts_input(
         source: the opened input.
         opts: validated options.
         check: called between frames while estimating the gain (raises to stop).
+        pool: threads to share the gain estimate with.
 
     Raises:
         InputError: the input does not hold counts times a gain, or is a counts archive.
@@ -222,7 +233,7 @@ def counts_input(
         )
     if not opts.counts:
         return source, opts
-    wrapped = CountsSource(source, check)
+    wrapped = CountsSource(source, check, pool)
     return wrapped, dataclasses.replace(opts, bits=wrapped.bits)
 
 
