@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 import e2compress
 from conftest import REAL_FILES, eman2_read, run_cli
+from e2compress.audit import check_archive
+from e2compress.compare import compare_files
 from e2compress.counts import (
     MAX_COUNT,
     UNEXPOSED_GAIN,
@@ -227,7 +229,7 @@ def movie_values(path: Path) -> np.ndarray:
         return np.stack([np.asarray(source.image(i), dtype=F32) for i in range(len(source))])
 
 
-def check_archive(src: Path, out: Path, tmp: Path) -> None:
+def check_counts_archive(src: Path, out: Path, tmp: Path) -> None:
     """``out`` holds ``src``'s movie as counts and a gain, and gives it back exactly."""
     movie = movie_values(src)
     gain = e2compress.read_gain(out)
@@ -263,7 +265,7 @@ def test_movie_round_trips_bit_for_bit(suffix: str, tmp_path: Path) -> None:
     report = e2compress.compress_file(src, out, counts=True, verify=True)
     assert report.verified
     assert not report.warnings
-    check_archive(src, out, tmp_path)
+    check_counts_archive(src, out, tmp_path)
 
 
 def test_cli_counts(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -273,7 +275,7 @@ def test_cli_counts(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out_dir.mkdir()
     rc, _, err = run_cli(capsys, "--counts", "--outpath", out_dir, src)
     assert rc == 0, err
-    check_archive(src, out_dir / "movie.hdf", tmp_path)
+    check_counts_archive(src, out_dir / "movie.hdf", tmp_path)
 
 
 def test_counts_takes_no_range_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -385,3 +387,26 @@ def test_real_files_are_refused_or_exact(
     assert same_bits(from_counts(counts, e2compress.read_gain(out)), movie)
     if path.name.lower().endswith((".mrc", ".mrcs", ".map", ".ccp4", ".tif", ".tiff")):
         assert restore_file(out, tmp_path / path.name).byte_identical
+
+
+def test_check_and_compare_see_the_movie(tmp_path: Path) -> None:
+    """``check --originals`` checks the original against the stored counts and gain;
+    ``compare`` compares movie with movie. One ulp off in a copy of the original is
+    found."""
+    movie, _, _ = gain_movie(12, (20, 18), 4)
+    src = write_movie(tmp_path / "movie.mrcs", movie)
+    out = tmp_path / "movie.hdf"
+    e2compress.compress_file(src, out, counts=True)
+    result = check_archive(out, src)
+    assert result.ok, result.problems
+    assert result.restores_exactly
+    compared = compare_files(src, out)
+    assert compared.overall.errors.max_abs == 0.0
+    other = tmp_path / "other" / "movie.mrcs"
+    other.parent.mkdir()
+    movie[2, 3, 4] = np.nextafter(movie[2, 3, 4], F32(np.inf))
+    write_movie(other, movie)
+    result = check_archive(out, other)
+    assert not result.ok
+    assert "(y=3, x=4)" in result.problems[0]
+    assert compare_files(other, out).overall.errors.max_abs > 0

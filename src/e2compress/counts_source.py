@@ -106,6 +106,8 @@ class CountsSource(_Wrapper):
         inner: the movie's reader (closed with this source).
         check: called between frames (raises to stop).
         pool: threads to share the gain estimate with.
+        gain: the gain to use (an archive's, to check an original against it) instead
+            of estimating one; the counts are then uint16.
 
     Raises:
         InputError: not float32, a single frame, images of different sizes, a
@@ -118,31 +120,21 @@ class CountsSource(_Wrapper):
         inner: ImageSource,
         check: Callable[[], None] | None = None,
         pool: Executor | None = None,
+        *,
+        gain: np.ndarray | None = None,
     ) -> None:
         super().__init__(inner)
         self.source_dtype = inner.dtype(0) if len(inner) else np.dtype(F32)
         ny, nx = frame_shape(inner)
-        frames = sum(inner.shape(i)[0] for i in range(len(inner)))
-        if frames < 2:
-            raise InputError(
-                "counts: a single image; its gain cannot be told from its counts (a "
-                "movie of several frames is needed)",
-                inner.path,
-            )
-        estimator = GainEstimator((ny, nx))
-        try:
-            for i in range(len(inner)):
-                for z in range(inner.shape(i)[0]):
-                    if check is not None:
-                        check()
-                    frame = np.asarray(inner.read(i, z, 0, ny), dtype=F32)
-                    estimator.add(frame, _frame_label(inner, i, z), pool)
-            found: Gain = estimator.result()
-            self.counts_dtype = found.dtype()
-        except NotCounts as exc:
-            raise InputError(f"counts: {exc}", inner.path) from None
-        self.gain = found.image
-        self.largest = found.largest
+        if gain is not None:  # known (an archive's): the counts in the widest type
+            if gain.shape != (ny, nx):
+                raise InputError(
+                    f"counts: images are {ny} x {nx}, the gain {gain.shape}", self.path
+                )
+            self.gain = np.asarray(gain, dtype=F32)
+            self.counts_dtype = np.dtype(np.uint16)
+        else:
+            self._estimate(inner, (ny, nx), check, pool)
         with np.errstate(divide="ignore"):
             self._inverse = np.reciprocal(self.gain)
         # the pipeline reads each block twice (range, then encode): the last frames'
@@ -151,6 +143,35 @@ class CountsSource(_Wrapper):
         self._cache_bytes = 0
         self._cache_limit = _CACHED_FRAMES * ny * nx * self.counts_dtype.itemsize
         self._lock = threading.Lock()
+
+    def _estimate(
+        self,
+        inner: ImageSource,
+        shape: tuple[int, int],
+        check: Callable[[], None] | None,
+        pool: Executor | None,
+    ) -> None:
+        """The gain and the counts' type, from one pass over every frame."""
+        frames = sum(inner.shape(i)[0] for i in range(len(inner)))
+        if frames < 2:
+            raise InputError(
+                "counts: a single image; its gain cannot be told from its counts (a "
+                "movie of several frames is needed)",
+                inner.path,
+            )
+        estimator = GainEstimator(shape)
+        try:
+            for i in range(len(inner)):
+                for z in range(inner.shape(i)[0]):
+                    if check is not None:
+                        check()
+                    frame = np.asarray(inner.read(i, z, 0, shape[0]), dtype=F32)
+                    estimator.add(frame, _frame_label(inner, i, z), pool)
+            found: Gain = estimator.result()
+            self.counts_dtype = found.dtype()
+        except NotCounts as exc:
+            raise InputError(f"counts: {exc}", inner.path) from None
+        self.gain = found.image
 
     def dtype(self, index: int) -> np.dtype:
         return self.counts_dtype
