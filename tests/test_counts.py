@@ -276,6 +276,10 @@ def test_cli_counts(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rc, _, err = run_cli(capsys, "--counts", "--outpath", out_dir, src)
     assert rc == 0, err
     check_counts_archive(src, out_dir / "movie.hdf", tmp_path)
+    rc, out, _ = run_cli(capsys, "info", out_dir / "movie.hdf")
+    assert rc == 0
+    assert "images are counts, the movie is count x gain" in out.splitlines()[0]
+    assert "restore: byte for byte" in out.splitlines()[0]
 
 
 def test_counts_takes_no_range_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
