@@ -251,7 +251,7 @@ def test_a_long_stack_is_sampled_for_the_warning_and_auto_measures_every_image(
 ) -> None:
     """With fixed bits, a stack of more than 256 images has its noise measured on every
     k-th image (k = n // 256) and the warning says so; --bits auto measures them all."""
-    from e2compress.pipeline import NOISE_SAMPLED_IMAGES
+    from e2compress.encode import NOISE_SAMPLED_IMAGES
 
     n = 2 * NOISE_SAMPLED_IMAGES + 10
     stack = np.stack([_noisy((16, 16), 0.2, 50.0, seed=k) for k in range(n)])

@@ -303,7 +303,7 @@ def test_nan_inf_refused_when_quantising(
     assert named[0].startswith("ERROR: ")
     assert "4 pixels" in named[0]
     assert "NaN" in named[0]
-    assert "--bits 0" in named[0]
+    assert "bits=0" in named[0]  # the parameter that keeps them
     assert bad.read_bytes() == before
     assert not (tmp_path / "nan.hdf").exists()
     assert temporaries(tmp_path) == []

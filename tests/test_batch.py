@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from e2compress import batch
 from e2compress.batch import Inputs, Item, matches, walk
 from e2compress.errors import E2CompressError
-from e2compress.pipeline import output_path
+from e2compress.outputs import output_path
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

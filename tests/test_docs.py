@@ -55,6 +55,13 @@ def test_api_page_documents_every_compress_file_parameter() -> None:
     assert [n for n in names if n != "*"] == actual
 
 
+def test_api_page_gives_the_write_images_signature() -> None:
+    signature = _text("api.md").split("```python\nwrite_images(", 1)[1].split(")\n```", 1)[0]
+    names = [part.split("=")[0].strip() for part in signature.split(",")]
+    actual = list(inspect.signature(e2compress.write_images).parameters)
+    assert [n for n in names if n != "*"] == actual
+
+
 def test_api_page_documents_every_option_field() -> None:
     api = _text("api.md")
     for name in inspect.signature(Options).parameters:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from conftest import eer_encode, eman2_read, eman_decode, run_cli, write_eer
 from e2compress import E2CompressError, InputError, compress_file, open_source
 from e2compress.options import Options
-from e2compress.pipeline import output_is_complete
+from e2compress.outputs import output_is_complete
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 CODINGS = {65000: (8, 2, 2), 65001: (7, 2, 2), 65002: (7, 2, 2)}

@@ -10,7 +10,16 @@ import pytest
 
 import e2compress
 from conftest import write_mrc
-from e2compress import Cancel, InputError, VerificationError, compress_file, pipeline
+from e2compress import (
+    Cancel,
+    InputError,
+    VerificationError,
+    compress_file,
+    encode,
+    layout,
+    pipeline,
+    plan,
+)
 from e2compress.errors import Interrupted
 from e2compress.quantize import RenderRange, Stats, choose_range, half_step_bound, within_half_step
 
@@ -63,7 +72,7 @@ def test_verification_catches_non_finite_decode_on_its_own(
     """With the range check disabled, the verifier alone must refuse the output of
     EMAN2's overflow (a NaN stored range, every pixel decoding to NaN)."""
     monkeypatch.setattr(
-        pipeline,
+        plan,
         "choose_range",
         lambda stats, bits, limits=None: RenderRange(bits, np.nan, np.nan, "eman2-overflow"),
     )
@@ -233,14 +242,14 @@ def test_a_chunk_never_written_fails_the_file_without_verify(
     """An unwritten chunk reads back as zeros with no HDF5 error: the fresh read-back of
     the file's layout after writing must catch it, with --verify off."""
     src, _ = _movie(tmp_path)
-    real = pipeline._Encoder.encode
+    real = encode.Encoder.encode
 
     def drop_last_chunk(self: object, *args: object, **kwargs: object) -> object:
         enc = real(self, *args, **kwargs)  # type: ignore[arg-type]
         enc.chunks.pop()
         return enc
 
-    monkeypatch.setattr(pipeline._Encoder, "encode", drop_last_chunk)
+    monkeypatch.setattr(encode.Encoder, "encode", drop_last_chunk)
     with pytest.raises(VerificationError, match="chunks missing"):
         compress_file(src, tmp_path / "m.hdf", bits=8, verify=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mrc"]
@@ -250,14 +259,14 @@ def test_a_stored_mapping_other_than_the_one_used_fails_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src, _ = _movie(tmp_path)
-    real = pipeline._image_header
+    real = layout.image_header
 
     def wrong_max(*args: object, **kwargs: object) -> dict[str, object]:
         header = real(*args, **kwargs)  # type: ignore[arg-type]
         header["stored_rendermax"] = F32(header["stored_rendermax"]) * F32(2)
         return header
 
-    monkeypatch.setattr(pipeline, "_image_header", wrong_max)
+    monkeypatch.setattr(layout, "image_header", wrong_max)
     with pytest.raises(VerificationError, match="stored mapping"):
         compress_file(src, tmp_path / "m.hdf", bits=8, verify=False)
     assert not (tmp_path / "m.hdf").exists()

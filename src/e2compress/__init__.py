@@ -5,6 +5,7 @@ Library API::
     import e2compress
     report = e2compress.compress_file("movie.mrc", bits=5)
     images = e2compress.read_images("movie.hdf")
+    e2compress.write_images("stack.hdf", [a, b], bits=8)  # numpy arrays
     with e2compress.open("stack.hdf") as f:
         first = f[0]
         header = f.header(0)
@@ -21,7 +22,8 @@ from .errors import E2CompressError, InputError, Interrupted, OutputError, Verif
 from .executor import Cancel
 from .gain_io import read_gain
 from .options import Options
-from .pipeline import compress_file, output_path
+from .outputs import output_path
+from .pipeline import compress_file, write_images
 from .quantize import RenderRange, inexact_in_float32
 from .readers import ImageSource, is_hdf5, open_source
 from .report import CompressReport, ImageReport
@@ -48,6 +50,7 @@ __all__ = [
     "output_path",
     "read_gain",
     "read_images",
+    "write_images",
 ]
 
 

@@ -187,7 +187,7 @@ def check_replaceable(target: Path, *, force: bool = False) -> list[str]:
         )
     if problems and not force:
         raise OutputError(
-            f"output {' and '.join(problems)}; not replaced (--force, or force=True, replaces it)",
+            f"output {' and '.join(problems)}; not replaced (force=True replaces it)",
             target,
         )
     return [f"{target}: {p}; replaced because forced" for p in problems if "hard links" in p]

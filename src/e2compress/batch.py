@@ -28,7 +28,7 @@ import numpy as np
 
 from .atomic import TMP_SUFFIX
 from .errors import E2CompressError
-from .pipeline import output_path
+from .outputs import output_name, output_path
 from .readers.base import (
     COMPRESSED_SUFFIXES,
     DM_SUFFIXES,
@@ -38,7 +38,6 @@ from .readers.base import (
     TIFF_SUFFIXES,
     companions,
     input_key,
-    strip_compression,
 )
 
 PathLike = str | os.PathLike[str]
@@ -130,15 +129,6 @@ def walk(
     while errors:  # the root itself could not be listed
         exc = errors.pop()
         yield top, f"{top}: cannot read directory: {exc.strerror or exc}"
-
-
-def output_name(name: str) -> str:
-    """The output file name for input file name ``name`` (as :func:`output_path`)."""
-    name = strip_compression(name)
-    if not name.endswith(".hdf"):
-        stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-        name = stem + ".hdf"
-    return name
 
 
 @dataclass(frozen=True)

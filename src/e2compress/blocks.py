@@ -45,8 +45,3 @@ def blocks(
     return [
         Block(z, y0, min(y0 + per_block, ny)) for z in range(nz) for y0 in range(0, ny, per_block)
     ]
-
-
-def block_nbytes(block: Block, nx: int) -> int:
-    """Float32 bytes of input in ``block``."""
-    return (block.y1 - block.y0) * nx * 4

@@ -16,7 +16,8 @@ level     LZ engine (Huffman-only / RLE are level-independent; from level 2 the 
 2..9      libdeflate level 2, 3, 4, 5, 6, 8, 10, 12 (12 = optimal parsing)
 ========  ===========================================================
 
-Any engine missing from the environment falls back to the standard library's zlib.
+ISA-L, libdeflate and zlib-ng are required dependencies (pyproject.toml), so every
+engine is always there; the standard library's zlib writes only level 0 (stored).
 """
 
 from __future__ import annotations
@@ -24,25 +25,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+import deflate as _libdeflate  # libdeflate: strongest LZ at 10..12
 import numpy as np
-
-_isal: Any
-_libdeflate: Any
-_zlib_ng: Any
-try:  # ISA-L: the fastest level-1 LZ deflate
-    from isal import isal_zlib as _isal
-except ImportError:  # pragma: no cover - exercised only without the wheel
-    _isal = None
-try:  # libdeflate: strongest LZ at 10..12, fastest inflate
-    import deflate as _libdeflate
-except ImportError:  # pragma: no cover
-    _libdeflate = None
-try:  # zlib-ng: fast Huffman-only and RLE strategies
-    from zlib_ng import zlib_ng as _zlib_ng
-except ImportError:  # pragma: no cover
-    _zlib_ng = None
+from isal import isal_zlib as _isal  # ISA-L: the fastest level-1 LZ deflate and inflate
+from zlib_ng import zlib_ng as _zlib_ng  # zlib-ng: fast Huffman-only and RLE strategies
 
 Buffer = bytes | bytearray | memoryview
 Compressor = Callable[[Buffer], bytes | bytearray]
@@ -59,14 +46,11 @@ class Engine:
 
 
 def _strategy(strategy: int, name: str) -> Engine:
-    mod = _zlib_ng if _zlib_ng is not None else zlib
-
     def run(buf: Buffer) -> bytes:
-        c = mod.compressobj(1, mod.DEFLATED, 15, 9, strategy)
+        c = _zlib_ng.compressobj(1, _zlib_ng.DEFLATED, 15, 9, strategy)
         return bytes(c.compress(buf) + c.flush())
 
-    prefix = "zlib-ng" if _zlib_ng is not None else "zlib"
-    return Engine(f"{prefix}-{name}", run)
+    return Engine(f"zlib-ng-{name}", run)
 
 
 HUFFMAN = _strategy(zlib.Z_HUFFMAN_ONLY, "huffman")
@@ -79,13 +63,10 @@ def lz_engine(level: int) -> Engine:
         raise ValueError(f"compression level must be 0..9, not {level}")
     if level == 0:
         return Engine("zlib-0", lambda buf: zlib.compress(buf, 0))
-    if level == 1 and _isal is not None:
-        isal = _isal
-        return Engine("isal-1", lambda buf: isal.compress(buf, 1))
-    if _libdeflate is not None:
-        lib, lvl = _libdeflate, LIBDEFLATE_LEVEL.get(level, 1)
-        return Engine(f"libdeflate-{lvl}", lambda buf: lib.zlib_compress(bytes(buf), lvl))
-    return Engine(f"zlib-{level}", lambda buf: zlib.compress(buf, level))
+    if level == 1:
+        return Engine("isal-1", lambda buf: _isal.compress(buf, 1))
+    lvl = LIBDEFLATE_LEVEL[level]
+    return Engine(f"libdeflate-{lvl}", lambda buf: _libdeflate.zlib_compress(bytes(buf), lvl))
 
 
 def candidates(level: int) -> tuple[Engine, ...]:
@@ -124,12 +105,7 @@ def inflate(data: Buffer, size: int) -> bytes:
         ValueError: the stream is damaged or does not decode to ``size`` bytes.
     """
     try:
-        if _isal is not None:
-            out = bytes(_isal.decompress(data))
-        elif _libdeflate is not None:
-            out = bytes(_libdeflate.zlib_decompress(bytes(data), size))
-        else:
-            out = zlib.decompress(data)
+        out = bytes(_isal.decompress(data))
     except Exception as exc:  # each engine has its own error class
         raise ValueError(f"damaged deflate stream ({exc})") from None
     if len(out) != size:

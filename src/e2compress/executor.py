@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Any
 
 from .blocks import BLOCK_BYTES
@@ -74,6 +75,20 @@ def make_pool(threads: int | None) -> Executor:
         raise E2CompressError(f"threads must be a positive integer, not {threads!r}")
     n = threads or os.cpu_count() or 1
     return InlineExecutor() if n <= 1 else ThreadPoolExecutor(max_workers=n)
+
+
+@contextmanager
+def pool_or_own(pool: Executor | None, threads: int | None) -> Iterator[Executor]:
+    """``pool`` (the caller's, left running), or a pool of ``threads`` made and shut
+    down here (see :func:`make_pool`, which checks ``threads``)."""
+    if pool is not None:
+        yield pool
+        return
+    own = make_pool(threads)
+    try:
+        yield own
+    finally:
+        own.shutdown(wait=True, cancel_futures=True)
 
 
 def pool_width(pool: Executor) -> int:

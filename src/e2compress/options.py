@@ -175,13 +175,9 @@ class Options:
         """Bits are chosen per image by the noise rule."""
         return self.bits == AUTO_BITS
 
-    @property
-    def use_shuffle(self) -> bool:
-        """Shuffle pays for multi-byte storage (float32, uint16); never for uint8."""
-        return self.shuffle_for(self.bits)
-
     def shuffle_for(self, bits: int) -> bool:
-        """Whether an image stored with ``bits`` gets the shuffle filter."""
+        """Whether an image stored with ``bits`` gets the shuffle filter: it pays for
+        multi-byte storage (float32, uint16), never for uint8."""
         if self.shuffle is not None:
             return self.shuffle
         return bits != AUTO_BITS and storage_dtype(bits).itemsize > 1

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import InputError
 from .options import Options
+from .readers.base import companions
 
 PathLike = str | os.PathLike[str]
 PREFIX = "e2compress."
@@ -73,6 +74,27 @@ def check_unchanged(path: PathLike, before: Identity | None) -> None:
     raise InputError(
         f"changed while it was being compressed ({what}); nothing written, run again", path
     )
+
+
+@dataclass(frozen=True)
+class Origin:
+    """An input file (and an IMAGIC pair's other half) as it was before the first read."""
+
+    path: Path
+    ident: Identity | None
+    partners: list[tuple[Path, Identity | None]]
+
+    @classmethod
+    def of(cls, path: PathLike) -> Origin:
+        """The identity of ``path`` and its companions now."""
+        p = Path(path)
+        return cls(p, Identity.of(p), [(c, Identity.of(c)) for c in companions(p)])
+
+    def unchanged(self) -> None:
+        """Raise :class:`~e2compress.errors.InputError` if any of them changed since."""
+        check_unchanged(self.path, self.ident)
+        for path, before in self.partners:
+            check_unchanged(path, before)
 
 
 def value_options(opts: Options) -> str:

@@ -6,9 +6,15 @@ import math
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import TYPE_CHECKING, overload
+
+import numpy as np
 
 from .fidelity import DEFAULT_NOISE_FRACTION
+
+if TYPE_CHECKING:
+    from .plan import Quality
+    from .quantize import RenderRange
 
 
 @dataclass
@@ -47,6 +53,41 @@ class ImageReport:
             and self.mean_limit is not None
             and abs(self.mean_change) > self.mean_limit
         )
+
+
+def image_report(
+    index: int,
+    shape: tuple[int, ...],
+    rng: RenderRange | None,
+    truncated: int,
+    quality: Quality | None,
+    auto: bool,
+    shift: float,
+) -> ImageReport:
+    """The report of an image stored in ``rng`` (None: float32), ``truncated`` pixels
+    clamped, moving the image's sum by ``shift``; ``quality``: its noise check."""
+    report = ImageReport(
+        index,
+        shape,
+        rng.bits if rng is not None else 0,
+        None if rng is None else float(np.float32(rng.rmin)),
+        None if rng is None else float(np.float32(rng.rmax)),
+        truncated,
+        "" if rng is None else rng.rule,
+    )
+    q = quality
+    if q is not None:
+        report.auto = auto
+        measurable = q.noise.method != "none" and q.noise.sigma > 0
+        report.noise = q.noise.sigma if measurable else None
+        report.noise_method = q.noise.method
+        report.quant_noise = q.quant_rms
+        report.noise_ratio = q.ratio()
+        report.passing_bits = q.passing_bits if report.noise is not None else None
+        if rng is not None:
+            report.mean_change = shift / max(1, math.prod(shape))
+            report.mean_limit = q.mean_limit
+    return report
 
 
 def _opt(value: float | None) -> float:

@@ -21,7 +21,8 @@ from .batch import Item
 from .errors import E2CompressError, InputError, Interrupted
 from .executor import Cancel, make_pool
 from .options import Options
-from .pipeline import compress_file, output_is_complete
+from .outputs import output_is_complete
+from .pipeline import compress_file
 from .report import CompressReport, bits_text
 
 STATUSES = ("done", "skipped", "failed", "stopped", "unstarted")

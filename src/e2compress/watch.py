@@ -29,7 +29,7 @@ from .batch import DEFAULT_PATTERNS, Item, matches, walk
 from .errors import E2CompressError
 from .executor import Cancel
 from .options import Options
-from .pipeline import output_is_complete, output_path
+from .outputs import output_is_complete, output_path
 from .readers import open_source
 from .runner import FileResult, Job, Runner, TickFn
 
