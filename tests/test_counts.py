@@ -33,6 +33,8 @@ from e2compress.counts import (
 )
 from e2compress.errors import InputError
 from e2compress.export import export_file
+from e2compress.options import Options
+from e2compress.outputs import output_is_complete
 from e2compress.readers import open_source
 from e2compress.restore import restore_file
 
@@ -414,3 +416,22 @@ def test_check_and_compare_see_the_movie(tmp_path: Path) -> None:
     assert not result.ok
     assert "(y=3, x=4)" in result.problems[0]
     assert compare_files(other, out).overall.errors.max_abs > 0
+
+
+def test_write_images_with_counts(tmp_path: Path) -> None:
+    movie, _, _ = gain_movie(13, (16, 12), 5)
+    out = tmp_path / "frames.hdf"
+    e2compress.write_images(out, list(movie), options=Options(counts=True), verify=True)
+    gain = e2compress.read_gain(out)
+    assert same_bits(from_counts(np.stack(e2compress.read_images(out)), gain), movie)
+
+
+def test_an_existing_counts_output_is_skipped_only_when_it_has_counts(tmp_path: Path) -> None:
+    src = write_movie(tmp_path / "movie.mrcs", gain_movie(14, (16, 16), 4)[0])
+    out = tmp_path / "movie.hdf"
+    counts = Options(counts=True)
+    e2compress.compress_file(src, out, options=counts)
+    assert output_is_complete(src, out, counts)
+    assert not output_is_complete(src, out, Options(bits=8))
+    e2compress.compress_file(src, out, bits=8)
+    assert not output_is_complete(src, out, counts)

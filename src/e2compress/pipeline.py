@@ -32,6 +32,7 @@ from .atomic import (
     resolve_target,
 )
 from .blocks import Block, blocks, chunk_shape, dataset_shape
+from .counts_source import counts_input, store_gain
 from .eman_hdf import EmanHdfWriter
 from .encode import Encoded, Encoder, ImageJob, chunk_rows
 from .errors import E2CompressError
@@ -243,6 +244,7 @@ def compress_file(
     apix: float | None = None,
     eer_grouping: int | None = None,
     checksum: bool | None = None,
+    counts: bool | None = None,
     force: bool = False,
     options: Options | None = None,
     pool: Executor | None = None,
@@ -260,7 +262,7 @@ def compress_file(
         dst: the output file; default EMAN2's naming (see :func:`output_path`). A
             symbolic link is followed: its target is replaced and the link kept.
         bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level,
-        noise_fraction, apix, eer_grouping, checksum: what to store, as the fields of
+        noise_fraction, apix, eer_grouping, checksum, counts: what to store, as the fields of
             :class:`~e2compress.options.Options` of the same names (``bits="auto"``
             chooses per image by the noise rule); None (not given) keeps the field's
             default. Give these or ``options``, not both.
@@ -313,6 +315,7 @@ def compress_file(
         apix=apix,
         eer_grouping=eer_grouping,
         checksum=checksum,
+        counts=counts,
     )
     source_path = Path(src)
     named = Path(dst) if dst is not None else output_path(source_path)
@@ -325,8 +328,10 @@ def compress_file(
         with open_source(
             source_path, scratch_dir=target.parent, eer_grouping=opts.eer_grouping, keep=True
         ) as source:
-            run = _Run(opts, workers, cancel or Cancel(), progress, force, verify, t0)
-            return _write(source, named, target, run, origin)
+            token = cancel or Cancel()
+            values, opts = counts_input(source, opts, token.check, workers)  # counts: gain pass
+            run = _Run(opts, workers, token, progress, force, verify, t0)
+            return _write(values, named, target, run, origin)
 
 
 def write_images(
@@ -393,8 +398,10 @@ def write_images(
     with pool_or_own(pool, threads) as workers:
         target = resolve_target(named)
         check_output_dir(target)
-        run = _Run(opts, workers, cancel or Cancel(), progress, force, verify, t0)
-        return _write(source, named, target, run, None)
+        token = cancel or Cancel()
+        values, opts = counts_input(source, opts, token.check, workers)  # options.counts
+        run = _Run(opts, workers, token, progress, force, verify, t0)
+        return _write(values, named, target, run, None)
 
 
 def _settings(options: Options | None, **fields: Any) -> Options:
@@ -450,6 +457,7 @@ def _write(
     with AtomicOutput(target) as out:
         try:
             images = write_eman_hdf(source, out.path, opts, run.workers, run.cancel, run.progress)
+            store_gain(source, out.path)  # counts: the gain beside the images
             if origin is not None and origin.ident is not None:
                 write_record(out.path, Record.make(origin.path, origin.ident, len(images), opts))
             kept = source.kept()
