@@ -435,3 +435,17 @@ def test_an_existing_counts_output_is_skipped_only_when_it_has_counts(tmp_path: 
     assert not output_is_complete(src, out, Options(bits=8))
     e2compress.compress_file(src, out, bits=8)
     assert not output_is_complete(src, out, counts)
+
+
+def test_a_movie_of_single_counts_restores_byte_for_byte(tmp_path: Path) -> None:
+    """Images holding only 0 and 1 count are stored on EMAN2's unit-range mapping (codes
+    0 and 255), which decodes exactly: restore still gives the file back."""
+    movie, counts, _ = gain_movie(15, (16, 16), 4, dose=0.2)
+    movie[counts > 1] = 0
+    src = write_movie(tmp_path / "movie.mrcs", movie)
+    out = tmp_path / "movie.hdf"
+    report = e2compress.compress_file(src, out, counts=True)
+    assert {im.rule for im in report.images} == {"unit_range"}
+    restored = restore_file(out, tmp_path / "restored.mrcs")
+    assert restored.byte_identical
+    assert same_bits(movie_values(restored.path), movie)
