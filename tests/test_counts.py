@@ -225,6 +225,11 @@ def write_movie(path: Path, movie: np.ndarray) -> Path:
     return path
 
 
+def movie_dtype(path: Path) -> np.dtype:
+    with open_source(path) as source:
+        return source.dtype(0)
+
+
 def movie_values(path: Path) -> np.ndarray:
     """The movie as EMAN2 sees its file (TIFF rows flipped), float32."""
     with open_source(path) as source:
@@ -245,6 +250,8 @@ def check_counts_archive(src: Path, out: Path, tmp: Path) -> None:
         assert f["e2compress/gain"].fletcher32
         assert f["e2compress/gain"].compression == "gzip"
         assert f["e2compress/gain"].attrs["images"] == b"counts"
+        assert f.attrs["e2compress.gain"] == b"e2compress/gain"
+        assert f["e2compress/gain"].attrs["source_dtype"] == movie_dtype(src).str.encode()
         for i in range(len(counts)):
             ds = f[f"MDF/images/{i}/image"]
             assert ds.dtype == np.uint8

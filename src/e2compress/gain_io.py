@@ -7,7 +7,7 @@ outside ``/MDF``: EMAN2 reads the movie as its count images only. The movie's va
 are ``float32(count) * gain`` (a float32 multiply), bit for bit. The dataset's
 attributes record that (``images = "counts"``, ``values``), the source's element type
 (``source_dtype``) and the gain given to pixels that are 0 in every frame
-(``unexposed_gain``).
+(``unexposed_gain``); the file's attribute ``e2compress.gain`` names the dataset.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .errors import InputError
 
 PathLike = str | os.PathLike[str]
 GAIN = "e2compress/gain"
+GAIN_ATTR = "e2compress.gain"  # root attribute naming the gain dataset
 _CHUNK_BYTES = 1 << 20
 
 
@@ -68,6 +69,7 @@ def write_gain(path: PathLike, gain: np.ndarray, source_dtype: np.dtype) -> None
         ds.attrs["values"] = np.bytes_(b"float32(count) * gain")
         ds.attrs["source_dtype"] = np.bytes_(source_dtype.str.encode("ascii"))
         ds.attrs["unexposed_gain"] = np.float32(UNEXPOSED_GAIN)
+        f.attrs[GAIN_ATTR] = np.bytes_(GAIN.encode("ascii"))  # where the gain is
 
 
 def gain_of(f: h5py.File) -> np.ndarray | None:
