@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import write_eer
+    from helpers import write_eer
 
     with tempfile.TemporaryDirectory() as tmp:
         movie = Path(tmp) / "movie.eer"

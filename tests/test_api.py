@@ -11,10 +11,10 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import DATA, write_mrc
 from e2compress import E2CompressError, Interrupted, Options, compress_file, read_images
 from e2compress.executor import make_pool
 from e2compress.options import AUTO_BITS
+from helpers import DATA, write_mrc
 
 
 def test_options_and_keywords_together_is_an_error(tmp_path: Path) -> None:

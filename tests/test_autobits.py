@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import (
+from e2compress.compare import compare_files
+from e2compress.errors import E2CompressError
+from e2compress.options import AUTO_BITS, Options
+from e2compress.report import ImageReport, quality_warning
+from helpers import (
     REAL,
     assert_within_half_step,
     eman2_home,
@@ -20,10 +24,6 @@ from conftest import (
     run_cli,
     write_mrc,
 )
-from e2compress.compare import compare_files
-from e2compress.errors import E2CompressError
-from e2compress.options import AUTO_BITS, Options
-from e2compress.report import ImageReport, quality_warning
 
 RNG = np.random.default_rng(4242)
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import DATA, assert_within_half_step, run_cli, write_mrc
 from e2compress import E2CompressError, compress_file, output_path
 from e2compress.quantize import RenderRange
+from helpers import DATA, assert_within_half_step, run_cli, temporaries, write_mrc
 
 F32 = np.float32
 TMP_SUFFIX = ".e2compress.tmp"
@@ -54,10 +54,6 @@ def snapshot(path: Path) -> object:
     if path.exists():
         return path.read_bytes()
     return None
-
-
-def temporaries(root: Path) -> list[str]:
-    return [p.name for p in root.rglob(".*") if p.name.endswith(TMP_SUFFIX)]
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -303,7 +299,7 @@ def test_nan_inf_refused_when_quantising(
     assert named[0].startswith("ERROR: ")
     assert "4 pixels" in named[0]
     assert "NaN" in named[0]
-    assert "bits=0" in named[0]  # the parameter that keeps them
+    assert "--bits 0 keeps them" in named[0]  # the CLI names its flag for bits=0
     assert bad.read_bytes() == before
     assert not (tmp_path / "nan.hdf").exists()
     assert temporaries(tmp_path) == []

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DATA, eman_decode, write_mrc
 from e2compress.batchreport import FIELDS, ReportWriter, Totals, read_report
 from e2compress.errors import E2CompressError
 from e2compress.options import Options
 from e2compress.runner import FileResult, Job, run_job
+from helpers import DATA, eman_decode, write_mrc
 
 F32 = np.float32
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import DATA, run_cli, write_mrc
 from e2compress.audit import check_archive
+from helpers import DATA, flip_byte, run_cli, write_mrc
 
 
 def _chunk_places(path: Path) -> list[tuple[int, int]]:
@@ -24,14 +24,6 @@ def _chunk_places(path: Path) -> list[tuple[int, int]]:
             (ds.id.get_chunk_info(k).byte_offset, ds.id.get_chunk_info(k).size)
             for k in range(ds.id.get_num_chunks())
         ]
-
-
-def _flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        byte = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([byte[0] ^ 0x40]))
 
 
 @pytest.fixture
@@ -66,7 +58,7 @@ def test_a_flipped_byte_is_named(
     good = tmp_path / "good.hdf"
     shutil.copy(out, good)
     offset, size = places[5]
-    _flip(out, offset + size // 3)
+    flip_byte(out, offset + size // 3, 0x40)
     rc, stdout, err = run_cli(capsys, "check", good, out)
     assert rc == 1
     assert stdout.startswith(f"{good}: ok")
@@ -163,7 +155,7 @@ def test_damaged_kept_header_bytes_are_found(tmp_path: Path) -> None:
     assert header == (DATA / "EMD-3001.map").read_bytes()[: len(header)]
     assert check_archive(out).ok
     where = (out.read_bytes()).index(stream)
-    _flip(out, where + len(stream) // 2)
+    flip_byte(out, where + len(stream) // 2, 0x40)
     result = check_archive(out)
     assert len(result.problems) == 1
     # zlib's check finds it, or the 1.8 object header's own checksum before it

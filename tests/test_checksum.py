@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import DATA, eman2_read
 from e2compress import checksum
 from e2compress.errors import InputError
+from helpers import DATA, eman2_read, flip_byte
 
 SETTINGS = settings(
     max_examples=200,
@@ -107,14 +107,6 @@ def _chunks(path: Path) -> list[tuple[str, int, int]]:
     return out
 
 
-def _flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        byte = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([byte[0] ^ 0x01]))
-
-
 @pytest.mark.parametrize("name", ["EMD-3001.map", "13pf_MT.tif"])
 @pytest.mark.parametrize("bits", [0, 5, 12])
 def test_output_carries_checksums_every_reader_verifies(
@@ -140,7 +132,7 @@ def test_output_carries_checksums_every_reader_verifies(
             assert np.array_equal(plain, mine.read_codes(i), equal_nan=True)
     # one flipped byte in the middle of a chunk: both readers refuse the image
     dataset, offset, size = _chunks(out)[-1]
-    _flip(out, offset + size // 2)
+    flip_byte(out, offset + size // 2)
     with h5py.File(out, "r") as f, pytest.raises(OSError, match="filter"):
         f[dataset][...]
     with pytest.raises(InputError, match="Fletcher-32"):

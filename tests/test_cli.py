@@ -26,8 +26,9 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import assert_within_half_step, run_cli, write_mrc
 from e2compress import cli, pipeline, runner
+from e2compress.quantize import RenderRange, half_step_bound
+from helpers import assert_within_half_step, eman_decode, listing, run_cli, temporaries, write_mrc
 
 F32 = np.float32
 SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
@@ -42,25 +43,21 @@ def rand_image(seed: int, shape: tuple[int, ...] = (40, 48), lo: float = -3.0, h
 
 
 def read_eman(path: Path, index: int = 0) -> tuple[np.ndarray, dict[str, float]]:
-    """Image ``index`` decoded with EMAN2's float32 formula, and its stored mapping."""
+    """Image ``index`` decoded independently (:func:`helpers.eman_decode`), and its stored
+    mapping and code size by name."""
+    values, mapping = eman_decode(path)[index]
+    if mapping is None:
+        return values, {"bits": 0}
     with h5py.File(path, "r") as f:
-        group = f[f"MDF/images/{index}"]
-        codes = group["image"][...]
-        attrs = {k: np.ravel(group.attrs[k])[0] for k in group.attrs if k.startswith("EMAN.")}
-    bits = int(attrs.get("EMAN.stored_renderbits", 0))
-    if bits <= 0:
-        return codes.astype(F32), {"bits": 0}
-    rmin, rmax = F32(attrs["EMAN.stored_rendermin"]), F32(attrs["EMAN.stored_rendermax"])
-    big = F32(2**bits - 1)
-    values = (codes.astype(F32) / big) * (rmax - rmin) + rmin
-    mapping = {
+        size = f[f"MDF/images/{index}/image"].dtype.itemsize
+    bits, rmin, rmax, truncated = mapping
+    return values, {
         "bits": bits,
-        "rmin": float(rmin),
-        "rmax": float(rmax),
-        "truncated": int(attrs["EMAN.stored_truncated"]),
-        "dtype_size": codes.dtype.itemsize,
+        "rmin": rmin,
+        "rmax": rmax,
+        "truncated": truncated,
+        "dtype_size": size,
     }
-    return values, mapping
 
 
 def assert_decodes_within_half_step(orig: np.ndarray, path: Path) -> dict[str, float]:
@@ -68,15 +65,6 @@ def assert_decodes_within_half_step(orig: np.ndarray, path: Path) -> dict[str, f
     got, m = read_eman(path)
     assert_within_half_step(orig, got, (m["bits"], m["rmin"], m["rmax"], m["truncated"]))
     return m
-
-
-def listing(path: Path) -> set[str]:
-    return {p.name for p in path.iterdir()}
-
-
-def no_temporaries(path: Path) -> None:
-    left = [p.name for p in path.rglob("*") if p.name.endswith(pipeline.TMP_SUFFIX)]
-    assert left == []
 
 
 # --------------------------------------------------------------------------- EMAN2 usage
@@ -246,9 +234,10 @@ def test_hdf_input_replaced_in_place_with_new_bits(
     assert m5["dtype_size"] == 1
     # and, transitively, within one 10-bit plus one 5-bit half step of the original
     v5, _ = read_eman(tmp_path / "x.hdf")
-    step5 = (m5["rmax"] - m5["rmin"]) / 31
-    step10 = (m10["rmax"] - m10["rmin"]) / 1023
-    assert np.abs(v5.reshape(img.shape) - img).max() <= (step5 + step10) / 2 + 1e-5
+    bound = half_step_bound(RenderRange(5, m5["rmin"], m5["rmax"])) + half_step_bound(
+        RenderRange(10, m10["rmin"], m10["rmax"])
+    )
+    assert np.abs(v5.reshape(img.shape) - img).max() <= bound
 
 
 def test_hdf_input_with_outpath_leaves_input(
@@ -693,7 +682,7 @@ def test_bits_zero_is_lossless(tmp_path: Path, capsys: pytest.CaptureFixture[str
     got, m = read_eman(tmp_path / "a.hdf")
     assert m["bits"] == 0
     np.testing.assert_array_equal(got, img)
-    no_temporaries(tmp_path)
+    assert temporaries(tmp_path) == []
 
 
 def test_each_failure_is_reported_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -896,7 +885,7 @@ def test_sighup_mid_write_cleans_up_and_exits_129(tmp_path: Path) -> None:
             proc.communicate(timeout=60)
     assert proc.returncode == 129, err
     assert "Traceback" not in err
-    no_temporaries(tmp_path)
+    assert temporaries(tmp_path) == []
     assert src.read_bytes() == before
     assert out == ""
     if target.exists():  # stopped after its last block: the output is complete and right

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CORE_FILES, REAL_FILES, eman_decode, run_cli, write_mrc
 from e2compress.batchreport import read_report
+from helpers import (
+    CORE_FILES,
+    REAL_FILES,
+    assert_file_within_half_step,
+    eman_decode,
+    run_cli,
+    write_mrc,
+)
 
 F32 = np.float32
 SUMMARY = re.compile(r"^(\d+) compressed, (\d+) failed, (\d+) skipped$", re.M)
@@ -34,15 +42,6 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 def image(seed: int, shape: tuple[int, ...] = (48, 40)) -> np.ndarray:
     return np.random.default_rng(seed).normal(3.0, 1.0, shape).astype(F32)
-
-
-def within_half_step(orig: np.ndarray, path: Path) -> None:
-    ((values, m),) = eman_decode(path)
-    assert m is not None
-    bits, rmin, rmax, truncated = m
-    assert truncated == 0
-    step = (rmax - rmin) / (2**bits - 1)
-    assert np.abs(values.reshape(orig.shape) - orig).max() <= step / 2 * 1.001
 
 
 def test_list_file_and_stdin(
@@ -65,7 +64,7 @@ def test_list_file_and_stdin(
     assert (rc, err) == (0, "")
     assert SUMMARY.search(stdout).groups() == ("4", "0", "0")  # type: ignore[union-attr]
     for name, data in imgs.items():
-        within_half_step(data, out / name.replace(".mrc", ".hdf"))
+        assert_file_within_half_step(out / name.replace(".mrc", ".hdf"), [data])
 
 
 def test_recursive_tree_is_mirrored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,7 +88,7 @@ def test_recursive_tree_is_mirrored(tmp_path: Path, capsys: pytest.CaptureFixtur
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["a.hdf", "grid1/b.hdf", "grid1/sq2/c.hdf"]
     for rel in ("a", "grid1/b", "grid1/sq2/c"):
-        within_half_step(data[f"{rel}.mrc"], out / f"{rel}.hdf")
+        assert_file_within_half_step(out / f"{rel}.hdf", [data[f"{rel}.mrc"]])
     assert f"Processing {tree / 'grid1/sq2/c.mrc'} -> {out / 'grid1/sq2/c.hdf'}" in stdout
     assert TOTALS.search(stdout) is not None  # -v prints the totals
     assert SUMMARY.search(stdout).groups() == ("3", "0", "0")  # type: ignore[union-attr]
@@ -269,13 +268,42 @@ def test_scheduler_batch_of_real_and_synthetic_files(
 # --------------------------------------------------------------------------- watch
 
 
-def wait_until(check: object, what: str, seconds: float = 60.0) -> None:
+HANG_SECONDS = 120.0
+
+
+def wait_until(check: object, what: str, seconds: float = HANG_SECONDS) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if check():  # type: ignore[operator]
             return
         time.sleep(0.05)
     raise AssertionError(f"{what}: not within {seconds} s")
+
+
+class Lines:
+    """A process's stdout, line by line, read by a thread (so a test can wait for a line)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.proc = proc
+        assert proc.stdout is not None
+        self.thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: io.TextIOBase) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str) -> None:
+        wait_until(lambda: text in self.lines or self.proc.poll() is not None, repr(text))
+        assert text in self.lines, (text, self.lines)
+
+    def rest(self) -> list[str]:
+        """Every line, once the process has exited."""
+        self.thread.join(HANG_SECONDS)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return self.lines
 
 
 def test_watch_command_stops_on_sigterm_and_restarts_without_redoing(tmp_path: Path) -> None:
@@ -290,30 +318,34 @@ def test_watch_command_stops_on_sigterm_and_restarts_without_redoing(tmp_path: P
         argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        write_mrc(watched / "a.mrc", data)
+        write_mrc(watched / ".a.mrc", data)  # hidden while written: not watched
+        os.replace(watched / ".a.mrc", watched / "a.mrc")
         wait_until(lambda: (out / "a.hdf").exists(), "the output")
     finally:
         first.send_signal(signal.SIGTERM)
-        stdout, stderr = first.communicate(timeout=60)
+        stdout, stderr = first.communicate(timeout=HANG_SECONDS)
     assert first.returncode == 143, stderr
     assert "Traceback" not in stderr
     assert (
         stdout.splitlines()[-1]
         == "e2compress watch: interrupted by SIGTERM: 1 compressed, 0 failed, 0 skipped"
     )
-    within_half_step(data, out / "a.hdf")
+    assert_file_within_half_step(out / "a.hdf", [data])
     before = (out / "a.hdf").stat()
     again = subprocess.Popen(
         argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    lines = Lines(again)
     try:
-        time.sleep(2.0)  # the settle time four times over
+        lines.wait_for(f"Skipping {watched / 'a.mrc'}: {out / 'a.hdf'} is complete")
     finally:
         again.send_signal(signal.SIGINT)
-        stdout, stderr = again.communicate(timeout=60)
+        again.wait(HANG_SECONDS)
+    assert again.stderr is not None
+    with again.stderr:
+        stderr = again.stderr.read()
     assert again.returncode == 130, stderr
-    assert f"Skipping {watched / 'a.mrc'}: {out / 'a.hdf'} is complete" in stdout
-    assert stdout.splitlines()[-1].endswith(": 0 compressed, 0 failed, 1 skipped")
+    assert lines.rest()[-1].endswith(": 0 compressed, 0 failed, 1 skipped")
     after = (out / "a.hdf").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
@@ -450,7 +482,7 @@ def test_dask_scheduler_and_worker_started_from_the_venv_bin(tmp_path: Path) -> 
     assert sorted(Path(r["source"]).name for r in rows if r["status"] == "done") == sorted(data)
     assert all(r["worker"].startswith("tcp://127.0.0.1:") for r in rows)
     for name, arr in data.items():
-        within_half_step(arr, out / name.replace(".mrc", ".hdf"))
+        assert_file_within_half_step(out / name.replace(".mrc", ".hdf"), [arr])
 
 
 # --------------------------------------------------------------------------- issue 16
@@ -496,7 +528,7 @@ def test_mkdir_creates_the_outpath(tmp_path: Path, capsys: pytest.CaptureFixture
     assert not (tmp_path / "new").exists()  # a dry run creates nothing
     rc, _, err = run_cli(capsys, "--bits", "6", "--mkdir", "--outpath", out, src)
     assert (rc, err) == (0, "")
-    within_half_step(data, out / "a.hdf")
+    assert_file_within_half_step(out / "a.hdf", [data])
 
 
 def test_nul_separated_lists_as_from_find_print0(
@@ -520,8 +552,8 @@ def test_nul_separated_lists_as_from_find_print0(
     rc, _, err = run_cli(capsys, "--bits", "6", "--outpath", out2, f"@{tmp_path / 'list0'}")
     assert (rc, err) == (0, "")
     for n, arr in imgs.items():
-        within_half_step(arr, out1 / n.replace(".mrc", ".hdf"))
-        within_half_step(arr, out2 / n.replace(".mrc", ".hdf"))
+        assert_file_within_half_step(out1 / n.replace(".mrc", ".hdf"), [arr])
+        assert_file_within_half_step(out2 / n.replace(".mrc", ".hdf"), [arr])
 
 
 def test_info_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
@@ -566,7 +598,7 @@ def test_a_batch_into_a_closed_pipe_keeps_its_status(tmp_path: Path) -> None:
         err = proc.stderr.read().decode()
     assert (proc.wait(60), err) == (0, "")
     for name, arr in data.items():
-        within_half_step(arr, tmp_path / name.replace(".mrc", ".hdf"))
+        assert_file_within_half_step(tmp_path / name.replace(".mrc", ".hdf"), [arr])
 
 
 def test_report_rows_survive_kill_9_and_a_rerun_appends(tmp_path: Path) -> None:

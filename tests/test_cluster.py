@@ -4,6 +4,7 @@ local run does, survives a worker killed mid-file, and dask-jobqueue gets our se
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import signal
 import stat
@@ -21,13 +22,20 @@ pytest.importorskip("distributed")
 import dask.config
 from distributed import Client, LocalCluster
 
-from conftest import CORE_FILES, eman_decode, run_cli, write_mrc
 from e2compress import pipeline
 from e2compress.cluster import DaskRunner, jobqueue_cluster, load_config
 from e2compress.errors import E2CompressError
 from e2compress.executor import Cancel
 from e2compress.options import Options
 from e2compress.runner import FileResult, Job, Tick, run_job
+from helpers import (
+    CORE_FILES,
+    assert_file_within_half_step,
+    eman_decode,
+    run_cli,
+    temporaries,
+    write_mrc,
+)
 
 F32 = np.float32
 HANG_SECONDS = 180
@@ -125,10 +133,6 @@ def test_batch_on_a_local_cluster_matches_the_local_run(client: Client, tmp_path
     assert not [p for p in os.listdir(out) if p.endswith(pipeline.TMP_SUFFIX)]
 
 
-def temporaries(out: Path) -> list[Path]:
-    return [p for p in out.iterdir() if p.name.endswith(pipeline.TMP_SUFFIX)]
-
-
 def test_a_worker_killed_mid_file_is_retried_elsewhere(client: Client, tmp_path: Path) -> None:
     """SIGKILL the worker writing a file: Dask reruns that task on another worker; the
     deterministic temporary file is reused and every output is complete and right."""
@@ -165,13 +169,7 @@ def test_a_worker_killed_mid_file_is_retried_elsewhere(client: Client, tmp_path:
     assert all(r.status == "done" for r in results), [r.message for r in results]
     assert by_name[killed[1]].worker != killed[0]  # finished by another worker
     for p, data in files:
-        images = eman_decode(out / f"{p.stem}.hdf")
-        ((values, mapping),) = images
-        assert mapping is not None
-        bits, rmin, rmax, truncated = mapping
-        step = (rmax - rmin) / (2**bits - 1)
-        assert truncated == 0
-        assert np.abs(values.reshape(data.shape) - data).max() <= step / 2 * 1.001
+        assert_file_within_half_step(out / f"{p.stem}.hdf", [data])
     assert temporaries(out) == []
 
 
@@ -182,6 +180,22 @@ def test_cancel_before_the_batch_submits_nothing(client: Client, tmp_path: Path)
     (r,) = DaskRunner(client).run(jobs, cancel)
     assert r.status == "unstarted"
     assert all(not keys for keys in client.processing().values())
+
+
+def tifffile_quiet() -> bool:
+    """Whether tifffile's logger has a NullHandler (run on a worker)."""
+    return any(isinstance(h, logging.NullHandler) for h in logging.getLogger("tifffile").handlers)
+
+
+def test_workers_quiet_tifffile_as_the_command_line_does(client: Client) -> None:
+    """The chunk-pool plugin gives each worker process tifffile's NullHandler (the
+    library installs none at import)."""
+    client.run(importlib.import_module, "e2compress.cluster")
+    assert not any(client.run(tifffile_quiet).values())
+    DaskRunner(client)
+    quiet = client.run(tifffile_quiet)
+    assert len(quiet) == 2
+    assert all(quiet.values())
 
 
 # --------------------------------------------------------------------------- dask-jobqueue
@@ -247,7 +261,7 @@ def test_slurm_settings_from_a_dask_config_file(
 def test_cluster_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     need_jobqueue()
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(E2CompressError, match="sbatch is not on PATH"):
+    with pytest.raises(E2CompressError, match=r"^cluster='slurm': sbatch is not on PATH"):
         jobqueue_cluster("slurm", cores=2, memory="1GB")
     with pytest.raises(E2CompressError, match="unknown cluster kind"):
         jobqueue_cluster("kubernetes")
@@ -279,9 +293,7 @@ def test_heartbeats_hand_back_finished_files(client: Client, tmp_path: Path) -> 
     for r in DaskRunner(client).run(jobs(), Cancel()):
         got.append(r)
     assert [(r.given, r.status) for r in got] == [(src.name, "done"), (src2.name, "done")]
-    ((values, m),) = eman_decode(tmp_path / "a.hdf")
-    assert m is not None
-    assert np.abs(values - data).max() <= (m[2] - m[1]) / 255 / 2 * 1.001
+    assert_file_within_half_step(tmp_path / "a.hdf", [data], bits=8)
 
 
 def test_no_worker_ever_joining_is_said_and_times_out(

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import DATA, REAL, eman_decode, run_cli, write_mrc
 from e2compress.compare import ImagesDiffer, compare_files, format_comparison, plot_title
+from helpers import DATA, REAL, eman_decode, run_cli, write_mrc
 
 RNG = np.random.default_rng(99)
 
@@ -26,14 +26,6 @@ def _micrograph(shape: tuple[int, ...], sigma: float = 2.0, seed: int = 1) -> np
     base = 40 * sigma * np.exp(-((y - ny / 2) ** 2 + (x - nx / 3) ** 2) / (2 * (nx / 6) ** 2))
     base = base + 5 * sigma * x / nx
     return (100.0 + base + rng.normal(0, sigma, shape)).astype(np.float32)
-
-
-def _write(path: Path, data: np.ndarray, apix: float | None = None) -> Path:
-    write_mrc(path, data)
-    if apix is not None:
-        with mrcfile.open(path, "r+") as m:
-            m.voxel_size = apix
-    return path
 
 
 def _frc_direct(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -53,8 +45,8 @@ def test_known_error_between_two_mrc_files(tmp_path: Path) -> None:
     orig = _micrograph((200, 240))
     err = np.where(RNG.random(orig.shape) < 0.5, 0.25, -0.5).astype(np.float32)
     err[10, 20] = 1.5
-    a = _write(tmp_path / "a.mrc", orig)
-    b = _write(tmp_path / "b.mrc", orig + err)
+    a = write_mrc(tmp_path / "a.mrc", orig)
+    b = write_mrc(tmp_path / "b.mrc", orig + err)
     im = compare_files(a, b).images[0]
     diff = (orig + err).astype(np.float64) - orig
     assert im.bits is None
@@ -77,7 +69,7 @@ def test_quantised_file_against_an_independent_decode(
 ) -> None:
     orig = _micrograph((256, 300))
     orig[5, 5] = 1e3  # one outlier: clamped by the range option below
-    a = _write(tmp_path / "a.mrc", orig, apix=1.25)
+    a = write_mrc(tmp_path / "a.mrc", orig, voxel_size=1.25)
     hdf = tmp_path / "a.hdf"
     e2compress.compress_file(a, hdf, bits=bits, value_range=(50.0, 300.0))
     ((decoded, mapping),) = eman_decode(hdf)  # plain h5py + EMAN2's formula
@@ -119,7 +111,7 @@ def test_quantised_file_against_an_independent_decode(
 
 def test_identical_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     orig = _micrograph((64, 80))
-    a = _write(tmp_path / "a.mrc", orig, apix=2.0)
+    a = write_mrc(tmp_path / "a.mrc", orig, voxel_size=2.0)
     e2compress.compress_file(a, tmp_path / "a.hdf", bits=0)
     rc, out, _ = run_cli(capsys, "compare", a, tmp_path / "a.hdf")
     assert rc == 0
@@ -139,9 +131,9 @@ def test_identical_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_files_with_different_images_fail(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    a = _write(tmp_path / "a.mrcs", RNG.normal(0, 1, (3, 16, 16)).astype(np.float32))
-    b = _write(tmp_path / "b.mrcs", RNG.normal(0, 1, (2, 16, 16)).astype(np.float32))
-    c = _write(tmp_path / "c.mrcs", RNG.normal(0, 1, (3, 16, 20)).astype(np.float32))
+    a = write_mrc(tmp_path / "a.mrcs", RNG.normal(0, 1, (3, 16, 16)).astype(np.float32))
+    b = write_mrc(tmp_path / "b.mrcs", RNG.normal(0, 1, (2, 16, 16)).astype(np.float32))
+    c = write_mrc(tmp_path / "c.mrcs", RNG.normal(0, 1, (3, 16, 20)).astype(np.float32))
     rc, out, err = run_cli(capsys, "compare", a, b)
     assert (rc, out) == (1, "")
     assert err == f"ERROR: {a} holds 3 images, {b} holds 2: not the same images\n"
@@ -157,7 +149,7 @@ def test_files_with_different_images_fail(
 
 def test_stack_overall_figures_pool_every_image(tmp_path: Path) -> None:
     stack = np.stack([_micrograph((48, 48), sigma=s, seed=k) for k, s in enumerate((1, 2, 3))])
-    a = _write(tmp_path / "s.mrcs", stack)
+    a = write_mrc(tmp_path / "s.mrcs", stack)
     e2compress.compress_file(a, tmp_path / "s.hdf", bits=6)
     result = compare_files(a, tmp_path / "s.hdf")
     decoded = np.stack(e2compress.read_images(tmp_path / "s.hdf"))
@@ -202,7 +194,7 @@ def test_a_volume_gets_a_shell_correlation_and_a_movie_rings_over_sections(
         assert im.rings is not None
         assert im.rings.correlation[k] == pytest.approx(fsc, rel=1e-5)
     movie = RNG.poisson(2.0, (4, 64, 64)).astype(np.float32)
-    _write(tmp_path / "m.mrc", movie)
+    write_mrc(tmp_path / "m.mrc", movie)
     e2compress.compress_file(tmp_path / "m.mrc", tmp_path / "m.hdf", bits=3)
     im = compare_files(tmp_path / "m.mrc", tmp_path / "m.hdf").images[0]
     assert im.correlation_kind == "FRC over sections"
@@ -212,7 +204,7 @@ def test_a_volume_gets_a_shell_correlation_and_a_movie_rings_over_sections(
 
 def test_apix_override_and_unknown_pixel_size(tmp_path: Path) -> None:
     orig = _micrograph((64, 64))
-    a = _write(tmp_path / "a.mrc", orig)  # voxel size 1.0 ("unset"): no Angstrom figure
+    a = write_mrc(tmp_path / "a.mrc", orig)  # voxel size 1.0 ("unset"): no Angstrom figure
     e2compress.compress_file(a, tmp_path / "a.hdf", bits=3)
     im = compare_files(a, tmp_path / "a.hdf").images[0]
     assert im.apix is None
@@ -223,7 +215,7 @@ def test_apix_override_and_unknown_pixel_size(tmp_path: Path) -> None:
 
 def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
-    a = _write(tmp_path / "a.mrc", _micrograph((64, 64)), apix=1.5)
+    a = write_mrc(tmp_path / "a.mrc", _micrograph((64, 64)), voxel_size=1.5)
     e2compress.compress_file(a, tmp_path / "a.hdf", bits=4)
     rc, _, err = run_cli(capsys, "compare", "--plot", tmp_path / "p.png", a, tmp_path / "a.hdf")
     assert (rc, err) == (0, "")
@@ -232,7 +224,7 @@ def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_plot_title_names_the_file_bits_and_noise_ratio(tmp_path: Path) -> None:
-    a = _write(tmp_path / "a.mrc", _micrograph((64, 48)), apix=1.5)
+    a = write_mrc(tmp_path / "a.mrc", _micrograph((64, 48)), voxel_size=1.5)
     e2compress.compress_file(a, tmp_path / "a.hdf", bits=4)
     result = compare_files(a, tmp_path / "a.hdf")
     ratio = result.images[0].errors.inside_rms / result.images[0].noise.sigma
@@ -247,7 +239,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
-    a = _write(tmp_path / "a.mrc", _micrograph((32, 32)))
+    a = write_mrc(tmp_path / "a.mrc", _micrograph((32, 32)))
     rc, _, err = run_cli(capsys, "compare", "--plot", tmp_path / "p.png", a, a)
     assert rc == 1
     assert err == (

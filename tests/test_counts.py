@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import REAL_FILES, eman2_read, run_cli
 from e2compress.audit import check_archive
 from e2compress.compare import compare_files
 from e2compress.counts import (
@@ -37,6 +36,7 @@ from e2compress.options import Options
 from e2compress.outputs import output_is_complete
 from e2compress.readers import open_source
 from e2compress.restore import restore_file
+from helpers import REAL_FILES, eman2_read, run_cli
 
 F32 = np.float32
 U32 = np.uint32

@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 import h5py
-import mrcfile
 import numpy as np
 import pytest
 
 import e2compress
-from conftest import DATA, run_cli
 from e2compress.audit import check_archive
 from e2compress.deletion import Manifest, delete_source, read_manifest
 from e2compress.restore import restore_file
+from helpers import DATA, run_cli, write_mrc
 
 MANIFEST = "e2compress-deleted.jsonl"
 
@@ -40,10 +39,11 @@ def _sources(folder: Path, size: int = 64, frames: int = 2) -> dict[str, bytes]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     for k in range(2):
-        with mrcfile.new(folder / f"ints{k}.mrc") as m:
-            m.set_data(rng.integers(0, 200, (frames, size, size)).astype(np.int16))
-        with mrcfile.new(folder / f"floats{k}.mrc") as m:
-            m.set_data(rng.normal(size=(frames, size, size)).astype(np.float32))
+        ints = rng.integers(0, 200, (frames, size, size)).astype(np.int16)
+        write_mrc(folder / f"ints{k}.mrc", ints)
+        write_mrc(
+            folder / f"floats{k}.mrc", rng.normal(size=(frames, size, size)).astype(np.float32)
+        )
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 

@@ -1,7 +1,7 @@
 """Gatan DM3/DM4 input through ncempy (optional extra ``dm``): values, stacks, the pixel
 size from the calibration, EMAN2's header keys, damaged files refused on one line.
 
-The files are made by the test writer (conftest.write_dm), in the layout
+The files are made by the test writer (helpers.write_dm), in the layout
 DigitalMicrograph writes (thumbnail first, top line first); test_eman2_formats checks
 that real EMAN2 reads them as e2compress does. The small real DM files the ncempy and
 rosettasciio projects publish are GPL-licensed and so not bundled (see docs/inputs.md).
@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import assert_blocks_consistent, assert_keys_kept, write_dm
 from e2compress import InputError, compress_file, open_source, read_images
+from helpers import assert_blocks_consistent, assert_keys_kept, one_line, write_dm
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ncempy") is None, reason="needs the optional extra dm (ncempy)"
@@ -169,13 +169,6 @@ def test_compressed_stack(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- refused
 
 
-def _one_line(exc: pytest.ExceptionInfo[InputError], path: Path) -> str:
-    message = str(exc.value)
-    assert "\n" not in message
-    assert str(path) in message
-    return message
-
-
 @pytest.mark.parametrize("version", [3, 4])
 @pytest.mark.parametrize("keep", [0.0, 0.01, 0.3, 0.6, 0.9, 0.999])
 def test_truncated_refused(tmp_path: Path, version: int, keep: float) -> None:
@@ -185,7 +178,7 @@ def test_truncated_refused(tmp_path: Path, version: int, keep: float) -> None:
     path.write_bytes(blob[: int(keep * len(blob))])
     with pytest.raises(InputError) as exc:
         open_source(path)
-    _one_line(exc, path)
+    one_line(exc, path)
 
 
 def test_unsupported_type_refused(tmp_path: Path) -> None:
@@ -200,4 +193,4 @@ def test_unsupported_type_refused(tmp_path: Path) -> None:
     path.write_bytes(bytes(blob))
     with pytest.raises(InputError) as exc:
         open_source(path)
-    assert "unsupported data type 3" in _one_line(exc, path)
+    assert "unsupported data type 3" in one_line(exc, path)

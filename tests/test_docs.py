@@ -13,9 +13,9 @@ import re
 import pytest
 
 import e2compress
-from conftest import REPO
 from e2compress import cli, commands
 from e2compress.options import DEFAULT_CHUNK_ROWS, Options
+from helpers import REPO
 
 DOCS = REPO / "docs"
 

@@ -1,7 +1,7 @@
 """EER movies (Falcon 4/4i): decoding, grouping, header, integrity, and real EMAN2.
 
-No small real EER file is public: the files are written by ``conftest.write_eer`` from
-known event frames (the truth), with strips coded by ``conftest.eer_encode`` from the
+No small real EER file is public: the files are written by ``helpers.write_eer`` from
+known event frames (the truth), with strips coded by ``helpers.eer_encode`` from the
 format's description; imagecodecs' own decoder is checked against the same truth, so the
 encoder cannot agree with our reader by sharing a mistake.
 """
@@ -20,10 +20,10 @@ import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import eer_encode, eman2_read, eman_decode, run_cli, write_eer
 from e2compress import E2CompressError, InputError, compress_file, open_source
 from e2compress.options import Options
 from e2compress.outputs import output_is_complete
+from helpers import eer_encode, eman2_read, eman_decode, one_line, run_cli, write_eer
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 CODINGS = {65000: (8, 2, 2), 65001: (7, 2, 2), 65002: (7, 2, 2)}
@@ -175,13 +175,6 @@ def test_skip_existing_knows_the_grouping(tmp_path: Path, bits: int) -> None:
 # ------------------------------------------------------------------ bad files
 
 
-def _one_line(err: pytest.ExceptionInfo[InputError], path: Path) -> str:
-    message = str(err.value)
-    assert str(path) in message
-    assert "\n" not in message
-    return message
-
-
 @pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.7, 0.9, 0.99])
 def test_truncated_refused(tmp_path: Path, fraction: float) -> None:
     """A movie cut short (still being written) is refused when opened, never read as
@@ -193,14 +186,14 @@ def test_truncated_refused(tmp_path: Path, fraction: float) -> None:
         path.write_bytes(blob[: int(fraction * len(blob))])
         with pytest.raises(InputError) as err:
             open_source(path)  # at once, before any frame is decoded
-        _one_line(err, path)
+        one_line(err, path)
 
 
 def test_frame_count_must_match_metadata(tmp_path: Path) -> None:
     path = write_eer(tmp_path / "n.eer", _frames(3, 8, 8, 0.2), metadata={"numberOfFrames": "4"})
     with pytest.raises(InputError, match="3 frames, but its metadata says numberOfFrames=4") as e:
         open_source(path)
-    _one_line(e, path)
+    one_line(e, path)
 
 
 def test_page_that_is_not_an_eer_frame(tmp_path: Path) -> None:
@@ -209,7 +202,7 @@ def test_page_that_is_not_an_eer_frame(tmp_path: Path) -> None:
     tifffile.imwrite(path, np.zeros((2, 8, 8), np.uint16))
     with pytest.raises(InputError, match="page 0 is not an EER frame") as err:
         open_source(path)
-    _one_line(err, path)
+    one_line(err, path)
 
 
 def test_run_past_the_frame_refused(tmp_path: Path) -> None:
@@ -225,7 +218,7 @@ def test_run_past_the_frame_refused(tmp_path: Path) -> None:
         src.image(0)
         with pytest.raises(InputError, match="cannot decode EER frame 1") as err:
             src.image(1)
-    _one_line(err, path)
+    one_line(err, path)
 
 
 def test_cli_one_line_for_a_bad_movie(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

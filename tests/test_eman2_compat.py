@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import eman2_home, eman2_read, real_file_params
+from helpers import eman2_home, eman2_read, real_file_params
 
 
 @pytest.mark.parametrize("bits", [0, 5, 10, 16], ids=lambda b: f"bits{b}")

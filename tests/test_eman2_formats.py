@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import (
+from e2compress import open_source
+from helpers import (
     EMAN2_DATA,
     eman2_read,
     run_cli,
@@ -21,7 +22,6 @@ from conftest import (
     write_ser,
     write_spider,
 )
-from e2compress import open_source
 
 
 def ours(path: Path) -> tuple[list[np.ndarray], list[dict[str, Any]]]:

@@ -10,13 +10,13 @@ import json
 from typing import Any
 
 import h5py
-import mrcfile
 import numpy as np
 import pytest
 
 import e2compress
-from conftest import EMAN2_WRITTEN
-from e2compress.quantize import block_stats, choose_range, quantize
+from e2compress.quantize import quantize
+from e2compress.ranges import block_stats, choose_range
+from helpers import EMAN2_WRITTEN, write_mrc
 
 pytestmark = pytest.mark.shared
 
@@ -203,9 +203,7 @@ def test_zero_input_round_trips_to_exact_zero(tmp_path: Any) -> None:
     frames[0, 17, 200] = 0.0
     assert (frames[0].min(), frames[0].max()) == (lo, hi)  # range unchanged
     src = tmp_path / "stack.mrcs"
-    with mrcfile.new(src) as mrc:
-        mrc.set_data(frames)
-        mrc.voxel_size = 1.5
+    write_mrc(src, frames, voxel_size=1.5)
     dst = tmp_path / "stack.hdf"
     e2compress.compress_file(src, dst, bits=4)
     limits = _stored_limits("stack5x256_bits4", 0)

@@ -18,10 +18,10 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import plain_name, real_file_params, run_cli, true_images, write_mrc
-from e2compress.eman_hdf import EmanHdfWriter
 from e2compress.errors import InputError, OutputError
 from e2compress.export import export_file
+from e2compress.layout import EmanHdfWriter
+from helpers import plain_name, real_file_params, run_cli, true_images, write_mrc
 
 INT_FILES = {
     "fei-extended.mrc",
@@ -132,11 +132,7 @@ def test_export_round_trip_of_real_files(path: Path, lossy: bool, fmt: str, tmp_
 
 def _movie(path: Path, ispg: int) -> np.ndarray:
     data = np.random.default_rng(3).poisson(1.5, (6, 40, 50)).astype(np.uint16)
-    with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(data)
-        m.voxel_size = (1.3, 1.3, 2.0)
-        m.header.origin = (10.0, -4.0, 2.5)
-        m.header.ispg = ispg
+    write_mrc(path, data, voxel_size=(1.3, 1.3, 2.0), origin=(10.0, -4.0, 2.5), ispg=ispg)
     return data
 
 

@@ -29,13 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import mrcfile
 import numpy as np
 import pytest
 
-from conftest import DATA, assert_within_half_step, cli_args, eman_decode
 from e2compress import OutputError, VerificationError, compress_file, pipeline
 from e2compress.cli import main
+from helpers import (
+    DATA,
+    assert_within_half_step,
+    cli_args,
+    eman_decode,
+    listing,
+    temporaries,
+    write_mrc,
+)
 
 F32 = np.float32
 TMP_SUFFIX = pipeline.TMP_SUFFIX
@@ -48,12 +55,6 @@ INPLACE_FRAMES = 12
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def write_mrc(path: Path, data: np.ndarray) -> Path:
-    with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(data)
-    return path
 
 
 def small_image(seed: int, shape: tuple[int, ...] = (48, 64)) -> np.ndarray:
@@ -90,14 +91,6 @@ def assert_matches_source(path: Path, images: list[np.ndarray], bits: int) -> No
         assert mapping[0] == bits
         clamped = assert_within_half_step(orig, got, mapping)
         assert clamped <= 0.01 * orig.size  # no range option given: hardly anything is clamped
-
-
-def temporaries(root: Path) -> list[str]:
-    return sorted(p.name for p in root.rglob(".*") if p.name.endswith(TMP_SUFFIX))
-
-
-def listing(root: Path) -> set[str]:
-    return {p.name for p in root.iterdir()}
 
 
 def tmp_name(target: Path) -> Path:

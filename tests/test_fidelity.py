@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from e2compress import fidelity as fd
-from e2compress.quantize import RenderRange, block_stats, choose_range, dequantize, quantize
+from e2compress.quantize import RenderRange, dequantize, quantize
+from e2compress.ranges import block_stats, choose_range
 
 RNG = np.random.default_rng(20240611)
 

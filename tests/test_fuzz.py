@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -21,27 +20,26 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import h5py
-import mrcfile
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import (
+from e2compress import E2CompressError, compress_file, open_source
+from helpers import (
     REAL,
     Mapping,
     assert_within_half_step,
     eman_decode,
+    hard_timeout,
     write_eer,
+    write_mrc,
     write_mrc_4bit,
 )
-from e2compress import E2CompressError, compress_file, open_source
 
 pytestmark = pytest.mark.shared
 
@@ -74,8 +72,7 @@ def _synthetic_hdf(path: Path) -> None:
     work = Path(tempfile.mkdtemp())
     try:
         data = (np.random.default_rng(5).random((3, 24, 32)) * 50 - 10).astype(F32)
-        with mrcfile.new(work / "s.mrcs") as m:
-            m.set_data(data)
+        write_mrc(work / "s.mrcs", data)
         compress_file(work / "s.mrcs", path, bits=8, threads=1)
     finally:
         shutil.rmtree(work)
@@ -105,24 +102,6 @@ def _seeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- the property
-
-
-class Hang(BaseException):
-    """Raised by SIGALRM (a BaseException so that no reader can turn it into an error)."""
-
-
-@contextmanager
-def hard_timeout(seconds: int) -> Iterator[None]:
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise Hang(f"no result after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def assert_holds(decoded: np.ndarray, mapping: Mapping, orig: np.ndarray) -> None:
@@ -503,8 +482,7 @@ def test_huge_values_no_overflow_warnings(tmp_path: Path) -> None:
     """Finite float32 pixels near 1e20 (their squares overflow float32): compressed
     without RuntimeWarnings on stderr, and the header's sigma is finite."""
     img = (np.random.default_rng(3).random((32, 32)) * 3e20).astype(F32)
-    with mrcfile.new(tmp_path / "big.mrc") as m, np.errstate(over="ignore"):
-        m.set_data(img)  # mrcfile's own header statistics overflow
+    write_mrc(tmp_path / "big.mrc", img)  # mrcfile's own header statistics overflow
     proc = _cli(tmp_path, "big.mrc")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
@@ -520,8 +498,9 @@ def test_failed_file_not_read_after_close(tmp_path: Path, monkeypatch: pytest.Mo
     from e2compress import InputError
     from e2compress.readers import MrcSource
 
-    with mrcfile.new(tmp_path / "stack.mrcs") as m:
-        m.set_data((np.random.default_rng(4).random((4, 32, 32)) * 10).astype(F32))
+    write_mrc(
+        tmp_path / "stack.mrcs", (np.random.default_rng(4).random((4, 32, 32)) * 10).astype(F32)
+    )
     reads: list[tuple[int, bool]] = []
     real_read = MrcSource.read
 

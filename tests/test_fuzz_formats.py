@@ -12,22 +12,18 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import signal
 import struct
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import EMAN2_DATA, eman_decode, write_dm, write_ser
 from e2compress import E2CompressError, compress_file, open_source
+from helpers import EMAN2_DATA, eman_decode, hard_timeout, write_dm, write_ser
 
 SCALE = float(os.environ.get("E2C_FUZZ_EXAMPLES", "1"))
 HANG_SECONDS = 60
@@ -41,24 +37,6 @@ def fuzz_settings(examples: int) -> settings:
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
-
-
-class Hang(BaseException):
-    """Raised by SIGALRM (a BaseException so that no reader can turn it into an error)."""
-
-
-@contextmanager
-def hard_timeout(seconds: int) -> Iterator[None]:
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise Hang(f"no result after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def check(files: dict[str, bytes], name: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import DATA, run_cli, write_mrc
+from helpers import DATA, run_cli, write_mrc
 
 
 def _stack(tmp_path: Path) -> Path:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import write_mrc
 from e2compress import (
     Cancel,
     InputError,
@@ -21,7 +20,9 @@ from e2compress import (
     plan,
 )
 from e2compress.errors import Interrupted
-from e2compress.quantize import RenderRange, Stats, choose_range, half_step_bound, within_half_step
+from e2compress.quantize import RenderRange, half_step_bound, within_half_step
+from e2compress.ranges import Stats, choose_range
+from helpers import write_mrc
 
 F32 = np.float32
 
@@ -205,7 +206,7 @@ def test_compressed_input_is_decompressed_beside_the_output(
     import bz2
     import tempfile
 
-    from conftest import DATA
+    from helpers import DATA
 
     src = tmp_path / "in" / "m.map.bz2"
     src.parent.mkdir()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import e2compress
-from conftest import REAL
 from e2compress.kept import KEPT_ATTRS
 from e2compress.provenance import RECORD_KEYS
+from helpers import REAL
 
 pytestmark = pytest.mark.shared
 
@@ -310,7 +310,7 @@ def test_shuffle_can_be_turned_off(bits: int, tmp_path: Path) -> None:
 def test_header_numbers_keep_their_value(value: object, dtype: type, tmp_path: Path) -> None:
     """EMAN2 stores header numbers as float32/int32; one that does not fit is stored as
     float64 (EMAN2 reads those too) instead of overflowing to inf or failing."""
-    from e2compress.eman_hdf import _attr_array
+    from e2compress.attrs import _attr_array
 
     arr = _attr_array(value)
     assert arr is not None

@@ -1,7 +1,7 @@
 """SerialEM's packed 4-bit MRC (mode 101): nibble order, odd-nx row padding, exact storage,
 pixel size, size checks, and what real EMAN2 reads from the same files.
 
-The files are packed by ``conftest.write_mrc_4bit`` from SerialEM's documentation, pixel by
+The files are packed by ``helpers.write_mrc_4bit`` from SerialEM's documentation, pixel by
 pixel, independently of the reader's vectorised unpacking.
 """
 
@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import eman2_read, eman_decode, run_cli, write_mrc_4bit
 from e2compress import InputError, compress_file, open_source
+from helpers import eman2_read, eman_decode, run_cli, write_mrc_4bit
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import eman_decode, run_cli, write_mrc
+from helpers import eman_decode, run_cli, write_mrc
 
 F32 = np.float32
 

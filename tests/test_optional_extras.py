@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import write_dm, write_ser
 from e2compress import InputError, open_source
+from helpers import write_dm, write_ser
 
 
 @pytest.mark.parametrize(("name", "extra"), [("x.dm4", "dm"), ("x.dm3", "dm"), ("x.ser", "ser")])

@@ -11,9 +11,9 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import DATA, run_cli, write_mrc
 from e2compress.export import export_file
 from e2compress.pixelsize import tiff_apix
+from helpers import DATA, run_cli, write_mrc
 
 IMG = np.arange(24 * 30, dtype=np.uint16).reshape(24, 30)
 

@@ -22,7 +22,8 @@ from e2compress.plan import (
     stored_limits,
     wanted_limits,
 )
-from e2compress.quantize import RenderRange, Stats
+from e2compress.quantize import RenderRange
+from e2compress.ranges import Stats
 
 F4 = np.dtype("float32")
 I2 = np.dtype("int16")

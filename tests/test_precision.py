@@ -22,21 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import assert_within_half_step, eman2_read, eman_decode, run_cli, write_mrc
 from e2compress.errors import InputError, VerificationError
 from e2compress.export import export_file
 from e2compress.info import file_info
-from e2compress.quantize import (
-    RenderRange,
-    block_stats,
-    choose_range,
-    histogram,
-    integer_step,
-    nooutliers_limits,
-    within_half_step,
-)
+from e2compress.quantize import RenderRange, integer_step, within_half_step
+from e2compress.ranges import block_stats, choose_range, histogram, nooutliers_limits
 from e2compress.readers import open_source
 from e2compress.verify import verify_output
+from helpers import assert_within_half_step, eman2_read, eman_decode, one_line, run_cli, write_mrc
 
 F32 = np.float32
 SETTINGS = settings(
@@ -88,13 +81,6 @@ def sources(draw: st.DrawFn) -> np.ndarray:
     return (centre + span * unit).astype(dtype)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc)
-    assert text
-    assert "\n" not in text
-    return text
-
-
 @SETTINGS
 @given(
     data=sources(),
@@ -112,7 +98,7 @@ def test_every_value_in_native_precision(
             tmp / "in.tif", out, bits=bits, nooutliers=nooutliers, verify=True, threads=1
         )
     except (InputError, VerificationError) as exc:
-        text = _one_line(exc)
+        text = one_line(exc)
         # refused only where no EMAN2 storage holds the values: float32 (bits 0) for
         # values it cannot represent, or a range float32 limits cannot express
         assert isinstance(exc, InputError), text  # noqa: PT017
@@ -242,8 +228,7 @@ def test_float64_keeps_its_distinct_values(tmp_path: Path) -> None:
     assert np.unique(got).size > 100  # +-4 sigma on a 0.03 step (the range spans 2048)
     (_, mapping), *_ = eman_decode(out)
     assert mapping is not None
-    step = RenderRange(*mapping[:3]).step
-    assert np.abs(got - truth).max() <= step / 2 * (1 + 1e-4)
+    assert_within_half_step(truth, got, mapping)
     rep = export_file(out, tmp_path / "back.tif")  # TIFF holds float64: the decoded values
     assert rep.dtype == "float64"
     assert np.array_equal(tifffile.imread(tmp_path / "back.tif")[::-1], got)
@@ -311,7 +296,7 @@ def test_clamping_that_moves_the_mean_is_warned(tmp_path: Path) -> None:
 
 def test_integer_limits_widen_outward() -> None:
     data = np.array([0, 1, 1, 2, 3, 9], dtype=np.uint16)
-    from e2compress.quantize import integer_limits
+    from e2compress.ranges import integer_limits
 
     assert integer_limits((0.4, 2.93)) == (0.0, 3.0)
     clamped = block_stats(data, integer_limits((0.4, 2.93)))
@@ -366,7 +351,7 @@ def test_nooutliers_clamps_a_few_huge_values(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("option", "half"), [(["--nooutliers"], True), ([], False)])
-def test_huge_values_refused_one_line(
+def test_huge_values_refusedone_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], half: bool
 ) -> None:
     _huge(tmp_path / "huge.mrc", half)
@@ -396,7 +381,7 @@ def test_float64_spike_past_float32(tmp_path: Path, bits: int | str, nooutliers:
     except InputError as exc:
         error = exc
     if error is not None:
-        assert "spike.tif" in _one_line(error)
+        assert "spike.tif" in one_line(error)
         assert not out.exists()
         return
     assert nooutliers

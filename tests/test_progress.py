@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import write_mrc
 from e2compress import compress_file
 from e2compress.options import Options
 from e2compress.progress import Progress, human_size
 from e2compress.runner import FileResult, Job, Tick
+from helpers import write_mrc
 
 
 class Clock:

@@ -16,14 +16,8 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from e2compress.quantize import (
-    RenderRange,
-    block_stats,
-    choose_range,
-    dequantize,
-    quantize,
-    valid_limits,
-)
+from e2compress.quantize import RenderRange, dequantize, quantize
+from e2compress.ranges import block_stats, choose_range, valid_limits
 
 F32 = np.float32
 SETTINGS = settings(

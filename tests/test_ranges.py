@@ -20,8 +20,8 @@ import pytest
 import tifffile
 
 import e2compress
-from conftest import EMAN2_WRITTEN, REAL
-from e2compress.quantize import RenderRange, within_half_step
+from e2compress.quantize import RenderRange, range_limits, within_half_step
+from helpers import EMAN2_WRITTEN, REAL, spec_nooutliers_limits, spec_render_range
 
 pytestmark = pytest.mark.shared
 
@@ -69,58 +69,6 @@ def _true_images(name: str) -> tuple[np.ndarray, ...]:
     return (data,)
 
 
-def _round_half_away(x: float) -> float:
-    return math.copysign(math.floor(abs(x) + 0.5), x)
-
-
-def _spec_range(
-    data: np.ndarray, bits: int, limits: tuple[float, float] | None = None
-) -> tuple[np.float32, np.float32]:
-    """Spec §2.2 evaluated in float32 on the data clamped to ``limits`` (every pixel clamped,
-    which is the fix for EMAN2's first-pixel bug); non-integer data that does not straddle 0
-    with no limits gets its own min/max (the fix for EMAN2's 0,0 range bug)."""
-    v = np.asarray(data, dtype=F32)
-    if limits is not None:
-        v = np.clip(v, F32(limits[0]), F32(limits[1]))
-    lo, hi = v.min(), v.max()
-    levels = 1 << bits
-    top = F32(levels - 1)
-    if hi - lo == F32(1.0):
-        return lo, hi
-    if np.array_equal(v, np.trunc(v)):
-        span = int(hi) - int(lo)
-        if span < levels:
-            return lo, lo + top
-        step = F32(2.0 ** (span.bit_length() - bits))  # 2**(ceil(log2(span+1)) - bits)
-        rmin = F32(_round_half_away(float(lo / step))) * step if lo < 0 < hi else lo
-        return rmin, rmin + step * top
-    if lo < 0 < hi:
-        step1 = (hi - lo) / top
-        if lo == F32(np.floor(lo / step1)) * step1:
-            return lo, hi
-        step = (hi - lo) / F32(levels - 2)
-        rmin = F32(np.floor(lo / step)) * step
-        return rmin, rmin + step * top
-    if limits is not None:
-        return F32(limits[0]), F32(limits[1])
-    return lo, hi
-
-
-def _nooutliers_limits(data: np.ndarray) -> tuple[float, float]:
-    """e2compress --nooutliers (spec §3): 1024-bin histogram, max(n // 20000, 8) per tail."""
-    v = np.asarray(data, dtype=np.float64).ravel()
-    h0, h1 = float(v.min()), float(v.max())
-    idx = np.clip(np.floor((v - h0) * 1023 / (h1 - h0) + 0.5), 0, 1023).astype(np.intp)
-    hist = np.bincount(idx, minlength=1024)
-    maxout = max(v.size // 20000, 8)
-    hs = (h1 - h0) / 1023
-    over = np.nonzero(np.cumsum(hist[:512]) > maxout)[0]
-    sl = int(over[0]) if over.size else 511
-    over = np.nonzero(np.cumsum(hist[::-1][:511]) > maxout)[0]
-    sh = 1023 - int(over[0]) if over.size else 513
-    return h0 + sl * hs, h0 + sh * hs
-
-
 def _requested_limits(data: np.ndarray, opts: dict[str, Any]) -> tuple[float, float] | None:
     """The limits e2compress derives from the option set, computed with numpy."""
     if "range" in opts:
@@ -132,7 +80,7 @@ def _requested_limits(data: np.ndarray, opts: dict[str, Any]) -> tuple[float, fl
         mean, sigma = float(v.mean()), float(v.std(ddof=1))  # EMAN2's sigma is the n-1 one
         return mean - a * sigma, mean + b * sigma
     if opts.get("nooutliers"):
-        return _nooutliers_limits(data)
+        return spec_nooutliers_limits(data)
     return None
 
 
@@ -160,7 +108,7 @@ def _check_snapped(
     orig = _true_images(run["file"])[rec["i"]]
     bits = run["options"]["bits"]
     limits = _integer_limits(orig, _requested_limits(orig, run["options"]))
-    expected = _spec_range(orig, bits, limits)
+    expected = spec_render_range(orig, bits, limits)[:2]
     problems = _check_correct(group, decoded, orig, bits, expected, where)
     if not np.array_equal(decoded, np.trunc(decoded)):
         problems.append(f"{where}: integer data with widened limits read back non-integers")
@@ -184,20 +132,21 @@ def _stored(group: h5py.Group) -> tuple[float, float, int, int]:
 def _check_decoded(
     decoded: np.ndarray, orig: np.ndarray, rmin: float, rmax: float, bits: int, where: str
 ) -> list[str]:
-    """Inside [rmin, rmax] within half a step; outside clamped to the end values."""
+    """Inside [rmin, rmax] within half a step; outside clamped to the end values (the
+    library's rule, ``quantize.within_half_step``)."""
     problems = []
-    o = np.asarray(orig, dtype=np.float64)
-    d = decoded.astype(np.float64)
-    step = (rmax - rmin) / ((1 << bits) - 1)
-    ulp = float(np.spacing(F32(max(abs(rmin), abs(rmax)))))
-    below, above = o < F32(rmin), o > F32(rmax)
+    rng = RenderRange(bits, rmin, rmax)
+    ok = within_half_step(orig, decoded, rng)
+    lo, hi = range_limits(rng)
+    wide = np.asarray(orig).astype(np.float64)
+    below, above = wide < lo, wide > hi
     inside = ~(below | above)
-    if not within_half_step(o, d, RenderRange(bits, rmin, rmax))[inside].all():
-        err = float(np.abs(d[inside] - o[inside]).max())
-        problems.append(f"{where}: max decode error {err} > half step {step / 2}")
-    if below.any() and not np.all(np.abs(d[below] - rmin) <= 2 * ulp):
+    if not ok[inside].all():
+        err = float(np.abs(decoded.astype(np.float64)[inside] - wide[inside]).max())
+        problems.append(f"{where}: max decode error {err} > half step {rng.step / 2}")
+    if not ok[below].all():
         problems.append(f"{where}: pixels below rmin do not decode to rmin")
-    if above.any() and not np.all(np.abs(d[above] - rmax) <= 2 * ulp):
+    if not ok[above].all():
         problems.append(f"{where}: pixels above rmax do not decode to rmax")
     return problems
 
@@ -329,7 +278,7 @@ def _check_first_pixel(
     orig = _true_images(run["file"])[rec["i"]]
     bits = run["options"]["bits"]
     lo, hi = rec["requested"]  # EMAN2's own limits (mean +- k*sigma for --sigrange)
-    expected = _spec_range(orig, bits, (lo, hi))
+    expected = spec_render_range(orig, bits, (lo, hi))[:2]
     rmin, rmax, _, _ = _stored(group)
     problems = []
     eman2 = (float.fromhex(rec["stored_rendermin_hex"]), float.fromhex(rec["stored_rendermax_hex"]))
@@ -371,7 +320,7 @@ def _check_misread(
     opts = run["options"]
     bits = opts["bits"]
     limits = _integer_limits(orig, _requested_limits(orig, opts))
-    expected = _spec_range(orig, bits, limits)
+    expected = spec_render_range(orig, bits, limits)[:2]
     rtol = 0.0
     problems = _check_correct(group, decoded, orig, bits, expected, where, rtol=rtol)
     rmin, rmax, _, _ = _stored(group)
@@ -388,12 +337,12 @@ def test_hand_computed_misread_ranges() -> None:
     """The DM TIFF's default-mode ranges, worked out by hand from spec §2.2 (ints 2866..3774,
     span 908): fits in 10 and 16 bits; needs 10 bits, so step 2**(10-bits) at 4 and 5 bits."""
     (orig,) = _true_images("test_loading_image_saved_with_DM.tif")
-    assert _spec_range(orig, 4) == (2866, 2866 + 64 * 15)
-    assert _spec_range(orig, 5) == (2866, 2866 + 32 * 31)
-    assert _spec_range(orig, 10) == (2866, 2866 + 1023)
-    assert _spec_range(orig, 16) == (2866, 2866 + 65535)
+    assert spec_render_range(orig, 4)[:2] == (2866, 2866 + 64 * 15)
+    assert spec_render_range(orig, 5)[:2] == (2866, 2866 + 32 * 31)
+    assert spec_render_range(orig, 10)[:2] == (2866, 2866 + 1023)
+    assert spec_render_range(orig, 16)[:2] == (2866, 2866 + 65535)
     # --range=3190,3489 at 8 bits: clamped ints span 299 -> 9 bits needed -> step 2.
-    assert _spec_range(orig, 8, (3190.0, 3489.0)) == (3190, 3190 + 2 * 255)
+    assert spec_render_range(orig, 8, (3190.0, 3489.0))[:2] == (3190, 3190 + 2 * 255)
 
 
 def test_ranges_json_covers_all_runs() -> None:

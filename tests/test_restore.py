@@ -21,7 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import (
+from e2compress.errors import InputError, OutputError
+from e2compress.hashing import OrderedHasher
+from e2compress.kept import kept_array
+from e2compress.restore import restore_file, restored_sha256
+from helpers import (
     CORE_FILES,
     DATA,
     REAL,
@@ -29,18 +33,12 @@ from conftest import (
     plain_name,
     real_file_params,
     run_cli,
+    sha256,
     true_images,
     write_mrc,
 )
-from e2compress.errors import InputError, OutputError
-from e2compress.kept import OrderedHasher, kept_array
-from e2compress.restore import restore_file, restored_sha256
 
 MRC_FILES = [p for p in real_file_params() if not plain_name(p.values[0]).endswith(".tif")]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def restorable_bytes(path: Path) -> bytes:
@@ -669,7 +667,7 @@ def test_restored_sha256_of_off_grid_quantised_values_decodes_nothing(
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded")
 
-    monkeypatch.setattr("e2compress.restore._Values._section", no_decoding)
+    monkeypatch.setattr("e2compress.rebuild._Values._section", no_decoding)
     assert restored_sha256(archive) is None
 
 

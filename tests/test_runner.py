@@ -15,12 +15,12 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import DATA, eman_decode, write_mrc
 from e2compress import pipeline
 from e2compress.batch import Inputs
 from e2compress.executor import Cancel
 from e2compress.options import Options
 from e2compress.runner import FileResult, Job, LocalRunner, Tick, make_jobs, run_job
+from helpers import DATA, eman_decode, write_mrc
 
 F32 = np.float32
 

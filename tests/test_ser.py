@@ -1,6 +1,6 @@
 """FEI/TIA ``.ser`` input through ncempy (optional extra ``ser``): every element one image
 in file row order (as EMAN2 reads it), the pixel size from the calibration, damaged
-files refused on one line. Files come from the test writer (conftest.write_ser), checked
+files refused on one line. Files come from the test writer (helpers.write_ser), checked
 against real EMAN2 in test_eman2_formats; the real SER files ncempy and rosettasciio
 publish are GPL-3.0 and not bundled."""
 
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_blocks_consistent, assert_keys_kept, write_ser
 from e2compress import InputError, compress_file, open_source, read_images
+from helpers import assert_blocks_consistent, assert_keys_kept, one_line, write_ser
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ncempy") is None, reason="needs the optional extra ser (ncempy)"
@@ -91,13 +91,6 @@ def test_compressed(tmp_path: Path) -> None:
     assert_keys_kept(tmp_path / "s.ser", tmp_path / "s.hdf")
 
 
-def _one_line(exc: pytest.ExceptionInfo[InputError], path: Path) -> str:
-    message = str(exc.value)
-    assert "\n" not in message
-    assert str(path) in message
-    return message
-
-
 @pytest.mark.parametrize("keep", [0.0, 0.01, 0.05, 0.3, 0.7, 0.97])
 def test_truncated_refused(tmp_path: Path, keep: float) -> None:
     path = tmp_path / "s.ser"
@@ -106,7 +99,7 @@ def test_truncated_refused(tmp_path: Path, keep: float) -> None:
     path.write_bytes(blob[: int(keep * len(blob))])
     with pytest.raises(InputError) as exc:
         open_source(path)
-    _one_line(exc, path)
+    one_line(exc, path)
 
 
 def test_complex_refused(tmp_path: Path) -> None:
@@ -118,4 +111,4 @@ def test_complex_refused(tmp_path: Path) -> None:
     path.write_bytes(bytes(blob))
     with pytest.raises(InputError) as exc:
         open_source(path)
-    assert "unsupported data type 11" in _one_line(exc, path)
+    assert "unsupported data type 11" in one_line(exc, path)

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import assert_within_half_step, eman_decode, run_cli
 from e2compress.errors import InputError, Interrupted
 from e2compress.executor import Cancel
 from e2compress.runner import wait_settled
+from helpers import assert_within_half_step, eman_decode, run_cli
 
 FRAMES, SHAPE = 16, (96, 128)  # a frame: 24 kB of uint16 (written straight through)
 PAUSE = 0.1  # seconds between frames

@@ -18,15 +18,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import e2compress
-from conftest import (
+from e2compress import InputError, h5direct
+from helpers import (
     REAL,
     assert_within_half_step,
     eman2_home,
     eman2_read,
     eman_decode,
     true_images,
+    write_mrc,
 )
-from e2compress import InputError, h5direct
 
 F32 = np.float32
 APIX = 1.37
@@ -44,42 +45,28 @@ def _stack(n: int = 40, box: int = 32, seed: int = 5) -> np.ndarray:
     return data.astype(F32)
 
 
-def _write_mrcs(path: Path, data: np.ndarray, origin: tuple[float, ...] = (0, 0, 0)) -> Path:
-    with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(data)
-        m.voxel_size = APIX
-        m.header.origin.x, m.header.origin.y, m.header.origin.z = origin
-    return path
-
-
-def _bound(mapping: tuple[int, float, float, int]) -> float:
-    """Half a quantisation step, plus float32 rounding of values of that size."""
-    bits, rmin, rmax, _ = mapping
-    scale = max(abs(rmin), abs(rmax))
-    return (rmax - rmin) / ((1 << bits) - 1) / 2 * (1 + 1e-4) + 4 * float(np.spacing(F32(scale)))
-
-
 @pytest.mark.parametrize("bits", [0, 5, 12], ids=lambda b: f"bits{b}")
 def test_plain_h5py_reads_a_stack(bits: int, tmp_path: Path) -> None:
     """Plain h5py + the formula in docs/api.md give the pixels (within half a step), the pixel
     size per image, and the keys shared by all images once on /MDF/images."""
     data = _stack()
-    src = _write_mrcs(tmp_path / "p.mrcs", data)
+    src = write_mrc(tmp_path / "p.mrcs", data, voxel_size=APIX)
     out = tmp_path / "p.hdf"
     e2compress.compress_file(src, out, bits=bits)
-    decoded = eman_decode(out)  # conftest: h5py + EMAN2's formula, independent of us
+    decoded = eman_decode(out)  # helpers: h5py + EMAN2's formula, independent of us
     assert len(decoded) == len(data)
     ours = e2compress.read_images(out)
     for i, (values, mapping) in enumerate(decoded):
+        # and our reader: the source by the same rule (exact 0 and integers, where
+        # EMAN2's float32 formula is a few ulp off)
         if bits == 0:
             assert mapping is None
             assert np.array_equal(values, data[i])
+            assert np.array_equal(ours[i], data[i])
         else:
             assert mapping is not None
-            assert np.abs(values - data[i]).max() <= _bound(mapping)
-        # our reader: the same values, except exact 0 and integers where EMAN2's float32
-        # formula is a few ulp off
-        assert np.allclose(ours[i], values, rtol=0, atol=4e-6 * max(1.0, np.abs(values).max()))
+            assert_within_half_step(data[i], values, mapping)
+            assert_within_half_step(data[i], ours[i], mapping)
     assert np.array_equal(ours[-1], data[-1])  # the integer image, exactly
     assert (ours[1][:4, :4] == 0).all()
     with h5py.File(out, "r") as f:
@@ -101,7 +88,7 @@ def test_stack_metadata_is_small(tmp_path: Path) -> None:
     if h5direct.library() is None:  # test_h5py_fallback_... checks where it must exist
         pytest.skip("small chunk-index nodes need the direct HDF5 calls (POSIX dlsym)")
     n = 300
-    src = _write_mrcs(tmp_path / "s.mrcs", _stack(n))
+    src = write_mrc(tmp_path / "s.mrcs", _stack(n), voxel_size=APIX)
     out = tmp_path / "s.hdf"
     e2compress.compress_file(src, out, bits=5)
     with h5py.File(out, "r") as f:
@@ -145,7 +132,7 @@ def test_small_stacks_carry_little_metadata(n: int, box: int, bits: int, tmp_pat
     per-image key, e.g. a non-zero origin, adds its own ~60 bytes)."""
     if h5direct.library() is None:
         pytest.skip("small chunk-index nodes need the direct HDF5 calls (POSIX dlsym)")
-    src = _write_mrcs(tmp_path / f"s{n}.mrcs", _stack(n, box))
+    src = write_mrc(tmp_path / f"s{n}.mrcs", _stack(n, box), voxel_size=APIX)
     out = tmp_path / f"s{n}.hdf"
     e2compress.compress_file(src, out, bits=bits)
     assert out.stat().st_size - _chunk_bytes(out) <= _fixed_rule(n)
@@ -183,7 +170,7 @@ def test_real_small_stacks_compress_as_whole_files(name: str, ratio: float, tmp_
 def test_one_image_is_read_without_the_others(tmp_path: Path) -> None:
     """open()[i] touches only image i: a missing image elsewhere does not matter until
     it is asked for, and then it is one clear error."""
-    src = _write_mrcs(tmp_path / "s.mrcs", _stack(12))
+    src = write_mrc(tmp_path / "s.mrcs", _stack(12), voxel_size=APIX)
     out = tmp_path / "s.hdf"
     e2compress.compress_file(src, out, bits=5)
     want = e2compress.read_images(out)
@@ -223,7 +210,7 @@ def test_h5py_fallback_writes_and_reads_the_same(
     the file has the same layout and both files read back to the same values by
     either path."""
     assert h5direct.library() is not None  # this platform has the direct path
-    src = _write_mrcs(tmp_path / "s.mrcs", _stack(20), ORIGIN)
+    src = write_mrc(tmp_path / "s.mrcs", _stack(20), voxel_size=APIX, origin=ORIGIN)
     fast = tmp_path / "fast.hdf"
     e2compress.compress_file(src, fast, bits=5)
     fast_values = e2compress.read_images(fast)
@@ -292,7 +279,7 @@ def test_unusual_datasets_in_one_file(tmp_path: Path) -> None:
 def test_recompressing_a_stack_keeps_its_header(tmp_path: Path) -> None:
     """An e2compress stack compressed again keeps the shared header (the /MDF/images
     attributes) and each image's pixel size and origin."""
-    src = _write_mrcs(tmp_path / "s.mrcs", _stack(6), ORIGIN)
+    src = write_mrc(tmp_path / "s.mrcs", _stack(6), voxel_size=APIX, origin=ORIGIN)
     first = tmp_path / "first.hdf"
     e2compress.compress_file(src, first, bits=10)
     again = tmp_path / "again.hdf"
@@ -311,7 +298,7 @@ def test_recompressing_a_stack_keeps_its_header(tmp_path: Path) -> None:
 def test_threads_do_not_change_the_file(tmp_path: Path) -> None:
     """Small images are encoded in batches (engine probed once per batch), inline or in
     worker threads: the stored codes and mappings are the same either way."""
-    src = _write_mrcs(tmp_path / "s.mrcs", _stack(400, 16))
+    src = write_mrc(tmp_path / "s.mrcs", _stack(400, 16), voxel_size=APIX)
     one, two = tmp_path / "one.hdf", tmp_path / "two.hdf"
     e2compress.compress_file(src, one, bits=6, threads=1)
     e2compress.compress_file(src, two, bits=6, threads=2)
@@ -343,7 +330,7 @@ def test_hdf_stack_input_takes_the_memory_of_mrcs(tmp_path: Path) -> None:
     for 50,000 images; 1.8x the .mrcs peak at 5,000)."""
     n = 5_000
     data = np.random.default_rng(3).standard_normal((n, 16, 16), dtype=F32)
-    src = _write_mrcs(tmp_path / "s.mrcs", data)
+    src = write_mrc(tmp_path / "s.mrcs", data, voxel_size=APIX)
     hdf = tmp_path / "s.hdf"
     e2compress.compress_file(src, hdf, bits=8)
     mrcs_kb = _peak_kb(src, tmp_path / "from_mrcs.hdf")
@@ -388,7 +375,7 @@ def test_eman2_reads_our_stack(bits: int, tmp_path: Path) -> None:
     """
     eman2_home()
     data = _stack(24, 32)
-    src = _write_mrcs(tmp_path / "s.mrcs", data, ORIGIN)
+    src = write_mrc(tmp_path / "s.mrcs", data, voxel_size=APIX, origin=ORIGIN)
     out = tmp_path / "s.hdf"
     e2compress.compress_file(src, out, bits=bits)
     ours = np.stack(e2compress.read_images(out))

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import formula_image, true_images, write_mrc
 from e2compress import compress_file, read_images
-from e2compress.readers.mrc import parse_header
+from e2compress.readers.mrc_header import parse_header
+from helpers import formula_image, true_images, write_mrc
 
 THREADS = 4
 ROUNDS = 4

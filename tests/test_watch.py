@@ -1,94 +1,70 @@
-"""Watch mode: files written slowly by another process are compressed only once complete,
-a file that changes is taken again, and a restart redoes nothing."""
+"""Watch mode: files written piece by piece are compressed only once complete, a file
+that changes is taken again, and a restart redoes nothing.
+
+Event-driven: the watcher's clock and sleep are the test's (time moves only when the test
+says), its file events are fed by the test (``notify``, as watchdog would), and the
+writers write between the watcher's looks. Real waits are hang guards only.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 pytest.importorskip("watchdog")
 
-from conftest import eman_decode, write_mrc
 from e2compress.batch import Item
+from e2compress.deletion import Deletion
+from e2compress.drive import Settings, drive
 from e2compress.executor import Cancel
 from e2compress.options import Options
-from e2compress.runner import FileResult, Job, LocalRunner, make_jobs
-from e2compress.watch import Watcher, incomplete, watch
+from e2compress.runner import FileResult, LocalRunner, Tick
+from e2compress.watch import Watcher, incomplete
+from helpers import assert_within_half_step, eman_decode, write_mrc
 
 F32 = np.float32
-HANG_SECONDS = 60.0
-SETTLE = 1.5  # the writer pauses 0.3 s between pieces: well within it
+HANG_SECONDS = 120.0
+SETTLE = 30.0  # test time: it passes only when the test moves the clock
 
-# Writes an MRC (copying a finished one piece by piece: header first, then frames, as a
-# camera does) and a TIFF (tifffile appending pages: valid but short until the end); after
-# each, a marker file (outside the watched tree) says it is complete.
-WRITER = r"""
-import sys, time
-import numpy as np, tifffile
-mrc_src, mrc_dst, tif_dst, pause = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-marks = sys.argv[6]
-data = open(mrc_src, "rb").read()
-head, frame = 1024, (len(data) - 1024) // 4
-with open(mrc_dst, "wb") as out:
-    for start in [0, head] + [head + k * frame for k in range(1, 4)]:
-        end = head if start == 0 else min(start + frame, len(data))
-        out.write(data[start:end]); out.flush(); time.sleep(pause)
-open(marks + "/movie.complete", "w").close()
-pages = np.load(sys.argv[5])
-with tifffile.TiffWriter(tif_dst) as tw:
-    for page in pages:
-        tw.write(page, contiguous=False); tw._fh.flush(); time.sleep(pause)
-open(marks + "/stack.complete", "w").close()
-"""
+
+class Clock:
+    """A monotonic clock that moves only when told (``sleep`` moves it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Results:
+    """A printer (see :class:`e2compress.drive.Printer`) that keeps the results."""
+
+    def __init__(self) -> None:
+        self.results: list[FileResult] = []
+
+    def tick(self, t: Tick) -> None:
+        pass
+
+    def result(self, r: FileResult) -> None:
+        self.results.append(r)
+
+    def deletion(self, d: Deletion) -> None:
+        raise AssertionError("nothing is deleted in watch mode")
 
 
 def frames(seed: int, n: int = 4, shape: tuple[int, int] = (96, 80)) -> np.ndarray:
     return np.random.default_rng(seed).normal(100.0, 10.0, (n, *shape)).astype(F32)
-
-
-class Run:
-    """watch() in a thread, its results collected; stop() cancels and joins."""
-
-    def __init__(self, watcher: Watcher, options: Options) -> None:
-        self.cancel = Cancel()
-        self.results: list[FileResult] = []
-        self.lock = threading.Lock()
-
-        def make_job(item: Item) -> Job:
-            (job,) = make_jobs([item], options)
-            return job
-
-        def on_result(r: FileResult) -> None:
-            with self.lock:
-                self.results.append(r)
-
-        self.thread = threading.Thread(
-            target=watch,
-            args=(watcher, LocalRunner(threads=1), make_job, self.cancel, on_result),
-            kwargs={"tick": 0.05},
-        )
-        self.thread.start()
-
-    def wait_for(self, count: int) -> list[FileResult]:
-        end = time.monotonic() + HANG_SECONDS
-        while time.monotonic() < end:
-            with self.lock:
-                if len(self.results) >= count:
-                    return list(self.results)
-            time.sleep(0.05)
-        raise AssertionError(f"{count} results did not come within {HANG_SECONDS} s")
-
-    def stop(self) -> None:
-        self.cancel.set()
-        self.thread.join(HANG_SECONDS)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture
@@ -103,53 +79,100 @@ def outputs(out: Path) -> list[Path]:
     return sorted(p for p in out.rglob("*") if p.is_file())
 
 
-def test_slow_writers_restart_and_no_redo(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+def watcher(watched: Path, out: Path, clock: Clock, options: Options, **kw: object) -> Watcher:
+    return Watcher(
+        watched, outpath=out, settle=SETTLE, options=options, clock=clock, observe=False, **kw
+    )
+
+
+def run(w: Watcher, items: Iterator[Item | None], options: Options) -> list[FileResult]:
+    """Drive ``items`` to their end with one local file thread; the results."""
+    printer = Results()
+    with w:
+        drive(
+            items,
+            Settings(options=options),
+            LocalRunner(threads=1),
+            Cancel(),
+            printer=printer,
+            finished=w.finished,
+        )
+    return printer.results
+
+
+def pages_within_half_step(path: Path, originals: np.ndarray) -> None:
+    decoded = eman_decode(path)
+    assert len(decoded) == len(originals)  # every page, not those written when first seen
+    for (values, m), orig in zip(decoded, originals, strict=True):
+        assert m is not None
+        assert_within_half_step(orig, values, m)
+
+
+def test_pieces_are_not_taken_until_complete_and_a_restart_redoes_nothing(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An MRC copied header first, then frame by frame (as a camera does), and a TIFF
+    appended page by page (valid but short until the end): while either grows, with the
+    settle time passing between pieces but never since the last change, nothing is taken;
+    once both stay unchanged for the settle time, both are compressed whole."""
     watched, out = dirs
     movie, pages = frames(1), frames(2, 5)
-    full = write_mrc(tmp_path / "full.mrc", movie)
-    np.save(tmp_path / "pages.npy", pages)
+    data = write_mrc(tmp_path / "full.mrc", movie).read_bytes()
     mrc, tif = watched / "grid1" / "movie.mrc", watched / "grid1" / "stack.tif"
-    marks = tmp_path / "marks"
-    marks.mkdir()
     options = Options(bits=8)
-    run = Run(Watcher(watched, outpath=out, settle=SETTLE, options=options), options)
-    pages_file = tmp_path / "pages.npy"
-    argv = [sys.executable, "-c", WRITER, str(full), str(mrc), str(tif), "0.3", str(pages_file)]
-    writer = subprocess.Popen([*argv, str(marks)])
-    try:
-        while writer.poll() is None:  # nothing for a file may appear while it grows
-            for p in outputs(out):  # the output or its temporary file
-                stem = p.name.lstrip(".").split(".")[0]
-                assert (marks / f"{stem}.complete").exists(), (
-                    f"{p.name} before its input was complete"
-                )
-            time.sleep(0.01)
-        assert writer.returncode == 0
-        done = run.wait_for(2)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-        run.stop()
+    clock = Clock()
+    w = watcher(watched, out, clock, options, rescan=float("inf"))
+
+    def growing(path: Path) -> bool:
+        """Whether anything was written for ``path`` (its output or temporary file)."""
+        return any(p.name.lstrip(".").startswith(path.stem + ".") for p in outputs(out))
+
+    def look(path: Path) -> list[Item]:
+        """The writer changed ``path``; time passes, but less than the settle time: what
+        is ready now is not ``path``."""
+        w.notify(path)
+        ready = w.ready()  # the change is seen at once
+        clock.sleep(SETTLE * 0.6)
+        ready += w.ready()
+        assert all(item.source != path for item in ready)
+        assert not growing(path)
+        return ready
+
+    def stream() -> Iterator[Item | None]:
+        frame = (len(data) - 1024) // 4
+        with open(mrc, "wb") as fh:
+            for start in [0, 1024] + [1024 + k * frame for k in range(1, 4)]:
+                fh.write(data[start : 1024 if start == 0 else start + frame])
+                fh.flush()
+                yield from look(mrc)
+        with tifffile.TiffWriter(tif) as tw:
+            for page in pages:
+                tw.write(page, contiguous=False)
+                tw._fh.flush()
+                yield from look(tif)
+        w.notify(tif)  # closing may have written more
+        yield from w.ready()
+        clock.sleep(SETTLE)
+        yield from w.ready()
+
+    done = run(w, stream(), options)
     assert sorted((r.given, r.status) for r in done) == [(str(mrc), "done"), (str(tif), "done")]
     assert outputs(out) == [out / "grid1" / "movie.hdf", out / "grid1" / "stack.hdf"]
-    ((values, m),) = eman_decode(out / "grid1" / "movie.hdf")
+    ((values, m),) = eman_decode(out / "grid1" / "movie.hdf")  # one volume
+    assert values.shape == movie.shape
     assert m is not None
-    assert values.shape == movie.shape  # every frame, not the ones written when first seen
-    step = (m[2] - m[1]) / 255
-    assert np.abs(values - movie).max() <= step / 2 * 1.001
-    decoded = eman_decode(out / "grid1" / "stack.hdf")
-    assert len(decoded) == len(pages)  # every page
-    for (values, m), page in zip(decoded, pages, strict=True):
-        assert m is not None
-        step = (m[2] - m[1]) / 255
-        assert np.abs(values - page[::-1]).max() <= step / 2 * 1.001  # TIFF rows flipped
+    assert_within_half_step(movie, values, m)
+    pages_within_half_step(out / "grid1" / "stack.hdf", pages[:, ::-1])  # TIFF rows flipped
 
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in outputs(out)}
-    again = Run(Watcher(watched, outpath=out, settle=SETTLE, poll=0.2, options=options), options)
-    try:
-        skipped = again.wait_for(2)
-    finally:
-        again.stop()
+    again = watcher(watched, out, clock, options)
+
+    def restart() -> Iterator[Item | None]:
+        assert again.ready() == []  # found by the first scan, not settled yet
+        clock.sleep(SETTLE)
+        yield from again.ready()
+
+    skipped = run(again, restart(), options)
     assert sorted((r.given, r.status) for r in skipped) == [
         (str(mrc), "skipped"),
         (str(tif), "skipped"),
@@ -157,23 +180,111 @@ def test_slow_writers_restart_and_no_redo(dirs: tuple[Path, Path], tmp_path: Pat
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in outputs(out)} == before
 
 
+def test_an_incomplete_file_is_failed_then_taken_again_when_it_changes(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A writer that pauses longer than the settle time: the MRC opens short, so it is
+    reported (not compressed); when the rest arrives it is taken again."""
+    watched, out = dirs
+    movie = frames(6, 3)
+    data = write_mrc(tmp_path / "full.mrc", movie).read_bytes()
+    src = watched / "m.mrc"
+    options = Options(bits=8)
+    clock = Clock()
+    w = watcher(watched, out, clock, options, rescan=float("inf"))
+
+    def stream() -> Iterator[Item | None]:
+        src.write_bytes(data[: len(data) // 2])
+        w.notify(src)
+        assert w.ready() == []
+        clock.sleep(SETTLE)
+        (early,) = w.ready()
+        assert "not complete yet" in early.problem
+        yield early
+        yield None
+        with open(src, "ab") as fh:
+            fh.write(data[len(data) // 2 :])
+        w.notify(src)
+        assert w.ready() == []
+        clock.sleep(SETTLE)
+        yield from w.ready()
+
+    first, second = run(w, stream(), options)
+    assert (first.status, second.status) == ("failed", "done")
+    assert first.message.startswith(str(src))
+    ((values, m),) = eman_decode(out / "m.hdf")
+    assert values.shape == movie.shape
+    assert m is not None
+    assert_within_half_step(movie, values, m)
+
+
 def test_a_file_that_changes_is_taken_again(dirs: tuple[Path, Path]) -> None:
+    """The watch loop itself (``items``) with the test's clock: the watcher sleeps by
+    moving it; the file is replaced once the first result is in, and the run is stopped
+    after the second."""
     watched, out = dirs
     src = write_mrc(watched / "a.mrc", frames(3, 1)[0])
-    run = Run(Watcher(watched, outpath=out, settle=0.3), Options(bits=6))
+    newer = frames(4, 1)[0] * 3
+    clock = Clock()
+    options = Options(bits=6)
+
+    def nap(seconds: float) -> None:
+        """The watcher's sleep: the test's time moves on; a real millisecond lets the file
+        thread run (nothing depends on its length)."""
+        clock.sleep(seconds)
+        time.sleep(0.001)
+
+    w = watcher(watched, out, clock, options, sleep=nap)
+    cancel = Cancel()
+    guard = threading.Timer(HANG_SECONDS, cancel.set)
+
+    class Replace(Results):
+        def result(self, r: FileResult) -> None:
+            super().result(r)
+            if len(self.results) == 1:
+                write_mrc(watched / "tmp.mrc", newer)
+                os.replace(watched / "tmp.mrc", src)
+                w.notify(src)
+            else:
+                cancel.set()
+
+    printer = Replace()
+    guard.start()
     try:
-        (first,) = run.wait_for(1)
-        assert first.status == "done"
-        newer = frames(4, 1)[0] * 3
-        write_mrc(watched / "tmp.mrc", newer)
-        os.replace(watched / "tmp.mrc", src)
-        second = run.wait_for(2)[1]
+        with w:
+            drive(
+                w.items(cancel),
+                Settings(options=options),
+                LocalRunner(threads=1),
+                cancel,
+                printer=printer,
+                finished=w.finished,
+            )
     finally:
-        run.stop()
-    assert second.status == "done"
+        guard.cancel()
+    assert [r.status for r in printer.results] == ["done", "done"]
     ((values, m),) = eman_decode(out / "a.hdf")
     assert m is not None
-    assert np.abs(values - newer).max() <= (m[2] - m[1]) / 63 / 2 * 1.001
+    assert_within_half_step(newer, values, m)
+
+
+def test_files_are_found_by_events_or_by_the_rescan(dirs: tuple[Path, Path]) -> None:
+    """A file made after the start is seen through an event, or else by the next full
+    rescan, never otherwise."""
+    watched, out = dirs
+    clock = Clock()
+    w = watcher(watched, out, clock, Options(), rescan=600.0)
+    with w:
+        a = write_mrc(watched / "a.mrc", np.ones((4, 4), F32))
+        b = write_mrc(watched / "b.mrc", np.ones((4, 4), F32))
+        w.notify(a)
+        assert w.ready() == []
+        clock.sleep(SETTLE)
+        assert [item.source for item in w.ready()] == [a]  # b: no event, no rescan yet
+        clock.sleep(600.0 - SETTLE)
+        assert w.ready() == []  # the rescan found b just now
+        clock.sleep(SETTLE)
+        assert [item.source for item in w.ready()] == [b]
 
 
 def test_what_is_not_taken(dirs: tuple[Path, Path]) -> None:

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from .eman_hdf import EmanHdfFile
+from .archive import EmanHdfFile
 from .errors import E2CompressError, InputError, Interrupted, OutputError, VerificationError
 from .executor import Cancel
 from .gain_io import read_gain

@@ -30,8 +30,8 @@ import h5py
 import numpy as np
 
 from . import checksum, codecs
+from .archive import EmanHdfFile
 from .counts_source import CountsSource
-from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError
 from .executor import Cancel, bounded, in_flight, make_pool, pool_width
 from .gain_io import read_gain

@@ -218,7 +218,7 @@ class Inputs:
                     raise E2CompressError(f"cannot read the list file {path}")
         for d in self.recursive:
             if not d.is_dir() or not os.access(d, os.R_OK | os.X_OK):
-                raise E2CompressError(f"--recursive needs a readable directory: {d}")
+                raise E2CompressError(f"recursive needs a readable directory: {d}")
 
     # ----------------------------------------------------------------- raw streams
 

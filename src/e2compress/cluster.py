@@ -30,7 +30,7 @@ from distributed import Client, WorkerPlugin, as_completed, get_worker
 
 from .errors import E2CompressError
 from .executor import Cancel, make_pool
-from .runner import FileResult, Job, Tick, TickFn, precheck, run_job
+from .runner import FileResult, Job, Tick, TickFn, precheck, quiet_tifffile, run_job
 
 TOPIC = "e2compress-progress"
 POOL_PLUGIN = "e2compress-chunk-pool"
@@ -59,7 +59,8 @@ def _keep_big_buffers() -> None:
 
 class ChunkPool(WorkerPlugin):  # type: ignore[misc]
     """One pool of chunk threads per worker (``threads``, default the worker's own
-    thread count), shared by the files the worker runs at once."""
+    thread count), shared by the files the worker runs at once; its setup also quiets
+    tifffile's logger there, as the command line does in its own process."""
 
     idempotent = False
 
@@ -69,6 +70,7 @@ class ChunkPool(WorkerPlugin):  # type: ignore[misc]
 
     def setup(self, worker: Any) -> None:
         _keep_big_buffers()
+        quiet_tifffile()
         self.pool = make_pool(self.threads or worker.state.nthreads)
 
     def teardown(self, worker: Any) -> None:
@@ -326,7 +328,7 @@ def _import_jobqueue() -> Any:
         import dask_jobqueue
     except ImportError:
         raise E2CompressError(
-            "--cluster needs dask-jobqueue: pip install 'e2compress[dask]'"
+            "a jobqueue cluster needs dask-jobqueue: pip install 'e2compress[dask]'"
         ) from None
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -351,7 +353,7 @@ def jobqueue_cluster(kind: str, **settings: Any) -> Any:
     submit = cls.job_cls.submit_command
     if shutil.which(submit) is None:
         raise E2CompressError(
-            f"--cluster {kind}: {submit} is not on PATH (run on a {kind.upper()} submit host)"
+            f"cluster={kind!r}: {submit} is not on PATH (run on a {kind.upper()} submit host)"
         )
     kwargs = {k: v for k, v in settings.items() if v is not None}
     if dask.config.get(f"jobqueue.{kind}.processes", None) is None:
@@ -359,7 +361,7 @@ def jobqueue_cluster(kind: str, **settings: Any) -> Any:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise E2CompressError(f"--cluster {kind}: {exc}") from None
+        raise E2CompressError(f"cluster={kind!r}: {exc}") from None
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import __version__
@@ -183,13 +183,21 @@ def _unexpected(path: str, exc: Exception) -> str:
     return f"{path}: unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def _attempt(path: str, work: Callable[[], T]) -> T | None:
+def flagged(text: str, words: Mapping[str, str]) -> str:
+    """A library message in the command line's words: each key of ``words`` (a
+    parameter as the library names it) replaced by its value (the option)."""
+    for name, flag in words.items():
+        text = text.replace(name, flag)
+    return text
+
+
+def _attempt(path: str, work: Callable[[], T], words: Mapping[str, str] | None = None) -> T | None:
     """``work()``, or None after one ERROR line naming ``path`` (no traceback, even
-    for a bug)."""
+    for a bug); ``words``: see :func:`flagged`."""
     try:
         return work()
     except E2CompressError as exc:
-        _error(str(exc))
+        _error(flagged(str(exc), words or {}))
     except Exception as exc:  # a bug, reported without a traceback
         _error(_unexpected(path, exc))
     return None
@@ -222,7 +230,7 @@ def _compare(args: argparse.Namespace) -> int:
             plot_comparison(result, args.plot)
         return result
 
-    result = _attempt(args.compressed, work)
+    result = _attempt(args.compressed, work, {"plotting needs": "--plot needs"})
     if result is None:
         return 1
     if args.json:
@@ -254,6 +262,7 @@ def _export(args: argparse.Namespace) -> int:
             as_float=args.float,
             tiff_compression=None if args.tiff_compression == "none" else args.tiff_compression,
         ),
+        {"pass force=True": "use --force"},
     )
     if report is None:
         return 1
@@ -268,7 +277,9 @@ def _restore(args: argparse.Namespace) -> int:
     from .restore import restore_file
 
     result = _attempt(
-        args.archive, lambda: restore_file(args.archive, args.output, overwrite=args.force)
+        args.archive,
+        lambda: restore_file(args.archive, args.output, overwrite=args.force),
+        {"overwrite=True": "--force"},
     )
     if result is None:
         return 1

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import fidelity as fd
+from .archive import EmanHdfFile
 from .counts_source import GainedSource
-from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError
 from .gain_io import read_gain
 from .quantize import RenderRange
@@ -413,7 +413,7 @@ def plot_comparison(result: Comparison, path: PathLike) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise E2CompressError(
-            "--plot needs matplotlib: pip install 'e2compress[plot]'", path
+            "plotting needs matplotlib: pip install 'e2compress[plot]'", path
         ) from None
     overall = result.overall
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))

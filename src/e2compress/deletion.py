@@ -171,7 +171,7 @@ def _delete_parts(
     bits: int | str | None,
 ) -> Deletion:
     """Delete every file of a source of several (the module docstring), or none."""
-    from .kept import parts_digest
+    from .hashing import parts_digest
 
     names = claims.parts
 
@@ -223,24 +223,10 @@ def _delete_parts(
             os.close(fd)
     if [_identity(a) for a in afters] != [_identity(b) for b in befores]:
         return keep("it changed while it was being checked")
-    lines: list[dict[str, Any]] = []
-    for path, before, sha in zip(paths, befores, shas, strict=True):
-        lines.append(
-            {
-                "source": os.path.abspath(path),
-                "source_size": before.st_size,
-                "source_sha256": sha,
-                "source_files": [os.path.abspath(p) for p in paths],
-                "output": os.path.abspath(out),
-                "output_sha256": out_sha,
-                "bits": bits,
-                "values": EXACT if claims.exact else HALF_STEP,
-                "restore": "byte for byte" if claims.exact else "headers exact, pixels decoded",
-                "restored_sha256": restored,  # of both files: kept.parts_digest
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "other_links": before.st_nlink - 1,
-            }
-        )
+    lines = [  # restored_sha256: of both files (hashing.parts_digest)
+        _manifest_line(path, before, sha, out, out_sha, bits, claims.exact, restored, paths)
+        for path, before, sha in zip(paths, befores, shas, strict=True)
+    ]
     line = lines[paths.index(src.parent / src.name)]
     try:
         for each in lines:
@@ -274,6 +260,41 @@ def _delete_parts(
     links = sum(b.st_nlink - 1 for b in befores)
     freed = f"; {links} other hard links keep data (less space freed)" if links else ""
     return Deletion(str(src), True, f"{src}: deleted with {what} (in {manifest.path}){freed}", line)
+
+
+def _manifest_line(
+    source: Path,
+    before: os.stat_result,
+    sha: str,
+    out: Path,
+    out_sha: str,
+    bits: int | str | None,
+    exact: bool,
+    restored: str | None,
+    files: list[Path] | None = None,
+) -> dict[str, Any]:
+    """The manifest line of one deleted file (``files``: all the files of its source,
+    when there are several)."""
+    line: dict[str, Any] = {
+        "source": os.path.abspath(source),
+        "source_size": before.st_size,
+        "source_sha256": sha,
+    }
+    if files is not None:
+        line["source_files"] = [os.path.abspath(p) for p in files]
+    line.update(
+        {
+            "output": os.path.abspath(out),
+            "output_sha256": out_sha,
+            "bits": bits,
+            "values": EXACT if exact else HALF_STEP,
+            "restore": "byte for byte" if exact else "headers exact, pixels decoded",
+            "restored_sha256": restored,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "other_links": before.st_nlink - 1,
+        }
+    )
+    return line
 
 
 def _text(value: Any) -> str:
@@ -426,19 +447,8 @@ def delete_source(
     if _identity(after) != _identity(before):
         return keep("it changed while it was being checked")
     others = before.st_nlink - 1
-    line: dict[str, Any] = {
-        "source": os.path.abspath(src),
-        "source_size": before.st_size,
-        "source_sha256": src_sha,
-        "output": os.path.abspath(out),
-        "output_sha256": out_sha,
-        "bits": bits,
-        "values": EXACT if claims.exact else HALF_STEP,
-        "restore": "byte for byte" if claims.exact else "headers exact, pixels decoded",
-        "restored_sha256": restored,  # a .gz/.bz2 source: of its decompressed bytes
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "other_links": others,
-    }
+    # restored_sha256: for a .gz/.bz2 source, of its decompressed bytes
+    line = _manifest_line(src, before, src_sha, out, out_sha, bits, claims.exact, restored)
     try:
         manifest.append(line)
     except OSError as exc:

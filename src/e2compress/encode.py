@@ -31,20 +31,15 @@ from .plan import (
     stored_limits,
     wanted_limits,
 )
-from .quantize import (
-    F32,
+from .quantize import F32, RenderRange, clamp_shift, is_wide, quantize, storage_dtype
+from .ranges import (
     HIST_BINS,
-    RenderRange,
     Stats,
     block_stats,
-    clamp_shift,
     header_moments,
     histogram,
-    is_wide,
     merge_stats,
     nooutliers_limits,
-    quantize,
-    storage_dtype,
     valid_limits,
     window_stats,
 )

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from .archive import EmanHdfFile
 from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error
 from .counts_source import GainedSource
-from .eman_hdf import EmanHdfFile
 from .errors import E2CompressError, InputError, OutputError
 from .gain_io import read_gain
 from .quantize import inexact_in_float32, integer_step
@@ -95,7 +95,7 @@ def export_file(
     fmt = output_format(dst)
     target = Path(dst)
     if target.exists() and not force:
-        raise OutputError("exists; use --force to replace it", target)
+        raise OutputError("exists; pass force=True to replace it", target)
     if Path(src).exists() and target.exists() and os.path.samefile(src, target):
         raise OutputError("output is the input file", target)
     check_output_dir(target)
@@ -178,10 +178,10 @@ def _commit(out: AtomicOutput, target: Path, force: bool) -> None:
     try:
         os.link(out.path, target)
     except FileExistsError:
-        raise OutputError("exists; use --force to replace it", target) from None
+        raise OutputError("exists; pass force=True to replace it", target) from None
     except OSError:  # no hard links on this file system: check, then rename
         if target.exists():
-            raise OutputError("exists; use --force to replace it", target) from None
+            raise OutputError("exists; pass force=True to replace it", target) from None
         os.replace(out.path, target)
         return
     os.unlink(out.path)

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .quantize import RenderRange, Stats, choose_range, integer_step, range_limits
+from .quantize import RenderRange, integer_step, range_limits
+from .ranges import Stats, choose_range
 
 NOISE_TILE = 32
 DEFAULT_NOISE_FRACTION = 0.1
@@ -215,7 +216,7 @@ def choose_bits(
     """Fewest bits whose quantisation noise is at most ``fraction`` x ``sigma``.
 
     ``stats`` are those of the (clamped) data the range is chosen from, as for
-    :func:`~e2compress.quantize.choose_range`, with the same ``limits``. Integer data
+    :func:`~e2compress.ranges.choose_range`, with the same ``limits``. Integer data
     are stored exactly when that needs at most ``exact_extra`` more bits. When no bits
     up to ``max_bits`` pass, the result is 0 (lossless float32).
     """

@@ -42,6 +42,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "H5Tequal": (ctypes.c_int, [HID, HID]),
     "H5Tclose": (HERR, [HID]),
     "H5Pequal": (ctypes.c_int, [HID, HID]),
+    "H5Pget_layout": (ctypes.c_int, [HID]),
+    "H5Pget_chunk": (ctypes.c_int, [HID, ctypes.c_int, ctypes.c_void_p]),
     "H5Pclose": (HERR, [HID]),
     "H5Aopen_by_name": (HID, [HID, ctypes.c_char_p, ctypes.c_char_p, HID, HID]),
     "H5Aget_storage_size": (HSIZE, [HID]),
@@ -161,9 +163,20 @@ class Reader:
             hid = int(self.lib.f.H5Dopen2(loc, path, DEFAULT))
         return hid if hid >= 0 else None
 
-    def info(self, hid: int, types: Sequence[Any], plists: Sequence[Any]) -> DatasetInfo | None:
+    def info(
+        self,
+        hid: int,
+        types: Sequence[Any],
+        plists: Sequence[Any],
+        chunks: Sequence[tuple[int, ...] | None],
+    ) -> DatasetInfo | None:
         """Dims of dataset ``hid``, and which of ``types`` (h5py TypeIDs) and ``plists``
-        (h5py PropDCIDs) equal its type and creation properties; None on failure."""
+        (h5py PropDCIDs, whose chunk shapes are ``chunks``: None when not chunked) equal
+        its type and creation properties; None on failure.
+
+        H5Pequal alone is not enough: HDF5 2.0 calls two lists equal whose chunk shapes
+        differ (images of several sizes in one file), so the chunk shape is compared too.
+        """
         f = self.lib.f
         with self.lib.lock:
             space = int(f.H5Dget_space(hid))
@@ -182,9 +195,26 @@ class Reader:
             pid = int(f.H5Dget_create_plist(hid))
             if pid < 0:
                 return None
-            plist_index = _find(f.H5Pequal, pid, plists)
+            chunk = self._chunk(pid)
+            plist_index = next(
+                (
+                    k
+                    for k, known in enumerate(plists)
+                    if chunks[k] == chunk and int(f.H5Pequal(pid, known.id)) > 0
+                ),
+                -1,
+            )
             f.H5Pclose(pid)
         return DatasetInfo(dims, type_index, plist_index)
+
+    def _chunk(self, pid: int) -> tuple[int, ...] | None:
+        """The chunk shape of creation property list ``pid`` (None: not chunked); call
+        under the lock."""
+        f = self.lib.f
+        if int(f.H5Pget_layout(pid)) != h5py.h5d.CHUNKED:
+            return None
+        rank = int(f.H5Pget_chunk(pid, MAX_RANK, self._dims_ptr))
+        return tuple(int(d) for d in self._dims[:rank]) if rank > 0 else ()
 
     def read_scalars(self, loc: int, obj: bytes, names: Sequence[tuple[bytes, str]]) -> Any:
         """Attributes ``names`` (name, "i" for int32 or "f" for float32, converted by

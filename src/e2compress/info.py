@@ -10,7 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .eman_hdf import EmanHdfFile
+from .archive import EmanHdfFile
 from .errors import InputError
 from .gain_io import GAIN, has_gain
 from .kept import recorded_sha256, restorable, restore_note

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import h5py
 
+from .archive import EmanHdfFile
 from .atomic import check_replaceable
-from .eman_hdf import EmanHdfFile
+from .decode import stored_whole
 from .errors import E2CompressError, OutputError
 from .gain_io import GAIN
 from .options import Options
 from .provenance import Identity, read_record, value_options
 from .readers import ImageSource, is_hdf5, strip_compression
-from .verify import stored_whole
 
 PathLike = str | os.PathLike[str]
 

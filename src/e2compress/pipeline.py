@@ -33,7 +33,6 @@ from .atomic import (
 )
 from .blocks import Block, blocks, chunk_shape, dataset_shape
 from .counts_source import counts_input, store_gain
-from .eman_hdf import EmanHdfWriter
 from .encode import Encoded, Encoder, ImageJob, chunk_rows
 from .errors import E2CompressError
 from .executor import (
@@ -46,11 +45,11 @@ from .executor import (
     settle,
 )
 from .kept import stored_exactly, write_kept
-from .layout import Headers, stack_layout
+from .layout import EmanHdfWriter, Headers, stack_layout
 from .options import Options
 from .outputs import check_existing, output_path, requantise_warning, same_file
 from .provenance import Origin, Record, write_record
-from .quantize import Stats
+from .ranges import Stats
 from .readers import ImageSource, open_source
 from .readers.array import ArraySource
 from .report import (
@@ -147,7 +146,7 @@ def write_eman_hdf(
     Small images are encoded in batches of about ``BATCH_BYTES`` (one task each, in
     ``pool`` or inline, see ``INLINE_IMAGE_BYTES``) while this thread writes the
     finished ones; large images are split into blocks across the pool. A source of
-    several images is written in the stack layout (see :mod:`~e2compress.eman_hdf`).
+    several images is written in the stack layout (see :mod:`~e2compress.layout`).
     """
     stacked = len(source) > 1
     stack = None
@@ -282,7 +281,7 @@ def compress_file(
     The output appears atomically; on any error the input and any previous output are
     untouched. The source must not change while it is read: its size, times and inode
     are checked after the last read and again just before the rename. The output
-    records what it was made from (see :func:`output_is_complete`).
+    records what it was made from (see :func:`~e2compress.outputs.output_is_complete`).
 
     Compressing an already quantised EMAN2 file again (e.g. 10 -> 5 bits) rounds values
     that were already rounded: the error bound is the sum of both half steps. Asking
@@ -437,7 +436,7 @@ def _write(
     recorded in the output and must not change while it is read.
     """
     opts, force = run.opts, run.force
-    warnings: list[str] = list(getattr(source, "notices", []))
+    warnings: list[str] = source.notices()
     notes: list[str] = []
     in_place = origin is not None and same_file(origin.path, target)
     warnings += check_existing(named, target, source.kind, in_place=in_place, force=force)

@@ -26,14 +26,11 @@ from .fidelity import (
     quantisation_rms,
 )
 from .options import Options
-from .quantize import (
-    F32,
-    F32_MAX,
-    RenderRange,
+from .quantize import F32, F32_MAX, RenderRange, integer_step
+from .ranges import (
     Stats,
     choose_range,
     integer_limits,
-    integer_step,
     nooutliers_limits,
     sigrange_limits,
     valid_limits,

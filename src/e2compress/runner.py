@@ -9,6 +9,7 @@ running a job again after its worker was lost is harmless.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +29,7 @@ from .report import CompressReport, bits_text
 STATUSES = ("done", "skipped", "failed", "stopped", "unstarted")
 SETTLE_SECONDS = 5.0  # the default minimum age of an input (the CLI's --settle)
 SETTLE_WAIT = 10  # a younger input is waited for up to this many times the settle time
+AUTO_CHOSE = ": bits=auto chose "  # in the note of a file stored with bits=auto
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,20 @@ class Tick:
 TickFn = Callable[[Tick], None]
 
 
+def quiet_tifffile() -> None:
+    """Give tifffile's logger a NullHandler (once), so Python's last-resort handler does
+    not print its lines about damaged tags on stderr: every problem is reported in the
+    file's result instead.
+
+    Logging is the application's to configure, so the library installs no handler at
+    import; the command line calls this, and so does each Dask worker's setup
+    (:class:`~e2compress.cluster.ChunkPool`), as it is a process of the batch's own.
+    """
+    logger = logging.getLogger("tifffile")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+
+
 def file_size(path: Path) -> int:
     """Size of ``path`` in bytes, 0 if it cannot be read (the job then fails, with why)."""
     try:
@@ -186,9 +202,9 @@ def from_report(job: Job, report: CompressReport, worker: str) -> FileResult:
 
 
 def auto_note(given: str, report: CompressReport) -> str:
-    """What ``--bits auto`` chose for one file (printed with -v)."""
+    """What ``bits=auto`` chose for one file (the command line prints it with -v)."""
     noisy = [im for im in report.images if im.noise is not None]
-    text = f"{given}: --bits auto chose {bits_text(report.images)}"
+    text = f"{given}{AUTO_CHOSE}{bits_text(report.images)}"
     if noisy:
         worst = max(noisy, key=lambda im: im.noise_ratio or 0.0)
         ratio = worst.noise_ratio or 0.0
@@ -380,8 +396,8 @@ def run_job(
 
 
 class Runner(Protocol):
-    """What runs a batch's jobs: :class:`LocalRunner`, :class:`~e2compress.cluster.DaskRunner`
-    or :class:`~e2compress.watch.WatchRunner`."""
+    """What runs a batch's jobs (for :func:`~e2compress.drive.drive`): :class:`LocalRunner`
+    or :class:`~e2compress.cluster.DaskRunner`."""
 
     def run(
         self, jobs: Iterable[Job | None], cancel: Cancel, on_tick: TickFn | None = None

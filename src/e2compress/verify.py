@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from contextlib import closing
-from typing import Any
 
 import h5py
 import numpy as np
 
+from .archive import EmanHdfFile, render_range
 from .blocks import Block, blocks
-from .eman_hdf import EmanHdfFile, render_range
+from .decode import stored_whole
 from .errors import VerificationError
 from .executor import Cancel, InlineExecutor, bounded, in_flight, pool_width
 from .options import Options
@@ -25,8 +24,10 @@ from .quantize import (
     storage_dtype,
     within_half_step,
 )
-from .readers import ImageSource
+from .readers.base import ImageSource
 from .report import ImageReport
+
+SAMPLED_IMAGES = 64  # images of a stack whose layout is checked (first, last, spread)
 
 PathLike = str | os.PathLike[str]
 # Smaller than the encoder's blocks: a check holds float64 copies of its block.
@@ -120,43 +121,6 @@ def _check_quantised(
             path,
         )
     return int(np.count_nonzero(below) + np.count_nonzero(above))
-
-
-def _filter_ids(ds: h5py.Dataset) -> list[int]:
-    plist = ds.id.get_create_plist()
-    return [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
-
-
-def stored_whole(ds: h5py.Dataset, file_size: int, *, need_deflate: bool) -> bool:
-    """True when every chunk of ``ds`` is written and lies inside the file (no decoding).
-
-    An unwritten chunk would read back as the fill value (zeros) without any error.
-    """
-    if ds.chunks is None:
-        if need_deflate:
-            return False
-        offset = ds.id.get_offset()
-        return offset is not None and offset + ds.id.get_storage_size() <= file_size
-    if need_deflate and h5py.h5z.FILTER_DEFLATE not in _filter_ids(ds):
-        return False
-    expected = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True))
-    found = 0
-    inside = True
-
-    def visit(info: Any) -> None:
-        nonlocal found, inside
-        found += 1
-        inside = inside and info.byte_offset + info.size <= file_size
-
-    if hasattr(ds.id, "chunk_iter"):
-        ds.id.chunk_iter(visit)
-    else:  # HDF5 before 1.12.3
-        for k in range(ds.id.get_num_chunks()):
-            visit(ds.id.get_chunk_info(k))
-    return found == expected and inside
-
-
-SAMPLED_IMAGES = 64  # images of a stack whose layout is checked (first, last, spread)
 
 
 def _sample(count: int) -> list[int]:

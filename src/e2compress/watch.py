@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from .executor import Cancel
 from .options import Options
 from .outputs import output_is_complete, output_path
 from .readers import open_source
-from .runner import FileResult, Job, Runner, TickFn
+from .runner import FileResult
 
 Signature = tuple[int, int]  # size, mtime in ns
 SETTLE_SECONDS = 30.0
@@ -65,15 +65,15 @@ def incomplete(path: str) -> str:
 class _Events(FileSystemEventHandler):  # type: ignore[misc]
     """Puts the paths that watchdog reports into a queue (the watch loop reads it)."""
 
-    def __init__(self, paths: queue.SimpleQueue[str]) -> None:
-        self.paths = paths
+    def __init__(self, notify: Callable[[str], None]) -> None:
+        self.notify = notify
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory and event.event_type != "moved":
             return
         for p in (event.src_path, getattr(event, "dest_path", "")):
             if p:
-                self.paths.put(os.fsdecode(p))
+                self.notify(os.fsdecode(p))
 
 
 class Watcher:
@@ -90,6 +90,10 @@ class Watcher:
         rescan: seconds between full rescans (events the kernel dropped).
         options: what is stored (an output made with other options is not done).
         clock: a monotonic clock (tests pass their own).
+        sleep: waits between looks in :meth:`items` (tests pass one that moves their
+            clock on).
+        observe: take file events from watchdog; False: only from :meth:`notify` and
+            the rescans (tests feed their own).
     """
 
     def __init__(
@@ -104,6 +108,8 @@ class Watcher:
         rescan: float = RESCAN_SECONDS,
         options: Options | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        observe: bool = True,
     ) -> None:
         self.root = Path(root)
         self.outpath = None if outpath is None else Path(outpath)
@@ -114,6 +120,8 @@ class Watcher:
         self.rescan = rescan
         self.options = options or Options()
         self.clock = clock
+        self.sleep = sleep
+        self.observe = observe
         self._real_root = os.path.realpath(self.root)
         self._pruned = os.path.realpath(self.outpath) if self.outpath is not None else None
         self._events: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -134,7 +142,12 @@ class Watcher:
         """
         if not self.root.is_dir() or not os.access(self.root, os.R_OK | os.X_OK):
             raise E2CompressError(f"cannot watch {self.root}: not a readable directory")
-        handler = _Events(self._events)
+        if self.observe:
+            self._observe()
+        self._scan()
+
+    def _observe(self) -> None:
+        handler = _Events(self.notify)
         observer: Any = PollingObserver(timeout=self.poll) if self.poll else Observer()
         observer.schedule(handler, str(self.root), recursive=True)
         try:
@@ -144,7 +157,10 @@ class Watcher:
             observer.schedule(handler, str(self.root), recursive=True)
             observer.start()
         self._observer = observer
-        self._scan()
+
+    def notify(self, path: str | os.PathLike[str]) -> None:
+        """Note that ``path`` was created, changed or moved (any thread)."""
+        self._events.put(os.fsdecode(path))
 
     def stop(self) -> None:
         """Stop watching."""
@@ -261,47 +277,12 @@ class Watcher:
         """Files handed out and not finished."""
         return len(self._busy)
 
-    def jobs(
-        self, make_job: Callable[[Item], Job], cancel: Cancel, tick: float = 0.5
-    ) -> Iterator[Job | None]:
-        """Jobs for the files as they become ready, and a ``None`` every ``tick``
-        seconds in between (the runners then hand back finished results), until
-        ``cancel`` is set."""
+    def items(self, cancel: Cancel, tick: float = 0.5) -> Iterator[Item | None]:
+        """The files as they become ready, and a ``None`` every ``tick`` seconds in
+        between (the runners then hand back finished results), until ``cancel`` is set.
+        Waits with ``sleep``."""
         while not cancel.is_set():
-            for item in self.ready():
-                yield make_job(item)
+            yield from self.ready()
             yield None
-            time.sleep(tick)
-
-
-class WatchRunner:
-    """A runner (LocalRunner or DaskRunner) that reports each result to ``watcher``."""
-
-    def __init__(self, runner: Runner, watcher: Watcher) -> None:
-        self.runner = runner
-        self.watcher = watcher
-
-    def run(
-        self, jobs: Iterable[Job | None], cancel: Cancel, on_tick: TickFn | None = None
-    ) -> Iterator[FileResult]:
-        """The runner's results, each first recorded by the watcher."""
-        for result in self.runner.run(jobs, cancel, on_tick):
-            self.watcher.finished(result)
-            yield result
-
-
-def watch(
-    watcher: Watcher,
-    runner: Runner,
-    make_job: Callable[[Item], Job],
-    cancel: Cancel,
-    on_result: Callable[[FileResult], None],
-    on_tick: TickFn | None = None,
-    tick: float = 0.5,
-) -> None:
-    """Compress the files of ``watcher`` with ``runner`` (a LocalRunner or DaskRunner) as
-    they become ready, calling ``on_result`` for each, until ``cancel`` is set."""
-    with watcher:
-        jobs = watcher.jobs(make_job, cancel, tick)
-        for result in WatchRunner(runner, watcher).run(jobs, cancel, on_tick):
-            on_result(result)
+            if not cancel.is_set():
+                self.sleep(tick)

@@ -2,8 +2,11 @@
 
 :mod:`.base` holds the :class:`ImageSource` interface every reader implements, and the
 file-name rules; it imports no reader. The readers: :mod:`.mrc` (MRC/CCP4, plain or
-``.gz``/``.bz2``), :mod:`.tiff`, :mod:`.eer`, :mod:`.hdf` (EMAN2 HDF), :mod:`.imagic`,
-:mod:`.spider`, :mod:`.dm` (Gatan DM3/DM4) and :mod:`.ser` (FEI/TIA). Each presents a file
+``.gz``/``.bz2``; its header in :mod:`.mrc_header`, SerialEM's 4-bit mode in
+:mod:`.mode101`), :mod:`.tiff` (its kept-bytes layout in :mod:`.tiff_keep`), :mod:`.eer`,
+:mod:`.hdf` (EMAN2 HDF), :mod:`.imagic`, and, on the :mod:`.runs` base (pixels at
+offsets the header gives), :mod:`.spider`, :mod:`.dm` (Gatan DM3/DM4) and :mod:`.ser`
+(FEI/TIA). Each presents a file
 as EMAN2 sees it: a list of images, each (nz, ny, nx) with nz == 1 for 2-D images, read a
 block of rows at a time (safely from several threads), and the header keys EMAN2 carries
 over. Every size or count a file's header claims is checked against the file before

@@ -18,6 +18,10 @@ from ..errors import InputError
 from .base import ImageSource
 
 _APIX = ("apix_x", "apix_y", "apix_z")
+# Header keys the writer sets from the pixels it stores: a caller's value would
+# describe other data (a stored mapping on float32 pixels decodes them wrongly).
+_WRITER_KEYS = frozenset(("nx", "ny", "nz", "datatype"))
+_WRITER_PREFIXES = ("stored_", "render_")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -39,15 +43,19 @@ class ArraySource(ImageSource):
             2-D image, as EMAN2 has it); the arrays are read, not copied
             (unless not contiguous or not in native byte order), so do not change
             them while they are compressed.
-        headers: per image, EMAN2 header keys to store with it (``None``: none).
+        headers: per image, EMAN2 header keys to store with it (``None``: none);
+            not the size, type or stored mapping (``nx``, ``datatype``,
+            ``stored_*``, ``render_*``), which the writer sets. Statistics
+            (``minimum``, ``mean`` ...) are recomputed from the pixels.
         apix: pixel size in Å for every image (``apix_x/y/z``); a header's own
             ``apix_*`` keys take precedence.
         name: what messages call the source, and the ``source_path`` stored.
 
     Raises:
-        InputError: no images, an image that is not 2-D or 3-D, is empty, or of a
-            type other than integer or float (bool, complex, object), or a ``headers``
-            list of another length.
+        InputError: one array instead of a list, no images, an image that is not
+            2-D or 3-D, is empty, or of a type other than integer or float (bool,
+            complex, object), a ``headers`` list of another length, or a header key
+            the writer sets.
     """
 
     kind = "array"
@@ -61,6 +69,12 @@ class ArraySource(ImageSource):
         name: str = "arrays",
     ) -> None:
         self.path = Path(name)
+        if isinstance(images, np.ndarray):
+            raise InputError(
+                "give a list of images: [volume] for one volume, list(stack) for the "
+                "images of a stack",
+                self.path,
+            )
         self._images = [self._checked(i, a) for i, a in enumerate(images)]
         if not self._images:
             raise InputError("no images given", self.path)
@@ -70,9 +84,19 @@ class ArraySource(ImageSource):
         if apix is not None:
             base = {key: np.float32(apix) for key in _APIX}
         self._headers = [
-            {**base, **dict(headers[i] or {})} if headers is not None else dict(base)
+            {**base, **self._header(i, headers[i] if headers is not None else None)}
             for i in range(len(self._images))
         ]
+
+    def _header(self, index: int, header: Mapping[str, Any] | None) -> dict[str, Any]:
+        out = dict(header or {})
+        for key in out:
+            if not isinstance(key, str) or key in _WRITER_KEYS or key.startswith(_WRITER_PREFIXES):
+                raise InputError(
+                    f"image {index}: header key {key!r} is set by the writer, not given",
+                    self.path,
+                )
+        return out
 
     def _checked(self, index: int, image: npt.ArrayLike) -> np.ndarray:
         a = np.asarray(image)

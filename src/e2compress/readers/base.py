@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..hashing import OrderedHasher
     from ..kept import Kept
 
 
@@ -34,10 +35,17 @@ TIFF_MAGICS = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
 class ImageSource(abc.ABC):
-    """A readable image file: ``len()`` images, each read a block of rows at a time."""
+    """A readable image file: ``len()`` images, each read a block of rows at a time.
+
+    A reader that reads its file with ``pread`` keeps the descriptor in ``_fd`` and the
+    hasher of its kept bytes (if any) in ``_hasher``: :meth:`close` releases both, once,
+    and :meth:`_pread` fails with OSError afterwards (never reads a reused descriptor).
+    """
 
     path: Path
     kind: str = ""
+    _fd: int | None = None
+    _hasher: OrderedHasher | None = None
 
     def __enter__(self) -> ImageSource:
         return self
@@ -87,8 +95,29 @@ class ImageSource(abc.ABC):
         """Element type :meth:`read` returns."""
         return np.dtype(np.float32)
 
-    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
-        """Release the file."""
+    def close(self) -> None:
+        """Release the file (stop the hasher, close ``_fd``); calling it again does nothing.
+        Reading afterwards raises InputError."""
+        if self._hasher is not None:
+            self._hasher.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes of ``_fd`` at ``offset``.
+
+        Raises:
+            OSError: the source is closed, or the read failed.
+        """
+        if self._fd is None:
+            raise OSError("file is closed")
+        return os.pread(self._fd, size, offset)
+
+    def notices(self) -> list[str]:
+        """Warnings about how the file is read, one line each naming the file (an MRC
+        axis order that is no order of 1, 2, 3), given when the file is opened."""
+        return []
 
     def notes(self) -> list[str]:
         """Lines to report once the file is compressed (an EER movie's dose)."""

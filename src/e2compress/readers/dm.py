@@ -28,7 +28,6 @@ flipped back (:mod:`~e2compress.kept`).
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..kept import FLIP, Kept, RunKeeper
+from ..kept import FLIP
 from ..pixelsize import APIX_RANGE, UNIT_ANGSTROM
-from .base import ImageSource, reason
+from .base import reason
+from .runs import RunKept
 
 EXTRA_HINT = "install the optional extra: pip install 'e2compress[dm]'"
 THUMBNAIL_TYPE = 23  # RGBA, DigitalMicrograph's thumbnail
@@ -109,53 +109,6 @@ def _number(value: Any) -> float:
     return out if math.isfinite(out) else 0.0
 
 
-class RunKept(ImageSource):
-    """A reader whose pixels are runs at known offsets of one file (DM, SER): the
-    other bytes are kept and the file hashed by a :class:`~e2compress.kept.RunKeeper`."""
-
-    _fd: int | None
-    _keeper: RunKeeper | None
-    _size: int
-
-    def _open(self, path: Path) -> None:
-        """Open ``path`` for the preads and record its size (one line on failure)."""
-        self.path = path
-        self._fd = None
-        self._keeper = None
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-            self._size = os.fstat(self._fd).st_size
-        except OSError as exc:
-            self.close()
-            raise InputError(f"cannot open: {reason(exc)}", path) from None
-
-    def close(self) -> None:
-        if self._keeper is not None:
-            self._keeper.hasher.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _pread(self, size: int, offset: int) -> bytes:
-        if self._fd is None:
-            raise OSError("file is closed")
-        return os.pread(self._fd, size, offset)
-
-    def kept(self) -> Kept | None:
-        """The bytes outside the pixels, the pixel runs and the file's SHA-256; None
-        when opened without ``keep``.
-
-        Raises:
-            InputError: the file cannot be read to its end.
-        """
-        if self._keeper is None:
-            return None
-        try:
-            return self._keeper.finish()
-        except OSError as exc:
-            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
-
-
 class DmSource(RunKept):
     """A DM3/DM4 file (see the module docstring).
 
@@ -187,10 +140,7 @@ class DmSource(RunKept):
             _, ny, nx = data.shape
             nbytes = ny * nx * data.dtype.itemsize
             runs.append((data.offset + section * nbytes, nbytes, index, 0, data.dtype.str, FLIP))
-        try:
-            self._keeper = RunKeeper("dm", self._size, runs, self._pread, self.path.name)
-        except OSError as exc:
-            raise InputError(f"cannot read DM file: {reason(exc)}", self.path) from None
+        self._keep_runs(runs)
 
     def _parse(self, ncem_dm: Any) -> None:
         try:
@@ -201,11 +151,11 @@ class DmSource(RunKept):
                 tags = dict(dm.allTags)
         except Exception as exc:  # ncempy raises many types on damaged files
             raise InputError(f"cannot read DM file: {reason(exc)}", self.path) from None
-        head = 12 if version == 3 else 16
-        if self._size < declared + head:
+        # the root length is the file's length less 16 (DM3) or 24 (DM4) bytes
+        end = declared + (16 if version == 3 else 24)
+        if self._size < end:
             raise InputError(
-                f"DM file is truncated: its header says {declared + head} bytes, "
-                f"file has {self._size}",
+                f"DM file is truncated: its header says {end} bytes, file has {self._size}",
                 self.path,
             )
         sets = self._data_sets(tags)
@@ -275,17 +225,7 @@ class DmSource(RunKept):
         _, ny, nx = data.shape
         row = nx * data.dtype.itemsize
         start = data.offset + (section * ny + ny - y1) * row  # rows flipped, as in EMAN2
-        size = (y1 - y0) * row
-        if self._fd is None:
-            raise InputError("file is closed", self.path)
-        try:
-            buf = os.pread(self._fd, size, start)
-        except OSError as exc:
-            raise InputError(f"cannot read DM pixels: {reason(exc)}", self.path) from None
-        if len(buf) != size:
-            raise InputError("DM file ended while reading pixels", self.path)
-        if self._keeper is not None:
-            self._keeper.hasher.feed(start, buf)
+        buf = self._read_run((y1 - y0) * row, start, "DM")
         rows = np.frombuffer(buf, data.dtype).reshape(y1 - y0, nx)[::-1]
         return rows.astype(self.dtype(index))
 

@@ -8,15 +8,16 @@ from typing import Any
 
 import numpy as np
 
-from ..eman_hdf import NEVER_COPIED, EmanHdfFile
+from ..archive import EmanHdfFile
+from ..attrs import NEVER_COPIED
+from ..decode import stored_whole
 from ..errors import InputError
 from ..kept import Kept, read_kept
-from ..verify import stored_whole
 from .base import ImageSource, reason
 
 
 class HdfSource(ImageSource):
-    """An EMAN2 HDF file read through :class:`~e2compress.eman_hdf.EmanHdfFile`.
+    """An EMAN2 HDF file read through :class:`~e2compress.archive.EmanHdfFile`.
 
     Raises:
         InputError: not EMAN2 HDF, no images, an image of unsupported shape, or an

@@ -32,16 +32,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..kept import (
-    FLIP,
-    KEPT_LIMIT,
-    Kept,
-    Layout,
-    OrderedHasher,
-    parts_digest,
-    pieces_array,
-    read_exact,
-)
+from ..hashing import OrderedHasher, parts_digest, read_exact
+from ..kept import FLIP, KEPT_LIMIT, Kept, Layout, pieces_array
 from .base import ImageSource, reason
 
 HEADER_BYTES = 1024
@@ -140,7 +132,7 @@ class ImagicSource(ImageSource):
     def __init__(self, path: Path, *, keep: bool = False) -> None:
         self.path = path
         self._hed_path, self._img_path = imagic_pair(path)
-        self._fds: list[int] = []
+        self._hed_fd: int | None = None
         self._keep = keep
         self._hasher: OrderedHasher | None = None
         self._hed_bytes: bytes | None = None
@@ -151,24 +143,23 @@ class ImagicSource(ImageSource):
             self.close()
             raise
 
-    def _fd(self, p: Path) -> int:
+    def _open_half(self, p: Path) -> int:
         if not p.exists():
             raise InputError(f"IMAGIC {p.suffix} file {p.name} is missing", self.path)
         try:
             fd = os.open(p, os.O_RDONLY)
         except OSError as exc:
             raise InputError(f"cannot open {p.name}: {reason(exc)}", self.path) from None
-        self._fds.append(fd)
         return fd
 
     def _open(self) -> None:
-        self._hed = self._fd(self._hed_path)
-        self._img = self._fd(self._img_path)
-        hed_size = os.fstat(self._hed).st_size
-        img_size = os.fstat(self._img).st_size
+        self._hed_fd = self._open_half(self._hed_path)
+        self._fd = self._open_half(self._img_path)
+        hed_size = os.fstat(self._hed_fd).st_size
+        img_size = os.fstat(self._fd).st_size
         if hed_size < HEADER_BYTES:
             raise InputError(f"IMAGIC header file is too short ({hed_size} bytes)", self.path)
-        first = os.pread(self._hed, HEADER_BYTES, 0)
+        first = self._pread_hed(HEADER_BYTES, 0)
         self._order = self._byte_order(first)
         words = np.frombuffer(first, self._order + "i4")
         kind = first[56:60]
@@ -213,10 +204,17 @@ class ImagicSource(ImageSource):
                 self._hed_sha256 = hashlib.sha256(self._hed_bytes).hexdigest()
 
     def _pread_hed(self, size: int, offset: int) -> bytes:
-        return os.pread(self._hed, size, offset)
+        """``size`` bytes of the ``.hed`` file at ``offset`` (OSError once closed)."""
+        if self._hed_fd is None:
+            raise OSError("file is closed")
+        return os.pread(self._hed_fd, size, offset)
 
-    def _pread_img(self, size: int, offset: int) -> bytes:
-        return os.pread(self._img, size, offset)
+    def _hed_bytes_at(self, size: int, offset: int) -> bytes:
+        """:meth:`_pread_hed`, failing with one line naming the file."""
+        try:
+            return self._pread_hed(size, offset)
+        except OSError as exc:
+            raise InputError(f"cannot read IMAGIC header: {reason(exc)}", self.path) from None
 
     def kept(self) -> Kept | None:
         """The ``.hed`` bytes, the ``.img`` as one pixel run (rows flipped back) and the
@@ -230,7 +228,7 @@ class ImagicSource(ImageSource):
             return None
         hed_size, img_size = self._sizes
         try:
-            img_sha = self._hasher.finish(self._pread_img)
+            img_sha = self._hasher.finish(self._pread)
         except OSError as exc:
             raise InputError(
                 f"cannot read {self._img_path.name}: {reason(exc)}", self.path
@@ -261,7 +259,7 @@ class ImagicSource(ImageSource):
         same = np.ones(256, dtype=bool)
         for start in range(0, self._count, _SCAN):
             n = min(_SCAN, self._count - start)
-            raw = os.pread(self._hed, n * HEADER_BYTES, start * HEADER_BYTES)
+            raw = self._hed_bytes_at(n * HEADER_BYTES, start * HEADER_BYTES)
             if len(raw) != n * HEADER_BYTES:
                 raise InputError("IMAGIC header file ended while reading", self.path)
             words = np.frombuffer(raw, self._order + "i4").reshape(n, 256)
@@ -293,7 +291,7 @@ class ImagicSource(ImageSource):
         start = index * self._image_bytes + (z * ny + ny - y1) * row  # rows are stored top first
         size = (y1 - y0) * row
         try:
-            buf = os.pread(self._img, size, start)
+            buf = self._pread(size, start)
         except OSError as exc:
             raise InputError(f"cannot read IMAGIC pixels: {reason(exc)}", self.path) from None
         if len(buf) != size:
@@ -324,7 +322,7 @@ class ImagicSource(ImageSource):
         return frozenset(key for key, ws in words.items() if all(same[w] for w in ws))
 
     def header(self, index: int) -> dict[str, Any]:
-        raw = os.pread(self._hed, HEADER_BYTES, index * HEADER_BYTES)
+        raw = self._hed_bytes_at(HEADER_BYTES, index * HEADER_BYTES)
         if len(raw) != HEADER_BYTES:
             raise InputError("IMAGIC header file ended while reading", self.path)
         ints = np.frombuffer(raw, self._order + "i4")
@@ -349,7 +347,7 @@ class ImagicSource(ImageSource):
         return out
 
     def close(self) -> None:
-        if self._hasher is not None:
-            self._hasher.close()
-        while self._fds:
-            os.close(self._fds.pop())
+        super().close()
+        fd, self._hed_fd = self._hed_fd, None
+        if fd is not None:
+            os.close(fd)

@@ -1,33 +1,11 @@
-"""MRC/CCP4 input, plain or ``.gz``/``.bz2``: mrcfile parses the header, rows are pread.
-
-Sizes first. The 1024-byte header is parsed with mrcfile's header dtype and its
-permissive machine-stamp and byte-order rules (:func:`parse_header`; mrcfile's own
-parser would warn, and catching warnings is not thread-safe) and its nx, ny, nz, mode
-and nsymbt are checked
-against the file before the extended header or any pixel is read: the file must hold
-exactly ``1024 + nsymbt + nx*ny*nz*itemsize`` bytes (mode 101: ``(nx+1)//2`` bytes a
-row). Shorter means truncated, longer
-means a wrong header or trailing data (e.g. a section appended before nz was
-updated); both are errors, so every image the file holds is in the output.
+"""MRC/CCP4 input, plain or ``.gz``/``.bz2``: the header is parsed by :mod:`.mrc_header`
+(sizes, mode 0 signedness, axis orders), rows are pread; mode 101 is unpacked by
+:mod:`.mode101`.
 
 Compressed files are decompressed once, streaming, into an anonymous temporary file
 in ``scratch_dir`` (unlinked at once: a killed run leaves nothing) and then read like a
 plain file. Decompression stops as soon as the stream holds more than its header
 says, so a gzip bomb cannot fill the disk.
-
-Mode 0 (8-bit) signedness: MRC2014 says signed bytes, IMOD writes unsigned bytes
-unless bit 0 of its ``imodFlags`` is set, and EMAN2 reads every mode 0 file as
-unsigned. We read mode 0 as signed only when the file says so: the IMOD stamp
-(1146047817 as int32 at byte 152) is present and bit 0 of the flags (int32 at byte
-156) is set, or there is no IMOD stamp and ``nversion`` is 20140 or 20141 (an MRC2014
-writer). Otherwise the bytes are unsigned.
-
-Mode 101 (SerialEM's packed 4-bit counts; mrcfile does not read it): two unsigned
-4-bit values a byte, the first pixel of each pair in the low nibble, each row padded to
-whole bytes (``(nx + 1) // 2`` bytes a row), as SerialEM and IMOD document. The values
-0..15 are returned as uint8, exactly. EMAN2 reads the same values for even nx; for odd
-nx it drops the padding nibble of each row's byte count and unpacks the rows as one
-stream, which shifts every row after the first (see docs/counting_inputs.md).
 
 As in EMAN2, a ``.mrcs`` file is a stack of 2-D images and any other MRC with nz > 1 is
 one 3-D image. Axis orders other than 1,2,3 are transposed to x, y, z in memory.
@@ -47,13 +25,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-import mrcfile.utils
 import numpy as np
-from mrcfile.dtypes import HEADER_DTYPE, get_ext_header_dtype
 
 from ..errors import InputError, OutputError
-from ..kept import PERMUTED, HashingReader, Kept, Layout, OrderedHasher, pieces_array, read_exact
+from ..hashing import HashingReader, OrderedHasher, read_exact
+from ..kept import PERMUTED, Kept, Layout, pieces_array
 from .base import BZIP2_MAGIC, GZIP_MAGIC, ImageSource, PathLike, reason, strip_compression
+from .mode101 import MODE_4BIT, unpack_4bit
+from .mrc_header import (
+    HEADER_BYTES,
+    axis_permutation,
+    check_size,
+    fei_keys,
+    fei_record,
+    header_layout,
+    mrc_keys,
+    parse_header,
+)
+
+__all__ = ["MrcSource"]
 
 _gzip: Any
 _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, zlib.error)
@@ -65,128 +55,7 @@ try:  # ISA-L inflates gzip several times faster than the standard library
 except ImportError:  # pragma: no cover - exercised only without the wheel
     import gzip as _gzip
 
-HEADER_BYTES = 1024
-IMOD_STAMP = 1146047817
-MRC2014_VERSIONS = (20140, 20141)
-MODE_4BIT = 101  # SerialEM: two unsigned 4-bit values a byte, low nibble first
 _CHUNK = 4 << 20  # bytes decompressed per step
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """What a header says about the file: pixel type, dimensions and total size."""
-
-    mode: int
-    dtype: np.dtype
-    nx: int
-    ny: int
-    nz: int
-    nsymbt: int
-
-    @property
-    def row_bytes(self) -> int:
-        """Bytes of one stored row (mode 101: two pixels a byte, odd nx padded)."""
-        if self.mode == MODE_4BIT:
-            return (self.nx + 1) // 2
-        return self.nx * self.dtype.itemsize
-
-    @property
-    def total(self) -> int:
-        return HEADER_BYTES + self.nsymbt + self.row_bytes * self.ny * self.nz
-
-    def describe(self) -> str:
-        return f"nx={self.nx} ny={self.ny} nz={self.nz} mode {self.mode} nsymbt={self.nsymbt}"
-
-
-def parse_header(raw: bytes) -> Any:
-    """The 1024-byte MRC header ``raw`` as a record array in the file's byte order.
-
-    mrcfile's permissive byte-order rules, without its warnings (which change the
-    process's warning filters when caught, and so are not thread-safe): the machine
-    stamp gives the byte order (little-endian when it is not a known stamp), and a mode
-    that is no MRC mode in that order but is one in the other selects the other.
-    Nothing is checked here; :func:`_layout` checks what the reader relies on.
-    """
-    stamp = HEADER_DTYPE.fields["machst"][1]
-    try:
-        order = mrcfile.utils.byte_order_from_machine_stamp(raw[stamp : stamp + 4])
-    except ValueError:
-        order = "<"
-    header = _as_header(raw, order)
-    if not _is_mode(header.mode):
-        other = _as_header(raw, ">" if order == "<" else "<")
-        if _is_mode(other.mode):
-            return other
-    return header
-
-
-def _as_header(raw: bytes, order: str) -> Any:
-    dtype = HEADER_DTYPE.newbyteorder(order)
-    return np.frombuffer(raw, dtype=dtype, count=1).reshape(()).view(np.recarray)
-
-
-def _is_mode(mode: Any) -> bool:
-    try:
-        mrcfile.utils.dtype_from_mode(mode)
-    except ValueError:
-        return False
-    return True
-
-
-def _layout(header: Any, path: Path) -> _Layout:
-    """Pixel type, dimensions and sizes from a parsed header, validated."""
-    mode = int(header.mode)
-    if mode in (3, 4):
-        raise InputError("complex MRC data (mode 3/4) is not supported", path)
-    try:
-        dtype = (
-            np.dtype(np.uint8)
-            if mode == MODE_4BIT
-            else mrcfile.utils.data_dtype_from_header(header)
-        )
-    except ValueError:
-        raise InputError(f"unsupported MRC mode {mode}", path) from None
-    if mode == 0 and not mode0_is_signed(header):
-        dtype = np.dtype(np.uint8)
-    nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
-    if min(nx, ny, nz) < 1:
-        raise InputError(f"invalid MRC dimensions nx={nx} ny={ny} nz={nz}", path)
-    nsymbt = int(header.nsymbt)
-    if nsymbt < 0:
-        raise InputError(f"invalid extended header size nsymbt={nsymbt}", path)
-    return _Layout(mode, dtype, nx, ny, nz, nsymbt)
-
-
-def mode0_is_signed(header: Any) -> bool:
-    """True when an MRC header says its mode 0 bytes are signed (see the module docstring).
-
-    Args:
-        header: the header as mrcfile parses it (a record array in the file's byte order).
-    """
-    int32 = header.mode.dtype
-    stamp, flags = (int(v) for v in np.frombuffer(header.tobytes(), int32, 2, 152))
-    if stamp == IMOD_STAMP:
-        return bool(flags & 1)
-    return int(header.nversion) in MRC2014_VERSIONS
-
-
-def _check_size(layout: _Layout, size: int, path: Path) -> None:
-    if HEADER_BYTES + layout.nsymbt > size:
-        raise InputError(
-            f"extended header size nsymbt={layout.nsymbt} exceeds the file ({size} bytes)", path
-        )
-    if size < layout.total:
-        raise InputError(
-            f"file is truncated: header says {layout.total} bytes "
-            f"({layout.describe()}), file has {size}",
-            path,
-        )
-    if size > layout.total:
-        raise InputError(
-            f"file has {size - layout.total} bytes more than its header says "
-            f"({layout.total} bytes: {layout.describe()}); wrong header or trailing data",
-            path,
-        )
 
 
 def _free_bytes(directory: str) -> int | None:
@@ -246,7 +115,7 @@ def _decompress_from(
             raise InputError(
                 f"decompressed data ({len(first)} bytes) is too short for an MRC header", path
             )
-        layout = _layout(parse_header(first), path)
+        layout = header_layout(parse_header(first), path)
         expected = layout.total
         free = _free_bytes(directory)
         if free is not None and expected > free:
@@ -359,11 +228,9 @@ class MrcSource(ImageSource):
     ) -> None:
         self.path = path
         self._keep = keep
-        self._fd: int | None = None
         self._data: np.ndarray | None = None
         self._header_keys: dict[str, Any] | None = None
-        self.notices: list[str] = []  # warnings for the user, one line each
-        self._hasher: OrderedHasher | None = None
+        self._notices: list[str] = []  # warnings for the user, one line each
         self._decompressed: _Decompressed | None = None
         self._kept_bytes = b""
         self._compression = ""
@@ -391,8 +258,8 @@ class MrcSource(ImageSource):
             header = parse_header(read_exact(self._pread, HEADER_BYTES, 0))
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read MRC file: {reason(exc)}", path) from None
-        layout = _layout(header, path)
-        _check_size(layout, size, path)
+        layout = header_layout(header, path)
+        check_size(layout, size, path)
         self._header = header
         self._size = size
         if self._keep:
@@ -405,10 +272,10 @@ class MrcSource(ImageSource):
             self._feed(0, self._kept_bytes)
         self._ext_type = bytes(header.exttyp).decode("ascii", "replace").strip("\0 ")
         try:
-            record = _fei_record(header, layout.nsymbt, self._pread)
+            record = fei_record(header, layout.nsymbt, self._pread)
         except OSError as exc:
             raise InputError(f"cannot read MRC extended header: {reason(exc)}", path) from None
-        self._fei = _fei_keys(record) if record is not None else {}
+        self._fei = fei_keys(record) if record is not None else {}
         self._dtype = layout.dtype
         self._packed = layout.mode == MODE_4BIT
         self._row_bytes = layout.row_bytes
@@ -424,7 +291,7 @@ class MrcSource(ImageSource):
             self._data = np.ascontiguousarray(whole.transpose(perm))
             shape = self._data.shape
         elif axes not in ((1, 2, 3), (0, 0, 0)):  # 0, 0, 0: unset, as in old files
-            self.notices.append(
+            self._notices.append(
                 f"{path}: axis order mapc, mapr, maps = {axes} is not an order of 1, 2, 3; "
                 "read as 1, 2, 3 (x, y, z as stored)"
             )
@@ -433,13 +300,10 @@ class MrcSource(ImageSource):
         self._count = shape[0] if self._stack else 1
 
     def _read_file_rows(self, row0: int, row1: int) -> np.ndarray:
-        fd = self._fd
-        if fd is None:
-            raise InputError("file is closed", self.path)
         nx = self._file_shape[2]
         size = (row1 - row0) * self._row_bytes
         try:
-            buf = os.pread(fd, size, self._offset + row0 * self._row_bytes)
+            buf = self._pread(size, self._offset + row0 * self._row_bytes)
         except OSError as exc:
             raise InputError(f"cannot read pixel data: {reason(exc)}", self.path) from None
         if len(buf) != size:
@@ -449,11 +313,6 @@ class MrcSource(ImageSource):
             return unpack_4bit(buf, row1 - row0, nx)
         arr = np.frombuffer(buf, dtype=self._dtype).reshape(row1 - row0, nx)
         return arr.astype(self._dtype.newbyteorder("="), copy=False)
-
-    def _pread(self, size: int, offset: int) -> bytes:
-        if self._fd is None:
-            raise OSError("file is closed")
-        return os.pread(self._fd, size, offset)
 
     def _feed(self, offset: int, data: bytes) -> None:
         if self._hasher is not None:
@@ -510,158 +369,16 @@ class MrcSource(ImageSource):
 
     def header(self, index: int) -> dict[str, Any]:
         if self._header_keys is None:
-            self._header_keys = self._mrc_keys()
+            self._header_keys = mrc_keys(self._header, self._ext_type, self._fei)
         return dict(self._header_keys)
 
     def shared_keys(self) -> frozenset[str]:
         """All of them: an MRC file has one header for all its images."""
         return frozenset(self.header(0))
 
-    def _mrc_keys(self) -> dict[str, Any]:
-        h = self._header
-        f32 = np.float32
-        cella = [float(h.cella[k]) for k in ("x", "y", "z")]
-        grid = [int(h.mx), int(h.my), int(h.mz)]
-        out: dict[str, Any] = {}
-        for axis, length, m in zip("xyz", cella, grid, strict=True):
-            apix = length / m if m > 0 else 0.0
-            out[f"apix_{axis}"] = f32(apix if 0.01 < apix < 1000 else 1.0)
-        for axis in "xyz":
-            out[f"origin_{axis}"] = f32(h.origin[axis])
-        ints = {
-            "nx": h.nx,
-            "ny": h.ny,
-            "nz": h.nz,
-            "nxstart": h.nxstart,
-            "nystart": h.nystart,
-            "nzstart": h.nzstart,
-            "mx": h.mx,
-            "my": h.my,
-            "mz": h.mz,
-            "mode": h.mode,
-            "mapc": h.mapc,
-            "mapr": h.mapr,
-            "maps": h.maps,
-            "ispg": h.ispg,
-            "nsymbt": h.nsymbt,
-            "nversion": h.nversion,
-            "nlabels": h.nlabl,
-        }
-        for key, value in ints.items():
-            out[f"MRC.{key}"] = int(value)
-        out["MRC.machinestamp"] = int(np.frombuffer(bytes(h.machst), dtype="<u2")[0])
-        floats = {
-            "xlen": h.cella.x,
-            "ylen": h.cella.y,
-            "zlen": h.cella.z,
-            "alpha": h.cellb.alpha,
-            "beta": h.cellb.beta,
-            "gamma": h.cellb.gamma,
-            "minimum": h.dmin,
-            "maximum": h.dmax,
-            "mean": h.dmean,
-            "rms": h.rms,
-        }
-        for key, value in floats.items():
-            out[f"MRC.{key}"] = f32(value)
-        out["MRC.map"] = _text(bytes(h.map))
-        out["MRC.exttyp"] = self._ext_type
-        for k in range(max(0, min(int(h.nlabl), 10))):
-            out[f"MRC.label{k}"] = _text(bytes(h.label[k]))
-        out.update(self._fei)
-        return out
+    def notices(self) -> list[str]:
+        return list(self._notices)
 
     def close(self) -> None:
-        if self._hasher is not None:
-            self._hasher.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def unpack_4bit(buf: bytes, rows: int, nx: int) -> np.ndarray:
-    """Rows of mode 101 data: two 4-bit values a byte, low nibble first, each row
-    ``(nx + 1) // 2`` bytes (the high nibble of an odd row's last byte is padding).
-
-    Args:
-        buf: the stored bytes of ``rows`` rows.
-        rows: how many rows ``buf`` holds.
-        nx: pixels a row.
-    """
-    packed = np.frombuffer(buf, dtype=np.uint8).reshape(rows, (nx + 1) // 2)
-    out = np.empty((rows, packed.shape[1], 2), dtype=np.uint8)
-    np.bitwise_and(packed, 15, out=out[:, :, 0])
-    np.right_shift(packed, 4, out=out[:, :, 1])
-    flat = out.reshape(rows, -1)
-    return flat if flat.shape[1] == nx else np.ascontiguousarray(flat[:, :nx])
-
-
-def axis_permutation(axes: tuple[int, int, int]) -> tuple[int, ...] | None:
-    """How to transpose the file's (section, row, column) array into (z, y, x) for an
-    MRC axis order ``(mapc, mapr, maps)``; None for the standard order or a bad one."""
-    if axes == (1, 2, 3) or sorted(axes) != [1, 2, 3]:
-        return None
-    file_axes = [axes[2], axes[1], axes[0]]  # numpy axis 0 = sections
-    return tuple(file_axes.index(t) for t in (3, 2, 1))
-
-
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
-
-
-def _clean_text(raw: bytes) -> str | None:
-    """The text before the first NUL, or None when it is not printable ASCII."""
-    text = raw.split(b"\0", 1)[0]
-    if all(0x20 <= b < 0x7F for b in text):
-        return text.decode("ascii")
-    return None
-
-
-def _fei_record(header: Any, nsymbt: int, pread: Callable[[int, int], bytes]) -> Any:
-    """The first FEI1/FEI2 extended-header record, or None when the extended header is
-    not one of ``nz`` such records (mrcfile's ``indexed_extended_header`` rules, without
-    its warning).
-
-    Raises:
-        OSError: the extended header cannot be read.
-    """
-    dtype = get_ext_header_dtype(bytes(header.exttyp), header.mode.dtype.byteorder)
-    if dtype is None or nsymbt < max(1, int(header.nz)) * dtype.itemsize:
-        return None
-    first = np.frombuffer(read_exact(pread, dtype.itemsize, HEADER_BYTES), dtype=dtype)[0]
-    if int(first["Metadata size"]) != dtype.itemsize:
-        return None
-    return first
-
-
-def _fei_keys(first: Any) -> dict[str, Any]:
-    """Fields of the first FEI extended-header record as ``FEIMRC.<name>``.
-
-    Args:
-        first: the record (:func:`_fei_record`).
-
-    Types follow mrcfile's FEI dtypes: 32-bit unsigned bitmasks stay ``np.uint32``,
-    32-bit ints are ints, 64-bit ints (time stamps) and doubles are float64, booleans
-    0/1; strings are the printable ASCII before the first NUL (other strings and the
-    reserved "Unused range" bytes are left out).
-    """
-    out: dict[str, Any] = {}
-    for name in first.dtype.names or ():
-        if name.startswith("Unused"):
-            continue
-        field: np.dtype = first.dtype.fields[name][0]
-        value = first[name]
-        key = f"FEIMRC.{name}"
-        if field.kind == "S":
-            text = _clean_text(bytes(value))
-            if text is not None:
-                out[key] = text
-        elif field.kind == "b":
-            out[key] = int(value)
-        elif field.kind == "u" and field.itemsize <= 4:
-            out[key] = np.uint32(value)
-        elif field.kind in "iu":
-            out[key] = int(value) if field.itemsize <= 4 else np.float64(value)
-        elif field.kind == "f":
-            out[key] = np.float64(value) if field.itemsize == 8 else np.float32(value)
-    return out
+        self._data = None  # a transposed file's images: gone with the file
+        super().close()

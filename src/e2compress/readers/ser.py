@@ -22,7 +22,6 @@ reads: one pixel run per element (:mod:`~e2compress.kept`).
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +30,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..kept import RunKeeper
 from ..pixelsize import APIX_RANGE
 from .base import reason
-from .dm import RunKept
+from .runs import RunKept
 
 EXTRA_HINT = "install the optional extra: pip install 'e2compress[ser]'"
 IMAGE_TYPE, SPECTRUM_TYPE = 0x4122, 0x4120
 SER_DTYPES = {1: "u1", 2: "<u2", 3: "<u4", 4: "i1", 5: "<i2", 6: "<i4", 7: "<f4", 8: "<f8"}
 _IMAGE_HEAD = struct.Struct("<ddiddihii")  # x cal, y cal, type, nx, ny: 50 bytes
 _SPECTRUM_HEAD = struct.Struct("<ddihi")  # cal, type, length: 26 bytes
+_SERIES_HEAD = struct.Struct("<hhhiiii")  # ... TotalNumberElements, ValidNumberElements
+_OFFSET_SIZE = {0x0210: 4, 0x0220: 8}  # SeriesVersion -> bytes of an offset
+_TAG_SIZE = {0x4152: 6, 0x4142: 22}  # TagTypeID -> bytes of a tag (type, time[, x, y])
 _SERIES_KEYS = (
     "ByteOrder",
     "SeriesID",
@@ -80,19 +81,48 @@ class SerSource(RunKept):
             raise InputError(f"reading SER files needs ncempy: {EXTRA_HINT}", path) from None
         self._open(path)
         try:
+            self._check_counts()
             self._parse(ncem_ser)
             if keep:
                 runs = [
                     (e.offset, e.shape[0] * e.shape[1] * e.dtype.itemsize, k, 0, e.dtype.str, 0)
                     for k, e in enumerate(self._elements)
                 ]
-                self._keeper = RunKeeper("ser", self._size, runs, self._pread, path.name)
+                self._keep_runs(runs)
         except OSError as exc:
             self.close()
             raise InputError(f"cannot read SER file: {reason(exc)}", path) from None
         except BaseException:
             self.close()
             raise
+
+    def _check_counts(self) -> None:
+        """The element counts and the offset arrays against the file, before ncempy
+        allocates arrays of the claimed length; each valid element's tag inside the
+        file (the tags end the file: a cut shows there first)."""
+        raw = self._pread(_SERIES_HEAD.size + 8, 0)
+        if len(raw) < _SERIES_HEAD.size + 8:
+            raise InputError(f"file is too short for a SER header ({self._size} bytes)", self.path)
+        _, _, version, _, tag_type, total, valid = _SERIES_HEAD.unpack_from(raw)
+        size = _OFFSET_SIZE.get(version)
+        if size is None:
+            return  # not a known series version: ncempy says so
+        table = struct.unpack_from("<i" if size == 4 else "<q", raw, _SERIES_HEAD.size)[0]
+        if not 0 <= valid <= total or table < 0 or table + 2 * total * size > self._size:
+            raise InputError(
+                f"SER file is truncated or damaged: {valid} valid of {total} elements, "
+                f"offset arrays at byte {table}, file has {self._size} bytes",
+                self.path,
+            )
+        tag_size = _TAG_SIZE.get(tag_type)
+        tags = self._pread(valid * size, table + total * size)
+        for k, offset in enumerate(np.frombuffer(tags, "<i4" if size == 4 else "<i8").tolist()):
+            if tag_size is not None and offset + tag_size > self._size:
+                raise InputError(
+                    f"SER file is truncated: the tag of element {k} needs bytes "
+                    f"{offset}..{offset + tag_size}, file has {self._size}",
+                    self.path,
+                )
 
     def _parse(self, ncem_ser: Any) -> None:
         try:
@@ -117,8 +147,7 @@ class SerSource(RunKept):
 
     def _element(self, k: int, offset: int, kind: int) -> _Element:
         head = _IMAGE_HEAD if kind == IMAGE_TYPE else _SPECTRUM_HEAD
-        assert self._fd is not None
-        raw = os.pread(self._fd, head.size, offset) if 0 <= offset < self._size else b""
+        raw = self._pread(head.size, offset) if 0 <= offset < self._size else b""
         if len(raw) != head.size:
             raise InputError(f"SER file is truncated: element {k} is cut off", self.path)
         values = head.unpack(raw)
@@ -180,17 +209,7 @@ class SerSource(RunKept):
         element = self._elements[index]
         nx = element.shape[1]
         row = nx * element.dtype.itemsize
-        size = (y1 - y0) * row
-        if self._fd is None:
-            raise InputError("file is closed", self.path)
-        try:
-            buf = os.pread(self._fd, size, element.offset + y0 * row)
-        except OSError as exc:
-            raise InputError(f"cannot read SER pixels: {reason(exc)}", self.path) from None
-        if len(buf) != size:
-            raise InputError("SER file ended while reading pixels", self.path)
-        if self._keeper is not None:
-            self._keeper.hasher.feed(element.offset + y0 * row, buf)
+        buf = self._read_run((y1 - y0) * row, element.offset + y0 * row, "SER")
         rows = np.frombuffer(buf, element.dtype).reshape(y1 - y0, nx)
         return rows.astype(self.dtype(index))
 

@@ -25,15 +25,14 @@ hashed from the reads: one pixel run per image (:mod:`~e2compress.kept`), so
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from ..kept import KEPT_LIMIT, Kept, Layout, OrderedHasher, pieces_array, read_exact
-from .base import ImageSource, reason
+from .base import reason
+from .runs import RunKept
 
 MIN_HEADER = 1024  # every SPIDER header holds at least 256 words
 APIX_RANGE = (0.01, 1000.0)
@@ -58,7 +57,7 @@ def _whole(v: float) -> bool:
     return bool(np.isfinite(v)) and float(v).is_integer()
 
 
-class SpiderSource(ImageSource):
+class SpiderSource(RunKept):
     """A SPIDER image or stack (see the module docstring).
 
     Args:
@@ -73,33 +72,30 @@ class SpiderSource(ImageSource):
     kind = "spider"
 
     def __init__(self, path: Path, *, keep: bool = False) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._keep = keep
-        self._hasher: OrderedHasher | None = None
-        self._kept_bytes = b""
+        self._open(path)
         try:
-            self._fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise InputError(f"cannot open: {reason(exc)}", path) from None
-        try:
-            self._open()
+            self._parse()
+            if keep:  # every header is kept; one pixel run per image
+                dtype = self._order + "f4"
+                runs = [
+                    (self._pixel_offset(i), self._image_bytes, i, 0, dtype, 0)
+                    for i in range(self._count)
+                ]
+                self._keep_runs(runs)
         except BaseException:
             self.close()
             raise
 
-    def _pread(self, size: int, offset: int) -> bytes:
-        if self._fd is None:
-            raise InputError("file is closed", self.path)
+    def _read(self, size: int, offset: int) -> bytes:
+        """``_pread``, failing with one line naming the file."""
         try:
-            return os.pread(self._fd, size, offset)
+            return self._pread(size, offset)
         except OSError as exc:
             raise InputError(f"cannot read SPIDER file: {reason(exc)}", self.path) from None
 
-    def _open(self) -> None:
-        assert self._fd is not None
-        size = os.fstat(self._fd).st_size
-        first = self._pread(MIN_HEADER, 0)
+    def _parse(self) -> None:
+        size = self._size
+        first = self._read(MIN_HEADER, 0)
         if len(first) < MIN_HEADER:
             raise InputError(f"file is too short for a SPIDER header ({size} bytes)", self.path)
         self._order, words = self._header_words(first)
@@ -134,57 +130,12 @@ class SpiderSource(ImageSource):
                 f"{labbyt}-byte headers need {expected} bytes, file has {size}",
                 self.path,
             )
-        self._size = size
         if self._stack:
             self._check_stack()
-        if self._keep:
-            self._keep_headers()
-
-    def _keep_headers(self) -> None:
-        """Read every header whole: kept, and fed to the file's hash."""
-        self._hasher = OrderedHasher(self._size)
-        count = self._count + 1 if self._stack else 1
-        if count * self._labbyt > KEPT_LIMIT:
-            return  # too many header bytes to hold: kept() says so
-        parts = []
-        for k in range(count):
-            offset = 0 if k == 0 else self._image_offset(k - 1)
-            try:
-                raw = read_exact(self._pread, self._labbyt, offset)
-            except OSError as exc:
-                raise InputError(f"cannot read SPIDER header: {reason(exc)}", self.path) from None
-            self._hasher.feed(offset, raw)
-            parts.append(raw)
-        self._kept_bytes = b"".join(parts)
 
     def _pixel_offset(self, index: int) -> int:
         """Byte offset of image ``index``'s first pixel."""
         return self._image_offset(index) + self._labbyt
-
-    def kept(self) -> Kept | None:
-        """The headers, one pixel run per image and the SHA-256 of the file (finished
-        from the reads made so far); None when opened without ``keep``.
-
-        Raises:
-            InputError: the file cannot be read to its end.
-        """
-        if not self._keep or self._hasher is None:
-            return None
-        rows = [(self._pixel_offset(i), self._image_bytes, i, 0, 0, 0) for i in range(self._count)]
-        layout = Layout("spider", self._size, pieces_array(rows), [self._order + "f4"])
-        if not self._kept_bytes:  # more header bytes than KEPT_LIMIT
-            problem = f"its headers hold more than {KEPT_LIMIT} bytes"
-            layout = Layout("spider", self._size, pieces_array([]), [], problem=problem)
-        try:
-            digest = self._hasher.finish(self._pread_raw)
-        except OSError as exc:
-            raise InputError(f"cannot read: {reason(exc)}", self.path) from None
-        return Kept(layout, self._kept_bytes, digest, digest, self.path.name)
-
-    def _pread_raw(self, size: int, offset: int) -> bytes:
-        if self._fd is None:
-            raise OSError("file is closed")
-        return os.pread(self._fd, size, offset)
 
     def _header_words(self, first: bytes) -> tuple[str, np.ndarray]:
         for order in ("<", ">"):
@@ -210,7 +161,7 @@ class SpiderSource(ImageSource):
         first: bytes | None = None
         same = np.ones(MIN_HEADER // 4, dtype=bool)
         for index in range(self._count):
-            raw = self._pread(MIN_HEADER, self._image_offset(index))
+            raw = self._read(MIN_HEADER, self._image_offset(index))
             if len(raw) != MIN_HEADER:
                 raise InputError("SPIDER file ended while reading image headers", self.path)
             words = np.frombuffer(raw, self._order + "f4")
@@ -257,15 +208,11 @@ class SpiderSource(ImageSource):
         _, ny, nx = self._shape
         start = self._pixel_offset(index) + (z * ny + y0) * nx * 4
         size = (y1 - y0) * nx * 4
-        buf = self._pread(size, start)
-        if len(buf) != size:
-            raise InputError("SPIDER file ended while reading pixels", self.path)
-        if self._hasher is not None:
-            self._hasher.feed(start, buf)
+        buf = self._read_run(size, start, "SPIDER")
         return np.frombuffer(buf, self._order + "f4").reshape(y1 - y0, nx).astype(np.float32)
 
     def header(self, index: int) -> dict[str, Any]:
-        raw = self._pread(MIN_HEADER, self._image_offset(index))
+        raw = self._read(MIN_HEADER, self._image_offset(index))
         if len(raw) != MIN_HEADER:
             raise InputError("SPIDER file ended while reading a header", self.path)
         words = np.frombuffer(raw, self._order + "f4")
@@ -295,13 +242,6 @@ class SpiderSource(ImageSource):
             for axis in "xyz":
                 out[f"apix_{axis}"] = np.float32(apix)
         return out
-
-    def close(self) -> None:
-        if self._hasher is not None:
-            self._hasher.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def _text(raw: bytes) -> str:

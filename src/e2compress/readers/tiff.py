@@ -27,42 +27,21 @@ import math
 import os
 import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from ..kept import (
-    ENCODED,
-    ENCODED_COLUMNS,
-    FLIP,
-    KEPT_LIMIT,
-    NEGATE,
-    Kept,
-    Layout,
-    OrderedHasher,
-    merge_runs,
-    overlapping,
-    pieces_array,
-    read_exact,
-)
+from ..hashing import OrderedHasher, read_exact
+from ..kept import Kept, Layout
 from ..pixelsize import tiff_header_keys
 from .base import ImageSource, reason
+from .tiff_keep import Frame, pixel_layout
 
 MINISWHITE = 0
 # MINISWHITE values are negated in a type that holds -max of the stored type.
 _NEGATED = {"u1": "i2", "u2": "i4", "u4": "i8", "u8": "f8", "i1": "i2", "i2": "i4", "i4": "i8"}
-
-
-@dataclass(frozen=True)
-class _Frame:
-    """One image: the tifffile page (or the series' key page) and where its rows are."""
-
-    page: Any
-    offset: int | None  # first byte of contiguous, uncompressed data; None: decode
-    negate: bool  # MINISWHITE
 
 
 class TiffSource(ImageSource):
@@ -108,7 +87,7 @@ class TiffSource(ImageSource):
 
     # ------------------------------------------------------------------ structure
 
-    def _find_frames(self) -> list[_Frame]:
+    def _find_frames(self) -> list[Frame]:
         tif = self._tif
         try:
             pages = list(tif.pages)
@@ -131,7 +110,7 @@ class TiffSource(ImageSource):
             for k, page in enumerate(pages):
                 self._check_segments(k, page)
                 frames.append(
-                    _Frame(page, self._contiguous_offset(page), self._is_miniswhite(k, page))
+                    Frame(page, self._contiguous_offset(page), self._is_miniswhite(k, page))
                 )
         self._check_count(len(frames), imagej, series)
         return frames
@@ -152,10 +131,6 @@ class TiffSource(ImageSource):
             return int(value) == MINISWHITE
         except (TypeError, ValueError):
             raise InputError(f"TIFF page {k} has an invalid photometric tag", self.path) from None
-
-    def _pread(self, size: int, offset: int) -> bytes:
-        assert self._fd is not None
-        return os.pread(self._fd, size, offset)
 
     def _check_ifd(self, k: int, page: Any, last: bool) -> None:
         """Page ``k``'s IFD and its tag values lie inside the file, and the last IFD ends
@@ -228,7 +203,7 @@ class TiffSource(ImageSource):
                 return None
         return int(offsets[0])
 
-    def _virtual_frames(self, series: Any) -> list[_Frame]:
+    def _virtual_frames(self, series: Any) -> list[Frame]:
         """Frames stored one after another behind a single IFD (ImageJ > 4 GB)."""
         key = series.keyframe
         offset = series.dataoffset
@@ -245,7 +220,7 @@ class TiffSource(ImageSource):
                 self.path,
             )
         negate = self._is_miniswhite(0, key)
-        return [_Frame(key, offset + i * key.nbytes, negate) for i in range(count)]
+        return [Frame(key, offset + i * key.nbytes, negate) for i in range(count)]
 
     def _check_count(self, count: int, imagej: dict[str, Any] | None, series: list[Any]) -> None:
         """The frame count must match ImageJ's and OME's (when the file has them)."""
@@ -271,48 +246,12 @@ class TiffSource(ImageSource):
     # ------------------------------------------------------------------ kept bytes
 
     def _keep_bytes(self) -> None:
-        """Where the pixels are; read the bytes between them (IFDs, tags, gaps), which
-        also start the file's hash."""
+        """Where the pixels are (:func:`~.tiff_keep.pixel_layout`); read the bytes
+        between them (IFDs, tags, gaps), which also start the file's hash."""
         self._hasher = OrderedHasher(self._size)
-        self._encoded: list[tuple[int, ...]] = []
-        dtypes: list[str] = []
-        rows: list[tuple[int, int, int, int, int, int]] = []
-        problem = None
-        frames = self._frames
-        for k, frame in enumerate(frames):
-            page = frame.page
-            stored = np.dtype(self._tif.byteorder + page.dtype.char).str
-            if stored not in dtypes:
-                dtypes.append(stored)
-            flags = FLIP | (NEGATE if frame.negate else 0)
-            if len(frames) > 1 and frames[0].page is frames[1].page:
-                # frames behind one IFD (ImageJ > 4 GB): one run over all of them
-                assert frame.offset is not None
-                rows = [(frame.offset, len(frames) * page.keyframe.nbytes, 0, 0, 0, flags)]
-                break
-            problem = problem or self._page_pieces(k, page, dtypes.index(stored), flags, rows)
-        pieces = pieces_array(rows)
-        if problem is None and overlapping(pieces, self._size):
-            problem = "its strips overlap each other"
-        if problem is None:
-            values = [math.prod(self.shape(i)) for i in range(len(frames))]
-            pieces = merge_runs(pieces, values, [np.dtype(d).itemsize for d in dtypes])
-            outside = self._size - int(pieces[:, 1].sum())
-            if outside > KEPT_LIMIT:
-                problem = f"{outside} bytes lie outside its pixels (more than {KEPT_LIMIT})"
-        if problem is not None:
-            pieces = pieces_array([])
-        encoded = np.array(self._encoded, dtype=np.int64).reshape(-1, len(ENCODED_COLUMNS))
-        layout = Layout(
-            "tiff",
-            self._size,
-            pieces,
-            dtypes,
-            problem=problem,
-            encoded=encoded,
-            byteorder=self._tif.byteorder,
-        )
-        if problem is None:
+        values = [math.prod(self.shape(i)) for i in range(len(self._frames))]
+        layout = pixel_layout(self._tif.byteorder, self._frames, self._size, values)
+        if layout.problem is None:
             parts = []
             for offset, length in layout.gaps():
                 data = read_exact(self._pread, length, offset)
@@ -320,79 +259,6 @@ class TiffSource(ImageSource):
                 parts.append(data)
             self._kept_bytes = b"".join(parts)
         self._layout = layout
-
-    def _page_pieces(
-        self,
-        k: int,
-        page: Any,
-        code: int,
-        flags: int,
-        rows: list[tuple[int, int, int, int, int, int]],
-    ) -> str | None:
-        """Append page ``k``'s pixel runs to ``rows`` (and a compressed page's encoding
-        to ``self._encoded``); the reason if they cannot be kept apart from the rest of
-        the file."""
-        key = page.keyframe
-        offsets, counts = page.dataoffsets, page.databytecounts
-        raw = (
-            key.compression == 1
-            and key.fillorder == 1
-            and key.predictor == 1
-            and not key.is_tiled
-            and key.samplesperpixel == 1
-            and key.bitspersample == 8 * np.dtype(key.dtype).itemsize
-        )
-        if not raw:  # the strips hold an encoding of the values
-            nx = page.shape[1]
-            per = int(key.rowsperstrip) or page.shape[0]
-            for i, (offset, count) in enumerate(zip(offsets, counts, strict=True)):
-                rows.append((int(offset), int(count), k, i * per * nx, code, flags | ENCODED))
-            encoding = self._encoding(k, page)
-            if encoding is not None:
-                self._encoded.append(encoding)
-            return None
-        ny, nx = page.shape
-        itemsize = np.dtype(key.dtype).itemsize
-        per = int(key.rowsperstrip) or ny
-        for i, (offset, count) in enumerate(zip(offsets, counts, strict=True)):
-            r0, r1 = i * per, min((i + 1) * per, ny)
-            if r0 >= ny:
-                return f"page {k} has more strips than rows"
-            need = (r1 - r0) * nx * itemsize
-            if int(count) < need:
-                return f"strip {i} of page {k} is shorter than its rows"
-            rows.append((int(offset), need, k, r0 * nx, code, flags))
-        if len(offsets) * per < ny:
-            return f"page {k} has fewer strips than rows"
-        return None
-
-    def _encoding(self, k: int, page: Any) -> tuple[int, ...] | None:
-        """How page ``k``'s strips are encoded and where their offsets and byte counts
-        are stored (ENCODED_COLUMNS); None when restore could not encode them again
-        (tiles, JPEG, a floating-point predictor, a codec tifffile cannot write)."""
-        import tifffile
-
-        key = page.keyframe
-        if key.is_tiled or key.predictor not in (1, 2) or key.fillorder != 1:
-            return None
-        if key.compression in (6, 7, 33007, 34892) or key.samplesperpixel != 1:
-            return None
-        try:
-            tifffile.TIFF.COMPRESSORS[key.compression]
-        except (KeyError, ValueError, ImportError):
-            return None
-        where = []
-        for code in (273, 279):  # StripOffsets, StripByteCounts
-            tag = page.tags.get(code)
-            if tag is None or tag.count != len(page.dataoffsets):
-                return None
-            fmt = tifffile.TIFF.DATA_FORMATS.get(int(tag.dtype), "")
-            if fmt not in ("1H", "1I", "1Q"):
-                return None
-            where += [int(tag.valueoffset), struct.calcsize(fmt[1])]
-        per = int(key.rowsperstrip) or page.shape[0]
-        strips = len(page.dataoffsets)
-        return (k, int(key.compression), int(key.predictor), per, *where, strips)
 
     def kept(self) -> Kept | None:
         """The bytes outside the pixels, where the pixels are, and the file's SHA-256
@@ -482,7 +348,7 @@ class TiffSource(ImageSource):
         for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
             self._hasher.feed(int(offset), self._read_segment(int(offset), int(count)))
 
-    def _rows(self, frame: _Frame, row0: int, row1: int) -> np.ndarray:
+    def _rows(self, frame: Frame, row0: int, row1: int) -> np.ndarray:
         """File rows ``row0:row1`` of an uncompressed frame, as stored (not flipped)."""
         assert frame.offset is not None
         nx = frame.page.shape[1]
@@ -527,10 +393,6 @@ class TiffSource(ImageSource):
         return out
 
     def close(self) -> None:
-        if self._hasher is not None:
-            self._hasher.close()
         self._cache = None
         self._tif.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        super().close()
