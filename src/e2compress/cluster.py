@@ -69,11 +69,14 @@ class ChunkPool(WorkerPlugin):  # type: ignore[misc]
         self.pool: Executor | None = None
 
     def setup(self, worker: Any) -> None:
+        """Make the worker's pool (``threads``, else the worker's thread count); also
+        lets its heap keep the block buffers and quiets tifffile's logger."""
         _keep_big_buffers()
         quiet_tifffile()
         self.pool = make_pool(self.threads or worker.state.nthreads)
 
     def teardown(self, worker: Any) -> None:
+        """Shut the pool down: queued chunk tasks are cancelled, running ones not waited for."""
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None

@@ -174,8 +174,9 @@ def estimate_gain(m1: np.ndarray, m2: np.ndarray, m3: np.ndarray) -> np.ndarray:
     """Per pixel, the gain its smallest distinct positive values are whole multiples of.
 
     Args:
-        m1, m2, m3: float32 arrays of each pixel's three smallest distinct positive
-            values, ascending (0: none).
+        m1: float32, each pixel's smallest positive value (0: none).
+        m2: float32, its second smallest distinct positive value (0: none).
+        m3: float32, its third smallest distinct positive value (0: none).
 
     Returns:
         float32 gains: ``m1`` where the others are whole multiples of it; else

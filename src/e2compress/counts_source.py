@@ -174,9 +174,16 @@ class CountsSource(_Wrapper):
         self.gain = found.image
 
     def dtype(self, index: int) -> np.dtype:
+        """uint8 or uint16: the smallest that holds every count of the movie."""
         return self.counts_dtype
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """The counts of rows ``y0:y1`` of section ``z`` of image ``index``, checked.
+
+        Raises:
+            InputError: a pixel is not a count times its gain (naming frame and pixel),
+                or the movie cannot be read.
+        """
         key = (index, z, y0, y1)
         with self._lock:
             hit = self._cache.get(key)
@@ -217,9 +224,15 @@ class GainedSource(_Wrapper):
         self.gain = np.asarray(gain, dtype=F32)
 
     def dtype(self, index: int) -> np.dtype:
+        """float32, the movie's type."""
         return np.dtype(F32)
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of section ``z`` of image ``index``: count times gain.
+
+        Raises:
+            InputError: the archive cannot be read.
+        """
         counts = self.inner.read(index, z, y0, y1)
         return from_counts(counts, self.gain[y0:y1])
 

@@ -71,6 +71,7 @@ class Decoder:
             np.take(self.table, codes, out=out, mode="clip")
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
+        """The values of ``codes``, in a new array of the table's type."""
         out = np.empty(codes.shape, dtype=self.table.dtype)
         self.into(codes, out)
         return out

@@ -55,6 +55,7 @@ class InlineExecutor(Executor):
     """Runs tasks in the calling thread (``threads=1``)."""
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` now; the done future holds its result or exception."""
         fut: Future[Any] = Future()
         try:
             fut.set_result(fn(*args, **kwargs))

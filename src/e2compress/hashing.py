@@ -236,12 +236,14 @@ class HashingReader:
         self.size = 0
 
     def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all the rest when negative), added to the hash."""
         data: bytes = self._raw.read(size)
         self.hash.update(data)
         self.size += len(data)
         return data
 
     def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` from the file, hashing what was read; the number of bytes read."""
         n: int = self._raw.readinto(buffer)
         if n:
             self.hash.update(memoryview(buffer)[:n])
@@ -249,9 +251,11 @@ class HashingReader:
         return n
 
     def readable(self) -> bool:
+        """True: a reader."""
         return True
 
     def seekable(self) -> bool:
+        """False: the hash needs every byte once, in order."""
         return False
 
     def close(self) -> None:
@@ -259,6 +263,7 @@ class HashingReader:
 
     @property
     def closed(self) -> bool:
+        """False: the caller closes the underlying file (see :meth:`close`)."""
         return False
 
     def digest(self) -> str:

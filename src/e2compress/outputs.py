@@ -110,7 +110,8 @@ def check_existing(
     warn about what ``force`` replaces.
 
     Args:
-        named, target: the output as named, and the file it names.
+        named: the output as named.
+        target: the file it names (a symbolic link resolved).
         kind: the kind of source (``"hdf"``, ``"mrc"`` ...).
         in_place: the output replaces the input itself.
         force: replace a write-protected or hard-linked output, or someone else's HDF5.

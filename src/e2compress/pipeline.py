@@ -24,13 +24,7 @@ from typing import Any
 import numpy.typing as npt
 
 from . import codecs
-from .atomic import (
-    TMP_SUFFIX,
-    AtomicOutput,
-    check_output_dir,
-    os_error,
-    resolve_target,
-)
+from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error, resolve_target
 from .blocks import Block, blocks, chunk_shape, dataset_shape
 from .counts_source import counts_input, store_gain
 from .encode import Encoded, Encoder, ImageJob, chunk_rows
@@ -260,18 +254,25 @@ def compress_file(
         src: the input file.
         dst: the output file; default EMAN2's naming (see :func:`output_path`). A
             symbolic link is followed: its target is replaced and the link kept.
-        bits, level, value_range, sigrange, nooutliers, shuffle, chunk_rows, store_level,
-        noise_fraction, apix, eer_grouping, checksum, counts: what to store, as the fields of
-            :class:`~e2compress.options.Options` of the same names (``bits="auto"``
-            chooses per image by the noise rule); None (not given) keeps the field's
-            default. Give these or ``options``, not both.
+        bits: 2..16 bits per stored value (0: lossless float32; ``"auto"``: by the noise rule).
+        level: deflate level 0..9 (size and time only, never the values).
+        value_range: keep values in [min, max].
+        sigrange: keep values in mean - a*sigma .. mean + b*sigma, given (a, b).
+        nooutliers: clamp the histogram's extreme tails, as EMAN2 does.
         threads: worker threads when no ``pool`` is given (default: all cores).
-        verify: decode the written file and check every pixel against the source before
-            the rename; default only when replacing the input in place.
+        verify: check each decoded pixel against the source before renaming (default: if in place).
+        shuffle: the HDF5 shuffle filter (None: on for multi-byte storage).
+        chunk_rows: rows per HDF5 chunk.
+        store_level: record ``level`` in each image header, as EMAN2 does.
+        noise_fraction: the most quantisation noise allowed, as a fraction of the image's noise.
+        apix: pixel size in Angstrom for every image, instead of the input's.
+        eer_grouping: EER frames summed into each stored image.
+        checksum: end every chunk with HDF5's Fletcher-32 checksum.
+        counts: store a gain-normalised float32 movie as its integer counts and gain, exactly.
         force: replace an output that is write-protected or has several hard links,
             and replace an input in place even when the result is larger.
-        options: a prepared :class:`~e2compress.options.Options` (instead of the
-            per-field keywords).
+        options: a prepared :class:`~e2compress.options.Options` instead of the settings
+            above (its fields of the same names; a setting not given keeps the default), not both.
         pool: an executor shared between files (the caller shuts it down).
         cancel: a :class:`~e2compress.executor.Cancel` token; setting it stops the work
             at the next block and raises :class:`~e2compress.errors.Interrupted`.
@@ -327,10 +328,8 @@ def compress_file(
         with open_source(
             source_path, scratch_dir=target.parent, eer_grouping=opts.eer_grouping, keep=True
         ) as source:
-            token = cancel or Cancel()
-            values, opts = counts_input(source, opts, token.check, workers)  # counts: gain pass
-            run = _Run(opts, workers, token, progress, force, verify, t0)
-            return _write(values, named, target, run, origin)
+            run = _Run(opts, workers, cancel or Cancel(), progress, force, verify, t0)
+            return _write(source, named, target, run, origin)
 
 
 def write_images(
@@ -366,16 +365,29 @@ def write_images(
             type (see :class:`~e2compress.readers.array.ArraySource`); several make a
             stack. Do not change them until this returns.
         headers: per image, EMAN2 header keys to store with it (None: none).
-        verify: check every decoded pixel against ``images`` before the rename
-            (default: no).
-        bits, ..., progress: the other keywords, as for :func:`compress_file`.
+        bits: 2..16 bits per stored value (0: lossless float32; ``"auto"``: by the noise rule).
+        level: deflate level 0..9 (size and time only, never the values).
+        value_range: keep values in [min, max].
+        sigrange: keep values in mean - a*sigma .. mean + b*sigma, given (a, b).
+        nooutliers: clamp the histogram's extreme tails, as EMAN2 does.
+        threads: worker threads when no ``pool`` is given (default: all cores).
+        verify: check every decoded pixel against ``images`` before the rename (default: no).
+        shuffle: the HDF5 shuffle filter (None: on for multi-byte storage).
+        chunk_rows: rows per HDF5 chunk.
+        store_level: record ``level`` in each image header, as EMAN2 does.
+        noise_fraction: the most quantisation noise allowed, as a fraction of the image's noise.
+        apix: pixel size in Angstrom for every image, instead of the headers'.
+        checksum: end every chunk with HDF5's Fletcher-32 checksum.
+        force: replace an output that is write-protected or has several hard links.
+        options: a prepared ``Options`` instead of the settings, as for :func:`compress_file`.
+        pool: an executor shared between files (the caller shuts it down).
+        cancel: a ``Cancel`` token; setting it stops the work and raises ``Interrupted``.
+        progress: called as ``progress(done, total)``, as for :func:`compress_file`.
 
     Raises:
-        InputError: an image that is not 2-D or 3-D, is empty, is not of an integer or
-            float type or holds values the settings cannot store; ``headers`` of
-            another length.
-        OutputError, VerificationError, E2CompressError, Interrupted: as for
-            :func:`compress_file`.
+        InputError: an image that is not 2-D or 3-D, is empty, is not of an integer or float type
+            or holds values the settings cannot store; ``headers`` of another length.
+        OutputError, VerificationError, E2CompressError, Interrupted: as for :func:`compress_file`.
     """
     opts = _settings(
         options,
@@ -397,10 +409,8 @@ def write_images(
     with pool_or_own(pool, threads) as workers:
         target = resolve_target(named)
         check_output_dir(target)
-        token = cancel or Cancel()
-        values, opts = counts_input(source, opts, token.check, workers)  # options.counts
-        run = _Run(opts, workers, token, progress, force, verify, t0)
-        return _write(values, named, target, run, None)
+        run = _Run(opts, workers, cancel or Cancel(), progress, force, verify, t0)
+        return _write(source, named, target, run, None)
 
 
 def _settings(options: Options | None, **fields: Any) -> Options:
@@ -433,9 +443,11 @@ def _write(
     """Write ``source`` to ``target`` (``named``, a link resolved) atomically, checked.
 
     ``origin``: the input file ``source`` reads (None: images in memory); it is
-    recorded in the output and must not change while it is read.
+    recorded in the output and must not change while it is read. With ``counts`` the
+    source's gain is estimated first and its counts are what is stored.
     """
-    opts, force = run.opts, run.force
+    source, opts = counts_input(source, run.opts, run.cancel.check, run.workers)
+    force = run.force
     warnings: list[str] = source.notices()
     notes: list[str] = []
     in_place = origin is not None and same_file(origin.path, target)

@@ -61,8 +61,9 @@ def tiff_apix(
     """Pixel size (x, y, z) in Angstrom from TIFF resolution tags and ImageJ metadata.
 
     Args:
-        xres, yres: the XResolution / YResolution tag values (numerator, denominator),
-            pixels per unit; None when absent.
+        xres: the XResolution tag's value (numerator, denominator), pixels per unit;
+            None when absent.
+        yres: the YResolution tag's value, likewise (None: as ``xres``).
         resolution_unit: the ResolutionUnit tag (1 none, 2 inch, 3 centimetre).
         imagej: the parsed ImageJ description (``unit``, ``spacing``), if any.
 

@@ -257,9 +257,11 @@ class KeptSource:
 
     @property
     def quantised(self) -> bool:
+        """True when any image is stored quantised (it has a stored mapping)."""
         return any(self.images.render_range(i) is not None for i in range(len(self.images)))
 
     def close(self) -> None:
+        """Close the archive."""
         self.images.close()
 
     # ------------------------------------------------------------------ the bytes

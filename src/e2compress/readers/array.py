@@ -120,16 +120,20 @@ class ArraySource(ImageSource):
         return len(self._images)
 
     def shape(self, index: int) -> tuple[int, int, int]:
+        """(nz, ny, nx) of image ``index`` (nz is 1 for a 2-D image)."""
         nz, ny, nx = self._images[index].shape
         return nz, ny, nx
 
     def dtype(self, index: int) -> np.dtype:
+        """The image's type, in native byte order."""
         return self._images[index].dtype
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of section ``z`` of image ``index``: a view of the array, no copy."""
         return self._images[index][z, y0:y1]
 
     def header(self, index: int) -> dict[str, Any]:
+        """The keys given for image ``index``, with ``apix`` as ``apix_x/y/z`` unless given."""
         return dict(self._headers[index])
 
     def shared_keys(self) -> frozenset[str]:

@@ -213,14 +213,22 @@ class DmSource(RunKept):
         return len(self._images)
 
     def shape(self, index: int) -> tuple[int, int, int]:
+        """(1, ny, nx): each section of a DM data set is an image."""
         _, ny, nx = self._images[index][0].shape
         return 1, ny, nx
 
     def dtype(self, index: int) -> np.dtype:
+        """The data set's pixel type, in native byte order."""
         native: np.dtype = self._images[index][0].dtype.newbyteorder("=")
         return native
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of image ``index`` (``z`` is 0), counted from the last stored
+        row, as EMAN2 reads DM.
+
+        Raises:
+            InputError: the pixels cannot be read (a read failed or the file ended).
+        """
         data, section = self._images[index]
         _, ny, nx = data.shape
         row = nx * data.dtype.itemsize
@@ -230,6 +238,8 @@ class DmSource(RunKept):
         return rows.astype(self.dtype(index))
 
     def header(self, index: int) -> dict[str, Any]:
+        """EMAN2's ``DM3.*``/``DM4.*`` keys, voltage, Cs and pixel size of image ``index``'s
+        data set."""
         data = self._images[index][0]
         cached = self._header_cache.get(data.list_index)
         if cached is None:
@@ -237,6 +247,7 @@ class DmSource(RunKept):
         return dict(cached)
 
     def shared_keys(self) -> frozenset[str]:
+        """Every key when all images come from one data set, else none."""
         if len({d.list_index for d, _ in self._images}) == 1:
             return frozenset(self.header(0))
         return frozenset()

@@ -251,10 +251,12 @@ class EerSource(TiffSource):
         return -(-self.frames // self._grouping)
 
     def shape(self, index: int) -> tuple[int, int, int]:
+        """(1, ny, nx): the frame size."""
         ny, nx = self._frame_shape
         return 1, ny, nx
 
     def dtype(self, index: int) -> np.dtype:
+        """uint8, or uint16 when more than 255 frames are summed into an image."""
         return np.dtype(np.uint8 if self._grouping <= 255 else np.uint16)
 
     def decode_frame(self, frame: int) -> np.ndarray:
@@ -290,11 +292,19 @@ class EerSource(TiffSource):
             return self._eer_cache[1]
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of image ``index``: the events of its frames summed (the image is
+        decoded whole and kept until another is read).
+
+        Raises:
+            InputError: a frame cannot be read or decoded.
+        """
         return self._summed(index)[y0:y1]
 
     # ------------------------------------------------------------------ header
 
     def header(self, index: int) -> dict[str, Any]:
+        """The acquisition metadata as ``EER.*`` keys, the compression, ``apix_*`` from the
+        sensor pixel size (1 when absent) and, when grouping, image ``index``'s frames."""
         out: dict[str, Any] = {f"EER.{snake_case(k)}": v for k, v in self._meta.items()}
         out["EER.compression"] = self._compression
         for axis, name in (("x", "width"), ("y", "height")):
@@ -310,6 +320,7 @@ class EerSource(TiffSource):
         return out
 
     def shared_keys(self) -> frozenset[str]:
+        """Every key but the image's frames (``EER.first_frame``, ``EER.frames``)."""
         return frozenset(self.header(0)) - {"EER.first_frame", "EER.frames"}
 
     def notes(self) -> list[str]:
@@ -335,6 +346,7 @@ class EerSource(TiffSource):
         return [f"{self.path}: {what}; {dose}"]
 
     def close(self) -> None:
+        """Drop the decoded image and close the file."""
         self._eer_cache = None
         super().close()
 

@@ -69,13 +69,20 @@ class HdfSource(ImageSource):
         return len(self._file)
 
     def shape(self, index: int) -> tuple[int, int, int]:
+        """(nz, ny, nx) of image ``index`` (1 for the axes a 2-D or 1-D image lacks)."""
         _, nz, ny, nx = self._shapes[index].tolist()
         return nz, ny, nx
 
     def dtype(self, index: int) -> np.dtype:
+        """float32, or float64 where float32 cannot hold the stored values."""
         return self._file.value_dtype(index)
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """Decoded values of rows ``y0:y1`` of section ``z`` of image ``index``.
+
+        Raises:
+            InputError: the rows cannot be read or decoded.
+        """
         rank = int(self._shapes[index, 0])
         region: tuple[Any, ...]
         if rank == 3:
@@ -91,6 +98,12 @@ class HdfSource(ImageSource):
         return data.reshape(y1 - y0, -1)
 
     def raw_attrs(self, index: int) -> dict[str, Any]:
+        """Image ``index``'s attributes as stored, less those that describe its storage
+        (:data:`~e2compress.attrs.NEVER_COPIED`).
+
+        Raises:
+            InputError: the attributes are damaged.
+        """
         if self._attrs is None or self._attrs[0] != index:  # asked twice per image
             out = {}
             for name, value in self._file.raw_attrs(index).items():
@@ -111,7 +124,9 @@ class HdfSource(ImageSource):
             raise InputError(f"damaged kept source bytes: {reason(exc)}", self.path) from None
 
     def group_attrs(self) -> dict[str, Any]:
+        """The attributes of ``/MDF/images`` shared by all images (EMAN2's ``Group.*``)."""
         return self._file.group_attrs()
 
     def close(self) -> None:
+        """Close the HDF5 file."""
         self._file.close()

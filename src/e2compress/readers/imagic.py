@@ -279,13 +279,21 @@ class ImagicSource(ImageSource):
         return self._count
 
     def shape(self, index: int) -> tuple[int, int, int]:
+        """(nz, ny, nx), the same for every image (checked when opened)."""
         return self._shape
 
     def dtype(self, index: int) -> np.dtype:
+        """The file's pixel type, in native byte order."""
         native: np.dtype = self._dtype.newbyteorder("=")
         return native
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of section ``z`` of image ``index``, counted from the last
+        stored row, as EMAN2 reads IMAGIC.
+
+        Raises:
+            InputError: the ``.img`` file cannot be read or ended early.
+        """
         _, ny, nx = self._shape
         row = nx * self._dtype.itemsize
         start = index * self._image_bytes + (z * ny + ny - y1) * row  # rows are stored top first
@@ -322,6 +330,12 @@ class ImagicSource(ImageSource):
         return frozenset(key for key, ws in words.items() if all(same[w] for w in ws))
 
     def header(self, index: int) -> dict[str, Any]:
+        """Image ``index``'s ``IMAGIC.*`` keys, Euler angles and ``apix_*`` (when
+        plausible), as EMAN2 reads them.
+
+        Raises:
+            InputError: the ``.hed`` file cannot be read or ended early.
+        """
         raw = self._hed_bytes_at(HEADER_BYTES, index * HEADER_BYTES)
         if len(raw) != HEADER_BYTES:
             raise InputError("IMAGIC header file ended while reading", self.path)
@@ -347,6 +361,7 @@ class ImagicSource(ImageSource):
         return out
 
     def close(self) -> None:
+        """Close both files (``.img`` and ``.hed``); calling it again does nothing."""
         super().close()
         fd, self._hed_fd = self._hed_fd, None
         if fd is not None:

@@ -353,14 +353,22 @@ class MrcSource(ImageSource):
         return self._count
 
     def shape(self, index: int) -> tuple[int, int, int]:
+        """(nz, ny, nx) of an image: one section of a ``.mrcs`` stack, else the whole
+        volume (a permuted axis order transposed to x, y, z)."""
         nz, ny, nx = self._image_shape
         return int(nz), int(ny), int(nx)
 
     def dtype(self, index: int) -> np.dtype:
+        """The mode's pixel type, in native byte order."""
         native: np.dtype = self._dtype.newbyteorder("=")
         return native
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of section ``z`` of image ``index``.
+
+        Raises:
+            InputError: the pixels cannot be read (a read failed or the file ended).
+        """
         section = index if self._stack else z
         if self._data is not None:
             return self._data[section, y0:y1]
@@ -368,6 +376,8 @@ class MrcSource(ImageSource):
         return self._read_file_rows(section * ny + y0, section * ny + y1)
 
     def header(self, index: int) -> dict[str, Any]:
+        """EMAN2's ``MRC.*`` keys, pixel size, origin and the extended header's keys (the
+        same for every image)."""
         if self._header_keys is None:
             self._header_keys = mrc_keys(self._header, self._ext_type, self._fei)
         return dict(self._header_keys)
@@ -377,8 +387,10 @@ class MrcSource(ImageSource):
         return frozenset(self.header(0))
 
     def notices(self) -> list[str]:
+        """Warnings found when opening (an axis order that is no order of 1, 2, 3)."""
         return list(self._notices)
 
     def close(self) -> None:
+        """Drop a transposed file's images and close the file."""
         self._data = None  # a transposed file's images: gone with the file
         super().close()

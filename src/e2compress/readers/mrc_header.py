@@ -62,9 +62,11 @@ class HeaderLayout:
 
     @property
     def total(self) -> int:
+        """Bytes the file must have: header, extended header and pixels."""
         return HEADER_BYTES + self.nsymbt + self.row_bytes * self.ny * self.nz
 
     def describe(self) -> str:
+        """The layout on one line, for messages."""
         return f"nx={self.nx} ny={self.ny} nz={self.nz} mode {self.mode} nsymbt={self.nsymbt}"
 
 

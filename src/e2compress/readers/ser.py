@@ -198,14 +198,21 @@ class SerSource(RunKept):
         return len(self._elements)
 
     def shape(self, index: int) -> tuple[int, int, int]:
+        """(1, ny, nx) of element ``index`` (a 1-D spectrum is one row)."""
         ny, nx = self._elements[index].shape
         return 1, ny, nx
 
     def dtype(self, index: int) -> np.dtype:
+        """The element's pixel type, in native byte order."""
         native: np.dtype = self._elements[index].dtype.newbyteorder("=")
         return native
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of element ``index`` (``z`` is 0).
+
+        Raises:
+            InputError: the pixels cannot be read (a read failed or the file ended).
+        """
         element = self._elements[index]
         nx = element.shape[1]
         row = nx * element.dtype.itemsize
@@ -214,6 +221,8 @@ class SerSource(RunKept):
         return rows.astype(self.dtype(index))
 
     def header(self, index: int) -> dict[str, Any]:
+        """The series' keys and element ``index``'s calibration keys (``apix_*`` when
+        plausible)."""
         return {**self._series, **self._elements[index].keys}
 
     def shared_keys(self) -> frozenset[str]:

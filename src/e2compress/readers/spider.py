@@ -202,9 +202,15 @@ class SpiderSource(RunKept):
         return self._count
 
     def shape(self, index: int) -> tuple[int, int, int]:
+        """(nz, ny, nx), the same for every image of a stack (checked when opened)."""
         return self._shape
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of section ``z`` of image ``index``, as float32.
+
+        Raises:
+            InputError: the pixels cannot be read (a read failed or the file ended).
+        """
         _, ny, nx = self._shape
         start = self._pixel_offset(index) + (z * ny + y0) * nx * 4
         size = (y1 - y0) * nx * 4
@@ -212,6 +218,12 @@ class SpiderSource(RunKept):
         return np.frombuffer(buf, self._order + "f4").reshape(y1 - y0, nx).astype(np.float32)
 
     def header(self, index: int) -> dict[str, Any]:
+        """Image ``index``'s ``SPIDER.*`` keys (angles, scale, date, title) and ``apix_*``
+        (when plausible).
+
+        Raises:
+            InputError: its header cannot be read or ended early.
+        """
         raw = self._read(MIN_HEADER, self._image_offset(index))
         if len(raw) != MIN_HEADER:
             raise InputError("SPIDER file ended while reading a header", self.path)

@@ -282,6 +282,7 @@ class TiffSource(ImageSource):
         return len(self._frames)
 
     def shape(self, index: int) -> tuple[int, int, int]:
+        """(1, ny, nx) of page ``index``."""
         ny, nx = self._frames[index].page.shape
         return 1, int(ny), int(nx)
 
@@ -290,6 +291,8 @@ class TiffSource(ImageSource):
         return stored
 
     def dtype(self, index: int) -> np.dtype:
+        """The stored type in native byte order; for MINISWHITE, a type that holds the
+        negated values."""
         stored = self._stored_dtype(index)
         if self._frames[index].negate:
             return np.dtype(_NEGATED.get(stored.str[1:], stored))
@@ -365,6 +368,12 @@ class TiffSource(ImageSource):
         return np.frombuffer(buf, dtype=stored).reshape(row1 - row0, nx)
 
     def read(self, index: int, z: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of page ``index`` (``z`` is 0), counted from the last stored
+        row, as EMAN2 reads TIFF; MINISWHITE values negated.
+
+        Raises:
+            InputError: the pixels cannot be read or decoded.
+        """
         frame = self._frames[index]
         if frame.offset is not None:
             ny = frame.page.shape[0]
@@ -378,6 +387,8 @@ class TiffSource(ImageSource):
         return out
 
     def header(self, index: int) -> dict[str, Any]:
+        """``TIFF.bitspersample``, the resolution tags and the keys of
+        :func:`~e2compress.pixelsize.tiff_header_keys` of page ``index``."""
         page: Any = self._frames[index].page.keyframe
         bps = page.bitspersample
         out: dict[str, Any] = {"TIFF.bitspersample": int(bps[0] if isinstance(bps, tuple) else bps)}
@@ -393,6 +404,7 @@ class TiffSource(ImageSource):
         return out
 
     def close(self) -> None:
+        """Drop the decoded page and close the file."""
         self._cache = None
         self._tif.close()
         super().close()
