@@ -30,7 +30,7 @@ from e2compress.counts import (
     from_counts,
     to_counts,
 )
-from e2compress.errors import InputError
+from e2compress.errors import InputError, OutputError
 from e2compress.export import export_file
 from e2compress.options import Options
 from e2compress.outputs import output_is_complete
@@ -456,3 +456,13 @@ def test_a_movie_of_single_counts_restores_byte_for_byte(tmp_path: Path) -> None
     restored = restore_file(out, tmp_path / "restored.mrcs")
     assert restored.byte_identical
     assert same_bits(movie_values(restored.path), movie)
+
+
+def test_the_output_is_checked_before_the_gain_pass(tmp_path: Path) -> None:
+    """An output that must not be replaced is refused before the movie is read."""
+    src = write_movie(tmp_path / "movie.mrcs", bad_movie("negative"))
+    out = tmp_path / "movie.hdf"
+    with h5py.File(out, "w") as f:
+        f["someone_else"] = np.arange(3)
+    with pytest.raises(OutputError, match="no EMAN2 images"):
+        e2compress.compress_file(src, out, counts=True)

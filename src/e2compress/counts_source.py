@@ -68,6 +68,9 @@ class _Wrapper(ImageSource):
     def close(self) -> None:
         self.inner.close()
 
+    def notices(self) -> list[str]:
+        return self.inner.notices()
+
     def notes(self) -> list[str]:
         return self.inner.notes()
 

@@ -444,10 +444,9 @@ def _write(
 
     ``origin``: the input file ``source`` reads (None: images in memory); it is
     recorded in the output and must not change while it is read. With ``counts`` the
-    source's gain is estimated first and its counts are what is stored.
+    source's gain is estimated (after the output checks) and its counts are stored.
     """
-    source, opts = counts_input(source, run.opts, run.cancel.check, run.workers)
-    force = run.force
+    opts, force = run.opts, run.force
     warnings: list[str] = source.notices()
     notes: list[str] = []
     in_place = origin is not None and same_file(origin.path, target)
@@ -460,6 +459,7 @@ def _write(
         bytes_in = sum(math.prod(source.shape(i)) * source.dtype(i).itemsize for i in whole)
     else:
         bytes_in = origin.ident.size if origin.ident is not None else 0
+    source, opts = counts_input(source, opts, run.cancel.check, run.workers)  # after the checks
 
     def unchanged() -> None:
         if origin is not None:
