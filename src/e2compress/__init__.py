@@ -20,6 +20,7 @@ import numpy as np
 from .archive import EmanHdfFile
 from .errors import E2CompressError, InputError, Interrupted, OutputError, VerificationError
 from .executor import Cancel
+from .gain_io import read_gain
 from .options import Options
 from .outputs import output_path
 from .pipeline import compress_file, write_images
@@ -47,6 +48,7 @@ __all__ = [
     "open",
     "open_source",
     "output_path",
+    "read_gain",
     "read_images",
     "write_images",
 ]
@@ -69,6 +71,9 @@ def read_images(path: str | os.PathLike[str]) -> list[np.ndarray]:
 
     Each image is 2-D ``(ny, nx)`` or 3-D ``(nz, ny, nx)``, whatever the source: a
     one-row image is ``(1, nx)``, though EMAN2 HDF stores it as a 1-D dataset.
+
+    A file written with ``counts`` gives its counts, as EMAN2 does; the movie is
+    ``np.float32(count) * read_gain(path)``.
     """
     if is_hdf5(path):
         with EmanHdfFile(path) as f:

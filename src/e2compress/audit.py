@@ -31,8 +31,10 @@ import numpy as np
 
 from . import checksum, codecs
 from .archive import EmanHdfFile
+from .counts_source import CountsSource
 from .errors import E2CompressError, InputError
 from .executor import Cancel, bounded, in_flight, make_pool, pool_width
+from .gain_io import read_gain
 from .kept import DEFLATED_ATTR, kept_array
 from .options import Options
 from .provenance import read_record
@@ -408,8 +410,10 @@ def _compare(
             if math.prod(shape3) != math.prod(rep.shape):
                 result.add(f"image {i} is {rep.shape}, in {original} {shape3}")
                 return
+        gain = read_gain(path)  # an archive of counts holds the original's counts
+        values = source if gain is None else CountsSource(source, gain=gain)
         try:
-            verify_output(source, path, Options(), reports, pool, cancel)
+            verify_output(values, path, Options(), reports, pool, cancel)
         except E2CompressError as exc:
             text = str(exc)
             prefix = f"{os.fspath(path)}: "

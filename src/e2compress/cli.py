@@ -126,6 +126,7 @@ def _options(args: argparse.Namespace, console: Console) -> Options | None:
             noise_fraction=args.noise_fraction,
             apix=args.apix,
             eer_grouping=args.eer_grouping,
+            counts=args.counts,
         ).validate(FLAGS)
     except E2CompressError as exc:
         console.err(f"e2compress: error: {flagged(str(exc), WORDS)}")

@@ -85,6 +85,7 @@ FLAGS = {
     "noise_fraction": "--noise-fraction",
     "apix": "--apix",
     "eer_grouping": "--eer-grouping",
+    "counts": "--counts",
 }
 CLUSTERS = ("slurm", "pbs", "sge", "lsf")
 # Library messages name parameters; the command line prints its own words for them.
@@ -206,6 +207,12 @@ def build_parser(watch: bool = False) -> argparse.ArgumentParser:
         metavar="N",
         help="EER movies: sum every N frames into one image (default 1: one image a "
         "frame, as EMAN2; about 1,000 mostly empty 4K images a movie)",
+    )
+    p.add_argument(
+        "--counts",
+        action="store_true",
+        help="gain-normalised float32 movies: store the integer counts and the gain, "
+        "exactly (refused unless every pixel is a count times its gain; docs/counts.md)",
     )
     p.add_argument(
         "--compresslevel",

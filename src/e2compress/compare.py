@@ -17,7 +17,9 @@ import numpy as np
 
 from . import fidelity as fd
 from .archive import EmanHdfFile
+from .counts_source import GainedSource
 from .errors import E2CompressError, InputError
+from .gain_io import read_gain
 from .quantize import RenderRange
 from .readers import ImageSource, is_hdf5, open_source
 
@@ -192,12 +194,16 @@ class _Side:
 
 def _open(path: PathLike) -> _Side:
     source = open_source(path)
+    hdf = None
     try:
         hdf = EmanHdfFile(path, threads=1) if is_hdf5(path) else None
+        gain = read_gain(hdf.h5file) if hdf is not None else None
     except BaseException:
+        if hdf is not None:
+            hdf.close()
         source.close()
         raise
-    return _Side(source, hdf)
+    return _Side(source if gain is None else GainedSource(source, gain), hdf)  # counts * gain
 
 
 def known_apix(header: dict[str, Any]) -> float | None:

@@ -1,9 +1,10 @@
 """``e2compress export``: decode an EMAN2 HDF file back to MRC or TIFF (RELION, cryoSPARC, Chimera).
 
-Values are the decoded float32 values, or the original integer type when every image
-was stored exactly (integer data on a unit step, nothing clamped, or float storage of
-integers). Pixel size and origin come back, axes are in standard order (x fastest,
-mapc/mapr/maps = 1, 2, 3), TIFF rows are flipped back (so TIFF -> HDF -> TIFF is the
+Values are the decoded float32 values (an archive of counts: the movie, count times
+gain, bit for bit), or the original integer type when every image was stored exactly
+(integer data on a unit step, nothing clamped, or float storage of integers). Pixel
+size and origin come back, axes are in standard order (x fastest, mapc/mapr/maps =
+1, 2, 3), TIFF rows are flipped back (so TIFF -> HDF -> TIFF is the
 identity for integer data stored at enough bits), a stack stays a stack and a movie a
 movie. Output appears atomically and never replaces an existing file unless asked.
 """
@@ -21,7 +22,9 @@ import numpy as np
 
 from .archive import EmanHdfFile
 from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error
+from .counts_source import GainedSource
 from .errors import E2CompressError, InputError, OutputError
+from .gain_io import read_gain
 from .quantize import inexact_in_float32, integer_step
 from .readers import ImageSource, is_hdf5, open_source
 from .readers.base import MRC_SUFFIXES, TIFF_SUFFIXES
@@ -98,8 +101,10 @@ def export_file(
     check_output_dir(target)
     with open_source(src) as source:
         hdf = EmanHdfFile(src, threads=1) if is_hdf5(src) else None
+        gain = read_gain(hdf.h5file) if hdf is not None else None
+        values = source if gain is None else GainedSource(source, gain)  # counts * gain
         try:
-            return _export(source, hdf, Path(src), target, fmt, force, as_float, tiff_compression)
+            return _export(values, hdf, Path(src), target, fmt, force, as_float, tiff_compression)
         finally:
             if hdf is not None:
                 hdf.close()

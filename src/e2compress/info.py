@@ -12,6 +12,7 @@ import numpy as np
 
 from .archive import EmanHdfFile
 from .errors import InputError
+from .gain_io import GAIN, has_gain
 from .kept import recorded_sha256, restorable, restore_note
 from .readers import is_hdf5, open_source
 
@@ -65,6 +66,7 @@ class FileInfo:
     restorable: bool | None = None
     restore_note: str | None = None  # why not, in a few words
     source_sha256: str | None = None  # of the source, as recorded
+    counts: bool = False  # images are counts; the movie is count * gain (/e2compress/gain)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, one object with an ``images`` list. Shapes and chunks are given x
@@ -86,8 +88,10 @@ def file_info(path: PathLike) -> FileInfo:
     """
     size = os.stat(path).st_size if os.path.exists(path) else 0
     sha = note = None
+    counts = False
     if is_hdf5(path):
         images = _hdf_images(path)
+        counts = has_gain(path)
         fmt = "eman2-hdf"
         exact = restorable(path)
         if exact is not None:
@@ -105,6 +109,7 @@ def file_info(path: PathLike) -> FileInfo:
         restorable=exact,
         restore_note=note,
         source_sha256=sha,
+        counts=counts,
     )
 
 
@@ -200,6 +205,8 @@ def format_info(info: FileInfo) -> str:
         f"{info.file}: {info.format}, {n} image{'s' * (n != 1)}, {info.bytes} bytes, "
         + _versus_float32(info.ratio)
     ]
+    if info.counts:
+        lines[0] += f"; images are counts, the movie is count x gain ({GAIN})"
     if info.restorable is not None:
         lines[0] += f"; restore: {info.restore_note}"
     for im in info.images:

@@ -27,6 +27,7 @@ FIELD_NAMES = {
         "apix",
         "eer_grouping",
         "checksum",
+        "counts",
     )
 }
 AUTO_BITS = -1  # ``bits="auto"``: the fewest bits that pass the noise rule, per image
@@ -73,6 +74,9 @@ class Options:
             image, as EMAN2 reads EER); no effect on other inputs.
         checksum: end every chunk with HDF5's Fletcher-32 checksum, which every HDF5
             reader verifies on read (see :mod:`e2compress.checksum`).
+        counts: store a gain-normalised float32 movie exactly as its integer counts
+            plus its gain image (see :mod:`e2compress.counts`); ``bits`` is then
+            that of the counts (8 or 16) and no range option applies.
     """
 
     bits: int = 10
@@ -87,6 +91,7 @@ class Options:
     apix: float | None = None
     eer_grouping: int = 1
     checksum: bool = True
+    counts: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, str) and self.bits == "auto":
@@ -152,6 +157,13 @@ class Options:
             )
         if not isinstance(self.checksum, bool):
             raise E2CompressError(f"{n['checksum']} must be True or False, not {self.checksum!r}")
+        if not isinstance(self.counts, bool):
+            raise E2CompressError(f"{n['counts']} must be True or False, not {self.counts!r}")
+        if self.counts and any(chosen):
+            raise E2CompressError(
+                f"{n['counts']} stores every value exactly: give none of {n['nooutliers']}, "
+                f"{n['value_range']} and {n['sigrange']}"
+            )
         if not _is_int(self.chunk_rows) or self.chunk_rows < 1:
             raise E2CompressError(
                 f"{n['chunk_rows']} must be an integer >= 1, not {self.chunk_rows!r}"

@@ -16,6 +16,7 @@ from .archive import EmanHdfFile
 from .atomic import check_replaceable
 from .decode import stored_whole
 from .errors import E2CompressError, OutputError
+from .gain_io import GAIN
 from .options import Options
 from .provenance import Identity, read_record, value_options
 from .readers import ImageSource, is_hdf5, strip_compression
@@ -56,7 +57,8 @@ def output_is_complete(src: PathLike, target: PathLike, options: Options | int) 
     record, with the same range option (an EMAN2-compressed file at those bits is
     skipped: compressing it again could only add rounding). With ``bits="auto"`` any
     stored bits count (a record must name the same noise fraction); in place without a
-    record, every image must already be quantised.
+    record, every image must already be quantised. With ``counts``, every image must be
+    stored at 8 or 16 bits and the output hold a gain.
 
     Args:
         src: the input file.
@@ -86,14 +88,17 @@ def output_is_complete(src: PathLike, target: PathLike, options: Options | int) 
             for i in range(len(out)):
                 rng = out.render_range(i)
                 stored = rng.bits if rng else 0
-                if opts.auto:
+                if opts.counts:  # the counts' bits, whatever opts.bits says
+                    if stored not in (8, 16) or in_place:
+                        return False
+                elif opts.auto:
                     if stored == 0 and record is None:
                         return False
                 elif stored != opts.bits:
                     return False
                 if not stored_whole(out.dataset(i), size, need_deflate=in_place):
                     return False
-            return len(out) > 0
+            return len(out) > 0 and (not opts.counts or GAIN in out.h5file)
     except (E2CompressError, OSError, KeyError, ValueError, RuntimeError):
         return False
 

@@ -24,14 +24,9 @@ from typing import Any
 import numpy.typing as npt
 
 from . import codecs, kernels
-from .atomic import (
-    TMP_SUFFIX,
-    AtomicOutput,
-    check_output_dir,
-    os_error,
-    resolve_target,
-)
+from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error, resolve_target
 from .blocks import Block, dataset_shape
+from .counts_source import counts_input, store_gain
 from .encode import Encoded, Encoder, ImageJob, image_chunks
 from .errors import E2CompressError
 from .executor import (
@@ -240,6 +235,7 @@ def compress_file(
     apix: float | None = None,
     eer_grouping: int | None = None,
     checksum: bool | None = None,
+    counts: bool | None = None,
     force: bool = False,
     options: Options | None = None,
     pool: Executor | None = None,
@@ -270,6 +266,7 @@ def compress_file(
         apix: pixel size in Angstrom for every image, instead of the input's.
         eer_grouping: EER frames summed into each stored image.
         checksum: end every chunk with HDF5's Fletcher-32 checksum.
+        counts: store a gain-normalised float32 movie as its integer counts and gain, exactly.
         force: replace an output that is write-protected or has several hard links,
             and replace an input in place even when the result is larger.
         options: a prepared :class:`~e2compress.options.Options` instead of the settings
@@ -316,6 +313,7 @@ def compress_file(
         apix=apix,
         eer_grouping=eer_grouping,
         checksum=checksum,
+        counts=counts,
     )
     source_path = Path(src)
     named = Path(dst) if dst is not None else output_path(source_path)
@@ -443,7 +441,8 @@ def _write(
     """Write ``source`` to ``target`` (``named``, a link resolved) atomically, checked.
 
     ``origin``: the input file ``source`` reads (None: images in memory); it is
-    recorded in the output and must not change while it is read.
+    recorded in the output and must not change while it is read. With ``counts`` the
+    source's gain is estimated (after the output checks) and its counts are stored.
     """
     opts, force = run.opts, run.force
     warnings: list[str] = source.notices()
@@ -458,6 +457,7 @@ def _write(
         bytes_in = sum(math.prod(source.shape(i)) * source.dtype(i).itemsize for i in whole)
     else:
         bytes_in = origin.ident.size if origin.ident is not None else 0
+    source, opts = counts_input(source, opts, run.cancel.check, run.workers)  # after the checks
 
     def unchanged() -> None:
         if origin is not None:
@@ -466,6 +466,7 @@ def _write(
     with AtomicOutput(target) as out:
         try:
             images = write_eman_hdf(source, out.path, opts, run.workers, run.cancel, run.progress)
+            store_gain(source, out.path)  # counts: the gain beside the images
             if origin is not None and origin.ident is not None:
                 write_record(out.path, Record.make(origin.path, origin.ident, len(images), opts))
             kept = source.kept()

@@ -101,9 +101,10 @@ def value_options(opts: Options) -> str:
     """The options that change stored values, as canonical text (``bits=5 range=-5.0,5.0``).
 
     Level, shuffle and chunking change only size and speed, so they are left out; with
-    ``bits`` 0 no range option has any effect. EER grouping is named when it is not 1.
+    ``bits`` 0 no range option has any effect; ``counts`` stores every value exactly.
+    EER grouping is named when it is not 1.
     """
-    text = _value_text(opts)
+    text = "counts" if opts.counts else _value_text(opts)
     if opts.eer_grouping != 1:  # changes the images themselves
         text += f" eer_grouping={opts.eer_grouping}"
     return text

@@ -20,8 +20,10 @@ import h5py
 import numpy as np
 
 from .archive import EmanHdfFile
+from .counts import from_counts
 from .decode import decode
 from .errors import E2CompressError, InputError
+from .gain_io import gain_of
 from .hashing import parts_digest
 from .kept import (
     ATTR,
@@ -127,6 +129,7 @@ class KeptSource:
         recorded = f.attrs.get(ATTR + "restorable_sha256")
         self.recorded = None if recorded is None else attr_text(recorded)
         self.parts = read_parts(group)
+        self.gain = gain_of(f)  # an archive of counts: values are count * gain
         self._check()
         if self.parts:
             self._check_parts()
@@ -405,9 +408,8 @@ class _Values:
         region: tuple[Any, ...] = (z,) if ds.ndim == 3 else ()
         codes = np.asarray(ds[region] if region else ds[()])
         _, ny, nx = self.archive._shape3(image)
-        values = _convert(
-            codes.reshape(ny, nx), self.archive.images.render_range(image), dtype, flags
-        )
+        rng = self.archive.images.render_range(image)
+        values = _convert(codes.reshape(ny, nx), rng, dtype, flags, self.archive.gain)
         flat = np.ascontiguousarray(values).reshape(-1)
         self._cache = (key, flat)
         return flat
@@ -424,7 +426,11 @@ class _Values:
             images = self.archive.images
             parts = [
                 _convert(
-                    np.asarray(images.dataset(i)[()]), images.render_range(i), dtype, 0
+                    np.asarray(images.dataset(i)[()]),
+                    images.render_range(i),
+                    dtype,
+                    0,
+                    self.archive.gain,
                 ).reshape(self.archive._shape3(i))
                 for i in range(len(images))
             ]
@@ -436,8 +442,15 @@ class _Values:
         return self._whole[key]
 
 
-def _convert(codes: np.ndarray, rng: RenderRange | None, dtype: np.dtype, flags: int) -> np.ndarray:
-    """Stored codes to values in ``dtype`` (rows flipped and negated per ``flags``)."""
+def _convert(
+    codes: np.ndarray,
+    rng: RenderRange | None,
+    dtype: np.dtype,
+    flags: int,
+    gain: np.ndarray | None = None,
+) -> np.ndarray:
+    """Stored codes to values in ``dtype`` (rows flipped and negated per ``flags``;
+    counts times ``gain`` for an archive of counts)."""
     values: np.ndarray
     if rng is None:
         values = codes
@@ -447,6 +460,8 @@ def _convert(codes: np.ndarray, rng: RenderRange | None, dtype: np.dtype, flags:
             values = float(F32(rng.rmin)) + codes.astype(np.float64) * step
         else:
             values = decode(codes, rng)
+    if gain is not None:
+        values = from_counts(values, gain)
     if flags & FLIP:
         values = values[::-1]
     if flags & NEGATE:
