@@ -48,6 +48,7 @@ CASES = [
 EMAN2_RUNS = {"bits4", "bits5", "bits10", "bits16", "bits5.nooutliers", "bits8.nooutliers"}
 STACK_CHUNK_BYTES = 1 << 20  # docs/format.md: a stack image of at most 1 MiB is one chunk
 CHUNK_ROWS = 64  # docs/format.md: chunks of 64 rows otherwise
+VOLUME_CHUNK_BYTES = 1 << 20  # docs/format.md: a volume's chunk holds whole sections to 1 MiB
 DEFLATE, SHUFFLE, FLETCHER32 = 1, 2, 3  # HDF5's built-in filter ids
 VARYING = ("e2compress.source_mtime_ns",)  # the bundled input's modification time
 
@@ -122,9 +123,14 @@ def test_golden_attributes_follow_the_spec(source: str, case: str) -> None:
             assert ds.shape == orig.shape
             ny, nx = orig.shape[-2:]
             itemsize = 4 if bits_asked is None else dtype.itemsize  # auto: float32 assumed
-            rows = ny if stacked and ny * nx * itemsize <= STACK_CHUNK_BYTES else CHUNK_ROWS
+            section = ny * nx * itemsize
+            rows = ny if stacked and section <= STACK_CHUNK_BYTES else CHUNK_ROWS
             rows = min(rows, ny)
-            assert ds.chunks == ((1, rows, nx) if orig.ndim == 3 else (rows, nx))
+            if orig.ndim == 3 and section <= VOLUME_CHUNK_BYTES:  # whole sections, to 1 MiB
+                nz = orig.shape[0]
+                assert ds.chunks == (min(nz, VOLUME_CHUNK_BYTES // section), ny, nx)
+            else:
+                assert ds.chunks == ((1, rows, nx) if orig.ndim == 3 else (rows, nx))
             dcpl = ds.id.get_create_plist()
             filters = [dcpl.get_filter(k)[0] for k in range(dcpl.get_nfilters())]
             shuffled = [SHUFFLE] if dtype.itemsize > 1 else []

@@ -192,12 +192,18 @@ def test_layout(name: str, n: int, shape: tuple[int, ...], bits: int, tmp_path: 
                 assert ds.id.get_type().get_order() == h5py.h5t.ORDER_LE
 
             # chunked by rows like EMAN2's (8, nx) / (1, 8, nx), but 64 rows by default
-            # (measured in benchmarks/: better ratio and speed); deflate level 1 (+ shuffle),
-            # then HDF5's Fletcher-32 checksum of the deflated bytes
+            # (measured in benchmarks/: better ratio and speed), and a volume of small
+            # sections in whole sections, up to 1 MB of codes a chunk (docs/performance.md);
+            # deflate level 1 (+ shuffle), then HDF5's Fletcher-32 checksum of the deflated bytes
             assert ds.chunks is not None
             assert all(c <= s for c, s in zip(ds.chunks, ds.shape, strict=True))
             rows = min(64, shape[-2])
-            assert ds.chunks == ((rows, shape[-1]) if len(shape) == 2 else (1, rows, shape[-1]))
+            if len(shape) == 2:
+                assert ds.chunks == (rows, shape[-1])
+            else:
+                section = shape[1] * shape[2] * ds.dtype.itemsize
+                sections = max(1, min(shape[0], (1 << 20) // section))
+                assert ds.chunks == (sections, *shape[1:])
             filters = _filters(ds)
             codes = [code for code, _ in filters]
             assert codes[-2:] == [h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_FLETCHER32]

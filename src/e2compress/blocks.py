@@ -9,11 +9,13 @@ BLOCK_BYTES = 16 << 20  # float32 bytes of input per worker task (probe cost ~1/
 
 @dataclass(frozen=True)
 class Block:
-    """Rows ``y0:y1`` of section ``z`` of one image."""
+    """Rows ``y0:y1`` of section ``z`` of one image, or ``sections`` whole sections
+    from ``z`` (then ``y0:y1`` is every row)."""
 
     z: int
     y0: int
     y1: int
+    sections: int = 1
 
 
 def dataset_shape(shape3: tuple[int, int, int]) -> tuple[int, ...]:
@@ -26,20 +28,31 @@ def dataset_shape(shape3: tuple[int, int, int]) -> tuple[int, ...]:
     return (nx,)
 
 
-def chunk_shape(shape3: tuple[int, int, int], rows: int) -> tuple[int, ...]:
-    """HDF5 chunk shape: ``rows`` whole rows of one section."""
-    _, ny, nx = shape3
+def chunk_shape(shape3: tuple[int, int, int], rows: int, sections: int = 1) -> tuple[int, ...]:
+    """HDF5 chunk shape: ``rows`` whole rows of one section, or (a volume) ``sections``
+    whole sections."""
+    nz, ny, nx = shape3
     rank = len(dataset_shape(shape3))
     if rank == 1:
         return (nx,)
-    return (1, min(rows, ny), nx) if rank == 3 else (min(rows, ny), nx)
+    if rank == 3:
+        return (min(sections, nz), ny, nx) if sections > 1 else (1, min(rows, ny), nx)
+    return (min(rows, ny), nx)
 
 
 def blocks(
-    shape3: tuple[int, int, int], chunk_rows: int, block_bytes: int = BLOCK_BYTES
+    shape3: tuple[int, int, int],
+    chunk_rows: int,
+    block_bytes: int = BLOCK_BYTES,
+    sections: int = 1,
 ) -> list[Block]:
-    """Whole chunks grouped into blocks of about ``block_bytes`` of float32 input."""
+    """Whole chunks (as :func:`chunk_shape`) grouped into blocks of about ``block_bytes``
+    of float32 input."""
     nz, ny, nx = shape3
+    if nz > 1 and sections > 1:  # chunks of several whole sections
+        per_chunk = min(sections, nz)
+        per = per_chunk * max(1, block_bytes // max(1, per_chunk * ny * nx * 4))
+        return [Block(z, 0, ny, min(per, nz - z)) for z in range(0, nz, per)]
     rows = min(chunk_rows, ny)
     per_block = rows * max(1, block_bytes // max(1, rows * nx * 4))
     return [

@@ -31,6 +31,8 @@ import numpy as np
 from isal import isal_zlib as _isal  # ISA-L: the fastest level-1 LZ deflate and inflate
 from zlib_ng import zlib_ng as _zlib_ng  # zlib-ng: fast Huffman-only and RLE strategies
 
+from . import kernels
+
 Buffer = bytes | bytearray | memoryview
 Compressor = Callable[[Buffer], bytes | bytearray]
 LIBDEFLATE_LEVEL = {2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 8, 8: 10, 9: 12}
@@ -53,8 +55,20 @@ def _strategy(strategy: int, name: str) -> Engine:
     return Engine(f"zlib-ng-{name}", run)
 
 
-HUFFMAN = _strategy(zlib.Z_HUFFMAN_ONLY, "huffman")
+ZLIB_HUFFMAN = _strategy(zlib.Z_HUFFMAN_ONLY, "huffman")
 RLE = _strategy(zlib.Z_RLE, "rle")
+
+
+def _huffman(buf: Buffer) -> bytes | bytearray:
+    if kernels.compiled("deflate") is not None:
+        return kernels.huffman_deflate(buf)
+    return ZLIB_HUFFMAN.compress(buf)
+
+
+# Huffman-only (literals alone, one code table per block): the compiled coder of
+# :mod:`~e2compress.kernels` once it is ready (about 2x zlib-ng's speed, the same
+# size), else zlib-ng's.
+HUFFMAN = Engine("huffman", _huffman)
 
 
 def lz_engine(level: int) -> Engine:

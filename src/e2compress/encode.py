@@ -8,17 +8,20 @@ shuffled, deflated, with their checksum) that the writer hands to HDF5 as they a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import checksum, codecs
-from .blocks import Block, blocks, dataset_shape
+from .blocks import Block, blocks, chunk_shape, dataset_shape
 from .errors import InputError
 from .executor import Cancel
 from .fidelity import NOISE_TILE, residual_tiles
+from .hashing import holding, read_again_later
 from .options import Options
 from .plan import (
     Limits,
@@ -50,24 +53,40 @@ from .readers import ImageSource
 NOISE_SAMPLE_PIXELS = 1 << 19
 NOISE_SAMPLED_IMAGES = 256  # images of a stack whose noise is measured (fixed bits)
 STACK_CHUNK_BYTES = 1 << 20  # stored bytes up to which a stack's image is one chunk
+VOLUME_CHUNK_BYTES = 1 << 20  # stored bytes of whole sections a volume's chunk holds
+# Larger images up to this size (as stored) are read once and held for both passes (range,
+# encoding); larger ones are read twice: memory does not grow with them (a 3-D movie).
+HELD_IMAGE_BYTES = 64 << 20
 
 BlockMap = Callable[[Callable[[Block], Any], list[Block]], list[Any]]
 Pixels = dict[Block, np.ndarray] | None  # blocks already read
 
 
-def chunk_rows(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> int:
-    """Rows per chunk: ``opts.chunk_rows``, but a whole small image of a stack.
+def chunk_grid(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> tuple[int, int]:
+    """(sections, rows) of a chunk: ``opts.chunk_rows`` rows of a section, but a whole
+    small image of a stack, and for a volume whose sections are small, whole sections
+    up to ``VOLUME_CHUNK_BYTES`` a chunk (see :func:`~e2compress.blocks.chunk_shape`).
 
     A stack is read an image at a time; one chunk per image means one index entry,
     one chunk read and one deflate stream (measured: 128x128 reads 1.2x faster, and
-    the file is smaller). With ``bits="auto"`` the storage is not known yet: the
-    widest (float32) is assumed.
+    the file is smaller). A volume in one chunk per section lost up to 26 % of the
+    ratio of small maps (deflate starts afresh per chunk; docs/performance.md). With
+    ``bits="auto"`` the storage is not known yet: the widest (float32) is assumed.
     """
-    _, ny, nx = shape3
+    nz, ny, nx = shape3
     itemsize = 4 if opts.auto else storage_dtype(opts.bits).itemsize
-    if stacked and ny * nx * itemsize <= STACK_CHUNK_BYTES:
-        return ny
-    return opts.chunk_rows
+    section = ny * nx * itemsize
+    if nz > 1 and section <= VOLUME_CHUNK_BYTES:
+        return max(1, min(nz, VOLUME_CHUNK_BYTES // section)), ny
+    if stacked and section <= STACK_CHUNK_BYTES:
+        return 1, ny
+    return 1, opts.chunk_rows
+
+
+def image_chunks(shape3: tuple[int, int, int], opts: Options, stacked: bool) -> tuple[int, ...]:
+    """The HDF5 chunk shape of an image (see :func:`chunk_grid`)."""
+    sections, rows = chunk_grid(shape3, opts, stacked)
+    return chunk_shape(shape3, rows, sections)
 
 
 @dataclass
@@ -132,7 +151,7 @@ class Encoder:
         st = block_stats(pixels, None, with_moments=self.moments)
         if st.nonfinite:  # refused by the plan; nothing to measure
             return st, NoiseSample()
-        band = pixels[:rows]
+        band = pixels[: min(rows, block.y1 - block.y0)]  # within one section
         return st, NoiseSample(
             [residual_tiles(band)], float(np.sum(band, dtype=np.float64)), band.size
         )
@@ -142,14 +161,25 @@ class Encoder:
         """Whether the range pass sums the pixels (``sigrange`` needs mean and sigma)."""
         return self.opts.sigrange is not None
 
-    def rows(self, shape3: tuple[int, int, int]) -> int:
-        """Rows per chunk of an image of this file."""
-        return chunk_rows(shape3, self.opts, self.stacked)
+    def grid(self, shape3: tuple[int, int, int]) -> tuple[int, int]:
+        """(sections, rows) of a chunk of an image of this file."""
+        return chunk_grid(shape3, self.opts, self.stacked)
+
+    def blocks(self, shape3: tuple[int, int, int]) -> list[Block]:
+        """The blocks of whole chunks an image of this file is encoded in."""
+        sections, rows = self.grid(shape3)
+        return blocks(shape3, rows, sections=sections)
 
     def read(self, index: int, block: Block, data: Pixels = None) -> np.ndarray:
         """The pixels of ``block`` (from ``data`` when the caller has read them)."""
         if data is not None:
             return data[block]
+        if block.sections > 1:  # whole sections, one after the other as rows
+            parts = [
+                self.source.read(index, z, block.y0, block.y1)
+                for z in range(block.z, block.z + block.sections)
+            ]
+            return np.concatenate(parts)
         return self.source.read(index, block.z, block.y0, block.y1)
 
     def stats(self, index: int, block: Block, limits: Limits | None, data: Pixels = None) -> Stats:
@@ -269,9 +299,10 @@ class Encoder:
         """
         self.cancel.check()
         data = self.read(index, block, pixels)
-        _, ny, nx = shape3
+        nz, ny, nx = shape3
         rank = len(dataset_shape(shape3))
-        rows = min(self.rows(shape3), ny)
+        sections, rows = self.grid(shape3)  # rows of a chunk, sections one after another
+        rows = min(sections, nz) * ny if rank == 3 and sections > 1 else min(rows, ny)
         bits = rng.bits if rng is not None else 0
         dtype = storage_dtype(bits)
         shuffle = self.opts.shuffle_for(bits)
@@ -288,20 +319,20 @@ class Encoder:
             if rng is None:
                 codes[:n] = piece
                 if moments:
-                    stats = stats.merge(block_stats(codes[:n]))
+                    for part in self._sum_parts(codes[:n], ny):
+                        stats = stats.merge(block_stats(part))
             else:
                 if moments:
-                    stats = stats.merge(header_moments(piece, work))
+                    for part in self._sum_parts(piece, ny):
+                        stats = stats.merge(header_moments(part, work))
                 clamped = quantize(piece, rng, out=codes[:n], work=work)[1]
                 if clamped:
                     truncated += clamped
                     shift += clamp_shift(piece, rng)
             if n < rows:
                 codes[n:] = 0
-            y = block.y0 + r
-            offset: tuple[int, ...] = (
-                (block.z, y, 0) if rank == 3 else (y, 0) if rank == 2 else (0,)
-            )
+            z, y = divmod(block.z * ny + block.y0 + r, ny)
+            offset: tuple[int, ...] = (z, y, 0) if rank == 3 else (y, 0) if rank == 2 else (0,)
             if engine is None:
                 probe = max(1, min(rows, codecs.PROBE_BYTES // (nx * dtype.itemsize)))
                 margin = 0.0 if self.opts.level <= 1 else 0.02
@@ -313,6 +344,16 @@ class Encoder:
             chunks.append((offset, self._sealed(engine.compress(self._bytes(codes, shuffle)))))
         return Encoded(truncated, chunks, stats, engine, shift)
 
+    def _sum_parts(self, piece: np.ndarray, ny: int) -> Iterator[np.ndarray]:
+        """``piece`` (rows of whole sections, or of one) cut into the pieces the header
+        sums are taken over: ``chunk_rows`` rows of one section at most, whatever the
+        chunk, so a volume's mean and sigma do not depend on its chunking (float32 sums)."""
+        step = min(self.opts.chunk_rows, ny)
+        for s in range(0, piece.shape[0], ny):
+            section = piece[s : s + ny]
+            for r in range(0, section.shape[0], step):
+                yield section[r : r + step]
+
     def _sealed(self, stream: bytes | bytearray) -> bytes | bytearray:
         """A deflated chunk as stored: with its Fletcher-32 checksum when asked for."""
         return checksum.append(stream) if self.opts.checksum else stream
@@ -321,11 +362,43 @@ class Encoder:
         buf = codecs.shuffle(codes) if shuffle else codes.reshape(-1)
         return buf.data.cast("B")
 
+    def large(
+        self, index: int, shape3: tuple[int, int, int], run: BlockMap
+    ) -> tuple[ImageJob, list[Block], Callable[[Block], Encoded]]:
+        """Plan a large image, its blocks measured by ``run`` (across the pool), and
+        return its plan, its blocks and the task that encodes a block.
+
+        An image of up to ``HELD_IMAGE_BYTES`` as stored is read once and held for both
+        passes (its reads feed the source's hash without waiting: they are in memory
+        anyway); a larger one is read again to encode it, its first pass feeding the
+        hash only what costs no waiting (the hash takes the rest from the second).
+        """
+        parts = self.blocks(shape3)
+        held = math.prod(shape3) * self.source.dtype(index).itemsize
+        held = held if held <= HELD_IMAGE_BYTES else 0
+
+        def first_pass(fn: Callable[[Block], Any], block: Block) -> Any:
+            with holding(held) if held else read_again_later():
+                return fn(block)
+
+        def measure(fn: Callable[[Block], Any], items: list[Block]) -> list[Any]:
+            return run(functools.partial(first_pass, fn), items)
+
+        read = measure(lambda b: self.read(index, b), parts) if held else []
+        data = dict(zip(parts, read, strict=True)) if held else None
+        job = ImageJob(index, shape3, *self.choose(index, parts, measure, data))
+
+        def encode(block: Block) -> Encoded:
+            pixels = None if data is None else {block: data.pop(block)}  # dropped once encoded
+            return self.encode(index, shape3, block, job.rng, pixels=pixels)
+
+        return job, parts, encode
+
     def whole_image(self, index: int, engine: codecs.Engine | None = None) -> ImageJob:
         """Plan and encoding of a small image, all in the calling thread (its pixels
         are read once, for both passes)."""
         shape3 = self.source.shape(index)
-        parts = blocks(shape3, self.rows(shape3))
+        parts = self.blocks(shape3)
         data = {b: self.read(index, b) for b in parts}
         run: BlockMap = lambda fn, items: [fn(b) for b in items]  # noqa: E731
         job = ImageJob(index, shape3, *self.choose(index, parts, run, data))

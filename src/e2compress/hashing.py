@@ -9,12 +9,14 @@ file; :func:`parts_digest` stands for a source of several files.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import heapq
 import itertools
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .kept import KEPT_LIMIT, Kept, Layout, overlapping, pieces_array
@@ -24,6 +26,34 @@ PENDING_LIMIT = 64 << 20
 # A reader waits for the hashing thread when this much is waiting to be hashed.
 BACKLOG = 16 << 20
 _READ_STEP = 1 << 22
+
+
+_AGAIN: contextvars.ContextVar[bool] = contextvars.ContextVar("e2c_read_again", default=False)
+_HOLDING: contextvars.ContextVar[int] = contextvars.ContextVar("e2c_holding", default=0)
+
+
+@contextlib.contextmanager
+def read_again_later() -> Iterator[None]:
+    """Reads made in this thread inside the block will be made again (a first pass
+    over an image read twice): they feed a source's hash only where that costs no
+    waiting, and the hash takes the rest from the second read."""
+    token = _AGAIN.set(True)
+    try:
+        yield
+    finally:
+        _AGAIN.reset(token)
+
+
+@contextlib.contextmanager
+def holding(nbytes: int) -> Iterator[None]:
+    """Reads made in this thread inside the block are kept by the caller (an image read
+    once and held, up to ``nbytes``): a source's hash may lag that much more before a
+    reader waits for it, since what it holds is in memory anyway."""
+    token = _HOLDING.set(nbytes)
+    try:
+        yield
+    finally:
+        _HOLDING.reset(token)
 
 
 class OrderedHasher:
@@ -57,19 +87,28 @@ class OrderedHasher:
         self.peak = 0  # most bytes held at once (waiting for a gap or for the thread)
 
     def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Bytes ``data`` read at ``offset`` of the file (kept until hashed)."""
+        """Bytes ``data`` read at ``offset`` of the file (kept until hashed).
+
+        Inside :func:`read_again_later` the reader never waits: bytes the hash cannot
+        take at once (not next in order, or the hash lags :data:`BACKLOG` behind) are
+        left for the next read of the same bytes. Inside :func:`holding` it waits only
+        when the hash lags that much more.
+        """
         view = memoryview(data).cast("B")
         if not view.nbytes:
             return
         with self._cond:
             if self._closed or offset + view.nbytes <= self._pos:
                 return
+            if _AGAIN.get() and (offset > self._pos or self._held >= BACKLOG):
+                return
             if self._overflow and offset > self._pos:
                 return
             heapq.heappush(self._heap, (offset, next(self._seq), view))
             self._held += view.nbytes
             self.peak = max(self.peak, self._held)
-            if self._held > PENDING_LIMIT:
+            extra = _HOLDING.get()
+            if self._held > PENDING_LIMIT + extra:
                 self._drop()
             if offset <= self._pos:
                 if self._thread is None:
@@ -81,7 +120,7 @@ class OrderedHasher:
             # back-pressure: when the hash lags BACKLOG behind, wait for it (it makes
             # progress on its own, so this cannot deadlock)
             while (
-                self._held > BACKLOG
+                self._held > BACKLOG + extra
                 and not self._closed
                 and (self._busy or (self._heap and self._heap[0][0] <= self._pos))
             ):

@@ -30,7 +30,7 @@ from h5py import h5d, h5f, h5g, h5p, h5s, h5t
 
 from . import h5direct
 from .attrs import AttrMaker, write_attr
-from .blocks import chunk_shape, dataset_shape
+from .blocks import dataset_shape
 from .options import Options
 from .quantize import F32, RenderRange, storage_dtype
 from .ranges import Stats
@@ -307,9 +307,8 @@ STACK_APIX = ("apix_x", "apix_y", "apix_z")
 STACK_ORIGIN = ("origin_x", "origin_y", "origin_z")
 
 
-def stack_layout(shape3: tuple[int, int, int], rows: int, images: int) -> StackLayout:
-    """The stack layout of ``images`` images of ``shape3`` in chunks of ``rows`` rows."""
-    chunk = chunk_shape(shape3, rows)
+def stack_layout(shape3: tuple[int, int, int], chunk: tuple[int, ...], images: int) -> StackLayout:
+    """The stack layout of ``images`` images of ``shape3`` in chunks of shape ``chunk``."""
     grid = math.prod(-(-d // c) for d, c in zip(dataset_shape(shape3), chunk, strict=True))
     return StackLayout(chunks_per_image=grid, images=images)
 

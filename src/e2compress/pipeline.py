@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy.typing as npt
 
-from . import codecs
+from . import codecs, kernels
 from .atomic import TMP_SUFFIX, AtomicOutput, check_output_dir, os_error, resolve_target
-from .blocks import Block, blocks, chunk_shape, dataset_shape
+from .blocks import Block, dataset_shape
 from .counts_source import counts_input, store_gain
-from .encode import Encoded, Encoder, ImageJob, chunk_rows
+from .encode import Encoded, Encoder, ImageJob, image_chunks
 from .errors import E2CompressError
 from .executor import (
     Cancel,
@@ -83,7 +83,7 @@ def _write_job(
         shape,
         job.bits,
         level=opts.level,
-        chunks=chunk_shape(job.shape3, chunk_rows(job.shape3, opts, headers.stacked)),
+        chunks=image_chunks(job.shape3, opts, headers.stacked),
         shuffle=opts.shuffle_for(job.bits),
         checksum=opts.checksum,
     )
@@ -146,9 +146,10 @@ def write_eman_hdf(
     stack = None
     if stacked:
         shape3 = source.shape(0)
-        stack = stack_layout(shape3, chunk_rows(shape3, opts, stacked=True), len(source))
+        stack = stack_layout(shape3, image_chunks(shape3, opts, True), len(source))
     enc = Encoder(source, opts, cancel or Cancel(), stacked=stacked)
     headers = Headers(source, opts, stacked=stacked)
+    kernels.prepare(len(source) * math.prod(source.shape(0)) * 4 if len(source) else 0)
     width = pool_width(pool)
     reports = ImageReports()  # compact: memory does not grow with the image count
     advance = None if progress is None else _counter(progress, source)
@@ -205,17 +206,14 @@ def _write_large(
     width: int,
     advance: Callable[[int], None] | None = None,
 ) -> ImageReport:
-    parts = blocks(shape3, enc.rows(shape3))
     window = in_flight(width)
 
     def run(fn: Callable[[Block], Any], items: list[Block]) -> list[Any]:
         with closing(bounded(pool, fn, items, window)) as results:
             return list(results)
 
-    job = ImageJob(index, shape3, *enc.choose(index, parts, run))
-    rng = job.rng
-    encoded = bounded(pool, lambda b: enc.encode(index, shape3, b, rng), parts, window)
-    with closing(encoded):
+    job, parts, encode = enc.large(index, shape3, run)
+    with closing(bounded(pool, encode, parts, window)) as encoded:
         return _write_job(writer, headers, job, encoded, enc.cancel, advance)
 
 

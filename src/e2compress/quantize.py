@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from . import kernels
+
 F32 = np.float32
 F32_MAX = float(np.finfo(np.float32).max)
 HALF_DOWN = np.nextafter(F32(0.5), F32(0.0))  # 0.49999997: trunc(x + this) == roundf(x)
@@ -203,6 +205,8 @@ def quantize(
     if is_wide(arr.dtype):  # 32/64-bit integers, float64: in their own precision
         return _quantize_wide(arr, rng, out), _count_outside(arr, rng)
     rmin, rmax = F32(rng.rmin), F32(rng.rmax)
+    if arr.dtype == F32 and rmax > rmin and out.flags.c_contiguous and kernels.compiled("quantize"):
+        return out, kernels.quantize(np.ascontiguousarray(arr), rmin, rmax, rng.bits, out)
     truncated = 0
     lo = hi = rmin
     if arr.size:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from . import kernels
 from .batch import Item
 from .errors import E2CompressError, InputError, Interrupted
 from .executor import Cancel, make_pool
@@ -433,6 +434,7 @@ class LocalRunner:
         pool = make_pool(self.threads)
         files = ThreadPoolExecutor(max_workers=self.files_at_once, thread_name_prefix="e2c-file")
         pending: set[Future[FileResult]] = set()
+        planned = 0  # input bytes handed out: the compiled kernels pay from 2 GB on
 
         def drain(keep: int, timeout: float = 0.25) -> Iterator[FileResult]:
             nonlocal pending
@@ -453,6 +455,8 @@ class LocalRunner:
                 if quick is not None:
                     yield quick
                     continue
+                planned += job.size
+                kernels.prepare(planned)
                 pending.add(files.submit(run_job, job, pool=pool, cancel=cancel, on_tick=on_tick))
                 yield from drain(2 * self.files_at_once - 1)
             yield from drain(0)
