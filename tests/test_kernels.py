@@ -311,3 +311,23 @@ def test_real_eman2_reads_the_compiled_coders_streams(tmp_path: Path) -> None:
     assert mapping is not None
     np.testing.assert_allclose(theirs.reshape(ours.shape), ours, rtol=0, atol=1e-5)
     assert_within_half_step(image, theirs.reshape(image.shape), mapping)
+
+
+def test_a_faulty_compiled_stream_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compiled stream that does not decode to its input (a coder fault, simulated by
+    flipping one bit of a block's Huffman data) is replaced by zlib's, which does."""
+    _numba_kernels()
+    real = kernels.compiled("deflate")
+    assert real is not None
+
+    def faulty(flat: np.ndarray, out: np.ndarray, segment: int) -> int:
+        size = int(real(flat, out, segment))
+        out.view(np.uint8)[size // 2] ^= 0x10
+        return size
+
+    monkeypatch.setattr(kernels, "compiled", lambda name: faulty)
+    data = np.minimum(np.random.default_rng(7).poisson(2.0, 200_000), 31).astype(np.uint8)
+    stream = kernels.huffman_deflate(data)
+    assert zlib.decompress(stream) == data.tobytes()
+    c = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    assert stream == c.compress(data.tobytes()) + c.flush()
