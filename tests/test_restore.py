@@ -93,6 +93,27 @@ def test_mrc_integer_data_restores_at_16_bits(src: Path, tmp_path: Path) -> None
         assert got[:1024] == raw[:1024]
 
 
+@pytest.mark.parametrize(
+    ("dtype", "low"), [(np.uint8, 0), (np.int16, -3), (np.uint16, 40000), (np.int8, -128)]
+)
+@pytest.mark.parametrize("bits", [2, 5, 8])
+def test_two_integer_values_restore_byte_for_byte(
+    tmp_path: Path, dtype: type, low: int, bits: int
+) -> None:
+    """Integer images of two adjacent values get EMAN2's unit range (codes 0 and
+    2**bits - 1), whose ends decode exactly: the archive says byte for byte, and is."""
+    rng = np.random.default_rng(bits)
+    data = (low + (rng.random((3, 9, 7)) < 0.3)).astype(dtype)
+    src = write_mrc(tmp_path / "two.mrcs", data)
+    archive = compress(src, tmp_path, bits)
+    with h5py.File(archive, "r") as f:
+        assert f.attrs["e2compress.restore_note"].decode() == "byte for byte"
+    result = restore_file(archive, tmp_path / "restored")
+    assert result.byte_identical
+    assert result.path.read_bytes() == src.read_bytes()
+    assert restored_sha256(archive) == sha256(src)
+
+
 def test_hash_is_of_the_file_however_blocks_arrive() -> None:
     rng = np.random.default_rng(1)
     data = rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes()

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from .quantize import RenderRange, integer_step
+from .quantize import RenderRange, integer_step, unit_range
 
 if TYPE_CHECKING:
     from .readers import ImageSource
@@ -198,7 +198,8 @@ class Kept:
 def stored_exactly(source: ImageSource, images: Sequence[ImageReport]) -> bool:
     """True when every image's values come back exactly in the source's type: float32
     storage of a type float32 holds (float16/32, integers of up to 16 bits), or integers
-    stored on a unit step with nothing clamped. Conservative: False when unsure."""
+    stored on a unit step, or on EMAN2's unit range (two integer values, both ends
+    decoded exactly), with nothing clamped. Conservative: False when unsure."""
     if len(images) != len(source):
         return False
     for rep in images:
@@ -211,7 +212,8 @@ def stored_exactly(source: ImageSource, images: Sequence[ImageReport]) -> bool:
             continue
         if dtype.kind not in "iu" or rep.truncated or rep.rmin is None or rep.rmax is None:
             return False
-        if integer_step(RenderRange(rep.bits, rep.rmin, rep.rmax)) != 1:
+        rng = RenderRange(rep.bits, rep.rmin, rep.rmax)
+        if not unit_range(rng) and integer_step(rng) != 1:
             return False
     return True
 

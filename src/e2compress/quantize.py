@@ -345,6 +345,13 @@ def zero_code(rng: RenderRange) -> int | None:
     return k if abs(rmin + k * step) <= 0.02 * step else None
 
 
+def unit_range(rng: RenderRange) -> bool:
+    """True for EMAN2's unit range: rmax = rmin + 1 with rmin a whole number (two
+    integer values, at codes 0 and 2**bits - 1, both decoded exactly)."""
+    rmin, rmax = float(F32(rng.rmin)), float(F32(rng.rmax))
+    return rmin.is_integer() and rmax == rmin + 1.0
+
+
 def integer_step(rng: RenderRange) -> int | None:
     """The integer step of an integer mapping (spec §2.2 rule 2), else None.
 

@@ -39,7 +39,7 @@ from .kept import (
     kept_array,
     read_parts,
 )
-from .quantize import F32, RenderRange, integer_step
+from .quantize import F32, RenderRange, integer_step, unit_range
 from .readers import strip_compression
 from .readers.mrc_header import axis_permutation
 
@@ -251,7 +251,7 @@ class KeptSource:
         Conservative: an image whose values happened to lie on its levels counts too."""
         for i in range(len(self.images)):
             rng = self.images.render_range(i)
-            if rng is not None and integer_step(rng) is None:
+            if rng is not None and integer_step(rng) is None and not unit_range(rng):
                 return False
         return True
 
