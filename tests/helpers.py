@@ -23,10 +23,12 @@ import mrcfile
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import HealthCheck, settings
 
 from e2compress.cli import main
 from e2compress.commands import VERBS
 from e2compress.quantize import RenderRange, range_limits, within_half_step
+from e2compress.restore import restored_sha256
 
 F32 = np.float32
 REPO = Path(__file__).resolve().parent.parent
@@ -231,6 +233,37 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str
     assert "Traceback" not in err
     assert "Traceback" not in out
     return rc, out, err
+
+
+def assert_restore_refused(
+    capsys: pytest.CaptureFixture[str], archive: Path, tmp_path: Path
+) -> str:
+    """``e2compress restore`` of a damaged or hostile ``archive`` into a fresh directory:
+    no byte-for-byte hash, exit status 1, one line on stderr, nothing on stdout and
+    nothing written. Returns the line."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert restored_sha256(archive) is None
+    rc, stdout, err = run_cli(capsys, "restore", archive, out)
+    assert (rc, stdout, err.count("\n")) == (1, "", 1)
+    assert list(out.iterdir()) == []
+    return err
+
+
+FUZZ_SCALE = float(os.environ.get("E2C_FUZZ_EXAMPLES", "1"))
+
+
+def fuzz_settings(examples: int, *suppress: HealthCheck, print_blob: bool = False) -> settings:
+    """The fuzz tests' settings: ``examples`` times E2C_FUZZ_EXAMPLES examples,
+    derandomised, no database, no deadline, the health checks ``suppress`` off."""
+    return settings(
+        max_examples=max(1, int(examples * FUZZ_SCALE)),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=print_blob,
+        suppress_health_check=list(suppress),
+    )
 
 
 def write_mrc(

@@ -11,7 +11,6 @@ examples (default 1.0x) for longer local runs.
 from __future__ import annotations
 
 import gc
-import os
 import shutil
 import struct
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, example, given
 from hypothesis import strategies as st
 
 from e2compress import E2CompressError, compress_file, open_source
@@ -35,6 +34,7 @@ from helpers import (
     Mapping,
     assert_within_half_step,
     eman_decode,
+    fuzz_settings,
     hard_timeout,
     write_eer,
     write_mrc,
@@ -44,24 +44,12 @@ from helpers import (
 pytestmark = pytest.mark.shared
 
 F32 = np.float32
-SCALE = float(os.environ.get("E2C_FUZZ_EXAMPLES", "1"))
 HANG_SECONDS = 60  # SIGALRM hang guard: a hang fails the example instead of the whole run
 MODE101_SEED = "k2_4bit.mrcs"  # generated: SerialEM's packed 4-bit MRC, odd nx
 MRC_SEEDS = ("EMD-3197.map", "smallStack.mrcs", MODE101_SEED)
 EER_SEED = "falcon.eer"  # generated: an EER movie (3 frames of 24 x 40)
 TIFF_SEEDS = ("KLH.tif", "test_loading_image_saved_with_DM.tif", EER_SEED)
 HDF_SEED = "synthetic.hdf"
-
-
-def fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=max(1, int(examples * SCALE)),
-        deadline=None,
-        derandomize=True,
-        database=None,
-        print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
 
 
 # --------------------------------------------------------------------------- seeds
@@ -248,7 +236,7 @@ def _word(name: str, value: int) -> tuple[int, bytes]:
 
 
 @pytest.mark.parametrize("seed", MRC_SEEDS)
-@fuzz_settings(70)
+@fuzz_settings(70, HealthCheck.too_slow, HealthCheck.data_too_large, print_blob=True)
 @given(flips=HEADER_FLIPS, words=WORD_WRITES, tags=TAG_WRITES, cut=st.none() | st.floats(0, 1))
 @example(flips=[], words=[_word("nx", 2**30)], tags=[], cut=None)
 @example(
@@ -293,7 +281,7 @@ def tiff_mutation(draw: Any, size: int, ifd: int) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("seed", TIFF_SEEDS)
-@fuzz_settings(50)
+@fuzz_settings(50, HealthCheck.too_slow, HealthCheck.data_too_large, print_blob=True)
 @given(data=st.data())
 def test_mutated_tiff(seed: str, data: Any) -> None:
     blob = SEEDS[seed]
@@ -304,7 +292,7 @@ def test_mutated_tiff(seed: str, data: Any) -> None:
 # --------------------------------------------------------------------------- EMAN2 HDF5
 
 
-@fuzz_settings(80)
+@fuzz_settings(80, HealthCheck.too_slow, HealthCheck.data_too_large, print_blob=True)
 @given(data=st.data())
 def test_mutated_eman_hdf(data: Any) -> None:
     """Byte flips in the HDF5 metadata (superblock, object headers, attributes, B-trees)
@@ -320,7 +308,7 @@ def test_mutated_eman_hdf(data: Any) -> None:
 
 
 @pytest.mark.parametrize("seed", [*MRC_SEEDS, *TIFF_SEEDS, HDF_SEED])
-@fuzz_settings(15)
+@fuzz_settings(15, HealthCheck.too_slow, HealthCheck.data_too_large, print_blob=True)
 @given(fraction=st.floats(0, 1, exclude_max=True))
 @example(fraction=0.0)
 @example(fraction=0.5)

@@ -10,7 +10,6 @@ Runs are deterministic (``derandomize``); ``E2C_FUZZ_EXAMPLES`` scales the examp
 from __future__ import annotations
 
 import gc
-import os
 import shutil
 import struct
 import tempfile
@@ -19,24 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, example, given
 from hypothesis import strategies as st
 
 from e2compress import E2CompressError, compress_file, open_source
-from helpers import EMAN2_DATA, eman_decode, hard_timeout, write_dm, write_ser
+from helpers import EMAN2_DATA, eman_decode, fuzz_settings, hard_timeout, write_dm, write_ser
 
-SCALE = float(os.environ.get("E2C_FUZZ_EXAMPLES", "1"))
 HANG_SECONDS = 60
-
-
-def fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=max(1, int(examples * SCALE)),
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
 
 
 def check(files: dict[str, bytes], name: str) -> str:
@@ -105,7 +93,7 @@ IMAGIC_WORDS = [1, 3, 12, 13, 14, 60, 61, 68]
 
 
 @pytest.mark.parametrize("seed", ["stack.hed", "square_be.hed", "volume.hed"])
-@fuzz_settings(25)
+@fuzz_settings(25, HealthCheck.too_slow, HealthCheck.function_scoped_fixture)
 @given(
     flips=FLIPS,
     words=st.lists(st.tuples(st.sampled_from(IMAGIC_WORDS), INT32), max_size=3),
@@ -135,7 +123,7 @@ FLOATS = st.one_of(
 
 
 @pytest.mark.parametrize("seed", ["stack.spi", "single.spi", "volume_be.spi"])
-@fuzz_settings(25)
+@fuzz_settings(25, HealthCheck.too_slow, HealthCheck.function_scoped_fixture)
 @given(flips=FLIPS, words=st.lists(st.tuples(st.sampled_from(SPIDER_WORDS), FLOATS), max_size=3))
 @example(flips=[(0, 0)], words=[(25, 1e9)])
 @example(flips=[(0, 0)], words=[(0, 1e9), (1, 1e9)])
@@ -171,7 +159,7 @@ def dm_seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", ["s.dm3", "s.dm4", "s.ser"])
-@fuzz_settings(40)
+@fuzz_settings(40, HealthCheck.too_slow, HealthCheck.function_scoped_fixture)
 @given(data=st.data())
 def test_mutated_dm(dm_seeds: dict[str, bytes], name: str, data: st.DataObject) -> None:
     """Byte flips anywhere in a DM tag tree or a SER header and element headers."""
@@ -191,7 +179,7 @@ def test_mutated_dm(dm_seeds: dict[str, bytes], name: str, data: st.DataObject) 
         ("volume_be.spi", "s.spi"),
     ],
 )
-@fuzz_settings(15)
+@fuzz_settings(15, HealthCheck.too_slow, HealthCheck.function_scoped_fixture)
 @given(fraction=st.floats(0, 1, exclude_max=True))
 @example(fraction=0.0)
 @example(fraction=0.5)
@@ -203,7 +191,7 @@ def test_truncated(seed: str, cut: str, fraction: float) -> None:
 
 
 @pytest.mark.parametrize("name", ["s.dm3", "s.dm4", "s.ser"])
-@fuzz_settings(15)
+@fuzz_settings(15, HealthCheck.too_slow, HealthCheck.function_scoped_fixture)
 @given(fraction=st.floats(0, 1, exclude_max=True))
 @example(fraction=0.0)
 @example(fraction=0.5)
