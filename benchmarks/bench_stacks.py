@@ -226,17 +226,9 @@ class StackBench:
 
     def read(self, key: str, method: str, path: str) -> None:
         rc = ReadCase(key, method)
-        times: list[float] = []
-        for _ in range(self.args.repeat):
-            result, rss = self.runner.run({"task": "decode", "method": method, "src": path})
-            if "error" in result:
-                log(result["error"])
-                rc.note = "FAILED"
-                break
-            times.append(result["seconds"])
-            rc.pixels = result["pixels"]
-            rc.rss_mb = max(rc.rss_mb or 0.0, rss or 0.0)
-        rc.seconds = min(times) if times else None
+        rc.seconds, rc.pixels, rc.rss_mb, rc.note = self.runner.time_decode(
+            method, path, self.args.repeat
+        )
         self.reads.append(rc)
         log(f"  read {method}: {fmt(rc.mb_s(), 0)} MB/s {rc.note}")
 

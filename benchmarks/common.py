@@ -157,6 +157,24 @@ class Runner:
         result_path.unlink(missing_ok=True)
         return result, rss
 
+    def time_decode(
+        self, method: str, src: str, repeat: int
+    ) -> tuple[float | None, int, float | None, str]:
+        """Decode ``src`` by ``method`` in ``repeat`` fresh children: (best seconds,
+        pixels, peak RSS MB, note: "FAILED" when a child failed)."""
+        times: list[float] = []
+        pixels, rss_mb, note = 0, None, ""
+        for _ in range(repeat):
+            result, rss = self.run({"task": "decode", "method": method, "src": src})
+            if "error" in result:
+                log(result["error"])
+                note = "FAILED"
+                break
+            times.append(result["seconds"])
+            pixels = result["pixels"]
+            rss_mb = max(rss_mb or 0.0, rss or 0.0)
+        return (min(times) if times else None), pixels, rss_mb, note
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -298,19 +316,9 @@ class Bench:
                 if not src:
                     dec.note = "no e2compress output to read"
                 else:
-                    times: list[float] = []
-                    for _ in range(self.args.repeat):
-                        result, rss = self.runner.run(
-                            {"task": "decode", "method": method, "src": src}
-                        )
-                        if "error" in result:
-                            log(result["error"])
-                            dec.note = "FAILED"
-                            break
-                        times.append(result["seconds"])
-                        dec.pixels = result["pixels"]
-                        dec.rss_mb = max(dec.rss_mb or 0.0, rss or 0.0)
-                    dec.seconds = min(times) if times else None
+                    dec.seconds, dec.pixels, dec.rss_mb, dec.note = self.runner.time_decode(
+                        method, src, self.args.repeat
+                    )
                 self.decodes.append(dec)
                 mbs = dec.mb_s()
                 log(f"  decode {bits} bits {method}: {fmt(mbs, 0)} MB/s {dec.note}")
