@@ -144,7 +144,7 @@ class DmSource(RunKept):
 
     def _parse(self, ncem_dm: Any) -> None:
         try:
-            # numpy overflow on damaged tags: np.errstate, not catch_warnings (thread-safe)
+            # numpy overflow on damaged tags: np.errstate is per thread (no process-wide filter)
             with np.errstate(all="ignore"), ncem_dm.fileDM(self.path, on_memory=False) as dm:
                 version = int(dm._dmType)
                 declared = int(np.ravel(dm.fileSize)[0])

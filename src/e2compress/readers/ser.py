@@ -126,7 +126,7 @@ class SerSource(RunKept):
 
     def _parse(self, ncem_ser: Any) -> None:
         try:
-            # numpy overflow on damaged headers: np.errstate, not catch_warnings (thread-safe)
+            # numpy overflow on damaged headers: np.errstate is per thread (no process-wide filter)
             with np.errstate(all="ignore"), ncem_ser.fileSER(self.path) as ser:
                 head = dict(ser.head)
         except Exception as exc:  # ncempy raises many types on damaged files
